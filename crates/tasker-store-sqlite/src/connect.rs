@@ -1,0 +1,116 @@
+use std::{path::PathBuf, str::FromStr, sync::atomic::AtomicU64, time::Duration};
+
+use sqlx::{
+    migrate::{Migration, MigrationType, Migrator},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tasker_store::{Result, StoreError};
+
+use crate::{decode::map_err, SqliteStore};
+
+/// The embedded migrations, applied on open. Version numbers match the PostgreSQL backend's.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteStoreOptions {
+    /// The database file; created when missing.
+    pub path: PathBuf,
+    /// Connections of the read pool.
+    pub read_connections: u32,
+    /// How long a write waits for a lock held by another process.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteStoreOptions {
+    /// Options for `path` with defaults: 4 readers, 5 s busy timeout.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Parses `sqlite://PATH` or `sqlite:PATH`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] when the URL is not a SQLite URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Other {
+                message: format!("not a sqlite url: {url}"),
+            })?;
+        let path = path.split('?').next().unwrap_or(path);
+        Ok(Self::new(path))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, switches it to WAL and applies migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the file cannot be opened, [`StoreError::Other`] when a
+    /// migration fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled open may leave a migration half applied (it is re-run in a
+    /// transaction on the next open).
+    pub async fn open(options: SqliteStoreOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(map_err)?
+            .filename(&options.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(connect.clone())
+            .await
+            .map_err(map_err)?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Other {
+                message: format!("migrating {}: {e}", options.path.display()),
+            })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            statements: AtomicU64::new(0),
+        })
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                description.into(),
+                MigrationType::Simple,
+                sql.into(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: migrations.into(),
+        ..Migrator::DEFAULT
+    }
+}

@@ -1,0 +1,76 @@
+//! SQLite backend of the Tasker store: the embedded default, one file under the data directory.
+//!
+//! # Honest limits
+//!
+//! - **One writer.** SQLite allows one write transaction at a time. Every write goes through a
+//!   pool of exactly one connection and opens with `BEGIN IMMEDIATE`, so writers queue in
+//!   process instead of failing with `SQLITE_BUSY`; reads use a separate pool and see the last
+//!   committed state (WAL mode). A second process on the same file works but waits on
+//!   `busy_timeout`.
+//! - **No `SKIP LOCKED`.** Because writes are serialized, a dequeue is a single
+//!   `UPDATE … RETURNING` that no other consumer can interleave with.
+//! - **No `LISTEN/NOTIFY`.** Wake-ups stay inside the process ([`tasker_store::Capabilities`]).
+//! - **Database clock** is `unixepoch('subsec')` of the process's own clock.
+
+mod connect;
+mod decode;
+mod queue;
+mod step;
+mod task;
+mod template;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+use tasker_store::{Capabilities, Store};
+
+pub use connect::SqliteStoreOptions;
+
+/// `now` on the database clock, in milliseconds, as an SQL expression.
+macro_rules! now_ms {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+pub(crate) use now_ms;
+
+/// A Tasker store on one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    statements: AtomicU64,
+}
+
+impl SqliteStore {
+    /// Counts `n` statements sent to the database (for `statements_executed`).
+    fn count(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            listen_notify: false,
+            skip_locked: false,
+            single_writer: true,
+            multi_instance: false,
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn statements_executed(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}

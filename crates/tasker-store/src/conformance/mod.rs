@@ -1,0 +1,154 @@
+//! The conformance suite: one set of behaviours every backend must show, run unchanged
+//! against each of them.
+//!
+//! Each test is a `pub async fn` taking a fresh, empty, migrated store. Backend crates expand
+//! the whole list into `#[tokio::test]`s with [`store_conformance!`](crate::store_conformance),
+//! giving it an async factory that returns a [`TestStore`].
+
+mod queue;
+mod step;
+mod task;
+mod template;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+pub use queue::*;
+pub use step::*;
+pub use task::*;
+use tasker_template::TaskTemplate;
+use tasker_types::TaskRow;
+pub use template::*;
+
+use crate::{Store, TaskCreateParams, TemplateRegisterParams};
+
+/// A store made for one test, with whatever must be cleaned up after it.
+pub struct TestStore {
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    /// Runs after the test body (drop the test database, say).
+    pub cleanup: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for TestStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestStore")
+            .field("backend", &self.store.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Expands every conformance test into a `#[tokio::test]` for one backend.
+///
+/// `$factory` is an async function returning a [`TestStore`].
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:path) => {
+        $crate::store_conformance!(@tests $factory;
+            template_register_and_get_latest,
+            template_register_conflict,
+            task_create_writes_steps_edges_transitions,
+            task_create_is_idempotent_per_key,
+            task_create_large_task_in_chunks,
+            task_transition_is_compare_and_swap,
+            task_list_filters_and_pages,
+            step_readiness_follows_completed_parents,
+            step_retry_and_error_paths,
+            step_transition_is_compare_and_swap,
+            step_enqueue_many_publishes_in_one_transaction,
+            queue_enqueue_dequeue_ack,
+            queue_visibility_timeout_redelivers,
+            queue_nack_with_delay,
+            queue_dead_letters_after_max_deliveries,
+            queue_concurrent_dequeuers_receive_each_message_once,
+            statements_are_counted,
+        );
+    };
+    (@tests $factory:path; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let env = $factory().await;
+                $crate::conformance::$name(env.store.clone()).await;
+                env.store.close().await;
+                if let Some(cleanup) = env.cleanup {
+                    cleanup.await;
+                }
+            }
+        )+
+    };
+}
+
+/// Parses a template from YAML, panicking on problems (fixtures are trusted).
+///
+/// # Panics
+///
+/// When the fixture is invalid.
+pub fn template(yaml: &str) -> TaskTemplate {
+    TaskTemplate::from_yaml_str(yaml, "fixture")
+        .unwrap_or_else(|e| panic!("fixture template: {}", e.problems_lines().join("; ")))
+}
+
+/// `demo/diamond@1.0.0`: start -> (left, right) -> join.
+pub fn diamond() -> TaskTemplate {
+    template(
+        "namespace: demo\nname: diamond\nversion: 1.0.0\nsteps:\n\
+         - {name: start, handler: noop}\n\
+         - {name: left, handler: noop, depends_on: [start]}\n\
+         - {name: right, handler: noop, depends_on: [start]}\n\
+         - {name: join, handler: noop, depends_on: [left, right]}\n",
+    )
+}
+
+/// Registers `template` and creates one task from it.
+///
+/// # Panics
+///
+/// When the store fails.
+pub async fn create_task(
+    store: &dyn Store,
+    template: &TaskTemplate,
+    idempotency_key: Option<&str>,
+) -> TaskRow {
+    let record = store
+        .template_register(&TemplateRegisterParams {
+            template: template.clone(),
+        })
+        .await
+        .expect("register template");
+    store
+        .task_create(&TaskCreateParams {
+            template_id: record.id,
+            template: template.clone(),
+            context: serde_json::json!({"n": 1}),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            priority: 0,
+            instance_id: "conformance".into(),
+        })
+        .await
+        .expect("create task")
+        .task
+}
+
+/// Polls `probe` until it returns `Some`, for at most `within`. Used only where the awaited
+/// event is the passage of database time (a visibility timeout), which no signal announces.
+///
+/// # Panics
+///
+/// When `within` passes first.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

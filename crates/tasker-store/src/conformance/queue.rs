@@ -1,0 +1,273 @@
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use serde_json::json;
+
+use crate::{
+    conformance::{create_task, diamond, eventually},
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams, Store,
+    StoreError,
+};
+
+fn dequeue(queue: &str, max: u32, visibility: Duration, max_deliveries: u32) -> QueueDequeueParams {
+    QueueDequeueParams {
+        queue: queue.into(),
+        max,
+        visibility_timeout: visibility,
+        max_deliveries,
+    }
+}
+
+async fn enqueue(store: &dyn Store, queue: &str, n: usize) -> Vec<i64> {
+    store
+        .queue_enqueue_many(&QueueEnqueueManyParams {
+            queue: queue.into(),
+            payloads: (0..n).map(|i| json!({ "i": i })).collect(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap()
+}
+
+const LONG: Duration = Duration::from_secs(300);
+
+/// Messages come out oldest first, at most `max` per call, only from their own queue; an ack
+/// deletes; an ack with a wrong token is `LeaseLost`; depth counts ready and invisible messages.
+pub async fn queue_enqueue_dequeue_ack(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let ids = enqueue(s, "q", 5).await;
+    assert_eq!(ids.len(), 5);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    enqueue(s, "other", 1).await;
+    assert_eq!(
+        s.queue_depth("q").await.unwrap(),
+        QueueDepth {
+            ready: 5,
+            invisible: 0,
+            dead: 0
+        }
+    );
+
+    let got = s.queue_dequeue(&dequeue("q", 3, LONG, 5)).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!(got[0].payload, json!({"i": 0}));
+    assert!(got
+        .iter()
+        .all(|m| m.deliveries == 1 && m.queue == "q" && !m.lease_token.is_empty()));
+    assert_eq!(
+        s.queue_depth("q").await.unwrap(),
+        QueueDepth {
+            ready: 2,
+            invisible: 3,
+            dead: 0
+        }
+    );
+
+    let wrong = s
+        .queue_ack(&QueueAckParams {
+            id: got[0].id,
+            lease_token: "not-mine".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, StoreError::LeaseLost { .. }), "{wrong}");
+    for m in &got {
+        s.queue_ack(&QueueAckParams {
+            id: m.id,
+            lease_token: m.lease_token.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let again = s
+        .queue_ack(&QueueAckParams {
+            id: got[0].id,
+            lease_token: got[0].lease_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::LeaseLost { .. }),
+        "acked twice: {again}"
+    );
+    let rest = s.queue_dequeue(&dequeue("q", 10, LONG, 5)).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
+    assert!(s
+        .queue_dequeue(&dequeue("q", 10, LONG, 5))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A leased message is invisible until its visibility timeout passes, then is delivered again
+/// with a higher delivery count and a new lease token; the old token can no longer ack it.
+pub async fn queue_visibility_timeout_redelivers(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "vt", 1).await;
+    let first = s
+        .queue_dequeue(&dequeue("vt", 1, Duration::from_millis(300), 5))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(s
+        .queue_dequeue(&dequeue("vt", 1, LONG, 5))
+        .await
+        .unwrap()
+        .is_empty());
+    let second = eventually(Duration::from_secs(10), "redelivery", || async {
+        let got = s.queue_dequeue(&dequeue("vt", 1, LONG, 5)).await.unwrap();
+        got.into_iter().next()
+    })
+    .await;
+    assert_eq!(second.id, first[0].id);
+    assert_eq!(second.deliveries, 2);
+    assert_ne!(second.lease_token, first[0].lease_token);
+    let stale = s
+        .queue_ack(&QueueAckParams {
+            id: second.id,
+            lease_token: first[0].lease_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::LeaseLost { .. }), "{stale}");
+    s.queue_ack(&QueueAckParams {
+        id: second.id,
+        lease_token: second.lease_token,
+    })
+    .await
+    .unwrap();
+}
+
+/// A nack with no delay makes the message visible at once; with a delay it stays invisible.
+pub async fn queue_nack_with_delay(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "n", 2).await;
+    let got = s.queue_dequeue(&dequeue("n", 2, LONG, 5)).await.unwrap();
+    s.queue_nack(&QueueNackParams {
+        id: got[0].id,
+        lease_token: got[0].lease_token.clone(),
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    s.queue_nack(&QueueNackParams {
+        id: got[1].id,
+        lease_token: got[1].lease_token.clone(),
+        delay: LONG,
+    })
+    .await
+    .unwrap();
+    let again = s.queue_dequeue(&dequeue("n", 2, LONG, 5)).await.unwrap();
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), [got[0].id]);
+    assert_eq!(again[0].deliveries, 2);
+    let stale = s
+        .queue_nack(&QueueNackParams {
+            id: got[0].id,
+            lease_token: got[0].lease_token.clone(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::LeaseLost { .. }), "{stale}");
+    assert_eq!(
+        s.queue_depth("n").await.unwrap(),
+        QueueDepth {
+            ready: 0,
+            invisible: 2,
+            dead: 0
+        }
+    );
+}
+
+/// With `max_deliveries = 2`, a message returned twice is not delivered a third time: it moves
+/// to the dead-letter table with its payload and delivery count.
+pub async fn queue_dead_letters_after_max_deliveries(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let ids = enqueue(s, "dlq", 1).await;
+    for delivery in 1..=2 {
+        let got = s.queue_dequeue(&dequeue("dlq", 1, LONG, 2)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].deliveries, delivery);
+        s.queue_nack(&QueueNackParams {
+            id: got[0].id,
+            lease_token: got[0].lease_token.clone(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    }
+    assert!(s
+        .queue_dequeue(&dequeue("dlq", 1, LONG, 2))
+        .await
+        .unwrap()
+        .is_empty());
+    let dead = s.dead_letter_list("dlq").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].deliveries), (ids[0], 2));
+    assert_eq!(dead[0].payload, json!({"i": 0}));
+    assert_eq!(
+        s.queue_depth("dlq").await.unwrap(),
+        QueueDepth {
+            ready: 0,
+            invisible: 0,
+            dead: 1
+        }
+    );
+}
+
+/// Eight consumers dequeue 2,000 messages concurrently in small batches, holding every lease:
+/// each message is received exactly once before it is acked, and all of them are received.
+pub async fn queue_concurrent_dequeuers_receive_each_message_once(store: Arc<dyn Store>) {
+    const MESSAGES: usize = 2_000;
+    let ids = enqueue(store.as_ref(), "race", MESSAGES).await;
+    let consumers = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut received = Vec::new();
+            loop {
+                let batch = store
+                    .queue_dequeue(&dequeue("race", 25, LONG, 5))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return received;
+                }
+                received.extend(batch);
+            }
+        })
+    });
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut all = Vec::new();
+    for consumer in futures::future::join_all(consumers).await {
+        for m in consumer.unwrap() {
+            *seen.entry(m.id).or_default() += 1;
+            all.push(m);
+        }
+    }
+    assert_eq!(seen.len(), MESSAGES, "every message received");
+    assert!(seen.values().all(|&n| n == 1), "no message received twice");
+    assert!(ids.iter().all(|id| seen.contains_key(id)));
+    for m in all {
+        store
+            .queue_ack(&QueueAckParams {
+                id: m.id,
+                lease_token: m.lease_token,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.queue_depth("race").await.unwrap(),
+        QueueDepth::default()
+    );
+}
+
+/// The store counts the statements it sends: creating a task and reading it adds some, and a
+/// read adds exactly one.
+pub async fn statements_are_counted(store: Arc<dyn Store>) {
+    let before = store.statements_executed();
+    let task = create_task(store.as_ref(), &diamond(), None).await;
+    let after_create = store.statements_executed();
+    assert!(after_create > before);
+    store.task_get(task.id).await.unwrap();
+    assert_eq!(store.statements_executed(), after_create + 1);
+}

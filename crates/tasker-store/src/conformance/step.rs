@@ -1,0 +1,284 @@
+use std::{sync::Arc, time::Duration};
+
+use tasker_types::{StepEvent, StepId, StepRow, StepState, TaskId};
+
+use crate::{
+    conformance::{create_task, diamond, template},
+    QueueDequeueParams, StepEnqueueManyParams, StepMessage, StepTransitionParams,
+    StepViableManyParams, Store, StoreError,
+};
+
+fn step_move(step: StepId, from: StepState, event: StepEvent) -> StepTransitionParams {
+    StepTransitionParams {
+        step_id: step,
+        from,
+        event,
+        output: None,
+        error: None,
+        retry_after: None,
+        instance_id: "conformance".into(),
+    }
+}
+
+async fn viable(store: &dyn Store, task: TaskId) -> Vec<String> {
+    store
+        .step_viable_many(&StepViableManyParams {
+            task_id: task,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}
+
+async fn by_name(store: &dyn Store, task: TaskId, name: &str) -> StepRow {
+    store
+        .step_list(task)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap()
+}
+
+/// Runs one step through Enqueue, Start and Complete (with `output`).
+async fn run_step(store: &dyn Store, step: StepId, output: serde_json::Value) -> StepRow {
+    for (from, event) in [
+        (StepState::Pending, StepEvent::Enqueue),
+        (StepState::Enqueued, StepEvent::Start),
+    ] {
+        store
+            .step_transition(&step_move(step, from, event))
+            .await
+            .unwrap();
+    }
+    let mut done = step_move(step, StepState::InProgress, StepEvent::Complete);
+    done.output = Some(output);
+    store.step_transition(&done).await.unwrap()
+}
+
+/// In a diamond, only `start` is viable at first; once it completes `left` and `right` are;
+/// `join` becomes viable only after both complete. Completion records the output, one attempt,
+/// start and finish times.
+pub async fn step_readiness_follows_completed_parents(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    assert_eq!(viable(s, task.id).await, ["start"]);
+
+    let start = by_name(s, task.id, "start").await;
+    let done = run_step(s, start.id, serde_json::json!({"ok": true})).await;
+    assert_eq!(done.state, StepState::Complete);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
+    assert!(done.started_at_ms.is_some() && done.finished_at_ms.is_some());
+    assert_eq!(viable(s, task.id).await, ["left", "right"]);
+
+    let left = by_name(s, task.id, "left").await;
+    run_step(s, left.id, serde_json::json!(1)).await;
+    assert_eq!(viable(s, task.id).await, ["right"]);
+    assert_eq!(by_name(s, task.id, "join").await.pending_parents, 1);
+
+    let right = by_name(s, task.id, "right").await;
+    run_step(s, right.id, serde_json::json!(2)).await;
+    assert_eq!(viable(s, task.id).await, ["join"]);
+}
+
+/// A retryable failure waits for its retry time (a step due now is viable again, one due in an
+/// hour is not); a permanent failure is `Error`, which only an operator's `Retry` (attempts reset)
+/// or `ResolveManually` (children unblocked) leaves.
+pub async fn step_retry_and_error_paths(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: retry\nversion: 1.0.0\nsteps:\n\
+         - {name: now, handler: noop}\n- {name: later, handler: noop}\n\
+         - {name: after, handler: noop, depends_on: [later]}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    for (name, delay) in [
+        ("now", Duration::ZERO),
+        ("later", Duration::from_secs(3600)),
+    ] {
+        let step = by_name(s, task.id, name).await;
+        s.step_transition(&step_move(step.id, StepState::Pending, StepEvent::Enqueue))
+            .await
+            .unwrap();
+        s.step_transition(&step_move(step.id, StepState::Enqueued, StepEvent::Start))
+            .await
+            .unwrap();
+        let mut fail = step_move(
+            step.id,
+            StepState::InProgress,
+            StepEvent::Fail { will_retry: true },
+        );
+        fail.error = Some("boom".into());
+        fail.retry_after = Some(delay);
+        let failed = s.step_transition(&fail).await.unwrap();
+        assert_eq!(failed.state, StepState::WaitingForRetry);
+        assert_eq!(failed.last_error.as_deref(), Some("boom"));
+        assert!(failed.next_attempt_at_ms.is_some());
+        assert!(failed.finished_at_ms.is_none());
+    }
+    assert_eq!(viable(s, task.id).await, ["now"]);
+
+    let later = by_name(s, task.id, "later").await;
+    s.step_transition(&step_move(
+        later.id,
+        StepState::WaitingForRetry,
+        StepEvent::Enqueue,
+    ))
+    .await
+    .unwrap();
+    s.step_transition(&step_move(later.id, StepState::Enqueued, StepEvent::Start))
+        .await
+        .unwrap();
+    let errored = s
+        .step_transition(&step_move(
+            later.id,
+            StepState::InProgress,
+            StepEvent::Fail { will_retry: false },
+        ))
+        .await
+        .unwrap();
+    assert_eq!((errored.state, errored.attempts), (StepState::Error, 2));
+    assert!(errored.finished_at_ms.is_some());
+    let refused = s
+        .step_transition(&step_move(later.id, StepState::Error, StepEvent::Enqueue))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Transition(_)), "{refused}");
+
+    let retried = s
+        .step_transition(&step_move(later.id, StepState::Error, StepEvent::Retry))
+        .await
+        .unwrap();
+    assert_eq!((retried.state, retried.attempts), (StepState::Pending, 0));
+    assert!(retried.finished_at_ms.is_none());
+    assert_eq!(viable(s, task.id).await, ["now", "later"]);
+
+    s.step_transition(&step_move(later.id, StepState::Pending, StepEvent::Enqueue))
+        .await
+        .unwrap();
+    s.step_transition(&step_move(later.id, StepState::Enqueued, StepEvent::Start))
+        .await
+        .unwrap();
+    s.step_transition(&step_move(
+        later.id,
+        StepState::InProgress,
+        StepEvent::Fail { will_retry: false },
+    ))
+    .await
+    .unwrap();
+    let resolved = s
+        .step_transition(&step_move(
+            later.id,
+            StepState::Error,
+            StepEvent::ResolveManually,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resolved.state, StepState::ResolvedManually);
+    assert_eq!(viable(s, task.id).await, ["now", "after"]);
+}
+
+/// Two actors moving the same step from the same state: exactly one wins, the other gets
+/// `StaleState` naming the state it found; an unknown step is `NotFound`.
+pub async fn step_transition_is_compare_and_swap(store: Arc<dyn Store>) {
+    let task = create_task(store.as_ref(), &diamond(), None).await;
+    let start = by_name(store.as_ref(), task.id, "start").await;
+    let attempts = (0..2).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .step_transition(&step_move(start.id, StepState::Pending, StepEvent::Enqueue))
+                .await
+        })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let (won, lost): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .map(|r| r.unwrap())
+        .partition(Result::is_ok);
+    assert_eq!((won.len(), lost.len()), (1, 1));
+    let err = lost.into_iter().next().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::StaleState { actual, .. } if actual == "Enqueued"),
+        "{err}"
+    );
+    let missing = store
+        .step_transition(&step_move(
+            StepId(987_654),
+            StepState::Pending,
+            StepEvent::Enqueue,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { entity: "step", .. }),
+        "{missing}"
+    );
+    let enqueues = store
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.step_id == Some(start.id) && t.event == "enqueue")
+        .count();
+    assert_eq!(enqueues, 1);
+}
+
+/// `step_enqueue_many` marks viable steps `Enqueued`, writes their audit rows and publishes one
+/// step message each to the namespace queue; steps that are no longer in the stated state are
+/// skipped, and nothing is published for them.
+pub async fn step_enqueue_many_publishes_in_one_transaction(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    let start = by_name(s, task.id, "start").await;
+    let join = by_name(s, task.id, "join").await;
+    let params = StepEnqueueManyParams {
+        task_id: task.id,
+        steps: vec![
+            (start.id, StepState::Pending),
+            (join.id, StepState::Pending),
+        ],
+        queue: "demo".into(),
+        instance_id: "conformance".into(),
+    };
+    // `join` still has unfinished parents: only `start` is enqueued.
+    assert_eq!(s.step_enqueue_many(&params).await.unwrap(), [start.id]);
+    assert_eq!(
+        by_name(s, task.id, "start").await.state,
+        StepState::Enqueued
+    );
+    assert_eq!(by_name(s, task.id, "join").await.state, StepState::Pending);
+    // A second enqueue of the same step finds it moved on and publishes nothing.
+    assert!(s.step_enqueue_many(&params).await.unwrap().is_empty());
+
+    let messages = s
+        .queue_dequeue(&QueueDequeueParams {
+            queue: "demo".into(),
+            max: 10,
+            visibility_timeout: Duration::from_secs(30),
+            max_deliveries: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    let payload: StepMessage = serde_json::from_value(messages[0].payload.clone()).unwrap();
+    assert_eq!(
+        payload,
+        StepMessage {
+            task_id: task.id,
+            step_id: start.id
+        }
+    );
+    let enqueue_rows = s
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.event == "enqueue")
+        .count();
+    assert_eq!(enqueue_rows, 1);
+}

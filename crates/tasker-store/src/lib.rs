@@ -1,0 +1,39 @@
+//! Tasker's storage seam: the store traits, their parameter types, [`StoreError`] and the
+//! conformance suite every backend runs.
+//!
+//! # Shape
+//!
+//! The traits are split by aggregate ([`TemplateStore`], [`TaskStore`], [`StepStore`],
+//! [`QueueStore`], [`TransitionLog`]); [`Store`] is their union plus [`Capabilities`]. Each
+//! method takes one params struct and returns `tasker-types` rows, so no database type leaves a
+//! backend crate. Components ask only for the traits they use.
+//!
+//! # Dynamic dispatch
+//!
+//! The engine passes an `Arc<dyn Store>` around. A boxed future costs nanoseconds, a database
+//! round trip costs tens of microseconds at least, and a generic backend parameter would spread
+//! through every orchestrator type. Hence `async-trait`.
+//!
+//! # Guarantees every backend keeps
+//!
+//! - Every state change names its expected from-state (compare-and-swap) and writes its audit
+//!   row in the same transaction; a lost race is [`StoreError::StaleState`], never a silent win.
+//! - Creating a task writes the task, its steps, edges and initial transitions in one transaction.
+//! - Enqueueing steps marks them `Enqueued` and inserts their queue messages in one transaction.
+//! - Queue leases, visibility timeouts and "now" come from the database clock, so several
+//!   processes agree on time.
+//! - Readiness is a per-step counter of unfinished parents, maintained when a parent completes,
+//!   so finding viable steps costs what changed, not the size of the task.
+
+mod error;
+mod params;
+mod traits;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Result, StoreError};
+pub use params::*;
+pub use traits::{
+    Capabilities, QueueStore, StepStore, Store, TaskStore, TemplateStore, TransitionLog,
+};

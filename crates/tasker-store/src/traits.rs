@@ -1,0 +1,213 @@
+use async_trait::async_trait;
+use tasker_types::{
+    DeadLetter, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord, TransitionRow,
+};
+
+use crate::{
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams,
+    Result, StepEnqueueManyParams, StepTransitionParams, StepViableManyParams, TaskCreateParams,
+    TaskCreated, TaskListParams, TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
+};
+
+/// What a backend can do; the engine branches on these, never on the backend's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// Wake-ups can cross processes (`LISTEN/NOTIFY`); otherwise only an in-process notifier.
+    pub listen_notify: bool,
+    /// Concurrent consumers skip each other's locked rows (`FOR UPDATE SKIP LOCKED`).
+    pub skip_locked: bool,
+    /// All writes are serialized through one writer (SQLite).
+    pub single_writer: bool,
+    /// Several orchestrator processes may share the database.
+    pub multi_instance: bool,
+}
+
+/// Registered task templates.
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// Registers a template version. Registering the same content again returns the existing
+    /// record; different content under an existing version is a conflict.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::Conflict`] as above; infrastructure errors.
+    async fn template_register(&self, params: &TemplateRegisterParams) -> Result<TemplateRecord>;
+
+    /// Fetches `namespace/name@version`, or the highest semantic version when no version is given.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] when no such template (version) is registered.
+    async fn template_get(&self, params: &TemplateGetParams) -> Result<TemplateRecord>;
+
+    /// Every registered template version, ordered by namespace, name and registration.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn template_list(&self) -> Result<Vec<TemplateRecord>>;
+}
+
+/// Tasks.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Creates a task with all its steps, edges and initial transitions in one transaction.
+    /// With an idempotency key that this template already has, returns that task instead.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] for an unknown template id; infrastructure errors.
+    async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated>;
+
+    /// One task.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`].
+    async fn task_get(&self, id: TaskId) -> Result<TaskRow>;
+
+    /// Tasks matching the filters, newest first.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn task_list(&self, params: &TaskListParams) -> Result<Vec<TaskRow>>;
+
+    /// Moves a task by its state machine, compare-and-swap on `from`, with its audit row in the
+    /// same transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::Transition`] for an illegal move, [`crate::StoreError::StaleState`]
+    /// when the task is no longer in `from`, [`crate::StoreError::NotFound`].
+    async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow>;
+}
+
+/// Workflow steps and their readiness.
+#[async_trait]
+pub trait StepStore: Send + Sync {
+    /// The steps of a task, in template order.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors (an unknown task has no steps).
+    async fn step_list(&self, task_id: TaskId) -> Result<Vec<StepRow>>;
+
+    /// One step.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`].
+    async fn step_get(&self, id: StepId) -> Result<StepRow>;
+
+    /// The `(parent, child)` edges of a task.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn step_edges(&self, task_id: TaskId) -> Result<Vec<(StepId, StepId)>>;
+
+    /// Moves a step by its state machine, compare-and-swap on `from`, with its audit row in the
+    /// same transaction. `Start` counts an attempt. A step reaching `Complete` or
+    /// `ResolvedManually` decrements its children's unfinished-parent counters in the same
+    /// transaction; `Retry` (operator) resets the attempt count.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::Transition`], [`crate::StoreError::StaleState`],
+    /// [`crate::StoreError::NotFound`].
+    async fn step_transition(&self, params: &StepTransitionParams) -> Result<StepRow>;
+
+    /// Steps of a task that may run now: every parent complete, `Pending` (or `WaitingForRetry`
+    /// with its retry time passed on the database clock), attempts left. Cost grows with the
+    /// number of such steps, not with the size of the task.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn step_viable_many(&self, params: &StepViableManyParams) -> Result<Vec<StepRow>>;
+
+    /// Marks the given steps `Enqueued` (compare-and-swap on each one's state) and publishes one
+    /// [`crate::StepMessage`] per step to `queue`, all in one transaction. Steps that moved
+    /// meanwhile are skipped. Returns the ids actually enqueued.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn step_enqueue_many(&self, params: &StepEnqueueManyParams) -> Result<Vec<StepId>>;
+}
+
+/// Durable queues: the transactional outbox between orchestration and workers.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Appends messages in one statement; returns their ids in order.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn queue_enqueue_many(&self, params: &QueueEnqueueManyParams) -> Result<Vec<i64>>;
+
+    /// Leases up to `max` visible messages, oldest first, for `visibility_timeout`. Visible
+    /// messages that were already delivered `max_deliveries` times move to the dead-letter table
+    /// instead. Concurrent consumers never receive the same delivery.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn queue_dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>>;
+
+    /// Deletes a delivered message.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
+    async fn queue_ack(&self, params: &QueueAckParams) -> Result<()>;
+
+    /// Returns a delivered message to its queue, visible again after `delay`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
+    async fn queue_nack(&self, params: &QueueNackParams) -> Result<()>;
+
+    /// Message counts of one queue.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn queue_depth(&self, queue: &str) -> Result<QueueDepth>;
+
+    /// Dead letters of one queue, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>>;
+}
+
+/// The append-only audit trail.
+#[async_trait]
+pub trait TransitionLog: Send + Sync {
+    /// Every transition of a task and its steps, in commit order.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn transition_list(&self, task_id: TaskId) -> Result<Vec<TransitionRow>>;
+}
+
+/// A complete storage backend.
+#[async_trait]
+pub trait Store: TemplateStore + TaskStore + StepStore + QueueStore + TransitionLog {
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// `sqlite` or `postgres`, for logs and reports.
+    fn backend_name(&self) -> &'static str;
+
+    /// Statements sent to the database so far (not counting BEGIN/COMMIT/ROLLBACK).
+    fn statements_executed(&self) -> u64;
+
+    /// Closes the connection pools; later calls fail with `Unavailable`.
+    async fn close(&self);
+}

@@ -1,0 +1,164 @@
+//! Template rules. Every rule is checked and every problem collected, so one run reports all
+//! of them: template fields first, then each step in document order, then cycles.
+//!
+//! The rules themselves are listed in the crate docs.
+
+use std::collections::HashSet;
+
+use crate::error::{ProblemKind, TemplateProblem};
+use crate::model::{StepTemplate, TaskTemplate};
+use crate::parse::UncheckedTemplate;
+
+#[cfg(test)]
+mod tests;
+
+/// Checks every rule, returning the template or all the problems found.
+pub(crate) fn validate(raw: UncheckedTemplate) -> Result<TaskTemplate, Vec<TemplateProblem>> {
+    let mut problems = Vec::new();
+    check_identifier(&mut problems, "namespace", &raw.namespace);
+    check_identifier(&mut problems, "name", &raw.name);
+    let version = match semver::Version::parse(raw.version.trim()) {
+        Ok(version) => Some(version),
+        Err(error) => {
+            problems.push(TemplateProblem::template(
+                "version",
+                ProblemKind::InvalidVersion {
+                    value: raw.version.clone(),
+                    reason: error.to_string(),
+                },
+            ));
+            None
+        }
+    };
+    if let Some(schema) = &raw.context_schema {
+        problems.extend(
+            crate::schema::schema_problems(schema)
+                .into_iter()
+                .map(|kind| TemplateProblem::template("context_schema", kind)),
+        );
+    }
+    if raw.steps.is_empty() {
+        problems.push(TemplateProblem::template("steps", ProblemKind::NoSteps));
+    }
+    check_steps(&mut problems, &raw.steps);
+    problems.extend(cycle_problems(&raw.steps));
+
+    match version {
+        Some(version) if problems.is_empty() => Ok(TaskTemplate {
+            namespace: raw.namespace,
+            name: raw.name,
+            version,
+            description: raw.description,
+            context_schema: raw.context_schema,
+            steps: raw.steps,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Whether `value` is an identifier: `[a-z0-9][a-z0-9_-]*`.
+fn is_identifier(value: &str) -> bool {
+    let mut chars = value.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn check_identifier(problems: &mut Vec<TemplateProblem>, field: &str, value: &str) {
+    if value.is_empty() {
+        problems.push(TemplateProblem::template(field, ProblemKind::Empty));
+    } else if !is_identifier(value) {
+        problems.push(TemplateProblem::template(
+            field,
+            ProblemKind::InvalidIdentifier {
+                value: value.to_owned(),
+            },
+        ));
+    }
+}
+
+fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
+    let names: HashSet<&str> = steps.iter().map(|step| step.name.as_str()).collect();
+    let mut seen_names = HashSet::new();
+    for step in steps {
+        let name = step.name.as_str();
+        if name.is_empty() {
+            problems.push(TemplateProblem::step(name, "name", ProblemKind::Empty));
+        } else if !seen_names.insert(name) {
+            problems.push(TemplateProblem::step(
+                name,
+                "name",
+                ProblemKind::DuplicateStep {
+                    name: name.to_owned(),
+                },
+            ));
+        }
+        if step.handler.name.trim().is_empty() {
+            problems.push(TemplateProblem::step(
+                name,
+                "handler.name",
+                ProblemKind::Empty,
+            ));
+        }
+        check_dependencies(problems, step, &names);
+        if step.retry.max_attempts == 0 {
+            problems.push(TemplateProblem::step(
+                name,
+                "retry.max_attempts",
+                ProblemKind::ZeroMaxAttempts,
+            ));
+        }
+        if step.retry.base_ms > step.retry.max_ms {
+            problems.push(TemplateProblem::step(
+                name,
+                "retry.base_ms",
+                ProblemKind::BackoffBounds {
+                    base_ms: step.retry.base_ms,
+                    max_ms: step.retry.max_ms,
+                },
+            ));
+        }
+        if step.timeout_ms == Some(0) {
+            problems.push(TemplateProblem::step(
+                name,
+                "timeout_ms",
+                ProblemKind::ZeroTimeout,
+            ));
+        }
+    }
+}
+
+fn check_dependencies(
+    problems: &mut Vec<TemplateProblem>,
+    step: &StepTemplate,
+    names: &HashSet<&str>,
+) {
+    let name = step.name.as_str();
+    let mut seen = HashSet::new();
+    for dep in &step.depends_on {
+        let kind = if !seen.insert(dep.as_str()) {
+            ProblemKind::DuplicateDependency { name: dep.clone() }
+        } else if dep == name {
+            ProblemKind::SelfDependency
+        } else if !names.contains(dep.as_str()) {
+            ProblemKind::UnknownDependency { name: dep.clone() }
+        } else {
+            continue;
+        };
+        problems.push(TemplateProblem::step(name, "depends_on", kind));
+    }
+}
+
+/// One problem per cycle, reported on the cycle's first step (whose `depends_on` holds the
+/// edge that closes it).
+fn cycle_problems(steps: &[StepTemplate]) -> Vec<TemplateProblem> {
+    crate::graph::find_cycles(steps)
+        .into_iter()
+        .map(|cycle| {
+            let path: Vec<String> = cycle.iter().map(|&i| steps[i].name.clone()).collect();
+            let first = path.first().cloned().unwrap_or_default();
+            TemplateProblem::step(&first, "depends_on", ProblemKind::Cycle { path })
+        })
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! Rows as the store returns them. Backends map their database rows into these types so that
+//! no database type leaks past a backend crate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{StepId, StepState, TaskId, TaskState, UnixMillis};
+
+/// A registered template, as stored: its identity and the validated definition as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    /// Database id of the template version.
+    pub id: i64,
+    /// Template namespace.
+    pub namespace: String,
+    /// Template name.
+    pub name: String,
+    /// Semantic version, as text.
+    pub version: String,
+    /// The template definition, serialized.
+    pub definition: serde_json::Value,
+    /// When the version was registered.
+    pub created_at_ms: UnixMillis,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: TaskId,
+    /// Id of the template version the task was created from.
+    pub template_id: i64,
+    /// Template namespace (also the worker queue of its steps).
+    pub namespace: String,
+    /// Template name.
+    pub name: String,
+    /// Template version.
+    pub version: String,
+    /// Current state.
+    pub state: TaskState,
+    /// The JSON context the task was requested with.
+    pub context: serde_json::Value,
+    /// Caller-supplied idempotency key, unique per template.
+    pub idempotency_key: Option<String>,
+    /// Higher runs earlier.
+    pub priority: i32,
+    /// Creation time.
+    pub created_at_ms: UnixMillis,
+    /// Time of the last state change.
+    pub updated_at_ms: UnixMillis,
+    /// When the task reached a final or error state.
+    pub finished_at_ms: Option<UnixMillis>,
+}
+
+/// One workflow step of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    /// Step id.
+    pub id: StepId,
+    /// Owning task.
+    pub task_id: TaskId,
+    /// Step name, unique within the task.
+    pub name: String,
+    /// Handler name.
+    pub handler: String,
+    /// Handler configuration (JSON `null` when absent).
+    pub handler_config: serde_json::Value,
+    /// Current state.
+    pub state: StepState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed by the retry policy.
+    pub max_attempts: u32,
+    /// Parents not yet `Complete`; the step is viable only when this is zero.
+    pub pending_parents: u32,
+    /// Earliest time of the next attempt, while `WaitingForRetry`.
+    pub next_attempt_at_ms: Option<UnixMillis>,
+    /// Per-attempt timeout, if any.
+    pub timeout_ms: Option<u64>,
+    /// Output of the successful attempt.
+    pub result: Option<serde_json::Value>,
+    /// Error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Start of the first attempt.
+    pub started_at_ms: Option<UnixMillis>,
+    /// When the step reached a terminal state.
+    pub finished_at_ms: Option<UnixMillis>,
+}
+
+/// Which state machine a transition row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entity {
+    /// A task transition.
+    Task,
+    /// A step transition.
+    Step,
+}
+
+impl Entity {
+    /// The name stored in the `entity` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Task => "task",
+            Entity::Step => "step",
+        }
+    }
+
+    /// Inverse of [`Entity::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "task" => Some(Entity::Task),
+            "step" => Some(Entity::Step),
+            _ => None,
+        }
+    }
+}
+
+/// One append-only audit row: a state change of a task or a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRow {
+    /// Row id, increasing in commit order per backend.
+    pub id: i64,
+    /// Task or step.
+    pub entity: Entity,
+    /// The task the change belongs to.
+    pub task_id: TaskId,
+    /// The step, for step transitions.
+    pub step_id: Option<StepId>,
+    /// State before the change; `None` for the initial state.
+    pub from_state: Option<String>,
+    /// State after the change.
+    pub to_state: String,
+    /// The event that caused it.
+    pub event: String,
+    /// Free-form reason (error text, operator note).
+    pub reason: Option<String>,
+    /// The orchestrator instance that made the change.
+    pub instance_id: String,
+    /// When.
+    pub at_ms: UnixMillis,
+}
+
+/// A message leased from a durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueMessage {
+    /// Message id.
+    pub id: i64,
+    /// Queue name.
+    pub queue: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// How many times the message has been handed out, this delivery included.
+    pub deliveries: u32,
+    /// When it was first enqueued.
+    pub enqueued_at_ms: UnixMillis,
+    /// Lease token of this delivery; ack and nack must present it.
+    pub lease_token: String,
+}
+
+/// A message moved out of its queue after too many deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The original message id.
+    pub id: i64,
+    /// Queue it came from.
+    pub queue: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// Deliveries made before it was dead-lettered.
+    pub deliveries: u32,
+    /// When it was moved.
+    pub dead_at_ms: UnixMillis,
+}
