@@ -1,7 +1,6 @@
 use std::{path::PathBuf, str::FromStr, sync::atomic::AtomicU64, time::Duration};
 
 use sqlx::{
-    migrate::{Migration, MigrationType, Migrator},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tasker_store::{Result, StoreError};
@@ -96,21 +95,6 @@ impl SqliteStore {
     }
 }
 
-fn migrator() -> Migrator {
-    let migrations = MIGRATIONS
-        .iter()
-        .map(|&(version, description, sql)| {
-            Migration::new(
-                version,
-                description.into(),
-                MigrationType::Simple,
-                sql.into(),
-                false,
-            )
-        })
-        .collect::<Vec<_>>();
-    Migrator {
-        migrations: migrations.into(),
-        ..Migrator::DEFAULT
-    }
+fn migrator() -> sqlx::migrate::Migrator {
+    tasker_store_sql::migrator(MIGRATIONS)
 }
