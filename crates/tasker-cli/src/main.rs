@@ -1,1 +1,47 @@
-fn main() {}
+//! `tasker`: the command-line program, and the composition root of the workspace: the only
+//! crate that names concrete store backends.
+//!
+//! Output rule: data goes to stdout, diagnostics to stderr. Exit codes: 0 success, 1 the
+//! command ran and found a problem (an invalid template, say), 2 a usage error.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tasker: a workflow orchestration engine.
+#[derive(Debug, Parser)]
+#[command(name = "tasker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with task templates.
+    #[command(subcommand)]
+    Templates(commands::templates::TemplatesCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Templates(cmd) => commands::templates::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,7 +6,8 @@ use tasker_store::{Result, StoreError};
 use crate::{decode::map_err, PgStore};
 
 /// The embedded migrations, applied on connect. Version numbers match the SQLite backend's.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
 
 /// How to connect a [`PgStore`].
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{types::Json, QueryBuilder, Row, Postgres, PgConnection};
+use sqlx::{types::Json, PgConnection, Postgres, QueryBuilder, Row};
 use tasker_store::{
     QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams,
     QueueStore, Result, StoreError,
@@ -61,11 +61,7 @@ impl QueueStore for PgStore {
         if params.payloads.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let (ids, n) =
             Self::insert_messages(&mut tx, &params.queue, &params.payloads, params.delay).await?;
         self.count(n);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{types::Json, QueryBuilder, Row, Postgres};
+use sqlx::{types::Json, Postgres, QueryBuilder, Row};
 use tasker_store::{
     Result, StepEnqueueManyParams, StepMessage, StepStore, StepTransitionParams,
     StepViableManyParams, StoreError,
@@ -63,11 +63,7 @@ impl StepStore for PgStore {
 
     async fn step_transition(&self, params: &StepTransitionParams) -> Result<StepRow> {
         let to = params.from.transition(params.event)?;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         self.count(1);
         let row = sqlx::query(&format!(
             "UPDATE steps SET state = $1, \
@@ -164,11 +160,7 @@ impl StepStore for PgStore {
         if params.steps.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         let mut enqueued: Vec<(StepId, StepState)> = Vec::with_capacity(params.steps.len());
         for from in [StepState::Pending, StepState::WaitingForRetry] {
             let ids: Vec<i64> = params

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::{types::Json, QueryBuilder, Postgres, PgConnection};
+use sqlx::{types::Json, PgConnection, Postgres, QueryBuilder};
 use tasker_store::{
     Result, StoreError, TaskCreateParams, TaskCreated, TaskListParams, TaskStore,
     TaskTransitionParams, TransitionLog,
@@ -59,11 +59,7 @@ impl PgStore {
 impl TaskStore for PgStore {
     async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated> {
         let template = &params.template;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         // A repeated idempotency key hits the unique index: DO NOTHING, then read the winner
         // (committed by now, since the insert waited on its index entry).
         self.count(1);
@@ -205,11 +201,7 @@ impl TaskStore for PgStore {
 
     async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow> {
         let to = params.from.transition(params.event)?;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         self.count(1);
         let row = sqlx::query(&format!(
             "UPDATE tasks SET state = $1, updated_at_ms = {now}, \

@@ -14,11 +14,7 @@ impl TemplateStore for PgStore {
         let t = &params.template;
         let definition = serde_json::to_value(t).map_err(|e| corrupt("template", e))?;
         let version = t.version.to_string();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(map_err)?;
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
         self.count(1);
         let existing = sqlx::query(&format!(
             "SELECT {TEMPLATE_COLUMNS} FROM templates \

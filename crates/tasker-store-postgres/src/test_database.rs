@@ -58,10 +58,13 @@ impl TestDatabase {
         let mut conn = PgConnection::connect(&self.admin_url)
             .await
             .map_err(map_err)?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .map_err(map_err)?;
         conn.close().await.map_err(map_err)
     }
 }

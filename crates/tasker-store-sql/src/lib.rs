@@ -338,7 +338,7 @@ impl<'a> StepPlan<'a> {
                 retry_base_ms: to_i64(s.retry.base_ms),
                 retry_max_ms: to_i64(s.retry.max_ms),
                 retry_jitter: s.retry.jitter,
-                timeout_ms: s.timeout_ms.map(|t| to_i64(t)),
+                timeout_ms: s.timeout_ms.map(to_i64),
                 pending_parents: i64::try_from(s.depends_on.len()).unwrap_or(i64::MAX),
             })
             .collect();

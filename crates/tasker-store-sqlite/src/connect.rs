@@ -1,8 +1,6 @@
 use std::{path::PathBuf, str::FromStr, sync::atomic::AtomicU64, time::Duration};
 
-use sqlx::{
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tasker_store::{Result, StoreError};
 
 use crate::{decode::map_err, SqliteStore};

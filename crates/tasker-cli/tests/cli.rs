@@ -1,0 +1,138 @@
+//! The `tasker` binary, run as a user would run it.
+
+use std::{path::PathBuf, process::Command};
+
+fn tasker(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run tasker");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    )
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const FIXTURES: &str = "crates/tasker-cli/tests/fixtures";
+
+#[test]
+fn every_example_template_validates() {
+    let examples: Vec<String> = std::fs::read_dir(workspace_root().join("examples/templates"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            format!(
+                "examples/templates/{}",
+                p.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect();
+    assert!(examples.len() >= 4);
+    let args: Vec<&str> = ["templates", "validate"]
+        .into_iter()
+        .chain(examples.iter().map(String::as_str))
+        .collect();
+    let (code, stdout, _) = tasker(&args);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("ok: examples/templates/diamond.yaml (demo/diamond@1.0.0, 4 steps)"));
+    assert!(stdout.contains("ok: examples/templates/tree.yaml (demo/tree@1.0.0, 7 steps)"));
+    assert_eq!(stdout.lines().count(), examples.len());
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let file = format!("{FIXTURES}/cyclic.yaml");
+    let (code, stdout, _) = tasker(&["templates", "validate", &file]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains(&format!("error: {file}: ")), "{stdout}");
+    assert!(stdout.contains("cycle: a -> b -> c -> a"), "{stdout}");
+}
+
+#[test]
+fn a_dangling_dependency_is_named() {
+    let (code, stdout, _) = tasker(&[
+        "templates",
+        "validate",
+        &format!("{FIXTURES}/dangling.yaml"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains(r#"step "b": depends_on: unknown step "missing""#),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_duplicate_step_name_is_named() {
+    let (code, stdout, _) = tasker(&[
+        "templates",
+        "validate",
+        &format!("{FIXTURES}/duplicate.yaml"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains(r#"duplicate step name "a""#), "{stdout}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it() {
+    let (code, stdout, _) = tasker(&[
+        "templates",
+        "validate",
+        &format!("{FIXTURES}/unknown_key.yaml"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("max_atempts"), "{stdout}");
+}
+
+#[test]
+fn one_bad_file_fails_the_run_but_every_file_is_reported() {
+    let (code, stdout, _) = tasker(&[
+        "templates",
+        "validate",
+        "examples/templates/linear.yaml",
+        &format!("{FIXTURES}/duplicate.yaml"),
+        "does/not/exist.yaml",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("ok: examples/templates/linear.yaml"));
+    assert!(stdout.contains("duplicate step name"));
+    assert!(
+        stdout.contains("error: does/not/exist.yaml: cannot read template file"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, stderr) = tasker(&["templates", "validate"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("Usage"), "{stderr}");
+    assert_eq!(tasker(&["no-such-command"]).0, 2);
+}
+
+#[test]
+fn json_output_is_one_object_per_file() {
+    let (code, stdout, _) = tasker(&[
+        "templates",
+        "validate",
+        "--json",
+        "examples/templates/diamond.yaml",
+        &format!("{FIXTURES}/cyclic.yaml"),
+    ]);
+    assert_eq!(code, 1);
+    let objects: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(objects[0]["ok"], true);
+    assert_eq!(objects[0]["template"], "demo/diamond@1.0.0");
+    assert_eq!(objects[1]["ok"], false);
+    assert!(objects[1]["errors"][0].as_str().unwrap().contains("cycle"));
+}
