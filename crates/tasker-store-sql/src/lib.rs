@@ -51,6 +51,8 @@ pub trait RowExt {
     fn text(&self, column: &str) -> Result<String>;
     /// A nullable text column.
     fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    /// A non-null boolean column.
+    fn flag(&self, column: &str) -> Result<bool>;
     /// A nullable JSON column.
     fn opt_json(&self, column: &str) -> Result<Option<Json<serde_json::Value>>>;
 
@@ -68,6 +70,7 @@ where
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Json<serde_json::Value>: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn int(&self, column: &str) -> Result<i64> {
@@ -83,6 +86,10 @@ where
     }
 
     fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        self.try_get(column).map_err(decode_err)
+    }
+
+    fn flag(&self, column: &str) -> Result<bool> {
         self.try_get(column).map_err(decode_err)
     }
 
@@ -106,6 +113,11 @@ pub fn corrupt(what: &'static str, message: impl ToString) -> StoreError {
 fn get_u32(row: &impl RowExt, column: &str) -> Result<u32> {
     let v = row.int(column)?;
     u32::try_from(v).map_err(|e| corrupt("integer column", format!("{column}: {e}")))
+}
+
+fn get_u64(row: &impl RowExt, column: &str) -> Result<u64> {
+    let v = row.int(column)?;
+    u64::try_from(v).map_err(|e| corrupt("integer column", format!("{column}: {e}")))
 }
 
 fn get_state<S: std::str::FromStr>(row: &impl RowExt, what: &'static str) -> Result<S>
@@ -156,7 +168,7 @@ pub fn task(row: &impl RowExt) -> Result<TaskRow> {
 
 /// The columns [`step`] reads, for `SELECT` and `RETURNING` lists.
 pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, state, attempts, \
-     max_attempts, pending_parents, next_attempt_at_ms, timeout_ms, result, last_error, \
+     max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, next_attempt_at_ms, timeout_ms, result, last_error, \
      started_at_ms, finished_at_ms";
 
 /// Decodes a `steps` row.
@@ -171,6 +183,9 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
         state: get_state(row, "step state")?,
         attempts: get_u32(row, "attempts")?,
         max_attempts: get_u32(row, "max_attempts")?,
+        retry_base_ms: get_u64(row, "retry_base_ms")?,
+        retry_max_ms: get_u64(row, "retry_max_ms")?,
+        retry_jitter: row.flag("retry_jitter")?,
         pending_parents: get_u32(row, "pending_parents")?,
         next_attempt_at_ms: row.opt_int("next_attempt_at_ms")?,
         timeout_ms: timeout_ms

@@ -198,7 +198,9 @@ pub trait TransitionLog: Send + Sync {
 
 /// A complete storage backend.
 #[async_trait]
-pub trait Store: TemplateStore + TaskStore + StepStore + QueueStore + TransitionLog {
+pub trait Store:
+    TemplateStore + TaskStore + StepStore + QueueStore + TransitionLog + std::fmt::Debug
+{
     /// What the backend can do.
     fn capabilities(&self) -> Capabilities;
 

@@ -70,6 +70,12 @@ pub struct StepRow {
     pub attempts: u32,
     /// Attempts allowed by the retry policy.
     pub max_attempts: u32,
+    /// Retry policy: first backoff delay in milliseconds.
+    pub retry_base_ms: u64,
+    /// Retry policy: backoff cap in milliseconds.
+    pub retry_max_ms: u64,
+    /// Retry policy: randomize the delay.
+    pub retry_jitter: bool,
     /// Parents not yet `Complete`; the step is viable only when this is zero.
     pub pending_parents: u32,
     /// Earliest time of the next attempt, while `WaitingForRetry`.

@@ -1,0 +1,246 @@
+//! The executor trait and the five executor types of the pipeline.
+//!
+//! An executor only knows how to process one batch of its part of the pipeline. Everything
+//! around a batch (the loop, timing, heartbeats, wake-ups, stopping) belongs to the pool, so it
+//! is written once: see [`crate::pool`].
+
+mod step_enqueuer;
+mod step_result_processor;
+mod task_claimer;
+mod task_finalizer;
+mod task_request_processor;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tasker_store::{QueueAckParams, QueueEnqueueManyParams, QueueNackParams, Store, StoreError};
+use tasker_types::QueueMessage;
+use tokio::sync::{broadcast, mpsc, Mutex};
+
+pub use step_enqueuer::StepEnqueuer;
+pub use step_result_processor::StepResultProcessor;
+pub use task_claimer::{Claim, TaskClaimer};
+pub use task_finalizer::{verdict, TaskFinalizer, Verdict};
+pub use task_request_processor::{create_task, RequestError, TaskRequestProcessor};
+
+use crate::{engine::TaskEvent, wakeup::Wakeups};
+
+/// The five executor types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum ExecutorType {
+    /// Validates task requests and creates tasks.
+    TaskRequestProcessor,
+    /// Claims tasks that have steps to enqueue, with a lease.
+    TaskClaimer,
+    /// Enqueues the viable steps of claimed tasks.
+    StepEnqueuer,
+    /// Applies step results.
+    StepResultProcessor,
+    /// Evaluates tasks and finalizes finished ones.
+    TaskFinalizer,
+    /// Not an orchestration executor: the in-process worker, driven by the same pool loop.
+    InProcessWorker,
+}
+
+impl ExecutorType {
+    /// Every type, in pipeline order.
+    pub const ALL: [ExecutorType; 5] = [
+        ExecutorType::TaskRequestProcessor,
+        ExecutorType::TaskClaimer,
+        ExecutorType::StepEnqueuer,
+        ExecutorType::StepResultProcessor,
+        ExecutorType::TaskFinalizer,
+    ];
+
+    /// Name for logs and metrics (`task_request_processor`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorType::TaskRequestProcessor => "task_request_processor",
+            ExecutorType::TaskClaimer => "task_claimer",
+            ExecutorType::StepEnqueuer => "step_enqueuer",
+            ExecutorType::StepResultProcessor => "step_result_processor",
+            ExecutorType::TaskFinalizer => "task_finalizer",
+            ExecutorType::InProcessWorker => "in_process_worker",
+        }
+    }
+
+    /// The wake-up channel the type waits on when it finds no work (workers wait on their
+    /// namespace queue instead).
+    pub fn wakes_on(self) -> &'static str {
+        match self {
+            ExecutorType::InProcessWorker => "tasker.workers",
+            ExecutorType::TaskRequestProcessor => crate::messages::TASK_REQUESTS,
+            ExecutorType::TaskClaimer => crate::messages::TASK_WORK,
+            ExecutorType::StepEnqueuer => CLAIMS,
+            ExecutorType::StepResultProcessor => crate::messages::STEP_RESULTS,
+            ExecutorType::TaskFinalizer => crate::messages::TASK_FINALIZE,
+        }
+    }
+}
+
+/// Wake-up name of the in-memory channel from claimers to enqueuers.
+pub(crate) const CLAIMS: &str = "tasker.claims";
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutorError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A message payload did not decode.
+    #[error("malformed message {id} on {queue}: {message}")]
+    Malformed {
+        /// Queue.
+        queue: String,
+        /// Message id.
+        id: i64,
+        /// Decoder's complaint.
+        message: String,
+    },
+}
+
+/// What an executor type does, one batch at a time.
+#[async_trait]
+pub trait OrchestrationExecutor: Send + Sync + std::fmt::Debug + 'static {
+    /// Its type.
+    fn executor_type(&self) -> ExecutorType;
+
+    /// Processes up to `batch_size` items; returns how many it processed (0 = no work found).
+    ///
+    /// # Errors
+    ///
+    /// Store failures. Messages already taken are left to their visibility timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling mid-batch is safe: every message is acknowledged only after its effects
+    /// committed, so an interrupted one is delivered again.
+    async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError>;
+}
+
+/// What all executors share.
+#[derive(Debug, Clone)]
+pub struct ExecutorContext {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// In-process wake-ups.
+    pub wakeups: Wakeups,
+    /// This instance's id, recorded in audit rows.
+    pub instance_id: String,
+    /// Task and step events for observers (`tasker run`, tests).
+    pub events: broadcast::Sender<TaskEvent>,
+    /// Claims from claimers to enqueuers.
+    pub claims_tx: mpsc::Sender<Claim>,
+    /// Shared receiving end of the claims channel.
+    pub claims_rx: Arc<Mutex<mpsc::Receiver<Claim>>>,
+    /// Lease on a claimed task (visibility timeout of `task_work`).
+    pub claim_lease: std::time::Duration,
+    /// Visibility timeout of the internal queues' messages.
+    pub visibility_timeout: std::time::Duration,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliveries: u32,
+}
+
+impl ExecutorContext {
+    /// Leases up to `max` messages of `queue` for the usual visibility timeout.
+    pub(crate) async fn dequeue(
+        &self,
+        queue: &str,
+        max: u32,
+    ) -> Result<Vec<QueueMessage>, ExecutorError> {
+        self.dequeue_leased(queue, max, self.visibility_timeout)
+            .await
+    }
+
+    /// Leases up to `max` messages of `queue` for `lease`.
+    pub(crate) async fn dequeue_leased(
+        &self,
+        queue: &str,
+        max: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<QueueMessage>, ExecutorError> {
+        Ok(self
+            .store
+            .queue_dequeue(&tasker_store::QueueDequeueParams {
+                queue: queue.to_owned(),
+                max,
+                visibility_timeout: lease,
+                max_deliveries: self.max_deliveries,
+            })
+            .await?)
+    }
+
+    /// Acknowledges a message; a lost lease means another consumer has it now, which is fine.
+    pub(crate) async fn ack(&self, message: &QueueMessage) -> Result<(), ExecutorError> {
+        match self
+            .store
+            .queue_ack(&QueueAckParams {
+                id: message.id,
+                lease_token: message.lease_token.clone(),
+            })
+            .await
+        {
+            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns a message to its queue after `delay`.
+    pub(crate) async fn nack(
+        &self,
+        message: &QueueMessage,
+        delay: std::time::Duration,
+    ) -> Result<(), ExecutorError> {
+        match self
+            .store
+            .queue_nack(&QueueNackParams {
+                id: message.id,
+                lease_token: message.lease_token.clone(),
+                delay,
+            })
+            .await
+        {
+            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Enqueues payloads to `queue` (after `delay`) and wakes its consumers.
+    pub(crate) async fn publish<T: serde::Serialize>(
+        &self,
+        queue: &str,
+        payloads: &[T],
+        delay: std::time::Duration,
+    ) -> Result<(), ExecutorError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let payloads = payloads
+            .iter()
+            .map(|p| serde_json::to_value(p).expect("message payloads serialize"))
+            .collect();
+        self.store
+            .queue_enqueue_many(&QueueEnqueueManyParams {
+                queue: queue.to_owned(),
+                payloads,
+                delay,
+            })
+            .await?;
+        if delay.is_zero() {
+            self.wakeups.wake(queue);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a message payload.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    message: &QueueMessage,
+) -> Result<T, ExecutorError> {
+    serde_json::from_value(message.payload.clone()).map_err(|e| ExecutorError::Malformed {
+        queue: message.queue.clone(),
+        id: message.id,
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,132 @@
+//! StepEnqueuer: for each claimed task, finds the viable steps, marks them `Enqueued` and
+//! publishes their step messages to the namespace queue in one transaction, then releases the
+//! claim.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError, TaskTransitionParams};
+use tasker_types::{TaskEvent, TaskState};
+
+use super::{Claim, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
+use crate::messages::TASK_FINALIZE;
+
+/// Most steps one task enqueues per claim; the rest follow on the next evaluation.
+const MAX_STEPS_PER_CLAIM: u32 = 10_000;
+
+/// Enqueues the viable steps of claimed tasks.
+#[derive(Debug)]
+pub struct StepEnqueuer {
+    ctx: ExecutorContext,
+}
+
+impl StepEnqueuer {
+    /// An enqueuer over `ctx`.
+    pub fn new(ctx: ExecutorContext) -> Self {
+        Self { ctx }
+    }
+
+    async fn enqueue(&self, claim: &Claim) -> Result<(), ExecutorError> {
+        let store = &self.ctx.store;
+        let task_id = claim.task.task_id;
+        let mut task = match store.task_get(task_id).await {
+            Ok(t) => t,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if matches!(
+            task.state,
+            TaskState::Initializing | TaskState::WaitingForRetry
+        ) {
+            task = match store
+                .task_transition(&self.move_task(task_id, task.state, TaskEvent::BeginEnqueue))
+                .await
+            {
+                Ok(t) => t,
+                // Someone else moved it; their claim or evaluation carries on from there.
+                Err(StoreError::StaleState { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+        }
+        if task.state != TaskState::EnqueuingSteps {
+            return Ok(());
+        }
+        let viable = store
+            .step_viable_many(&StepViableManyParams {
+                task_id,
+                limit: MAX_STEPS_PER_CLAIM,
+            })
+            .await?;
+        let enqueued = store
+            .step_enqueue_many(&StepEnqueueManyParams {
+                task_id,
+                steps: viable.iter().map(|s| (s.id, s.state)).collect(),
+                queue: task.namespace.clone(),
+                instance_id: self.ctx.instance_id.clone(),
+            })
+            .await?;
+        if !enqueued.is_empty() {
+            self.ctx.wakeups.wake(&task.namespace);
+        }
+        match store
+            .task_transition(&self.move_task(
+                task_id,
+                TaskState::EnqueuingSteps,
+                TaskEvent::StepsEnqueued,
+            ))
+            .await
+        {
+            Ok(_) | Err(StoreError::StaleState { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::debug!(task_id = %task_id, steps = enqueued.len(), "steps enqueued");
+        if enqueued.is_empty() {
+            // Nothing was ready after all (a retry not yet due, or a step enqueued by an
+            // earlier attempt of this claim): let the finalizer decide what the task waits for.
+            self.ctx
+                .publish(TASK_FINALIZE, &[claim.task], Duration::ZERO)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn move_task(
+        &self,
+        task_id: tasker_types::TaskId,
+        from: TaskState,
+        event: TaskEvent,
+    ) -> TaskTransitionParams {
+        TaskTransitionParams {
+            task_id,
+            from,
+            event,
+            reason: None,
+            instance_id: self.ctx.instance_id.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl OrchestrationExecutor for StepEnqueuer {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::StepEnqueuer
+    }
+
+    async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
+        let mut claims = Vec::new();
+        {
+            let mut rx = self.ctx.claims_rx.lock().await;
+            while claims.len() < batch_size as usize {
+                match rx.try_recv() {
+                    Ok(claim) => claims.push(claim),
+                    Err(_) => break,
+                }
+            }
+        }
+        for claim in &claims {
+            self.enqueue(claim).await?;
+            self.ctx.ack(&claim.message).await?;
+        }
+        Ok(claims.len())
+    }
+}

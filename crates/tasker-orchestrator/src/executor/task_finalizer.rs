@@ -1,0 +1,219 @@
+//! TaskFinalizer: evaluates a task after its steps changed and moves it on: enqueue newly viable
+//! steps, wait for running steps or a retry, block on or fail with a permanent failure, or
+//! complete it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tasker_store::{StoreError, TaskTransitionParams};
+use tasker_types::{StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+
+use super::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
+use crate::{
+    engine::TaskEvent as EngineEvent,
+    messages::{TaskRef, TASK_FINALIZE, TASK_WORK},
+};
+
+/// How long an evaluation request waits while a claimer is enqueuing the task's steps.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
+/// What the steps of a task say about it. Pure, so it is tested directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every step is complete (or resolved).
+    Complete,
+    /// A step failed permanently and nothing runs any more.
+    Fail,
+    /// A step failed permanently; others still run.
+    Block,
+    /// Some steps can be enqueued now.
+    Enqueue,
+    /// Steps are running.
+    AwaitSteps,
+    /// Only retries remain; the earliest is due at this time (database clock, ms).
+    AwaitRetry(i64),
+}
+
+/// Judges a task by its steps.
+pub fn verdict(steps: &[StepRow]) -> Verdict {
+    let running = steps
+        .iter()
+        .any(|s| matches!(s.state, StepState::Enqueued | StepState::InProgress));
+    if steps.iter().all(|s| s.state.satisfies_dependents()) {
+        return Verdict::Complete;
+    }
+    if steps.iter().any(|s| s.state == StepState::Error) {
+        return if running {
+            Verdict::Block
+        } else {
+            Verdict::Fail
+        };
+    }
+    let ready = steps.iter().any(|s| {
+        s.state == StepState::Pending && s.pending_parents == 0 && s.attempts < s.max_attempts
+    });
+    if ready {
+        return Verdict::Enqueue;
+    }
+    if running {
+        return Verdict::AwaitSteps;
+    }
+    match steps
+        .iter()
+        .filter(|s| s.state == StepState::WaitingForRetry)
+        .filter_map(|s| s.next_attempt_at_ms)
+        .min()
+    {
+        Some(due) => Verdict::AwaitRetry(due),
+        // Pending steps behind unfinished parents with nothing running cannot happen while
+        // the counters hold; fail loudly rather than wait forever.
+        None => Verdict::Fail,
+    }
+}
+
+/// Evaluates and finalizes tasks.
+#[derive(Debug)]
+pub struct TaskFinalizer {
+    ctx: ExecutorContext,
+}
+
+/// What became of one evaluation request.
+enum Evaluated {
+    Done,
+    Later,
+}
+
+impl TaskFinalizer {
+    /// A finalizer over `ctx`.
+    pub fn new(ctx: ExecutorContext) -> Self {
+        Self { ctx }
+    }
+
+    fn move_task(
+        &self,
+        task_id: TaskId,
+        from: TaskState,
+        event: TaskEvent,
+        reason: Option<String>,
+    ) -> TaskTransitionParams {
+        TaskTransitionParams {
+            task_id,
+            from,
+            event,
+            reason,
+            instance_id: self.ctx.instance_id.clone(),
+        }
+    }
+
+    async fn evaluate(&self, task_id: TaskId) -> Result<Evaluated, ExecutorError> {
+        let store = &self.ctx.store;
+        let task = match store.task_get(task_id).await {
+            Ok(t) => t,
+            Err(StoreError::NotFound { .. }) => return Ok(Evaluated::Done),
+            Err(e) => return Err(e.into()),
+        };
+        match task.state {
+            s if s.is_terminal() => return Ok(Evaluated::Done),
+            // A claimer is working on it; evaluate once it is done.
+            TaskState::Pending | TaskState::Initializing | TaskState::EnqueuingSteps => {
+                return Ok(Evaluated::Later)
+            }
+            TaskState::EvaluatingResults => {}
+            from => match store
+                .task_transition(&self.move_task(
+                    task_id,
+                    from,
+                    TaskEvent::StepResultReceived,
+                    None,
+                ))
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::StaleState { .. }) => return Ok(Evaluated::Later),
+                Err(e) => return Err(e.into()),
+            },
+        }
+        let steps = store.step_list(task_id).await?;
+        let verdict = verdict(&steps);
+        let (event, reason) = match verdict {
+            Verdict::Complete => (TaskEvent::Complete, None),
+            Verdict::Fail => (TaskEvent::Fail, failure_reason(&steps)),
+            Verdict::Block => (TaskEvent::Block, failure_reason(&steps)),
+            Verdict::Enqueue => (TaskEvent::BeginEnqueue, None),
+            Verdict::AwaitSteps => (TaskEvent::AwaitSteps, None),
+            Verdict::AwaitRetry(_) => (TaskEvent::AwaitRetry, None),
+        };
+        let moved = match store
+            .task_transition(&self.move_task(task_id, TaskState::EvaluatingResults, event, reason))
+            .await
+        {
+            Ok(t) => t,
+            Err(StoreError::StaleState { .. }) => return Ok(Evaluated::Later),
+            Err(e) => return Err(e.into()),
+        };
+        match verdict {
+            Verdict::Enqueue => {
+                self.ctx
+                    .publish(TASK_WORK, &[TaskRef { task_id }], Duration::ZERO)
+                    .await?;
+            }
+            Verdict::AwaitRetry(due_ms) => {
+                let wait = u64::try_from(due_ms.saturating_sub(moved.updated_at_ms)).unwrap_or(0);
+                self.ctx
+                    .publish(
+                        TASK_WORK,
+                        &[TaskRef { task_id }],
+                        Duration::from_millis(wait),
+                    )
+                    .await?;
+            }
+            Verdict::Complete | Verdict::Fail => self.finished(&moved),
+            Verdict::Block | Verdict::AwaitSteps => {}
+        }
+        Ok(Evaluated::Done)
+    }
+
+    fn finished(&self, task: &TaskRow) {
+        tracing::info!(task_id = %task.id, state = %task.state, "task finished");
+        let _ = self.ctx.events.send(EngineEvent::TaskFinished {
+            task_id: task.id,
+            state: task.state,
+        });
+    }
+}
+
+fn failure_reason(steps: &[StepRow]) -> Option<String> {
+    steps.iter().find(|s| s.state == StepState::Error).map(|s| {
+        format!(
+            "step {} failed: {}",
+            s.name,
+            s.last_error.as_deref().unwrap_or("unknown error")
+        )
+    })
+}
+
+#[async_trait]
+impl OrchestrationExecutor for TaskFinalizer {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::TaskFinalizer
+    }
+
+    async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
+        let messages = self.ctx.dequeue(TASK_FINALIZE, batch_size).await?;
+        for message in &messages {
+            let task: TaskRef = match decode(message) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping malformed evaluation request to its dead letters");
+                    self.ctx.nack(message, Duration::from_secs(1)).await?;
+                    continue;
+                }
+            };
+            match self.evaluate(task.task_id).await? {
+                Evaluated::Done => self.ctx.ack(message).await?,
+                Evaluated::Later => self.ctx.nack(message, BUSY_RETRY).await?,
+            }
+        }
+        Ok(messages.len())
+    }
+}

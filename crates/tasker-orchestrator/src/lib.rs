@@ -1,0 +1,33 @@
+//! Tasker's orchestration executor system (DESIGN.md sections 3 and 4).
+//!
+//! Orchestration work is done by executors of five types, each doing one part of the pipeline
+//! over the store's durable queues:
+//!
+//! ```text
+//! task_requests --TaskRequestProcessor--> task (Initializing) + task_work message
+//! task_work     --TaskClaimer (lease = visibility timeout)--> claims channel
+//! claims        --StepEnqueuer--> viable steps Enqueued + step messages (one transaction)
+//! <namespace>   --worker--> step_results
+//! step_results  --StepResultProcessor--> step Complete / WaitingForRetry / Error + task_finalize
+//! task_finalize --TaskFinalizer--> Complete | Error | next enqueue | wait
+//! ```
+//!
+//! Executors of one type form an [`pool::ExecutorPool`]; the [`coordinator::OrchestrationLoopCoordinator`]
+//! owns one pool per type. An executor only implements `process_batch`; the pool's loop adds
+//! timing, heartbeats, wake-ups and stopping, once for all types.
+//!
+//! Every message is acknowledged only after what it caused is durable, and every state change
+//! names its expected from-state, so a redelivered message or a second instance is harmless.
+
+pub mod backoff;
+pub mod coordinator;
+pub mod engine;
+pub mod executor;
+pub mod handler;
+pub mod messages;
+pub mod pool;
+pub mod wakeup;
+pub mod worker;
+
+pub use engine::{Engine, EngineConfig, TaskEvent as EngineEvent};
+pub use executor::{ExecutorError, ExecutorType, OrchestrationExecutor};

@@ -1,0 +1,71 @@
+//! The internal queues of the pipeline and their message payloads.
+
+use serde::{Deserialize, Serialize};
+use tasker_types::{StepId, TaskId};
+
+/// Client task requests, processed by the TaskRequestProcessor.
+pub const TASK_REQUESTS: &str = "tasker.task_requests";
+/// "This task has steps to enqueue": claimed by the TaskClaimer (the lease is the visibility
+/// timeout).
+pub const TASK_WORK: &str = "tasker.task_work";
+/// Results that workers report, applied by the StepResultProcessor.
+pub const STEP_RESULTS: &str = "tasker.step_results";
+/// "Evaluate this task": consumed by the TaskFinalizer.
+pub const TASK_FINALIZE: &str = "tasker.task_finalize";
+
+/// A client's request for a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// Template namespace.
+    pub namespace: String,
+    /// Template name.
+    pub name: String,
+    /// Template version; the latest when absent.
+    pub version: Option<String>,
+    /// Task context.
+    pub context: serde_json::Value,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Higher runs earlier.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A task that needs attention (`task_work` and `task_finalize` payloads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// What a worker reports for one attempt of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// The task.
+    pub task_id: TaskId,
+    /// The step.
+    pub step_id: StepId,
+    /// The attempt this result is for (the fencing token: a result for an older attempt is
+    /// ignored).
+    pub attempt: u32,
+    /// Success or failure.
+    pub outcome: StepOutcome,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// The handler succeeded.
+    Success {
+        /// Its output.
+        output: serde_json::Value,
+    },
+    /// The handler failed.
+    Failure {
+        /// What went wrong.
+        error: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+}

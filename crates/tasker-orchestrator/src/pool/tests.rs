@@ -1,0 +1,159 @@
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::executor::ExecutorError;
+
+/// A scriptable executor: each batch takes `batch_time` (or never ends when `None`).
+#[derive(Debug)]
+struct Fake {
+    batch_time: Option<Duration>,
+    batches: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl OrchestrationExecutor for Fake {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::TaskClaimer
+    }
+
+    async fn process_batch(&self, _batch_size: u32) -> Result<usize, ExecutorError> {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        match self.batch_time {
+            Some(t) => {
+                tokio::time::sleep(t).await;
+                Ok(0)
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn pool(batch_time: Option<Duration>, config: PoolConfig) -> (ExecutorPool, Arc<AtomicUsize>) {
+    let batches = Arc::new(AtomicUsize::new(0));
+    let counter = batches.clone();
+    let factory: ExecutorFactory = Arc::new(move || {
+        Arc::new(Fake {
+            batch_time,
+            batches: counter.clone(),
+        }) as Arc<dyn OrchestrationExecutor>
+    });
+    (
+        ExecutorPool::new(
+            ExecutorType::TaskClaimer,
+            factory,
+            config,
+            Arc::new(Notify::new()),
+        ),
+        batches,
+    )
+}
+
+fn config(min: usize, max: usize) -> PoolConfig {
+    PoolConfig {
+        min_executors: min,
+        max_executors: max,
+        batch_size: 10,
+        polling_interval: Duration::from_millis(10),
+        stop_timeout: Duration::from_millis(200),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_executor_cannot_be_upgraded_and_its_loop_ends() {
+    let (mut p, _) = pool(Some(Duration::from_millis(1)), config(0, 2));
+    p.add_executor();
+    let weak = Arc::downgrade(&p.executors[0].executor);
+    assert!(weak.upgrade().is_some());
+    let report = p.stop_all().await;
+    assert_eq!(
+        report,
+        RemovalReport {
+            graceful: 1,
+            aborted: 0
+        }
+    );
+    assert!(
+        weak.upgrade().is_none(),
+        "nothing but the pool held the executor"
+    );
+    assert_eq!(p.live_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_executor_ends_the_loop_without_a_cancel() {
+    let (mut p, batches) = pool(Some(Duration::from_millis(1)), config(0, 1));
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let running = p.executors.pop().unwrap();
+    drop(running.executor);
+    // The loop's next upgrade fails; the task finishes on its own.
+    tokio::time::timeout(Duration::from_secs(1), running.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(batches.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_waits_for_the_batch_in_flight() {
+    let (mut p, batches) = pool(Some(Duration::from_millis(50)), config(0, 3));
+    for _ in 0..3 {
+        p.add_executor();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let report = p.remove_executors(2).await;
+    assert_eq!(
+        report,
+        RemovalReport {
+            graceful: 2,
+            aborted: 0
+        }
+    );
+    assert_eq!((p.len(), p.live_tasks()), (1, 1));
+    assert!(batches.load(Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_executor_is_aborted_after_the_stop_timeout() {
+    let (mut p, _) = pool(None, config(0, 2));
+    p.add_executor();
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    let report = p.stop_all().await;
+    assert_eq!(
+        report,
+        RemovalReport {
+            graceful: 0,
+            aborted: 2
+        }
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "each waited its stop timeout"
+    );
+    assert_eq!(p.live_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rapid_scaling_leaves_exactly_the_expected_tasks() {
+    let (mut p, _) = pool(Some(Duration::from_millis(1)), config(1, 8));
+    let mut expected = 0;
+    let mut seed: u64 = 42;
+    for _ in 0..400 {
+        // A small LCG: a deterministic spread of targets, including out-of-bounds ones.
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let target = usize::try_from(seed >> 60).unwrap();
+        p.scale_to(target).await;
+        expected = target.clamp(1, 8);
+        assert_eq!(p.len(), expected);
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(p.live_tasks(), expected);
+    let report = p.stop_all().await;
+    assert_eq!(report.graceful + report.aborted, expected);
+    assert_eq!(p.live_tasks(), 0);
+    assert!(p.totals().0 > 0);
+}

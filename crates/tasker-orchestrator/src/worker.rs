@@ -1,0 +1,155 @@
+//! The in-process worker: takes step messages of its namespaces, runs their handlers with the
+//! step's timeout, reports the result to `step_results`, and only then acknowledges the step
+//! message. A worker that dies before acknowledging leaves the message to its visibility
+//! timeout; the step is then delivered again (`lease_expired`) and run again.
+
+use std::{sync::Arc, time::Duration};
+
+use tasker_store::{StepMessage, StepTransitionParams, StoreError};
+use tasker_types::{QueueMessage, StepEvent, StepRow, StepState};
+
+use async_trait::async_trait;
+
+use crate::{
+    executor::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor},
+    handler::{HandlerRegistry, StepInput},
+    messages::{StepOutcome, StepResult, STEP_RESULTS},
+};
+
+/// Runs the steps of some namespaces in this process.
+#[derive(Debug, Clone)]
+pub struct InProcessWorker {
+    pub(crate) ctx: ExecutorContext,
+    pub(crate) handlers: Arc<HandlerRegistry>,
+    pub(crate) namespace: String,
+}
+
+impl InProcessWorker {
+    /// Takes and runs up to `batch` step messages of its namespace; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; messages not yet acknowledged are delivered again later.
+    pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
+        let messages = self.ctx.dequeue(&self.namespace, batch).await?;
+        let mut results = Vec::with_capacity(messages.len());
+        for message in &messages {
+            if let Some(result) = self.run_one(message).await? {
+                results.push(result);
+            }
+        }
+        self.ctx
+            .publish(STEP_RESULTS, &results, Duration::ZERO)
+            .await?;
+        for message in &messages {
+            self.ctx.ack(message).await?;
+        }
+        Ok(messages.len())
+    }
+
+    async fn run_one(&self, message: &QueueMessage) -> Result<Option<StepResult>, ExecutorError> {
+        let step_message: StepMessage = decode(message)?;
+        let Some(step) = self.start(step_message).await? else {
+            return Ok(None);
+        };
+        let task = self.ctx.store.task_get(step.task_id).await?;
+        let input = StepInput {
+            context: task.context,
+            config: step.handler_config.clone(),
+            attempt: step.attempts,
+        };
+        let outcome = match self.handlers.get(&step.handler) {
+            None => StepOutcome::Failure {
+                error: format!("no handler named {:?} in this worker", step.handler),
+                retryable: false,
+            },
+            Some(handler) => {
+                let call = handler.call(input);
+                let result = match step.timeout_ms {
+                    Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(crate::handler::StepFailure {
+                                error: format!("attempt timed out after {ms} ms"),
+                                retryable: true,
+                            })
+                        }),
+                    None => call.await,
+                };
+                match result {
+                    Ok(output) => StepOutcome::Success { output },
+                    Err(f) => StepOutcome::Failure {
+                        error: f.error,
+                        retryable: f.retryable,
+                    },
+                }
+            }
+        };
+        Ok(Some(StepResult {
+            task_id: step.task_id,
+            step_id: step.id,
+            attempt: step.attempts,
+            outcome,
+        }))
+    }
+
+    /// Moves the step to `InProgress` for a new attempt; `None` when there is nothing to run.
+    async fn start(&self, message: StepMessage) -> Result<Option<StepRow>, ExecutorError> {
+        let store = &self.ctx.store;
+        let step = match store.step_get(message.step_id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut from = step.state;
+        if from == StepState::InProgress {
+            // Redelivered: the worker holding the earlier attempt lost its lease.
+            let moved = self
+                .transition(step.id, from, StepEvent::LeaseExpired)
+                .await?;
+            let Some(moved) = moved else { return Ok(None) };
+            from = moved.state;
+        }
+        if from != StepState::Enqueued {
+            return Ok(None);
+        }
+        self.transition(step.id, from, StepEvent::Start).await
+    }
+
+    async fn transition(
+        &self,
+        step_id: tasker_types::StepId,
+        from: StepState,
+        event: StepEvent,
+    ) -> Result<Option<StepRow>, ExecutorError> {
+        match self
+            .ctx
+            .store
+            .step_transition(&StepTransitionParams {
+                step_id,
+                from,
+                event,
+                output: None,
+                error: None,
+                retry_after: None,
+                instance_id: self.ctx.instance_id.clone(),
+            })
+            .await
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::StaleState { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl OrchestrationExecutor for InProcessWorker {
+    fn executor_type(&self) -> ExecutorType {
+        ExecutorType::InProcessWorker
+    }
+
+    async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
+        self.run_batch(batch_size).await
+    }
+}

@@ -1,0 +1,242 @@
+//! The whole pipeline, end to end, on both backends: tasks go from request to `Complete` (or
+//! `Error`) through the five executor pools and in-process workers.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tasker_orchestrator::{
+    handler::HandlerRegistry, messages::TaskRequest, pool::PoolConfig, Engine, EngineConfig,
+    EngineEvent,
+};
+use tasker_store::{Store, TemplateRegisterParams};
+use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_template::TaskTemplate;
+use tasker_types::{Entity, TaskId, TaskState};
+
+fn template(yaml: &str) -> TaskTemplate {
+    TaskTemplate::from_yaml_str(yaml, "test").unwrap()
+}
+
+const DIAMOND: &str = "namespace: demo\nname: diamond\nversion: 1.0.0\nsteps:\n\
+    - {name: start, handler: noop}\n- {name: left, handler: noop, depends_on: [start]}\n\
+    - {name: right, handler: noop, depends_on: [start]}\n\
+    - {name: join, handler: noop, depends_on: [left, right]}\n";
+
+const FLAKY: &str = "namespace: demo\nname: flaky\nversion: 1.0.0\nsteps:\n\
+    - {name: first, handler: noop}\n\
+    - name: flaky\n  handler: {name: fail, config: {times: 2, retryable: true}}\n  depends_on: [first]\n  retry: {max_attempts: 5, base_ms: 1, max_ms: 5, jitter: false}\n\
+    - {name: doomed, handler: {name: fail, config: {retryable: false}}, depends_on: [flaky]}\n";
+
+async fn engine(store: Arc<dyn Store>) -> Engine {
+    for t in [DIAMOND, FLAKY] {
+        store
+            .template_register(&TemplateRegisterParams {
+                template: template(t),
+            })
+            .await
+            .unwrap();
+    }
+    let config = EngineConfig {
+        pool: PoolConfig {
+            min_executors: 2,
+            max_executors: 2,
+            batch_size: 100,
+            ..PoolConfig::default()
+        },
+        worker_namespaces: vec!["demo".into()],
+        workers_per_namespace: 2,
+        ..EngineConfig::default()
+    };
+    Engine::start(store, config, HandlerRegistry::with_builtins()).await
+}
+
+fn request(name: &str, key: Option<String>) -> TaskRequest {
+    TaskRequest {
+        namespace: "demo".into(),
+        name: name.into(),
+        version: None,
+        context: serde_json::json!({}),
+        idempotency_key: key,
+        priority: 0,
+    }
+}
+
+/// Waits (by event, with a deadline) until every task in `ids` has finished.
+async fn wait_finished(
+    events: &mut tokio::sync::broadcast::Receiver<EngineEvent>,
+    engine: &Engine,
+    ids: &[TaskId],
+) -> HashMap<TaskId, TaskState> {
+    let mut finished = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while finished.len() < ids.len() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(EngineEvent::TaskFinished { task_id, state })) => {
+                finished.insert(task_id, state);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                // Missed events: read the truth from the store.
+                for id in ids {
+                    let t = engine.store().task_get(*id).await.unwrap();
+                    if t.state.is_terminal() {
+                        finished.insert(*id, t.state);
+                    }
+                }
+            }
+            Ok(Err(e)) => panic!("event stream closed: {e}"),
+            Err(_) => panic!(
+                "only {} of {} tasks finished in time",
+                finished.len(),
+                ids.len()
+            ),
+        }
+    }
+    finished
+}
+
+async fn thousand_diamonds_complete(store: Arc<dyn Store>) {
+    let engine = engine(store.clone()).await;
+    let mut events = engine.subscribe();
+    let mut ids = Vec::new();
+    for i in 0..1_000 {
+        let created = engine
+            .submit(&request("diamond", Some(format!("d{i}"))))
+            .await
+            .unwrap();
+        ids.push(created.task.id);
+    }
+    let finished = wait_finished(&mut events, &engine, &ids).await;
+    assert!(
+        finished.values().all(|s| *s == TaskState::Complete),
+        "{finished:?}"
+    );
+    for id in &ids {
+        let task = store.task_get(*id).await.unwrap();
+        assert_eq!(task.state, TaskState::Complete);
+        let steps = store.step_list(*id).await.unwrap();
+        assert!(steps
+            .iter()
+            .all(|s| s.state == tasker_types::StepState::Complete && s.attempts == 1));
+        let log = store.transition_list(*id).await.unwrap();
+        for step in &steps {
+            let completes = log
+                .iter()
+                .filter(|t| {
+                    t.entity == Entity::Step
+                        && t.step_id == Some(step.id)
+                        && t.to_state == "Complete"
+                })
+                .count();
+            assert_eq!(completes, 1, "step {} of task {id}", step.name);
+        }
+    }
+    engine.shutdown().await;
+}
+
+async fn retries_then_errors(store: Arc<dyn Store>) {
+    let engine = engine(store.clone()).await;
+    let mut events = engine.subscribe();
+    let task = engine.submit(&request("flaky", None)).await.unwrap().task;
+    let finished = wait_finished(&mut events, &engine, &[task.id]).await;
+    assert_eq!(finished[&task.id], TaskState::Error);
+    let steps: HashMap<String, _> = store
+        .step_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let flaky = &steps["flaky"];
+    assert_eq!(
+        (flaky.state, flaky.attempts),
+        (tasker_types::StepState::Complete, 3)
+    );
+    assert_eq!(
+        flaky.result,
+        Some(serde_json::json!({"succeeded_on_attempt": 3}))
+    );
+    assert_eq!(
+        (steps["doomed"].state, steps["doomed"].attempts),
+        (tasker_types::StepState::Error, 1)
+    );
+    let waits = store
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.step_id == Some(flaky.id) && t.to_state == "WaitingForRetry")
+        .count();
+    assert_eq!(waits, 2);
+    engine.shutdown().await;
+}
+
+async fn queued_requests_are_processed(store: Arc<dyn Store>) {
+    let engine = engine(store.clone()).await;
+    let mut events = engine.subscribe();
+    engine
+        .enqueue_request(&request("diamond", Some("queued".into())))
+        .await
+        .unwrap();
+    let finished = loop {
+        match tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            EngineEvent::TaskFinished { task_id, state } => break (task_id, state),
+            _ => continue,
+        }
+    };
+    assert_eq!(finished.1, TaskState::Complete);
+    let task = store.task_get(finished.0).await.unwrap();
+    assert_eq!(task.idempotency_key.as_deref(), Some("queued"));
+    engine.shutdown().await;
+}
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
+    let db = TestDatabase::create().await.unwrap();
+    let store = PgStore::connect(PgStoreOptions::new(&db.url))
+        .await
+        .unwrap();
+    (Arc::new(store), db)
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),+) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::$name(store).await;
+                }
+            )+
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, db) = super::postgres().await;
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                    db.drop_database().await.unwrap();
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    thousand_diamonds_complete,
+    retries_then_errors,
+    queued_requests_are_processed
+);
