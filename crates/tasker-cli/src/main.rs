@@ -23,6 +23,8 @@ enum Command {
     /// Work with task templates.
     #[command(subcommand)]
     Templates(commands::templates::TemplatesCommand),
+    /// Run one task from a template file on an embedded engine, to the end.
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Templates(cmd) => commands::templates::run(cmd),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -136,3 +136,79 @@ fn json_output_is_one_object_per_file() {
     assert_eq!(objects[1]["ok"], false);
     assert!(objects[1]["errors"][0].as_str().unwrap().contains("cycle"));
 }
+
+fn run_json(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let (code, stdout, stderr) = tasker(args);
+    let value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (code, value, stderr)
+}
+
+fn assert_diamond_complete(task: &serde_json::Value) {
+    assert_eq!(task["state"], "Complete");
+    let steps = task["steps"].as_array().unwrap();
+    let names: Vec<_> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["start", "left", "right", "join"]);
+    for s in steps {
+        assert_eq!(s["state"], "Complete");
+        assert_eq!(s["attempts"], 1);
+        assert!(s["started_at"].is_string() && s["finished_at"].is_string());
+    }
+}
+
+#[test]
+fn run_completes_the_diamond_on_sqlite() {
+    let (code, task, stderr) = run_json(&["run", "examples/templates/diamond.yaml", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_diamond_complete(&task);
+    assert!(
+        stderr.contains("step join: Complete (attempt 1)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_completes_the_diamond_on_postgres() {
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    let (code, task, stderr) = tokio::task::spawn_blocking(move || {
+        run_json(&[
+            "run",
+            "examples/templates/diamond.yaml",
+            "--json",
+            "--database-url",
+            &url,
+        ])
+    })
+    .await
+    .unwrap();
+    db.drop_database().await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_diamond_complete(&task);
+}
+
+#[test]
+fn run_exits_1_when_the_task_ends_in_error() {
+    let (code, task, _) = run_json(&["run", &format!("{FIXTURES}/failing.yaml"), "--json"]);
+    assert_eq!(code, 1);
+    assert_eq!(task["state"], "Error");
+    assert_eq!(task["steps"][1]["state"], "Error");
+    assert!(task["steps"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("fail handler"));
+}
+
+#[test]
+fn run_refuses_a_context_that_breaks_the_schema() {
+    let (code, stdout, stderr) = tasker(&[
+        "run",
+        "examples/templates/order_fulfillment.yaml",
+        "--context",
+        "{}",
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("order_id"), "{stderr}");
+}

@@ -1,3 +1,5 @@
 //! One module per top-level subcommand.
 
+pub(crate) mod run;
+pub(crate) mod store;
 pub(crate) mod templates;

@@ -1,0 +1,188 @@
+//! `tasker run`: one task from a template file, on an embedded engine, to the end.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{json, Value};
+use tasker_orchestrator::{
+    handler::HandlerRegistry, messages::TaskRequest, Engine, EngineConfig, EngineEvent,
+};
+use tasker_store::{Store, TemplateRegisterParams};
+use tasker_template::TaskTemplate;
+use tasker_types::{StepRow, TaskId, TaskRow, TaskState};
+
+/// `tasker run` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The template file (YAML).
+    template: PathBuf,
+    /// The task context, as JSON.
+    #[arg(long, default_value = "{}")]
+    context: String,
+    /// Database to run on; a temporary SQLite file when absent.
+    #[arg(long, env = "TASKER_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Print the final task as one JSON object on stdout (step lines go to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Give up after this long (e.g. `30s`, `5m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let template = match TaskTemplate::from_path(&args.template) {
+        Ok(t) => t,
+        Err(err) => {
+            for line in err.problems_lines() {
+                eprintln!("error: {line}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let context: Value =
+        serde_json::from_str(&args.context).context("--context is not valid JSON")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run_task(args, template, context))
+}
+
+async fn run_task(
+    args: RunArgs,
+    template: TaskTemplate,
+    context: Value,
+) -> anyhow::Result<ExitCode> {
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}", scratch.path().join("tasker.db").display()),
+    };
+    let store = super::store::open(&url).await?;
+    store
+        .template_register(&TemplateRegisterParams {
+            template: template.clone(),
+        })
+        .await
+        .context("registering the template")?;
+    let config = EngineConfig {
+        worker_namespaces: vec![template.namespace.clone()],
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins()).await;
+    let outcome = drive(&engine, &args, &template, context).await;
+    engine.shutdown().await;
+    let finished = match outcome {
+        Ok(task_id) => read_task(store.as_ref(), task_id).await,
+        Err(e) => Err(e),
+    };
+    store.close().await;
+    let (task, steps) = finished?;
+    if args.json {
+        println!("{}", task_json(&task, &steps));
+    } else {
+        println!("task {} {}", task.id, task.state);
+    }
+    Ok(if task.state == TaskState::Complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Submits the task and follows its events until it finishes; returns its id.
+async fn drive(
+    engine: &Engine,
+    args: &RunArgs,
+    template: &TaskTemplate,
+    context: Value,
+) -> anyhow::Result<TaskId> {
+    let mut events = engine.subscribe();
+    let created = engine
+        .submit(&TaskRequest {
+            namespace: template.namespace.clone(),
+            name: template.name.clone(),
+            version: Some(template.version.to_string()),
+            context,
+            idempotency_key: None,
+            priority: 0,
+        })
+        .await?;
+    let task_id = created.task.id;
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => anyhow::bail!(
+                "task {task_id} did not finish within {}",
+                humantime::format_duration(args.timeout)
+            ),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                let task = engine.store().task_get(task_id).await?;
+                if task.state.is_terminal() {
+                    return Ok(task_id);
+                }
+                continue;
+            }
+            Ok(Err(e)) => anyhow::bail!("engine event stream closed: {e}"),
+            Ok(Ok(event)) => event,
+        };
+        match event {
+            EngineEvent::StepFinished {
+                task_id: t,
+                name,
+                state,
+                attempts,
+            } if t == task_id => {
+                let line = format!("step {name}: {state} (attempt {attempts})");
+                if args.json {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
+            }
+            EngineEvent::TaskFinished { task_id: t, .. } if t == task_id => return Ok(task_id),
+            _ => {}
+        }
+    }
+}
+
+async fn read_task(store: &dyn Store, task_id: TaskId) -> anyhow::Result<(TaskRow, Vec<StepRow>)> {
+    Ok((
+        store.task_get(task_id).await?,
+        store.step_list(task_id).await?,
+    ))
+}
+
+fn timestamp(ms: Option<i64>) -> Value {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+        .map_or(Value::Null, |t| {
+            Value::String(humantime::format_rfc3339_millis(t).to_string())
+        })
+}
+
+/// The task as `tasker run --json` and the API show it.
+fn task_json(task: &TaskRow, steps: &[StepRow]) -> Value {
+    json!({
+        "id": task.id,
+        "namespace": task.namespace,
+        "name": task.name,
+        "version": task.version,
+        "state": task.state,
+        "context": task.context,
+        "created_at": timestamp(Some(task.created_at_ms)),
+        "finished_at": timestamp(task.finished_at_ms),
+        "steps": steps.iter().map(|s| json!({
+            "name": s.name,
+            "handler": s.handler,
+            "state": s.state,
+            "attempts": s.attempts,
+            "started_at": timestamp(s.started_at_ms),
+            "finished_at": timestamp(s.finished_at_ms),
+            "result": s.result,
+            "error": s.last_error,
+        })).collect::<Vec<_>>(),
+    })
+}
