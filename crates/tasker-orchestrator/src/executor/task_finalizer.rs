@@ -217,3 +217,81 @@ impl OrchestrationExecutor for TaskFinalizer {
         Ok(messages.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tasker_types::{StepId, TaskId};
+
+    use super::*;
+
+    fn step(state: StepState, pending_parents: u32, next_attempt_at_ms: Option<i64>) -> StepRow {
+        StepRow {
+            id: StepId(1),
+            task_id: TaskId(1),
+            name: "s".into(),
+            handler: "noop".into(),
+            handler_config: serde_json::Value::Null,
+            state,
+            attempts: 0,
+            max_attempts: 3,
+            retry_base_ms: 1,
+            retry_max_ms: 1,
+            retry_jitter: false,
+            pending_parents,
+            next_attempt_at_ms,
+            timeout_ms: None,
+            result: None,
+            last_error: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn all_complete_or_resolved_completes() {
+        let steps = [
+            step(StepState::Complete, 0, None),
+            step(StepState::ResolvedManually, 0, None),
+        ];
+        assert_eq!(verdict(&steps), Verdict::Complete);
+    }
+
+    #[test]
+    fn a_permanent_failure_blocks_while_others_run_then_fails() {
+        let running = [
+            step(StepState::Error, 0, None),
+            step(StepState::InProgress, 0, None),
+        ];
+        assert_eq!(verdict(&running), Verdict::Block);
+        let idle = [
+            step(StepState::Error, 0, None),
+            step(StepState::Pending, 0, None),
+        ];
+        assert_eq!(verdict(&idle), Verdict::Fail);
+    }
+
+    #[test]
+    fn ready_steps_come_before_waiting() {
+        let steps = [
+            step(StepState::Complete, 0, None),
+            step(StepState::Pending, 0, None),
+            step(StepState::Enqueued, 0, None),
+        ];
+        assert_eq!(verdict(&steps), Verdict::Enqueue);
+        let blocked = [
+            step(StepState::Enqueued, 0, None),
+            step(StepState::Pending, 1, None),
+        ];
+        assert_eq!(verdict(&blocked), Verdict::AwaitSteps);
+    }
+
+    #[test]
+    fn only_retries_left_waits_for_the_earliest() {
+        let steps = [
+            step(StepState::WaitingForRetry, 0, Some(500)),
+            step(StepState::WaitingForRetry, 0, Some(200)),
+            step(StepState::Pending, 1, None),
+        ];
+        assert_eq!(verdict(&steps), Verdict::AwaitRetry(200));
+    }
+}
