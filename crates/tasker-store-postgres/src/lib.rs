@@ -12,9 +12,6 @@
 mod connect;
 mod decode;
 mod queue;
-mod step;
-mod task;
-mod template;
 pub mod test_database;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +30,16 @@ macro_rules! now_ms {
 }
 pub(crate) use now_ms;
 
+use decode::map_err;
+
+tasker_store_sql::impl_sql_store!(
+    store = PgStore,
+    db = sqlx::Postgres,
+    conn = sqlx::PgConnection,
+    reader = pool,
+    writer = pool
+);
+
 /// A Tasker store on a PostgreSQL database.
 #[derive(Debug)]
 pub struct PgStore {
@@ -44,6 +51,11 @@ impl PgStore {
     /// Counts `n` statements sent to the database (for `statements_executed`).
     fn count(&self, n: u64) {
         self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Opens a write transaction.
+    async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+        self.pool.begin().await.map_err(decode::map_err)
     }
 
     /// The connection pool, for companions that need their own connection (LISTEN).

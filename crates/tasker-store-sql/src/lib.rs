@@ -6,6 +6,8 @@
 //! Both backends give their tables the same column names and kinds (integers, text, JSON), so
 //! one decoder per row type serves both.
 
+mod store_impl;
+
 use sqlx::{types::Json, ColumnIndex, Decode, Row, Type};
 use tasker_store::{Result, StoreError};
 use tasker_types::{

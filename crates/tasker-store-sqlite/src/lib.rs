@@ -15,9 +15,6 @@
 mod connect;
 mod decode;
 mod queue;
-mod step;
-mod task;
-mod template;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +32,16 @@ macro_rules! now_ms {
 }
 pub(crate) use now_ms;
 
+use decode::map_err;
+
+tasker_store_sql::impl_sql_store!(
+    store = SqliteStore,
+    db = sqlx::Sqlite,
+    conn = sqlx::SqliteConnection,
+    reader = reader,
+    writer = writer
+);
+
 /// A Tasker store on one SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -47,6 +54,14 @@ impl SqliteStore {
     /// Counts `n` statements sent to the database (for `statements_executed`).
     fn count(&self, n: u64) {
         self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Opens a write transaction on the single writer, taking the write lock up front.
+    async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(decode::map_err)
     }
 }
 
