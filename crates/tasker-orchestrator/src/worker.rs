@@ -5,13 +5,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tasker_store::{StepMessage, StepTransitionParams, StoreError};
+use tasker_store::{StepMessage, StoreError};
 use tasker_types::{QueueMessage, StepEvent, StepRow, StepState};
 
 use async_trait::async_trait;
 
 use crate::{
-    executor::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor},
+    executor::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor},
     handler::{HandlerRegistry, StepInput},
     messages::{StepOutcome, StepResult, STEP_RESULTS},
 };
@@ -48,7 +48,9 @@ impl InProcessWorker {
     }
 
     async fn run_one(&self, message: &QueueMessage) -> Result<Option<StepResult>, ExecutorError> {
-        let step_message: StepMessage = decode(message)?;
+        let Some(step_message) = self.ctx.decode_or_reject::<StepMessage>(message).await? else {
+            return Ok(None);
+        };
         let Some(step) = self.start(step_message).await? else {
             return Ok(None);
         };
@@ -105,7 +107,8 @@ impl InProcessWorker {
         if from == StepState::InProgress {
             // Redelivered: the worker holding the earlier attempt lost its lease.
             let moved = self
-                .transition(step.id, from, StepEvent::LeaseExpired)
+                .ctx
+                .step_move(&self.ctx.step_event(step.id, from, StepEvent::LeaseExpired))
                 .await?;
             let Some(moved) = moved else { return Ok(None) };
             from = moved.state;
@@ -113,33 +116,9 @@ impl InProcessWorker {
         if from != StepState::Enqueued {
             return Ok(None);
         }
-        self.transition(step.id, from, StepEvent::Start).await
-    }
-
-    async fn transition(
-        &self,
-        step_id: tasker_types::StepId,
-        from: StepState,
-        event: StepEvent,
-    ) -> Result<Option<StepRow>, ExecutorError> {
-        match self
-            .ctx
-            .store
-            .step_transition(&StepTransitionParams {
-                step_id,
-                from,
-                event,
-                output: None,
-                error: None,
-                retry_after: None,
-                instance_id: self.ctx.instance_id.clone(),
-            })
+        self.ctx
+            .step_move(&self.ctx.step_event(step.id, from, StepEvent::Start))
             .await
-        {
-            Ok(s) => Ok(Some(s)),
-            Err(StoreError::StaleState { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 }
 

@@ -13,8 +13,13 @@ mod task_request_processor;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tasker_store::{QueueAckParams, QueueEnqueueManyParams, QueueNackParams, Store, StoreError};
-use tasker_types::QueueMessage;
+use tasker_store::{
+    QueueAckParams, QueueEnqueueManyParams, QueueNackParams, StepTransitionParams, Store,
+    StoreError, TaskTransitionParams,
+};
+use tasker_types::{
+    QueueMessage, StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState,
+};
 use tokio::sync::{broadcast, mpsc, Mutex};
 
 pub use step_enqueuer::StepEnqueuer;
@@ -23,7 +28,7 @@ pub use task_claimer::{Claim, TaskClaimer};
 pub use task_finalizer::{verdict, TaskFinalizer, Verdict};
 pub use task_request_processor::{create_task, RequestError, TaskRequestProcessor};
 
-use crate::{engine::TaskEvent, wakeup::Wakeups};
+use crate::{engine::TaskEvent as EngineEvent, wakeup::Wakeups};
 
 /// The five executor types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -88,16 +93,6 @@ pub enum ExecutorError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A message payload did not decode.
-    #[error("malformed message {id} on {queue}: {message}")]
-    Malformed {
-        /// Queue.
-        queue: String,
-        /// Message id.
-        id: i64,
-        /// Decoder's complaint.
-        message: String,
-    },
 }
 
 /// What an executor type does, one batch at a time.
@@ -129,7 +124,7 @@ pub struct ExecutorContext {
     /// This instance's id, recorded in audit rows.
     pub instance_id: String,
     /// Task and step events for observers (`tasker run`, tests).
-    pub events: broadcast::Sender<TaskEvent>,
+    pub events: broadcast::Sender<EngineEvent>,
     /// Claims from claimers to enqueuers.
     pub claims_tx: mpsc::Sender<Claim>,
     /// Shared receiving end of the claims channel.
@@ -206,6 +201,77 @@ impl ExecutorContext {
         }
     }
 
+    /// Moves a task (compare-and-swap on `from`); `None` when another actor moved it first.
+    pub(crate) async fn task_move(
+        &self,
+        task_id: TaskId,
+        from: TaskState,
+        event: TaskEvent,
+        reason: Option<String>,
+    ) -> Result<Option<TaskRow>, ExecutorError> {
+        let params = TaskTransitionParams {
+            task_id,
+            from,
+            event,
+            reason,
+            instance_id: self.instance_id.clone(),
+        };
+        match self.store.task_transition(&params).await {
+            Ok(task) => Ok(Some(task)),
+            Err(StoreError::StaleState { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves a step (compare-and-swap on `params.from`); `None` when another actor moved it
+    /// first.
+    pub(crate) async fn step_move(
+        &self,
+        params: &StepTransitionParams,
+    ) -> Result<Option<StepRow>, ExecutorError> {
+        match self.store.step_transition(params).await {
+            Ok(step) => Ok(Some(step)),
+            Err(StoreError::StaleState { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Transition params for a step event that carries no output, error or delay.
+    pub(crate) fn step_event(
+        &self,
+        step_id: StepId,
+        from: StepState,
+        event: StepEvent,
+    ) -> StepTransitionParams {
+        StepTransitionParams {
+            step_id,
+            from,
+            event,
+            output: None,
+            error: None,
+            retry_after: None,
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
+    /// Decodes a message payload. A payload that does not decode is returned to its queue with
+    /// a delay, so that after `max_deliveries` it lands in the dead letters instead of being
+    /// lost; `None` then.
+    pub(crate) async fn decode_or_reject<T: serde::de::DeserializeOwned>(
+        &self,
+        message: &QueueMessage,
+    ) -> Result<Option<T>, ExecutorError> {
+        match serde_json::from_value(message.payload.clone()) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) => {
+                tracing::warn!(queue = %message.queue, id = message.id, %error, "malformed message; returning it toward the dead letters");
+                self.nack(message, std::time::Duration::from_secs(1))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Enqueues payloads to `queue` (after `delay`) and wakes its consumers.
     pub(crate) async fn publish<T: serde::Serialize>(
         &self,
@@ -232,15 +298,4 @@ impl ExecutorContext {
         }
         Ok(())
     }
-}
-
-/// Decodes a message payload.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    message: &QueueMessage,
-) -> Result<T, ExecutorError> {
-    serde_json::from_value(message.payload.clone()).map_err(|e| ExecutorError::Malformed {
-        queue: message.queue.clone(),
-        id: message.id,
-        message: e.to_string(),
-    })
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError, TaskTransitionParams};
+use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError};
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{Claim, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
@@ -38,15 +38,15 @@ impl StepEnqueuer {
             task.state,
             TaskState::Initializing | TaskState::WaitingForRetry
         ) {
-            task = match store
-                .task_transition(&self.move_task(task_id, task.state, TaskEvent::BeginEnqueue))
-                .await
-            {
-                Ok(t) => t,
-                // Someone else moved it; their claim or evaluation carries on from there.
-                Err(StoreError::StaleState { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            // Someone else moved it; their claim or evaluation carries on from there.
+            let Some(moved) = self
+                .ctx
+                .task_move(task_id, task.state, TaskEvent::BeginEnqueue, None)
+                .await?
+            else {
+                return Ok(());
             };
+            task = moved;
         }
         if task.state != TaskState::EnqueuingSteps {
             return Ok(());
@@ -68,17 +68,15 @@ impl StepEnqueuer {
         if !enqueued.is_empty() {
             self.ctx.wakeups.wake(&task.namespace);
         }
-        match store
-            .task_transition(&self.move_task(
+        // `None`: another actor moved it on; it carries on from there.
+        self.ctx
+            .task_move(
                 task_id,
                 TaskState::EnqueuingSteps,
                 TaskEvent::StepsEnqueued,
-            ))
-            .await
-        {
-            Ok(_) | Err(StoreError::StaleState { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+                None,
+            )
+            .await?;
         tracing::debug!(task_id = %task_id, steps = enqueued.len(), "steps enqueued");
         if enqueued.is_empty() {
             // Nothing was ready after all (a retry not yet due, or a step enqueued by an
@@ -88,21 +86,6 @@ impl StepEnqueuer {
                 .await?;
         }
         Ok(())
-    }
-
-    fn move_task(
-        &self,
-        task_id: tasker_types::TaskId,
-        from: TaskState,
-        event: TaskEvent,
-    ) -> TaskTransitionParams {
-        TaskTransitionParams {
-            task_id,
-            from,
-            event,
-            reason: None,
-            instance_id: self.ctx.instance_id.clone(),
-        }
     }
 }
 

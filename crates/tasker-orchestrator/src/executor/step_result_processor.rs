@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{StepTransitionParams, StoreError};
+use tasker_store::StoreError;
 use tasker_types::{StepEvent, StepState};
 
-use super::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
+use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
     backoff,
     engine::TaskEvent as EngineEvent,
@@ -37,15 +37,9 @@ impl StepResultProcessor {
             tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
             return Ok(false);
         }
-        let mut params = StepTransitionParams {
-            step_id: step.id,
-            from: StepState::InProgress,
-            event: StepEvent::Complete,
-            output: None,
-            error: None,
-            retry_after: None,
-            instance_id: self.ctx.instance_id.clone(),
-        };
+        let mut params = self
+            .ctx
+            .step_event(step.id, StepState::InProgress, StepEvent::Complete);
         match &result.outcome {
             StepOutcome::Success { output } => params.output = Some(output.clone()),
             StepOutcome::Failure { error, retryable } => {
@@ -63,11 +57,9 @@ impl StepResultProcessor {
                 }
             }
         }
-        let applied = match self.ctx.store.step_transition(&params).await {
-            Ok(s) => s,
-            // Another processor applied a copy of this result first.
-            Err(StoreError::StaleState { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+        // `None`: another processor applied a copy of this result first.
+        let Some(applied) = self.ctx.step_move(&params).await? else {
+            return Ok(false);
         };
         // A full channel only means nobody is watching closely; events are advisory.
         let _ = self.ctx.events.send(EngineEvent::StepFinished {
@@ -91,24 +83,19 @@ impl OrchestrationExecutor for StepResultProcessor {
         let mut evaluate: Vec<TaskRef> = Vec::new();
         let mut done = Vec::with_capacity(messages.len());
         for message in &messages {
-            match decode::<StepResult>(message) {
-                Ok(result) => {
-                    self.apply(&result).await?;
-                    // Evaluate even after a duplicate: the first copy's evaluation may be the one
-                    // that was lost.
-                    let task = TaskRef {
-                        task_id: result.task_id,
-                    };
-                    if !evaluate.contains(&task) {
-                        evaluate.push(task);
-                    }
-                    done.push(message);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping malformed step result to its dead letters");
-                    self.ctx.nack(message, Duration::from_secs(1)).await?;
-                }
+            let Some(result) = self.ctx.decode_or_reject::<StepResult>(message).await? else {
+                continue;
+            };
+            self.apply(&result).await?;
+            // Evaluate even after a duplicate: the first copy's evaluation may be the one that
+            // was lost.
+            let task = TaskRef {
+                task_id: result.task_id,
+            };
+            if !evaluate.contains(&task) {
+                evaluate.push(task);
             }
+            done.push(message);
         }
         // The evaluation requests are durable before any result message is acknowledged.
         self.ctx

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use tasker_types::QueueMessage;
 
-use super::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor, CLAIMS};
+use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor, CLAIMS};
 use crate::messages::{TaskRef, TASK_WORK};
 
 /// A claimed task, handed to the step enqueuers.
@@ -50,15 +50,8 @@ impl OrchestrationExecutor for TaskClaimer {
             .await?;
         let claimed = messages.len();
         for message in messages {
-            let task: TaskRef = match decode(&message) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping malformed task_work message to its dead letters");
-                    self.ctx
-                        .nack(&message, std::time::Duration::from_secs(1))
-                        .await?;
-                    continue;
-                }
+            let Some(task) = self.ctx.decode_or_reject::<TaskRef>(&message).await? else {
+                continue;
             };
             if let Err(full) = self.ctx.claims_tx.try_send(Claim { task, message }) {
                 // Only this claimer fills the room it measured, but others may too: return it.

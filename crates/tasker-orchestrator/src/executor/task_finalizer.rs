@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{StoreError, TaskTransitionParams};
+use tasker_store::StoreError;
 use tasker_types::{StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
-use super::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
+use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
     engine::TaskEvent as EngineEvent,
     messages::{TaskRef, TASK_FINALIZE, TASK_WORK},
@@ -89,22 +89,6 @@ impl TaskFinalizer {
         Self { ctx }
     }
 
-    fn move_task(
-        &self,
-        task_id: TaskId,
-        from: TaskState,
-        event: TaskEvent,
-        reason: Option<String>,
-    ) -> TaskTransitionParams {
-        TaskTransitionParams {
-            task_id,
-            from,
-            event,
-            reason,
-            instance_id: self.ctx.instance_id.clone(),
-        }
-    }
-
     async fn evaluate(&self, task_id: TaskId) -> Result<Evaluated, ExecutorError> {
         let store = &self.ctx.store;
         let task = match store.task_get(task_id).await {
@@ -119,19 +103,15 @@ impl TaskFinalizer {
                 return Ok(Evaluated::Later)
             }
             TaskState::EvaluatingResults => {}
-            from => match store
-                .task_transition(&self.move_task(
-                    task_id,
-                    from,
-                    TaskEvent::StepResultReceived,
-                    None,
-                ))
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::StaleState { .. }) => return Ok(Evaluated::Later),
-                Err(e) => return Err(e.into()),
-            },
+            from => {
+                let moved = self
+                    .ctx
+                    .task_move(task_id, from, TaskEvent::StepResultReceived, None)
+                    .await?;
+                if moved.is_none() {
+                    return Ok(Evaluated::Later);
+                }
+            }
         }
         let steps = store.step_list(task_id).await?;
         let verdict = verdict(&steps);
@@ -143,13 +123,12 @@ impl TaskFinalizer {
             Verdict::AwaitSteps => (TaskEvent::AwaitSteps, None),
             Verdict::AwaitRetry(_) => (TaskEvent::AwaitRetry, None),
         };
-        let moved = match store
-            .task_transition(&self.move_task(task_id, TaskState::EvaluatingResults, event, reason))
-            .await
-        {
-            Ok(t) => t,
-            Err(StoreError::StaleState { .. }) => return Ok(Evaluated::Later),
-            Err(e) => return Err(e.into()),
+        let Some(moved) = self
+            .ctx
+            .task_move(task_id, TaskState::EvaluatingResults, event, reason)
+            .await?
+        else {
+            return Ok(Evaluated::Later);
         };
         match verdict {
             Verdict::Enqueue => {
@@ -201,13 +180,8 @@ impl OrchestrationExecutor for TaskFinalizer {
     async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(TASK_FINALIZE, batch_size).await?;
         for message in &messages {
-            let task: TaskRef = match decode(message) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping malformed evaluation request to its dead letters");
-                    self.ctx.nack(message, Duration::from_secs(1)).await?;
-                    continue;
-                }
+            let Some(task) = self.ctx.decode_or_reject::<TaskRef>(message).await? else {
+                continue;
             };
             match self.evaluate(task.task_id).await? {
                 Evaluated::Done => self.ctx.ack(message).await?,

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{
-    StoreError, TaskCreateParams, TaskCreated, TaskTransitionParams, TemplateGetParams,
-};
+use tasker_store::{StoreError, TaskCreateParams, TaskCreated, TemplateGetParams};
 use tasker_template::TaskTemplate;
 use tasker_types::{TaskEvent, TaskState};
 
-use super::{decode, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
+use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::messages::{TaskRef, TaskRequest, TASK_REQUESTS, TASK_WORK};
 
 /// Why a task request was refused.
@@ -77,21 +75,14 @@ pub async fn create_task(
         })
         .await?;
     if created.task.state == TaskState::Pending {
-        match ctx
-            .store
-            .task_transition(&TaskTransitionParams {
-                task_id: created.task.id,
-                from: TaskState::Pending,
-                event: TaskEvent::Initialize,
-                reason: None,
-                instance_id: ctx.instance_id.clone(),
-            })
-            .await
-        {
-            // Another request processor initialized it first; it also queued the work.
-            Ok(_) | Err(StoreError::StaleState { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        // `None`: another request processor initialized it first; it also queued the work.
+        ctx.task_move(
+            created.task.id,
+            TaskState::Pending,
+            TaskEvent::Initialize,
+            None,
+        )
+        .await?;
         ctx.publish(
             TASK_WORK,
             &[TaskRef {
@@ -99,15 +90,17 @@ pub async fn create_task(
             }],
             Duration::ZERO,
         )
-        .await
-        .map_err(|e| match e {
-            ExecutorError::Store(s) => RequestError::Store(s),
-            other => RequestError::Store(StoreError::Other {
-                message: other.to_string(),
-            }),
-        })?;
+        .await?;
     }
     Ok(created)
+}
+
+impl From<ExecutorError> for RequestError {
+    fn from(error: ExecutorError) -> Self {
+        match error {
+            ExecutorError::Store(e) => RequestError::Store(e),
+        }
+    }
 }
 
 /// Processes queued task requests.
@@ -132,13 +125,8 @@ impl OrchestrationExecutor for TaskRequestProcessor {
     async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(TASK_REQUESTS, batch_size).await?;
         for message in &messages {
-            let mut request: TaskRequest = match decode(message) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping malformed task request to its dead letters");
-                    self.ctx.nack(message, Duration::from_secs(1)).await?;
-                    continue;
-                }
+            let Some(mut request) = self.ctx.decode_or_reject::<TaskRequest>(message).await? else {
+                continue;
             };
             // A redelivered request must not create a second task.
             request
