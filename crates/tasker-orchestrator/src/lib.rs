@@ -20,12 +20,18 @@
 //! names its expected from-state, so a redelivered message or a second instance is harmless.
 
 pub mod backoff;
+pub mod backpressure;
+pub mod circuit_breaker;
 pub mod coordinator;
 pub mod engine;
 pub mod executor;
 pub mod handler;
+pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod pool;
+pub mod resources;
+pub mod scaling;
 pub mod wakeup;
 pub mod worker;
 
