@@ -116,6 +116,12 @@ impl PressureGauge {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Sets the factor directly (tests of the pools' response).
+    #[doc(hidden)]
+    pub fn set_permille_for_tests(&self, factor: u32) {
+        self.set_permille(factor);
+    }
+
     fn set_permille(&self, factor: u32) {
         self.0.store(factor.min(1000), Ordering::Relaxed);
     }

@@ -1,14 +1,23 @@
-//! `Engine`: an embedded orchestrator: the five pools under their coordinator, in-process
-//! workers for chosen namespaces, task submission and an event stream.
+//! `Engine`: an embedded orchestrator: resource validation, the five pools and the in-process
+//! worker pools under the coordinator and its monitor, task submission, an event stream, and
+//! graceful shutdown.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tasker_store::{Store, TaskCreated};
 use tasker_types::{StepState, TaskId, TaskState};
-use tokio::sync::{broadcast, mpsc, Mutex};
+use tokio::{
+    sync::{broadcast, mpsc, Mutex},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
 
+pub use crate::executor::RequestError;
 use crate::{
-    coordinator::{OrchestrationLoopCoordinator, PoolSnapshot},
+    backpressure::default_weight_permille,
+    coordinator::{
+        CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
+    },
     executor::{
         create_task, ExecutorContext, ExecutorType, OrchestrationExecutor, StepEnqueuer,
         StepResultProcessor, TaskClaimer, TaskFinalizer, TaskRequestProcessor,
@@ -16,11 +25,10 @@ use crate::{
     handler::HandlerRegistry,
     messages::TaskRequest,
     pool::{ExecutorFactory, ExecutorPool, PoolConfig},
+    resources::{self, FailureMode, PoolBounds, ResourceReport},
     wakeup::Wakeups,
     worker::InProcessWorker,
 };
-
-pub use crate::executor::RequestError;
 
 /// Something observers may want to know. Advisory: a slow observer may miss events (the
 /// channel is bounded); the store is the truth.
@@ -51,12 +59,16 @@ pub enum TaskEvent {
 pub struct EngineConfig {
     /// Recorded in audit rows.
     pub instance_id: String,
-    /// Settings of every orchestration pool.
-    pub pool: PoolConfig,
+    /// Settings of each orchestration pool.
+    pub pools: BTreeMap<ExecutorType, PoolConfig>,
+    /// Settings of each worker pool (one per namespace).
+    pub worker_pool: PoolConfig,
     /// Namespaces whose steps in-process workers run.
     pub worker_namespaces: Vec<String>,
-    /// Worker loops per namespace.
-    pub workers_per_namespace: usize,
+    /// The coordinator and its monitor.
+    pub coordinator: CoordinatorConfig,
+    /// What to do when the pools do not fit the database pool.
+    pub failure_mode: FailureMode,
     /// Lease on claimed tasks.
     pub claim_lease: Duration,
     /// Visibility timeout of internal and step messages.
@@ -71,9 +83,29 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             instance_id: format!("tasker-{}", uuid::Uuid::new_v4().simple()),
-            pool: PoolConfig::default(),
+            pools: ExecutorType::ALL
+                .into_iter()
+                .map(|t| {
+                    (
+                        t,
+                        PoolConfig {
+                            backpressure_weight_permille: default_weight_permille(t),
+                            ..PoolConfig::default()
+                        },
+                    )
+                })
+                .collect(),
+            worker_pool: PoolConfig {
+                min_executors: 2,
+                max_executors: 4,
+                backpressure_weight_permille: default_weight_permille(
+                    ExecutorType::InProcessWorker,
+                ),
+                ..PoolConfig::default()
+            },
             worker_namespaces: Vec::new(),
-            workers_per_namespace: 2,
+            coordinator: CoordinatorConfig::default(),
+            failure_mode: FailureMode::FailFast,
             claim_lease: Duration::from_secs(30),
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 10,
@@ -82,25 +114,63 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// Applies `f` to every orchestration pool's settings and the worker pools'.
+    pub fn with_pools(mut self, f: impl Fn(&mut PoolConfig)) -> Self {
+        self.pools.values_mut().for_each(&f);
+        f(&mut self.worker_pool);
+        self
+    }
+}
+
+/// Why an engine did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Resource validation failed in `fail_fast` mode (or `degraded` could not fit).
+    #[error("resource validation failed: {}", .0.errors.join("; "))]
+    Resources(Box<ResourceReport>),
+}
+
+/// Pool names: the executor type's name, or `in_process_worker:<namespace>`.
+fn worker_pool_name(namespace: &str) -> String {
+    format!("{}:{namespace}", ExecutorType::InProcessWorker.as_str())
+}
+
+/// The order pools stop in: intake first, then the work in flight drains.
+const STOP_ORDER: [ExecutorType; 3] = [
+    ExecutorType::TaskRequestProcessor,
+    ExecutorType::TaskClaimer,
+    ExecutorType::StepEnqueuer,
+];
+
 /// A running embedded orchestrator.
 #[derive(Debug)]
 pub struct Engine {
     ctx: ExecutorContext,
-    coordinator: Mutex<OrchestrationLoopCoordinator>,
-    workers: Mutex<Vec<ExecutorPool>>,
+    coordinator: Arc<Mutex<OrchestrationLoopCoordinator>>,
+    monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stop_monitor: CancellationToken,
+    resources: ResourceReport,
 }
 
 impl Engine {
-    /// Starts the pools and the in-process workers over `store`.
+    /// Validates resources, then starts the pools, the in-process workers and the monitor.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Resources`] when the pools do not fit the database pool and the failure
+    /// mode says to stop.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: a cancelled start leaves pools running; call [`Engine::shutdown`].
+    /// Not cancel safe: a cancelled start leaves pools running.
     pub async fn start(
         store: Arc<dyn Store>,
-        config: EngineConfig,
+        mut config: EngineConfig,
         handlers: HandlerRegistry,
-    ) -> Self {
+    ) -> Result<Self, EngineError> {
+        let resources = validate_resources(store.as_ref(), &mut config)?;
         let (events, _) = broadcast::channel(4096);
         let (claims_tx, claims_rx) = mpsc::channel(config.claims_capacity.max(1));
         let ctx = ExecutorContext {
@@ -114,7 +184,9 @@ impl Engine {
             visibility_timeout: config.visibility_timeout,
             max_deliveries: config.max_deliveries,
         };
-        let pools = ExecutorType::ALL.into_iter().map(|t| {
+        let mut coordinator = OrchestrationLoopCoordinator::new(config.coordinator.clone());
+        let gauge = coordinator.pressure_gauge();
+        for (&t, pool_config) in &config.pools {
             let c = ctx.clone();
             let factory: ExecutorFactory = Arc::new(move || -> Arc<dyn OrchestrationExecutor> {
                 match t {
@@ -131,18 +203,24 @@ impl Engine {
                     }
                 }
             });
-            ExecutorPool::new(
+            let pool = ExecutorPool::new(
                 t,
                 factory,
-                config.pool.clone(),
+                pool_config.clone(),
                 ctx.wakeups.for_queue(t.wakes_on()),
-            )
-        });
-        let mut coordinator = OrchestrationLoopCoordinator::new(pools);
-        coordinator.start().await;
-
+                gauge.clone(),
+            );
+            let source = if t == ExecutorType::StepEnqueuer {
+                let tx = ctx.claims_tx.clone();
+                WorkSource::Channel(Arc::new(move || {
+                    u64::try_from(tx.max_capacity() - tx.capacity()).unwrap_or(0)
+                }))
+            } else {
+                WorkSource::Queue(t.wakes_on().to_owned())
+            };
+            coordinator.add_pool(t.as_str(), pool, source).await;
+        }
         let handlers = Arc::new(handlers);
-        let mut workers = Vec::new();
         for namespace in &config.worker_namespaces {
             let worker = InProcessWorker {
                 ctx: ctx.clone(),
@@ -151,29 +229,48 @@ impl Engine {
             };
             let factory: ExecutorFactory =
                 Arc::new(move || Arc::new(worker.clone()) as Arc<dyn OrchestrationExecutor>);
-            let mut pool = ExecutorPool::new(
+            let pool = ExecutorPool::new(
                 ExecutorType::InProcessWorker,
                 factory,
-                PoolConfig {
-                    min_executors: config.workers_per_namespace,
-                    max_executors: config.workers_per_namespace,
-                    ..config.pool.clone()
-                },
+                config.worker_pool.clone(),
                 ctx.wakeups.for_queue(namespace),
+                gauge.clone(),
             );
-            pool.scale_to(config.workers_per_namespace).await;
-            workers.push(pool);
+            coordinator
+                .add_pool(
+                    worker_pool_name(namespace),
+                    pool,
+                    WorkSource::Queue(namespace.clone()),
+                )
+                .await;
         }
-        Self {
+        tracing::info!(instance = %config.instance_id, backend = ctx.store.backend_name(), "engine started");
+
+        let coordinator = Arc::new(Mutex::new(coordinator));
+        let stop_monitor = CancellationToken::new();
+        let monitor = tokio::spawn(run_monitor(
+            Arc::downgrade(&coordinator),
+            ctx.store.clone(),
+            config.coordinator.scaling.interval,
+            stop_monitor.clone(),
+        ));
+        Ok(Self {
             ctx,
-            coordinator: Mutex::new(coordinator),
-            workers: Mutex::new(workers),
-        }
+            coordinator,
+            monitor: std::sync::Mutex::new(Some(monitor)),
+            stop_monitor,
+            resources,
+        })
     }
 
     /// The store the engine runs on.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.ctx.store
+    }
+
+    /// The resource validation report made at start.
+    pub fn resources(&self) -> &ResourceReport {
+        &self.resources
     }
 
     /// Observes step and task events from now on.
@@ -205,22 +302,154 @@ impl Engine {
             .await
     }
 
-    /// The pools' state.
-    pub async fn pools(&self) -> Vec<PoolSnapshot> {
+    /// The pools, their health, the pressure history and recent scaling decisions.
+    pub async fn snapshot(&self) -> CoordinatorSnapshot {
         self.coordinator.lock().await.snapshot()
     }
 
-    /// Stops workers, then pools; each executor finishes its batch or is aborted after the
-    /// pool's stop timeout. Unacknowledged messages are delivered again after their lease.
+    /// Runs one monitor round now (tests and tools use it instead of waiting an interval).
+    pub async fn monitor_tick(&self) {
+        self.coordinator
+            .lock()
+            .await
+            .tick(self.ctx.store.as_ref())
+            .await;
+    }
+
+    /// Gives the coordinator to `f` (tests and tools inspect or drive pools with it).
+    pub async fn with_coordinator<R>(
+        &self,
+        f: impl FnOnce(&mut OrchestrationLoopCoordinator) -> R,
+    ) -> R {
+        f(&mut *self.coordinator.lock().await)
+    }
+
+    /// Stops intake first (request processors, claimers, enqueuers), then lets the work in
+    /// flight drain (workers, result processors, finalizers); each executor finishes its batch
+    /// or is aborted after its pool's stop timeout. Claims taken but not yet enqueued are
+    /// released at once rather than left to their lease. Safe to call twice.
     pub async fn shutdown(&self) {
-        for pool in self.workers.lock().await.iter_mut() {
-            pool.stop_all().await;
+        self.stop_monitor.cancel();
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(monitor) = monitor {
+            let _ = monitor.await;
         }
-        let report = self.coordinator.lock().await.stop().await;
+        let order: Vec<&str> = STOP_ORDER.iter().map(|t| t.as_str()).collect();
+        let mut coordinator = self.coordinator.lock().await;
+        coordinator.stop(&order[..2]).await;
+        if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer.as_str()) {
+            enqueuers.stop_all().await;
+        }
+        let mut released = 0;
+        {
+            let mut claims = self.ctx.claims_rx.lock().await;
+            while let Ok(claim) = claims.try_recv() {
+                if self.ctx.nack(&claim.message, Duration::ZERO).await.is_ok() {
+                    released += 1;
+                }
+            }
+        }
+        let report = coordinator.stop(&[]).await;
         tracing::info!(
+            released_claims = released,
             graceful = report.graceful,
             aborted = report.aborted,
             "engine stopped"
         );
+    }
+}
+
+/// Validates the configured pools against the store's connection pool, applying the failure
+/// mode (shrinking pool maxima in `degraded` mode).
+fn validate_resources(
+    store: &dyn Store,
+    config: &mut EngineConfig,
+) -> Result<ResourceReport, EngineError> {
+    let mut bounds: BTreeMap<ExecutorType, PoolBounds> = config
+        .pools
+        .iter()
+        .map(|(&t, p)| {
+            (
+                t,
+                PoolBounds {
+                    min_executors: p.min_executors,
+                    max_executors: p.max_executors,
+                },
+            )
+        })
+        .collect();
+    let workers = config.worker_namespaces.len();
+    if workers > 0 {
+        bounds.insert(
+            ExecutorType::InProcessWorker,
+            PoolBounds {
+                min_executors: config.worker_pool.min_executors * workers,
+                max_executors: config.worker_pool.max_executors * workers,
+            },
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // One writer serializes every write on a single-writer backend: executors wait for it,
+    // not for pool connections, so the budget is reported but not enforced.
+    let mode = if store.capabilities().single_writer {
+        FailureMode::BestEffort
+    } else {
+        config.failure_mode
+    };
+    let report = resources::validate(
+        store.connection_pool().max_connections,
+        &bounds,
+        mode,
+        cores,
+    );
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    if report.fail_startup {
+        return Err(EngineError::Resources(Box::new(report)));
+    }
+    for (t, b) in &report.pools {
+        if let Some(p) = config.pools.get_mut(t) {
+            p.min_executors = b.min_executors;
+            p.max_executors = b.max_executors;
+        } else if *t == ExecutorType::InProcessWorker && workers > 0 {
+            config.worker_pool.max_executors =
+                (b.max_executors / workers).max(config.worker_pool.min_executors);
+        }
+    }
+    tracing::info!(
+        database_pool = report.database_pool,
+        reserved = report.reserved,
+        executors = report.requested_executors,
+        cpu_cores = report.cpu_cores,
+        estimated_memory_mb = report.estimated_memory_bytes / (1024 * 1024),
+        "resources validated"
+    );
+    Ok(report)
+}
+
+/// The monitor task. Holds the coordinator weakly: dropping the engine ends it.
+async fn run_monitor(
+    coordinator: std::sync::Weak<Mutex<OrchestrationLoopCoordinator>>,
+    store: Arc<dyn Store>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let Some(coordinator) = coordinator.upgrade() else {
+            break;
+        };
+        coordinator.lock().await.tick(store.as_ref()).await;
     }
 }

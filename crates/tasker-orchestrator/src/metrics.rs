@@ -87,6 +87,19 @@ impl ExecutorMetrics {
             .saturating_record(micros);
     }
 
+    /// Adds `totals` into these metrics (a pool keeps its removed executors' figures this way).
+    pub fn absorb(&self, totals: &MetricsTotals) {
+        self.batches.fetch_add(totals.batches, Ordering::Relaxed);
+        self.items.fetch_add(totals.items, Ordering::Relaxed);
+        self.errors.fetch_add(totals.errors, Ordering::Relaxed);
+        self.busy_nanos.fetch_add(
+            u64::try_from(totals.busy.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let mut hist = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = hist.add(&totals.latency);
+    }
+
     /// Adds this executor's figures into `into`.
     pub fn merge_into(&self, into: &mut MetricsTotals) {
         into.batches += self.batches.load(Ordering::Relaxed);

@@ -37,17 +37,17 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
             .unwrap();
     }
     let config = EngineConfig {
-        pool: PoolConfig {
-            min_executors: 2,
-            max_executors: 2,
-            batch_size: 100,
-            ..PoolConfig::default()
-        },
         worker_namespaces: vec!["demo".into()],
-        workers_per_namespace: 2,
         ..EngineConfig::default()
-    };
-    Engine::start(store, config, HandlerRegistry::with_builtins()).await
+    }
+    .with_pools(|p: &mut PoolConfig| {
+        p.min_executors = 2;
+        p.max_executors = 2;
+        p.batch_size = 100;
+    });
+    Engine::start(store, config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap()
 }
 
 fn request(name: &str, key: Option<String>) -> TaskRequest {

@@ -21,11 +21,11 @@ pub struct PgStoreOptions {
 }
 
 impl PgStoreOptions {
-    /// Options for `url` with defaults: 10 connections, 5 s acquire timeout.
+    /// Options for `url` with defaults: 32 connections, 5 s acquire timeout.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            max_connections: 10,
+            max_connections: 32,
             acquire_timeout: Duration::from_secs(5),
         }
     }

@@ -79,6 +79,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
+        tasker_store_sql::pool_stats(&self.pool)
+    }
+
     fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

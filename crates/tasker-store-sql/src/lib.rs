@@ -462,3 +462,13 @@ pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migra
         ..Migrator::DEFAULT
     }
 }
+
+/// Size and use of one sqlx pool.
+pub fn pool_stats<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> tasker_store::ConnectionPoolStats {
+    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+    tasker_store::ConnectionPoolStats {
+        max_connections: pool.options().get_max_connections(),
+        open: pool.size(),
+        idle,
+    }
+}

@@ -80,6 +80,16 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
+        let r = tasker_store_sql::pool_stats(&self.reader);
+        let w = tasker_store_sql::pool_stats(&self.writer);
+        tasker_store::ConnectionPoolStats {
+            max_connections: r.max_connections + w.max_connections,
+            open: r.open + w.open,
+            idle: r.idle + w.idle,
+        }
+    }
+
     fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

@@ -35,5 +35,6 @@ pub mod conformance;
 pub use error::{Result, StoreError};
 pub use params::*;
 pub use traits::{
-    Capabilities, QueueStore, StepStore, Store, TaskStore, TemplateStore, TransitionLog,
+    Capabilities, ConnectionPoolStats, QueueStore, StepStore, Store, TaskStore, TemplateStore,
+    TransitionLog,
 };

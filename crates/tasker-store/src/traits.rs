@@ -22,6 +22,27 @@ pub struct Capabilities {
     pub multi_instance: bool,
 }
 
+/// Size and use of a store's connection pool(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ConnectionPoolStats {
+    /// Most connections the pool may open.
+    pub max_connections: u32,
+    /// Connections open now.
+    pub open: u32,
+    /// Open connections not lent out.
+    pub idle: u32,
+}
+
+impl ConnectionPoolStats {
+    /// Connections lent out over the maximum, in `[0, 1]`.
+    pub fn utilization(&self) -> f64 {
+        if self.max_connections == 0 {
+            return 0.0;
+        }
+        f64::from(self.open.saturating_sub(self.idle)) / f64::from(self.max_connections)
+    }
+}
+
 /// Registered task templates.
 #[async_trait]
 pub trait TemplateStore: Send + Sync {
@@ -206,6 +227,9 @@ pub trait Store:
 
     /// `sqlite` or `postgres`, for logs and reports.
     fn backend_name(&self) -> &'static str;
+
+    /// The connection pool's size and use, for backpressure and resource validation.
+    fn connection_pool(&self) -> ConnectionPoolStats;
 
     /// Statements sent to the database so far (not counting BEGIN/COMMIT/ROLLBACK).
     fn statements_executed(&self) -> u64;

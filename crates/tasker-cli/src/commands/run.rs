@@ -71,7 +71,9 @@ async fn run_task(
         worker_namespaces: vec![template.namespace.clone()],
         ..EngineConfig::default()
     };
-    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins()).await;
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .context("starting the engine")?;
     let outcome = drive(&engine, &args, &template, context).await;
     engine.shutdown().await;
     let finished = match outcome {

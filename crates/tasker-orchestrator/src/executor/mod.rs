@@ -95,6 +95,15 @@ pub enum ExecutorError {
     Store(#[from] StoreError),
 }
 
+impl ExecutorError {
+    /// The database failed (as opposed to a domain answer): counts against circuit breakers.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            ExecutorError::Store(e) => e.is_infrastructure(),
+        }
+    }
+}
+
 /// What an executor type does, one batch at a time.
 #[async_trait]
 pub trait OrchestrationExecutor: Send + Sync + std::fmt::Debug + 'static {

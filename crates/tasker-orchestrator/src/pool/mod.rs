@@ -15,16 +15,23 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Weak,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError, Weak,
     },
     time::Duration,
 };
 
+use serde::Serialize;
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{ExecutorType, OrchestrationExecutor};
+use crate::{
+    backpressure::PressureGauge,
+    circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
+    executor::{ExecutorType, OrchestrationExecutor},
+    health::{ExecutorHealth, HealthStateMachine, HealthTransition},
+    metrics::{ExecutorMetrics, LatencySummary, MetricsTotals},
+};
 
 /// Builds a new executor of the pool's type.
 pub type ExecutorFactory = Arc<dyn Fn() -> Arc<dyn OrchestrationExecutor> + Send + Sync>;
@@ -36,12 +43,18 @@ pub struct PoolConfig {
     pub min_executors: usize,
     /// Most executors.
     pub max_executors: usize,
-    /// Items per batch.
+    /// Items per batch (before backpressure).
     pub batch_size: u32,
-    /// Fallback sleep when a batch found no work and no wake-up came.
+    /// Fallback sleep when a batch found no work and no wake-up came (before backpressure).
     pub polling_interval: Duration,
     /// How long a stopping executor may take to finish its batch before it is aborted.
     pub stop_timeout: Duration,
+    /// The pool's circuit breaker around its batches.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// How strongly the pool gives way to backpressure, in thousandths.
+    pub backpressure_weight_permille: u32,
+    /// Consecutive failed batches after which an executor is `Unhealthy` (and replaced).
+    pub unhealthy_after_errors: u32,
 }
 
 impl Default for PoolConfig {
@@ -52,21 +65,76 @@ impl Default for PoolConfig {
             batch_size: 50,
             polling_interval: Duration::from_millis(100),
             stop_timeout: Duration::from_secs(5),
+            circuit_breaker: CircuitBreakerConfig::default(),
+            backpressure_weight_permille: 500,
+            unhealthy_after_errors: 10,
         }
     }
 }
 
-/// Counters of one executor's loop, written only by that loop.
-#[derive(Debug, Default)]
-pub struct LoopStats {
-    /// Batches run.
-    pub batches: AtomicU64,
-    /// Items processed.
-    pub items: AtomicU64,
-    /// Batches that failed.
-    pub errors: AtomicU64,
-    /// Time spent inside `process_batch`, in nanoseconds.
-    pub busy_nanos: AtomicU64,
+/// What one executor's loop shares with its pool. The loop writes; the pool and monitors read.
+#[derive(Debug)]
+pub struct ExecutorState {
+    /// Its metrics.
+    pub metrics: ExecutorMetrics,
+    health: Mutex<HealthStateMachine>,
+    /// Milliseconds after the pool's epoch of the last sign of life.
+    heartbeat_ms: AtomicU64,
+    consecutive_errors: AtomicU32,
+}
+
+impl ExecutorState {
+    fn new(name: String) -> Self {
+        Self {
+            metrics: ExecutorMetrics::default(),
+            health: Mutex::new(HealthStateMachine::new(name)),
+            heartbeat_ms: AtomicU64::new(0),
+            consecutive_errors: AtomicU32::new(0),
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> ExecutorHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state()
+    }
+
+    /// Moves health along a path of legal steps toward `to` (e.g. `Healthy` to `Unhealthy`
+    /// passes through `Degraded`); steps the machine refuses end the walk.
+    fn move_toward(&self, to: ExecutorHealth, reason: &str) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let path: &[ExecutorHealth] = match (h.state(), to) {
+            (ExecutorHealth::Healthy | ExecutorHealth::Starting, ExecutorHealth::Unhealthy) => {
+                &[ExecutorHealth::Degraded, ExecutorHealth::Unhealthy]
+            }
+            _ => std::slice::from_ref(&to),
+        };
+        for &step in path {
+            if h.transition_to(step, reason).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// What all loops of one pool share.
+#[derive(Debug)]
+struct PoolShared {
+    breaker: Mutex<CircuitBreaker>,
+    gauge: PressureGauge,
+    epoch: Instant,
+}
+
+impl PoolShared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 struct RunningExecutor {
@@ -74,16 +142,67 @@ struct RunningExecutor {
     executor: Arc<dyn OrchestrationExecutor>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
-    stats: Arc<LoopStats>,
+    state: Arc<ExecutorState>,
 }
 
 /// How a removal went.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RemovalReport {
     /// Executors that finished their batch and stopped in time.
     pub graceful: usize,
     /// Executors aborted after the stop timeout.
     pub aborted: usize,
+}
+
+impl RemovalReport {
+    fn add(&mut self, other: RemovalReport) {
+        self.graceful += other.graceful;
+        self.aborted += other.aborted;
+    }
+}
+
+/// One executor, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorSnapshot {
+    /// Its id within the pool.
+    pub id: u64,
+    /// Health.
+    pub health: ExecutorHealth,
+    /// Time in the current health state.
+    pub time_in_state: Duration,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Recent health changes.
+    pub health_history: Vec<HealthTransition>,
+}
+
+/// A pool, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    /// Executor type.
+    pub executor_type: ExecutorType,
+    /// Running executors.
+    pub executors: Vec<ExecutorSnapshot>,
+    /// Lower bound.
+    pub min_executors: usize,
+    /// Upper bound.
+    pub max_executors: usize,
+    /// Batches over the pool's life.
+    pub batches: u64,
+    /// Items processed.
+    pub items: u64,
+    /// Failed batches.
+    pub errors: u64,
+    /// Time spent in batches.
+    pub busy: Duration,
+    /// Batch latency percentiles.
+    pub latency: LatencySummary,
+    /// Circuit breaker state.
+    pub circuit_breaker: CircuitState,
+    /// Times the breaker opened.
+    pub circuit_breaker_trips: u64,
+    /// Executors replaced for being unhealthy.
+    pub replaced: u64,
 }
 
 /// The executors of one type.
@@ -92,10 +211,12 @@ pub struct ExecutorPool {
     factory: ExecutorFactory,
     config: PoolConfig,
     wake: Arc<Notify>,
+    shared: Arc<PoolShared>,
     executors: Vec<RunningExecutor>,
     next_id: u64,
-    /// Totals of executors already removed, so pool totals never go backwards.
-    retired: LoopStats,
+    replaced: u64,
+    /// Metrics of executors already removed, so pool totals never go backwards.
+    retired: ExecutorMetrics,
 }
 
 impl std::fmt::Debug for ExecutorPool {
@@ -109,21 +230,30 @@ impl std::fmt::Debug for ExecutorPool {
 }
 
 impl ExecutorPool {
-    /// An empty pool; `wake` is the notifier its loops wait on between empty batches.
+    /// An empty pool. Its loops wait on `wake` between empty batches and read backpressure
+    /// from `gauge`.
     pub fn new(
         executor_type: ExecutorType,
         factory: ExecutorFactory,
         config: PoolConfig,
         wake: Arc<Notify>,
+        gauge: PressureGauge,
     ) -> Self {
+        let shared = Arc::new(PoolShared {
+            breaker: Mutex::new(CircuitBreaker::new(config.circuit_breaker)),
+            gauge,
+            epoch: Instant::now(),
+        });
         Self {
             executor_type,
             factory,
             config,
             wake,
+            shared,
             executors: Vec::new(),
             next_id: 0,
-            retired: LoopStats::default(),
+            replaced: 0,
+            retired: ExecutorMetrics::default(),
         }
     }
 
@@ -135,6 +265,12 @@ impl ExecutorPool {
     /// Its settings.
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// Changes its bounds (resource validation may shrink them).
+    pub fn set_bounds(&mut self, min_executors: usize, max_executors: usize) {
+        self.config.min_executors = min_executors;
+        self.config.max_executors = max_executors.max(min_executors);
     }
 
     /// Executors currently in the pool.
@@ -156,20 +292,32 @@ impl ExecutorPool {
             .count()
     }
 
+    /// Circuit breaker state.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.shared.breaker().state()
+    }
+
     /// Starts one more executor.
     pub fn add_executor(&mut self) {
         let executor = (self.factory)();
-        let stats = Arc::new(LoopStats::default());
+        self.next_id += 1;
+        let state = Arc::new(ExecutorState::new(format!(
+            "{}-{}",
+            self.executor_type.as_str(),
+            self.next_id
+        )));
+        state
+            .heartbeat_ms
+            .store(self.shared.now_ms(), Ordering::Relaxed);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run_loop(
             Arc::downgrade(&executor),
-            stats.clone(),
+            state.clone(),
+            self.shared.clone(),
             cancel.clone(),
             self.wake.clone(),
-            self.config.batch_size,
-            self.config.polling_interval,
+            self.config.clone(),
         ));
-        self.next_id += 1;
         tracing::debug!(
             executor_type = self.executor_type.as_str(),
             executor_id = self.next_id,
@@ -180,7 +328,7 @@ impl ExecutorPool {
             executor,
             cancel,
             task,
-            stats,
+            state,
         });
     }
 
@@ -198,8 +346,20 @@ impl ExecutorPool {
     /// timeout, then abort what is still running.
     pub async fn remove_executors(&mut self, count: usize) -> RemovalReport {
         let count = count.min(self.executors.len());
-        let leaving: Vec<RunningExecutor> = self.executors.split_off(self.executors.len() - count);
+        let leaving = self.executors.split_off(self.executors.len() - count);
+        self.stop_executors(leaving).await
+    }
+
+    /// Stops every executor (two-phase).
+    pub async fn stop_all(&mut self) -> RemovalReport {
+        let leaving = std::mem::take(&mut self.executors);
+        self.stop_executors(leaving).await
+    }
+
+    async fn stop_executors(&mut self, leaving: Vec<RunningExecutor>) -> RemovalReport {
         for e in &leaving {
+            e.state
+                .move_toward(ExecutorHealth::Stopping, "removed from pool");
             e.cancel.cancel();
         }
         let mut report = RemovalReport::default();
@@ -208,7 +368,7 @@ impl ExecutorPool {
                 id,
                 executor,
                 mut task,
-                stats,
+                state,
                 ..
             } = e;
             // Release our strong reference first: the loop's Weak can no longer upgrade.
@@ -226,77 +386,136 @@ impl ExecutorPool {
                     report.aborted += 1;
                 }
             }
-            self.retire(&stats);
+            self.retire(&state);
         }
         report
     }
 
-    /// Stops every executor (two-phase).
-    pub async fn stop_all(&mut self) -> RemovalReport {
-        let n = self.executors.len();
-        self.remove_executors(n).await
+    fn retire(&self, state: &ExecutorState) {
+        let mut totals = MetricsTotals::default();
+        state.metrics.merge_into(&mut totals);
+        self.retired.absorb(&totals);
     }
 
-    fn retire(&self, stats: &LoopStats) {
-        for (total, part) in [
-            (&self.retired.batches, &stats.batches),
-            (&self.retired.items, &stats.items),
-            (&self.retired.errors, &stats.errors),
-            (&self.retired.busy_nanos, &stats.busy_nanos),
-        ] {
-            total.fetch_add(part.load(Ordering::Relaxed), Ordering::Relaxed);
+    /// Marks executors silent for longer than `stale_after` unhealthy, then replaces every
+    /// unhealthy executor with a new one. Returns the removal report of the replaced ones.
+    pub async fn replace_unhealthy(&mut self, stale_after: Duration) -> RemovalReport {
+        let now = self.shared.now_ms();
+        let stale_ms = u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX);
+        for e in &self.executors {
+            let age = now.saturating_sub(e.state.heartbeat_ms.load(Ordering::Relaxed));
+            if age > stale_ms {
+                e.state.move_toward(
+                    ExecutorHealth::Unhealthy,
+                    &format!("no heartbeat for {age} ms"),
+                );
+            }
         }
+        let (sick, well): (Vec<_>, Vec<_>) = std::mem::take(&mut self.executors)
+            .into_iter()
+            .partition(|e| e.state.health() == ExecutorHealth::Unhealthy);
+        self.executors = well;
+        let mut report = RemovalReport::default();
+        if sick.is_empty() {
+            return report;
+        }
+        let n = sick.len();
+        tracing::warn!(
+            executor_type = self.executor_type.as_str(),
+            count = n,
+            "replacing unhealthy executors"
+        );
+        report.add(self.stop_executors(sick).await);
+        for _ in 0..n {
+            self.add_executor();
+        }
+        self.replaced += u64::try_from(n).unwrap_or(u64::MAX);
+        report
     }
 
-    /// Totals over the pool's life: (batches, items, errors, busy time).
-    pub fn totals(&self) -> (u64, u64, u64, Duration) {
-        let sum = |f: fn(&LoopStats) -> &AtomicU64| {
-            f(&self.retired).load(Ordering::Relaxed)
-                + self
-                    .executors
-                    .iter()
-                    .map(|e| f(&e.stats).load(Ordering::Relaxed))
-                    .sum::<u64>()
-        };
-        (
-            sum(|s| &s.batches),
-            sum(|s| &s.items),
-            sum(|s| &s.errors),
-            Duration::from_nanos(sum(|s| &s.busy_nanos)),
-        )
+    /// Totals over the pool's life.
+    pub fn totals(&self) -> MetricsTotals {
+        let mut totals = MetricsTotals::default();
+        self.retired.merge_into(&mut totals);
+        for e in &self.executors {
+            e.state.metrics.merge_into(&mut totals);
+        }
+        totals
+    }
+
+    /// The pool's state for the health view.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let now = self.shared.now_ms();
+        let totals = self.totals();
+        let breaker = self.shared.breaker();
+        PoolSnapshot {
+            executor_type: self.executor_type,
+            executors: self
+                .executors
+                .iter()
+                .map(|e| {
+                    let h = e
+                        .state
+                        .health
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    ExecutorSnapshot {
+                        id: e.id,
+                        health: h.state(),
+                        time_in_state: h.time_in_state(),
+                        heartbeat_age_ms: now
+                            .saturating_sub(e.state.heartbeat_ms.load(Ordering::Relaxed)),
+                        health_history: h.history().cloned().collect(),
+                    }
+                })
+                .collect(),
+            min_executors: self.config.min_executors,
+            max_executors: self.config.max_executors,
+            batches: totals.batches,
+            items: totals.items,
+            errors: totals.errors,
+            busy: totals.busy,
+            latency: totals.latency_summary(),
+            circuit_breaker: breaker.state(),
+            circuit_breaker_trips: breaker.trips(),
+            replaced: self.replaced,
+        }
     }
 }
 
-/// The processing loop of one executor. Holds a `Weak` to it, never an `Arc` across batches.
+/// The processing loop of one executor. Holds a `Weak` to it, never an `Arc` across batches,
+/// and adds what every executor type needs around a batch: the circuit breaker, backpressure,
+/// timing, heartbeats and health.
 async fn run_loop(
     executor: Weak<dyn OrchestrationExecutor>,
-    stats: Arc<LoopStats>,
+    state: Arc<ExecutorState>,
+    shared: Arc<PoolShared>,
     cancel: CancellationToken,
     wake: Arc<Notify>,
-    batch_size: u32,
-    polling_interval: Duration,
+    config: PoolConfig,
 ) {
+    let weight = config.backpressure_weight_permille;
     while !cancel.is_cancelled() {
         let Some(strong) = executor.upgrade() else {
             break;
         };
-        let started = Instant::now();
-        let result = strong.process_batch(batch_size).await;
-        drop(strong);
-        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        stats.busy_nanos.fetch_add(busy, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        let found_work = match result {
-            Ok(n) => {
-                stats.items.fetch_add(n as u64, Ordering::Relaxed);
-                n > 0
-            }
-            Err(error) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, "executor batch failed");
-                false
-            }
+        let allowed = shared.breaker().try_acquire(Instant::now());
+        let found_work = if allowed {
+            let batch = shared.gauge.batch_size(config.batch_size, weight);
+            let started = Instant::now();
+            let result = strong.process_batch(batch).await;
+            drop(strong);
+            let elapsed = started.elapsed();
+            state
+                .metrics
+                .record_batch(elapsed, *result.as_ref().unwrap_or(&0), result.is_err());
+            after_batch(&state, &shared, &config, &result)
+        } else {
+            drop(strong);
+            state.move_toward(ExecutorHealth::Degraded, "circuit breaker open");
+            false
         };
+        state.heartbeat_ms.store(shared.now_ms(), Ordering::Relaxed);
         if found_work {
             tokio::task::yield_now().await;
             continue;
@@ -304,7 +523,42 @@ async fn run_loop(
         tokio::select! {
             () = cancel.cancelled() => break,
             () = wake.notified() => {}
-            () = tokio::time::sleep(polling_interval) => {}
+            () = tokio::time::sleep(shared.gauge.polling_interval(config.polling_interval, weight)) => {}
+        }
+        state.heartbeat_ms.store(shared.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Updates breaker and health after a batch; returns whether the batch found work.
+fn after_batch(
+    state: &ExecutorState,
+    shared: &PoolShared,
+    config: &PoolConfig,
+    result: &Result<usize, crate::executor::ExecutorError>,
+) -> bool {
+    match result {
+        Ok(n) => {
+            shared.breaker().record_success();
+            state.consecutive_errors.store(0, Ordering::Relaxed);
+            state.move_toward(ExecutorHealth::Healthy, "batch succeeded");
+            *n > 0
+        }
+        Err(error) => {
+            // Only outages count against the breaker; a domain answer is not an outage.
+            if error.is_infrastructure() {
+                shared.breaker().record_failure(Instant::now());
+            }
+            let errors = state.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(%error, consecutive = errors, "executor batch failed");
+            if errors >= config.unhealthy_after_errors {
+                state.move_toward(
+                    ExecutorHealth::Unhealthy,
+                    &format!("{errors} consecutive failed batches"),
+                );
+            } else {
+                state.move_toward(ExecutorHealth::Degraded, "batch failed");
+            }
+            false
         }
     }
 }

@@ -4,12 +4,15 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::executor::ExecutorError;
+use crate::{backpressure::PressureGauge, circuit_breaker::CircuitBreakerConfig};
 
-/// A scriptable executor: each batch takes `batch_time` (or never ends when `None`).
+/// A scriptable executor: each batch takes `batch_time` (or never ends when `None`), and
+/// fails with a storage outage when `fail` is set.
 #[derive(Debug)]
 struct Fake {
     batch_time: Option<Duration>,
     batches: Arc<AtomicUsize>,
+    fail: bool,
 }
 
 #[async_trait]
@@ -23,7 +26,15 @@ impl OrchestrationExecutor for Fake {
         match self.batch_time {
             Some(t) => {
                 tokio::time::sleep(t).await;
-                Ok(0)
+                if self.fail {
+                    Err(ExecutorError::Store(
+                        tasker_store::StoreError::Unavailable {
+                            message: "database down".into(),
+                        },
+                    ))
+                } else {
+                    Ok(0)
+                }
             }
             None => std::future::pending().await,
         }
@@ -31,12 +42,21 @@ impl OrchestrationExecutor for Fake {
 }
 
 fn pool(batch_time: Option<Duration>, config: PoolConfig) -> (ExecutorPool, Arc<AtomicUsize>) {
+    failing_pool(batch_time, config, false)
+}
+
+fn failing_pool(
+    batch_time: Option<Duration>,
+    config: PoolConfig,
+    fail: bool,
+) -> (ExecutorPool, Arc<AtomicUsize>) {
     let batches = Arc::new(AtomicUsize::new(0));
     let counter = batches.clone();
     let factory: ExecutorFactory = Arc::new(move || {
         Arc::new(Fake {
             batch_time,
             batches: counter.clone(),
+            fail,
         }) as Arc<dyn OrchestrationExecutor>
     });
     (
@@ -45,6 +65,7 @@ fn pool(batch_time: Option<Duration>, config: PoolConfig) -> (ExecutorPool, Arc<
             factory,
             config,
             Arc::new(Notify::new()),
+            PressureGauge::default(),
         ),
         batches,
     )
@@ -57,6 +78,7 @@ fn config(min: usize, max: usize) -> PoolConfig {
         batch_size: 10,
         polling_interval: Duration::from_millis(10),
         stop_timeout: Duration::from_millis(200),
+        ..PoolConfig::default()
     }
 }
 
@@ -155,5 +177,111 @@ async fn rapid_scaling_leaves_exactly_the_expected_tasks() {
     let report = p.stop_all().await;
     assert_eq!(report.graceful + report.aborted, expected);
     assert_eq!(p.live_tasks(), 0);
-    assert!(p.totals().0 > 0);
+    assert!(p.totals().batches > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn storage_failures_open_the_breaker_and_unhealthy_executors_are_replaced() {
+    let config = PoolConfig {
+        circuit_breaker: CircuitBreakerConfig {
+            failure_threshold: 3,
+            open_timeout: Duration::from_secs(60),
+            success_threshold: 1,
+        },
+        unhealthy_after_errors: 3,
+        ..config(1, 1)
+    };
+    let (mut p, batches) = failing_pool(Some(Duration::from_millis(1)), config, true);
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.circuit_state(), CircuitState::Open);
+    // Open: no more batches run while it stays open.
+    let ran = batches.load(Ordering::Relaxed);
+    assert_eq!(ran, 3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(batches.load(Ordering::Relaxed), ran);
+    let snap = p.snapshot();
+    assert_eq!((snap.errors, snap.circuit_breaker_trips), (3, 1));
+    assert_eq!(snap.executors[0].health, ExecutorHealth::Unhealthy);
+    let path: Vec<_> = snap.executors[0]
+        .health_history
+        .iter()
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(path, [ExecutorHealth::Degraded, ExecutorHealth::Unhealthy]);
+
+    let report = p.replace_unhealthy(Duration::from_secs(3600)).await;
+    assert_eq!(report.graceful + report.aborted, 1);
+    let snap = p.snapshot();
+    assert_eq!((snap.replaced, snap.executors.len()), (1, 1));
+    assert_ne!(
+        snap.executors[0].health,
+        ExecutorHealth::Unhealthy,
+        "a fresh executor took its place"
+    );
+    assert_eq!(snap.errors, 3, "the replaced executor's figures are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_executor_is_marked_unhealthy_and_replaced() {
+    // A batch that never returns: no heartbeat.
+    let (mut p, _) = pool(None, config(1, 1));
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        p.replace_unhealthy(Duration::from_secs(30)).await,
+        RemovalReport::default()
+    );
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let report = p.replace_unhealthy(Duration::from_secs(30)).await;
+    assert_eq!(
+        report,
+        RemovalReport {
+            graceful: 0,
+            aborted: 1
+        }
+    );
+    assert_eq!((p.len(), p.live_tasks(), p.snapshot().replaced), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_shrinks_batches_by_the_pool_weight() {
+    #[derive(Debug)]
+    struct Recorder(Arc<Mutex<Vec<u32>>>);
+    #[async_trait]
+    impl OrchestrationExecutor for Recorder {
+        fn executor_type(&self) -> ExecutorType {
+            ExecutorType::TaskClaimer
+        }
+        async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
+            self.0.lock().unwrap().push(batch_size);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(0)
+        }
+    }
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    let factory: ExecutorFactory =
+        Arc::new(move || Arc::new(Recorder(seen.clone())) as Arc<dyn OrchestrationExecutor>);
+    let gauge = PressureGauge::default();
+    let config = PoolConfig {
+        batch_size: 100,
+        backpressure_weight_permille: 500,
+        ..config(1, 1)
+    };
+    let mut p = ExecutorPool::new(
+        ExecutorType::TaskClaimer,
+        factory,
+        config,
+        Arc::new(Notify::new()),
+        gauge.clone(),
+    );
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    gauge.set_permille_for_tests(1000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.stop_all().await;
+    let sizes = sizes.lock().unwrap();
+    assert_eq!(sizes.first(), Some(&100));
+    assert_eq!(sizes.last(), Some(&50));
 }
