@@ -316,12 +316,10 @@ impl Engine {
             .await;
     }
 
-    /// Gives the coordinator to `f` (tests and tools inspect or drive pools with it).
-    pub async fn with_coordinator<R>(
-        &self,
-        f: impl FnOnce(&mut OrchestrationLoopCoordinator) -> R,
-    ) -> R {
-        f(&mut *self.coordinator.lock().await)
+    /// The coordinator, locked (tools and tests inspect or drive pools with it; the monitor
+    /// waits meanwhile).
+    pub async fn coordinator(&self) -> tokio::sync::MutexGuard<'_, OrchestrationLoopCoordinator> {
+        self.coordinator.lock().await
     }
 
     /// Stops intake first (request processors, claimers, enqueuers), then lets the work in

@@ -1,0 +1,253 @@
+//! The coordinator with real work flowing: scaling on measured signals, the health view, and
+//! resource validation at start.
+
+use std::{sync::Arc, time::Duration};
+
+use tasker_orchestrator::{
+    engine::EngineError, handler::HandlerRegistry, messages::TaskRequest, metrics,
+    pool::PoolConfig, resources::FailureMode, scaling::ScalingConfig, Engine, EngineConfig,
+    EngineEvent, ExecutorType,
+};
+use tasker_store::{Store, TemplateRegisterParams, TemplateStore};
+use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_template::TaskTemplate;
+use tasker_types::TaskState;
+
+const LINEAR: &str = "namespace: demo\nname: linear\nversion: 1.0.0\nsteps:\n\
+    - {name: a, handler: noop}\n- {name: b, handler: noop, depends_on: [a]}\n";
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap();
+    store
+        .template_register(&TemplateRegisterParams {
+            template: TaskTemplate::from_yaml_str(LINEAR, "t").unwrap(),
+        })
+        .await
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+fn request(i: usize) -> TaskRequest {
+    TaskRequest {
+        namespace: "demo".into(),
+        name: "linear".into(),
+        version: None,
+        context: serde_json::json!({"i": i}),
+        idempotency_key: None,
+        priority: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
+    let (store, _dir) = sqlite().await;
+    let mut config = EngineConfig {
+        worker_namespaces: vec!["demo".into()],
+        ..EngineConfig::default()
+    }
+    .with_pools(|p: &mut PoolConfig| {
+        p.min_executors = 1;
+        p.max_executors = 3;
+    });
+    config.coordinator.scaling = ScalingConfig {
+        queue_depth_per_executor: 10,
+        cooldown: Duration::ZERO,
+        // The test drives the monitor by hand.
+        interval: Duration::from_secs(3600),
+        ..ScalingConfig::default()
+    };
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let name = ExecutorType::TaskRequestProcessor.as_str();
+    let ups_before = metrics::global().scaling_decisions(name, "up");
+
+    // Hold the request processors back (no executors) so the backlog is still there when the
+    // monitor measures it.
+    {
+        let mut c = engine.coordinator().await;
+        let pool = c.pool_mut(name).unwrap();
+        pool.set_bounds(0, 3);
+        pool.scale_to(0).await;
+    }
+    let mut events = engine.subscribe();
+    for i in 0..200 {
+        engine.enqueue_request(&request(i)).await.unwrap();
+    }
+    engine.monitor_tick().await;
+    let snapshot = engine.snapshot().await;
+    assert_eq!(
+        snapshot.pools[name].executors.len(),
+        1,
+        "grew from 0 under a backlog of 200"
+    );
+    assert!(metrics::global().scaling_decisions(name, "up") > ups_before);
+    let record = snapshot.scaling.iter().find(|r| r.pool == name).unwrap();
+    assert_eq!(record.queue_depth, 200);
+
+    // All 200 tasks finish.
+    let mut done = 0;
+    while done < 200 {
+        match tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap()
+        {
+            Ok(EngineEvent::TaskFinished { state, .. }) => {
+                assert_eq!(state, TaskState::Complete);
+                done += 1;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let list = store
+                    .task_list(&tasker_store::TaskListParams {
+                        state: Some(TaskState::Complete),
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                done = list.len();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Idle now: ticks bring the pool back to its minimum.
+    let downs_before = metrics::global().scaling_decisions(name, "down");
+    for _ in 0..5 {
+        engine.monitor_tick().await;
+    }
+    let snapshot = engine.snapshot().await;
+    assert_eq!(snapshot.pools[name].executors.len(), 0);
+    assert!(metrics::global().scaling_decisions(name, "down") > downs_before);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_view_shows_every_pool_with_real_figures() {
+    let (store, _dir) = sqlite().await;
+    let config = EngineConfig {
+        worker_namespaces: vec!["demo".into()],
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store, config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    let task = engine.submit(&request(0)).await.unwrap().task;
+    loop {
+        if let EngineEvent::TaskFinished { task_id, .. } = events.recv().await.unwrap() {
+            if task_id == task.id {
+                break;
+            }
+        }
+    }
+    engine.monitor_tick().await;
+    let snapshot = engine.snapshot().await;
+    assert_eq!(
+        snapshot.pools.len(),
+        6,
+        "five executor types and one worker pool"
+    );
+    for (name, pool) in &snapshot.pools {
+        assert!(!pool.executors.is_empty(), "{name}");
+        assert!(
+            pool.batches > 0 && pool.latency.count == pool.batches,
+            "{name}: {pool:?}"
+        );
+        assert_eq!(
+            pool.circuit_breaker,
+            tasker_orchestrator::circuit_breaker::CircuitState::Closed
+        );
+        assert!(
+            pool.executors
+                .iter()
+                .all(|e| e.health == tasker_orchestrator::health::ExecutorHealth::Healthy),
+            "{name}"
+        );
+        assert_eq!(snapshot.series[name].len(), 1);
+    }
+    assert!(snapshot.pools["in_process_worker:demo"].items >= 2);
+    assert_eq!(snapshot.pressure_history.len(), 1);
+    assert_eq!(snapshot.backpressure, 0.0);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
+    let db = TestDatabase::create().await.unwrap();
+    let small = PgStoreOptions {
+        max_connections: 10,
+        ..PgStoreOptions::new(&db.url)
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(small).await.unwrap());
+
+    let fail_fast = EngineConfig {
+        failure_mode: FailureMode::FailFast,
+        ..EngineConfig::default()
+    };
+    let err = Engine::start(store.clone(), fail_fast, HandlerRegistry::with_builtins())
+        .await
+        .unwrap_err();
+    let EngineError::Resources(report) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (
+            report.database_pool,
+            report.reserved,
+            report.requested_executors
+        ),
+        (10, 2, 20)
+    );
+    assert!(
+        err.to_string()
+            .contains("raise database.max_connections to at least 22"),
+        "{err}"
+    );
+
+    let degraded = EngineConfig {
+        failure_mode: FailureMode::Degraded,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store.clone(), degraded, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let maxima: usize = engine
+        .resources()
+        .pools
+        .values()
+        .map(|p| p.max_executors)
+        .sum();
+    assert_eq!(maxima, 8);
+    let snapshot = engine.snapshot().await;
+    assert_eq!(
+        snapshot
+            .pools
+            .values()
+            .map(|p| p.max_executors)
+            .sum::<usize>(),
+        8
+    );
+    assert!(engine
+        .resources()
+        .warnings
+        .iter()
+        .any(|w| w.contains("shrunk")));
+    engine.shutdown().await;
+
+    let best = EngineConfig {
+        failure_mode: FailureMode::BestEffort,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store.clone(), best, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    assert_eq!(engine.resources().requested_executors, 20);
+    engine.shutdown().await;
+    store.close().await;
+    db.drop_database().await.unwrap();
+}
