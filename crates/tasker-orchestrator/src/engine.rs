@@ -149,8 +149,9 @@ const STOP_ORDER: [ExecutorType; 3] = [
 pub struct Engine {
     ctx: ExecutorContext,
     coordinator: Arc<Mutex<OrchestrationLoopCoordinator>>,
-    monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
-    stop_monitor: CancellationToken,
+    /// The monitor and the wake-up forwarder.
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop_background: CancellationToken,
     resources: ResourceReport,
 }
 
@@ -246,19 +247,35 @@ impl Engine {
         }
         tracing::info!(instance = %config.instance_id, backend = ctx.store.backend_name(), "engine started");
 
+        let stop_background = CancellationToken::new();
+        let mut background = Vec::new();
+        // Wake-ups from other processes sharing the database (PostgreSQL LISTEN/NOTIFY).
+        match ctx.store.wakeup_subscribe().await {
+            Ok(Some(announcements)) => {
+                background.push(tokio::spawn(forward_wakeups(
+                    announcements,
+                    ctx.wakeups.clone(),
+                    stop_background.clone(),
+                )));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cross-process wake-ups unavailable; pools poll instead")
+            }
+        }
+
         let coordinator = Arc::new(Mutex::new(coordinator));
-        let stop_monitor = CancellationToken::new();
-        let monitor = tokio::spawn(run_monitor(
+        background.push(tokio::spawn(run_monitor(
             Arc::downgrade(&coordinator),
             ctx.store.clone(),
             config.coordinator.scaling.interval,
-            stop_monitor.clone(),
-        ));
+            stop_background.clone(),
+        )));
         Ok(Self {
             ctx,
             coordinator,
-            monitor: std::sync::Mutex::new(Some(monitor)),
-            stop_monitor,
+            background: std::sync::Mutex::new(background),
+            stop_background,
             resources,
         })
     }
@@ -327,14 +344,15 @@ impl Engine {
     /// or is aborted after its pool's stop timeout. Claims taken but not yet enqueued are
     /// released at once rather than left to their lease. Safe to call twice.
     pub async fn shutdown(&self) {
-        self.stop_monitor.cancel();
-        let monitor = self
-            .monitor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(monitor) = monitor {
-            let _ = monitor.await;
+        self.stop_background.cancel();
+        let background = std::mem::take(
+            &mut *self
+                .background
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in background {
+            let _ = task.await;
         }
         let order: Vec<&str> = STOP_ORDER.iter().map(|t| t.as_str()).collect();
         let mut coordinator = self.coordinator.lock().await;
@@ -449,5 +467,22 @@ async fn run_monitor(
             break;
         };
         coordinator.lock().await.tick(store.as_ref()).await;
+    }
+}
+
+/// Turns announcements from other processes into local wake-ups.
+async fn forward_wakeups(
+    mut announcements: mpsc::Receiver<String>,
+    wakeups: Wakeups,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            queue = announcements.recv() => match queue {
+                Some(queue) => wakeups.wake(&queue),
+                None => break,
+            },
+        }
     }
 }

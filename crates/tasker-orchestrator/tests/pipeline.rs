@@ -240,3 +240,59 @@ on_both_backends!(
     retries_then_errors,
     queued_requests_are_processed
 );
+
+/// PostgreSQL only (SQLite has no cross-process announcements, see `Capabilities`): a request
+/// queued through a *different* connection pool, as another instance would, wakes this
+/// engine's pools through LISTEN/NOTIFY long before their one-minute polling fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_pools_of_another_process() {
+    let (store, db) = postgres().await;
+    let config = EngineConfig {
+        worker_namespaces: vec!["demo".into()],
+        ..EngineConfig::default()
+    }
+    .with_pools(|p: &mut PoolConfig| p.polling_interval = Duration::from_secs(60));
+    for t in [DIAMOND, FLAKY] {
+        store
+            .template_register(&TemplateRegisterParams {
+                template: template(t),
+            })
+            .await
+            .unwrap();
+    }
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    // Let every pool run its first batch and go to sleep on its 60 s poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut events = engine.subscribe();
+
+    let other = PgStore::connect(PgStoreOptions::new(&db.url))
+        .await
+        .unwrap();
+    let other: Arc<dyn Store> = Arc::new(other);
+    other
+        .queue_enqueue_many(&tasker_store::QueueEnqueueManyParams {
+            queue: tasker_orchestrator::messages::TASK_REQUESTS.into(),
+            payloads: vec![
+                serde_json::to_value(request("diamond", Some("remote".into()))).unwrap(),
+            ],
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(EngineEvent::TaskFinished { state, .. }) = events.recv().await {
+                return state;
+            }
+        }
+    })
+    .await
+    .expect("woken by NOTIFY, not by the 60 s poll");
+    assert_eq!(finished, TaskState::Complete);
+    engine.shutdown().await;
+    other.close().await;
+    store.close().await;
+    db.drop_database().await.unwrap();
+}

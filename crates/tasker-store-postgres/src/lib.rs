@@ -11,6 +11,7 @@
 
 mod connect;
 mod decode;
+mod notify;
 mod queue;
 pub mod test_database;
 
@@ -53,6 +54,21 @@ impl PgStore {
         self.statements.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// `NOTIFY`s the queue's name on [`notify::CHANNEL`]; delivered when the transaction
+    /// commits.
+    async fn announce_enqueued(
+        conn: &mut sqlx::PgConnection,
+        queue: &str,
+    ) -> tasker_store::Result<u64> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(notify::CHANNEL)
+            .bind(queue)
+            .execute(conn)
+            .await
+            .map_err(decode::map_err)?;
+        Ok(1)
+    }
+
     /// Opens a write transaction.
     async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         self.pool.begin().await.map_err(decode::map_err)
@@ -81,6 +97,12 @@ impl Store for PgStore {
 
     fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
         tasker_store_sql::pool_stats(&self.pool)
+    }
+
+    async fn wakeup_subscribe(
+        &self,
+    ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        notify::subscribe(&self.pool).await.map(Some)
     }
 
     fn statements_executed(&self) -> u64 {

@@ -9,8 +9,10 @@
 //!
 //! The invoking module must have in scope: `now_ms!()` (the database clock in milliseconds as a
 //! string literal), `map_err` (sqlx error to `StoreError`), and on `$store`: `count(n)`,
-//! `async fn begin_write(&self) -> Result<sqlx::Transaction<'_, $db>>` and
-//! `async fn dequeue_leased(&self, &QueueDequeueParams) -> Result<Vec<QueueMessage>>`.
+//! `async fn begin_write(&self) -> Result<sqlx::Transaction<'_, $db>>`,
+//! `async fn dequeue_leased(&self, &QueueDequeueParams) -> Result<Vec<QueueMessage>>` and
+//! `async fn announce_enqueued(&mut $conn, queue: &str) -> Result<u64>` (tell other processes
+//! that `queue` has new work, in the enqueueing transaction; returns the statements sent).
 
 /// Implements every store trait but [`tasker_store::Store`] itself for a SQL backend.
 #[macro_export]
@@ -613,6 +615,9 @@ macro_rules! impl_sql_store {
                     }
                     // RETURNING order is not promised; ids are increasing in insert order.
                     ids.sort_unstable();
+                    if !ids.is_empty() && delay == 0 {
+                        statements += Self::announce_enqueued(conn, queue).await?;
+                    }
                     Ok((ids, statements))
                 }
             }

@@ -56,6 +56,14 @@ impl SqliteStore {
         self.statements.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One process per file: nothing to announce beyond the in-process wake-ups.
+    async fn announce_enqueued(
+        _conn: &mut sqlx::SqliteConnection,
+        _queue: &str,
+    ) -> tasker_store::Result<u64> {
+        Ok(0)
+    }
+
     /// Opens a write transaction on the single writer, taking the write lock up front.
     async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
         self.writer
@@ -88,6 +96,12 @@ impl Store for SqliteStore {
             open: r.open + w.open,
             idle: r.idle + w.idle,
         }
+    }
+
+    async fn wakeup_subscribe(
+        &self,
+    ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        Ok(None)
     }
 
     fn statements_executed(&self) -> u64 {

@@ -231,6 +231,16 @@ pub trait Store:
     /// The connection pool's size and use, for backpressure and resource validation.
     fn connection_pool(&self) -> ConnectionPoolStats;
 
+    /// Subscribes to "queue has new work" announcements from every process sharing the
+    /// database: each item is a queue name. `None` when the backend cannot announce across
+    /// processes (see [`Capabilities::listen_notify`]); in-process wake-ups cover that case.
+    /// Announcements are advisory: a full subscriber drops them and pools fall back to polling.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors while subscribing.
+    async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
+
     /// Statements sent to the database so far (not counting BEGIN/COMMIT/ROLLBACK).
     fn statements_executed(&self) -> u64;
 

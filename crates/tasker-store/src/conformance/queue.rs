@@ -271,3 +271,20 @@ pub async fn statements_are_counted(store: Arc<dyn Store>) {
     store.task_get(task.id).await.unwrap();
     assert_eq!(store.statements_executed(), after_create + 1);
 }
+
+/// A backend that announces across processes (`listen_notify`) delivers the queue's name to a
+/// subscriber when messages are enqueued without delay; one that cannot returns no subscription.
+pub async fn queue_enqueue_announces_wakeups(store: Arc<dyn Store>) {
+    let subscription = store.wakeup_subscribe().await.unwrap();
+    if !store.capabilities().listen_notify {
+        assert!(subscription.is_none());
+        return;
+    }
+    let mut rx = subscription.expect("listen_notify backends subscribe");
+    enqueue(store.as_ref(), "announced", 3).await;
+    let name = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("announcement within 10 s")
+        .expect("listener alive");
+    assert_eq!(name, "announced");
+}
