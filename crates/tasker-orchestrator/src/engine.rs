@@ -364,7 +364,7 @@ impl Engine {
         {
             let mut claims = self.ctx.claims_rx.lock().await;
             while let Ok(claim) = claims.try_recv() {
-                if self.ctx.nack(&claim.message, Duration::ZERO).await.is_ok() {
+                if claim.give_back(&self.ctx, Duration::ZERO).await.is_ok() {
                     released += 1;
                 }
             }

@@ -296,3 +296,80 @@ async fn postgres_notify_wakes_pools_of_another_process() {
     store.close().await;
     db.drop_database().await.unwrap();
 }
+
+/// PostgreSQL only (SQLite is one process by design): two engines, as two instances, share one
+/// database. Tasks submitted to both all complete; every step ran exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_work_without_doubling_it() {
+    let (store, db) = postgres().await;
+    let first = engine(store.clone()).await;
+    let second_store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(PgStoreOptions::new(&db.url))
+            .await
+            .unwrap(),
+    );
+    let second = engine(second_store.clone()).await;
+    let mut events = first.subscribe();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let engine = if i % 2 == 0 { &first } else { &second };
+        ids.push(
+            engine
+                .submit(&request("diamond", Some(format!("x{i}"))))
+                .await
+                .unwrap()
+                .task
+                .id,
+        );
+    }
+    // Events reach only the instance that finalized a task: poll the store as the truth.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = store
+            .task_list(&tasker_store::TaskListParams {
+                state: Some(TaskState::Complete),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{done} of {} complete",
+            ids.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
+    }
+    for id in &ids {
+        let steps = store.step_list(*id).await.unwrap();
+        assert!(
+            steps.iter().all(|s| s.attempts == 1),
+            "a step ran twice in task {id}"
+        );
+        let starts = store
+            .transition_list(*id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.event == "start")
+            .count();
+        assert_eq!(starts, 4, "task {id}");
+    }
+    // Both instances did part of the work.
+    let mut instances = std::collections::HashSet::new();
+    for id in &ids {
+        for t in store.transition_list(*id).await.unwrap() {
+            instances.insert(t.instance_id);
+        }
+    }
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    first.shutdown().await;
+    second.shutdown().await;
+    second_store.close().await;
+    store.close().await;
+    db.drop_database().await.unwrap();
+}

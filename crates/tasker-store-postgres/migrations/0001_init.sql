@@ -24,6 +24,9 @@ CREATE TABLE tasks (
     created_at_ms        BIGINT NOT NULL,
     updated_at_ms        BIGINT NOT NULL,
     finished_at_ms       BIGINT,
+    -- The claim: who may enqueue this task's steps, until when (database clock).
+    claimed_by           TEXT,
+    claim_expires_at_ms  BIGINT,
     UNIQUE (template_id, idempotency_key)
 );
 CREATE INDEX tasks_state_idx ON tasks (state, id);

@@ -25,9 +25,10 @@ macro_rules! impl_sql_store {
             use ::tasker_store::{
                 QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
                 QueueNackParams, QueueStore, Result, StepEnqueueManyParams, StepMessage, StepStore,
-                StepTransitionParams, StepViableManyParams, StoreError, TaskCreateParams,
-                TaskCreated, TaskListParams, TaskStore, TaskTransitionParams, TemplateGetParams,
-                TemplateRegisterParams, TemplateStore, TransitionLog,
+                StepTransitionParams, StepViableManyParams, StoreError, TaskClaimParams,
+                TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskStore,
+                TaskTransitionParams, TemplateGetParams, TemplateRegisterParams, TemplateStore,
+                TransitionLog,
             };
             use ::tasker_types::{
                 DeadLetter, Entity, QueueMessage, StepEvent, StepId, StepRow, StepState, TaskId,
@@ -354,6 +355,37 @@ macro_rules! impl_sql_store {
                     self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     Ok(task)
+                }
+
+                async fn task_claim(&self, params: &TaskClaimParams) -> Result<bool> {
+                    self.count(1);
+                    let done = sqlx::query(&format!(
+                        "UPDATE tasks SET claimed_by = $1, claim_expires_at_ms = {now} + $2 \
+                         WHERE id = $3 AND (claimed_by IS NULL OR claimed_by = $1 \
+                                            OR claim_expires_at_ms <= {now})",
+                        now = now_ms!()
+                    ))
+                    .bind(&params.claimer)
+                    .bind(duration_ms(params.lease))
+                    .bind(params.task_id.0)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(map_err)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn task_release(&self, params: &TaskReleaseParams) -> Result<bool> {
+                    self.count(1);
+                    let done = sqlx::query(
+                        "UPDATE tasks SET claimed_by = NULL, claim_expires_at_ms = NULL \
+                         WHERE id = $1 AND claimed_by = $2",
+                    )
+                    .bind(params.task_id.0)
+                    .bind(&params.claimer)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(map_err)?;
+                    Ok(done.rows_affected() == 1)
                 }
             }
 

@@ -24,6 +24,9 @@ CREATE TABLE tasks (
     created_at_ms        INTEGER NOT NULL,
     updated_at_ms        INTEGER NOT NULL,
     finished_at_ms       INTEGER,
+    -- The claim: who may enqueue this task's steps, until when (database clock).
+    claimed_by           TEXT,
+    claim_expires_at_ms  INTEGER,
     UNIQUE (template_id, idempotency_key)
 );
 CREATE INDEX tasks_state_idx ON tasks (state, id);

@@ -80,6 +80,26 @@ pub struct TaskTransitionParams {
     pub instance_id: String,
 }
 
+/// [`crate::TaskStore::task_claim`].
+#[derive(Debug, Clone)]
+pub struct TaskClaimParams {
+    /// The task.
+    pub task_id: TaskId,
+    /// Who claims it (unique per claiming executor).
+    pub claimer: String,
+    /// How long the claim holds without renewal.
+    pub lease: Duration,
+}
+
+/// [`crate::TaskStore::task_release`].
+#[derive(Debug, Clone)]
+pub struct TaskReleaseParams {
+    /// The task.
+    pub task_id: TaskId,
+    /// Who held it.
+    pub claimer: String,
+}
+
 /// [`crate::StepStore::step_transition`].
 #[derive(Debug, Clone)]
 pub struct StepTransitionParams {

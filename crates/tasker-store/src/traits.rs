@@ -5,8 +5,9 @@ use tasker_types::{
 
 use crate::{
     QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams,
-    Result, StepEnqueueManyParams, StepTransitionParams, StepViableManyParams, TaskCreateParams,
-    TaskCreated, TaskListParams, TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
+    Result, StepEnqueueManyParams, StepTransitionParams, StepViableManyParams, TaskClaimParams,
+    TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
+    TemplateGetParams, TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -102,6 +103,22 @@ pub trait TaskStore: Send + Sync {
     /// [`crate::StoreError::Transition`] for an illegal move, [`crate::StoreError::StaleState`]
     /// when the task is no longer in `from`, [`crate::StoreError::NotFound`].
     async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow>;
+
+    /// Claims a task for `claimer` until `lease` passes (database clock): succeeds when nobody
+    /// holds it, the claimer already does (the lease is extended), or the holder's lease has
+    /// expired. Returns whether the claim is now held.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors (an unknown task simply cannot be claimed).
+    async fn task_claim(&self, params: &TaskClaimParams) -> Result<bool>;
+
+    /// Releases `claimer`'s claim; `false` when it did not hold one (it expired and was taken).
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn task_release(&self, params: &TaskReleaseParams) -> Result<bool>;
 }
 
 /// Workflow steps and their readiness.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError};
+use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError, TaskReleaseParams};
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{Claim, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
@@ -108,6 +108,13 @@ impl OrchestrationExecutor for StepEnqueuer {
         }
         for claim in &claims {
             self.enqueue(claim).await?;
+            self.ctx
+                .store
+                .task_release(&TaskReleaseParams {
+                    task_id: claim.task.task_id,
+                    claimer: claim.claimer.clone(),
+                })
+                .await?;
             self.ctx.ack(&claim.message).await?;
         }
         Ok(claims.len())

@@ -1,8 +1,15 @@
-//! TaskClaimer: claims tasks that have steps to enqueue. A claim is a leased `task_work`
-//! message: while the lease (its visibility timeout) holds, no other claimer in any instance
-//! receives it; if this instance dies, the lease expires and another claimer takes the task.
+//! TaskClaimer: claims tasks that have steps to enqueue, with a lease.
+//!
+//! A claim has two halves. The `task_work` message is leased (its visibility timeout), so no
+//! other consumer receives that message; and the task row itself is claimed
+//! (`task_claim`), so no other claimer in any instance holds the *task*, whatever messages
+//! point at it. Both expire with the lease if this instance dies, and another claimer takes
+//! over. The enqueuer releases the claim when it is done.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tasker_store::{TaskClaimParams, TaskReleaseParams};
 use tasker_types::QueueMessage;
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor, CLAIMS};
@@ -15,18 +22,48 @@ pub struct Claim {
     pub task: TaskRef,
     /// The leased message; acknowledged when the enqueuer is done.
     pub message: QueueMessage,
+    /// Who holds the task's claim; released when the enqueuer is done.
+    pub claimer: String,
 }
+
+impl Claim {
+    /// Gives the claim back at once: releases the task and returns its message to the queue
+    /// after `delay`.
+    ///
+    /// # Errors
+    ///
+    /// Store failures; the claim then simply expires with its lease.
+    pub async fn give_back(
+        &self,
+        ctx: &ExecutorContext,
+        delay: Duration,
+    ) -> Result<(), ExecutorError> {
+        ctx.store
+            .task_release(&TaskReleaseParams {
+                task_id: self.task.task_id,
+                claimer: self.claimer.clone(),
+            })
+            .await?;
+        ctx.nack(&self.message, delay).await
+    }
+}
+
+/// How long a task_work message held by another claimer waits before it is tried again.
+const CONTENDED_RETRY: Duration = Duration::from_millis(50);
 
 /// Claims tasks from the `task_work` queue.
 #[derive(Debug)]
 pub struct TaskClaimer {
     ctx: ExecutorContext,
+    /// Unique per claimer, so two claimers of one instance exclude each other too.
+    claimer: String,
 }
 
 impl TaskClaimer {
     /// A claimer over `ctx`.
     pub fn new(ctx: ExecutorContext) -> Self {
-        Self { ctx }
+        let claimer = format!("{}/{}", ctx.instance_id, uuid::Uuid::new_v4().simple());
+        Self { ctx, claimer }
     }
 }
 
@@ -53,10 +90,29 @@ impl OrchestrationExecutor for TaskClaimer {
             let Some(task) = self.ctx.decode_or_reject::<TaskRef>(&message).await? else {
                 continue;
             };
-            if let Err(full) = self.ctx.claims_tx.try_send(Claim { task, message }) {
-                // Only this claimer fills the room it measured, but others may too: return it.
-                self.ctx
-                    .nack(&full.into_inner().message, std::time::Duration::ZERO)
+            let held = self
+                .ctx
+                .store
+                .task_claim(&TaskClaimParams {
+                    task_id: task.task_id,
+                    claimer: self.claimer.clone(),
+                    lease: self.ctx.claim_lease,
+                })
+                .await?;
+            if !held {
+                // Another claimer holds the task; try this message again once it is done.
+                self.ctx.nack(&message, CONTENDED_RETRY).await?;
+                continue;
+            }
+            let claim = Claim {
+                task,
+                message,
+                claimer: self.claimer.clone(),
+            };
+            if let Err(full) = self.ctx.claims_tx.try_send(claim) {
+                // Other claimers may have filled the room measured above: give it back.
+                full.into_inner()
+                    .give_back(&self.ctx, Duration::ZERO)
                     .await?;
             }
         }

@@ -50,6 +50,7 @@ macro_rules! store_conformance {
             task_create_is_idempotent_per_key,
             task_create_large_task_in_chunks,
             task_transition_is_compare_and_swap,
+            task_claim_is_exclusive_until_released_or_expired,
             task_list_filters_and_pages,
             step_readiness_follows_completed_parents,
             step_retry_and_error_paths,

@@ -273,3 +273,59 @@ pub async fn task_list_filters_and_pages(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(cancelled.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);
 }
+
+/// A claim is exclusive while its lease holds: a second claimer is refused, the holder may
+/// renew, a release frees it, and an expired lease lets another claimer take over.
+pub async fn task_claim_is_exclusive_until_released_or_expired(store: Arc<dyn Store>) {
+    use crate::{conformance::eventually, TaskClaimParams, TaskReleaseParams};
+    let task = create_task(store.as_ref(), &diamond(), None).await;
+    let claim = |who: &str, lease_ms: u64| TaskClaimParams {
+        task_id: task.id,
+        claimer: who.into(),
+        lease: std::time::Duration::from_millis(lease_ms),
+    };
+    let release = |who: &str| TaskReleaseParams {
+        task_id: task.id,
+        claimer: who.into(),
+    };
+    assert!(store.task_claim(&claim("a", 60_000)).await.unwrap());
+    assert!(
+        !store.task_claim(&claim("b", 60_000)).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        store.task_claim(&claim("a", 60_000)).await.unwrap(),
+        "a renews"
+    );
+    assert!(
+        !store.task_release(&release("b")).await.unwrap(),
+        "b holds nothing"
+    );
+    assert!(store.task_release(&release("a")).await.unwrap());
+    assert!(
+        store.task_claim(&claim("b", 200)).await.unwrap(),
+        "free after release"
+    );
+    assert!(!store.task_claim(&claim("a", 60_000)).await.unwrap());
+    eventually(
+        std::time::Duration::from_secs(10),
+        "b's lease to expire",
+        || async {
+            store
+                .task_claim(&claim("a", 60_000))
+                .await
+                .unwrap()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !store.task_release(&release("b")).await.unwrap(),
+        "b's claim was taken over"
+    );
+    let unknown = TaskClaimParams {
+        task_id: TaskId(999_999),
+        ..claim("a", 1000)
+    };
+    assert!(!store.task_claim(&unknown).await.unwrap());
+}
