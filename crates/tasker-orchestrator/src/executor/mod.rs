@@ -121,6 +121,12 @@ pub trait OrchestrationExecutor: Send + Sync + std::fmt::Debug + 'static {
     /// Cancelling mid-batch is safe: every message is acknowledged only after its effects
     /// committed, so an interrupted one is delivered again.
     async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError>;
+
+    /// Asked before every batch: `false` ends this executor's loop for good (the pool's monitor
+    /// starts a replacement if the pool falls below its minimum). The default never stops.
+    fn should_continue(&self) -> bool {
+        true
+    }
 }
 
 /// What all executors share.

@@ -499,6 +499,9 @@ async fn run_loop(
         let Some(strong) = executor.upgrade() else {
             break;
         };
+        if !strong.should_continue() {
+            break;
+        }
         let allowed = shared.breaker().try_acquire(Instant::now());
         let found_work = if allowed {
             let batch = shared.gauge.batch_size(config.batch_size, weight);

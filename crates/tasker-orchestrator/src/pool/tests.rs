@@ -285,3 +285,46 @@ async fn backpressure_shrinks_batches_by_the_pool_weight() {
     assert_eq!(sizes.first(), Some(&100));
     assert_eq!(sizes.last(), Some(&50));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_executor_that_stops_wanting_work_ends_its_loop() {
+    #[derive(Debug)]
+    struct Finite(AtomicUsize);
+    #[async_trait]
+    impl OrchestrationExecutor for Finite {
+        fn executor_type(&self) -> ExecutorType {
+            ExecutorType::TaskClaimer
+        }
+        async fn process_batch(&self, _batch_size: u32) -> Result<usize, ExecutorError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(1)
+        }
+        fn should_continue(&self) -> bool {
+            self.0.load(Ordering::Relaxed) < 3
+        }
+    }
+    let factory: ExecutorFactory =
+        Arc::new(|| Arc::new(Finite(AtomicUsize::new(0))) as Arc<dyn OrchestrationExecutor>);
+    let mut p = ExecutorPool::new(
+        ExecutorType::TaskClaimer,
+        factory,
+        config(1, 1),
+        Arc::new(Notify::new()),
+        PressureGauge::default(),
+    );
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        (p.len(), p.live_tasks()),
+        (1, 0),
+        "loop ended; the pool still accounts for it"
+    );
+    assert_eq!(p.totals().batches, 3);
+    assert_eq!(
+        p.stop_all().await,
+        RemovalReport {
+            graceful: 1,
+            aborted: 0
+        }
+    );
+}
