@@ -25,7 +25,6 @@ pub mod circuit_breaker;
 pub mod coordinator;
 pub mod engine;
 pub mod executor;
-pub mod handler;
 pub mod health;
 pub mod messages;
 pub mod metrics;
@@ -37,3 +36,5 @@ pub mod worker;
 
 pub use engine::{Engine, EngineConfig, TaskEvent as EngineEvent};
 pub use executor::{ExecutorError, ExecutorType, OrchestrationExecutor};
+/// Step handlers (re-exported from `tasker-worker`).
+pub use tasker_worker as handler;

@@ -55,9 +55,18 @@ impl InProcessWorker {
             return Ok(None);
         };
         let task = self.ctx.store.task_get(step.task_id).await?;
+        let parents = self
+            .ctx
+            .store
+            .step_parent_outputs(step.id)
+            .await?
+            .into_iter()
+            .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
+            .collect();
         let input = StepInput {
             context: task.context,
             config: step.handler_config.clone(),
+            parents,
             attempt: step.attempts,
         };
         let outcome = match self.handlers.get(&step.handler) {

@@ -60,7 +60,7 @@ async fn run_step(store: &dyn Store, step: StepId, output: serde_json::Value) ->
 }
 
 /// In a diamond, only `start` is viable at first; once it completes `left` and `right` are;
-/// `join` becomes viable only after both complete. Completion records the output, one attempt,
+/// `join` becomes viable only after both complete, and sees both parents' outputs. Completion records the output, one attempt,
 /// start and finish times.
 pub async fn step_readiness_follows_completed_parents(store: Arc<dyn Store>) {
     let s = store.as_ref();
@@ -83,6 +83,17 @@ pub async fn step_readiness_follows_completed_parents(store: Arc<dyn Store>) {
     let right = by_name(s, task.id, "right").await;
     run_step(s, right.id, serde_json::json!(2)).await;
     assert_eq!(viable(s, task.id).await, ["join"]);
+
+    let join = by_name(s, task.id, "join").await;
+    let parents = s.step_parent_outputs(join.id).await.unwrap();
+    assert_eq!(
+        parents,
+        [
+            ("left".to_owned(), Some(serde_json::json!(1))),
+            ("right".to_owned(), Some(serde_json::json!(2)))
+        ]
+    );
+    assert!(s.step_parent_outputs(start.id).await.unwrap().is_empty());
 }
 
 /// A retryable failure waits for its retry time (a step due now is viable again, one due in an
