@@ -23,7 +23,7 @@ use crate::{
         StepResultProcessor, TaskClaimer, TaskFinalizer, TaskRequestProcessor,
     },
     handler::HandlerRegistry,
-    messages::TaskRequest,
+    messages::{TaskRequest, LOCAL_STEPS},
     pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     resources::{self, FailureMode, PoolBounds, ResourceReport},
     wakeup::Wakeups,
@@ -61,10 +61,11 @@ pub struct EngineConfig {
     pub instance_id: String,
     /// Settings of each orchestration pool.
     pub pools: BTreeMap<ExecutorType, PoolConfig>,
-    /// Settings of each worker pool (one per namespace).
+    /// Settings of the in-process worker pool.
     pub worker_pool: PoolConfig,
-    /// Namespaces whose steps in-process workers run.
-    pub worker_namespaces: Vec<String>,
+    /// Run steps whose handler is registered here in this process. Without local workers every
+    /// step waits in its namespace's queue for a remote worker.
+    pub local_workers: bool,
     /// The coordinator and its monitor.
     pub coordinator: CoordinatorConfig,
     /// What to do when the pools do not fit the database pool.
@@ -103,7 +104,7 @@ impl Default for EngineConfig {
                 ),
                 ..PoolConfig::default()
             },
-            worker_namespaces: Vec::new(),
+            local_workers: true,
             coordinator: CoordinatorConfig::default(),
             failure_mode: FailureMode::FailFast,
             claim_lease: Duration::from_secs(30),
@@ -130,11 +131,6 @@ pub enum EngineError {
     /// Resource validation failed in `fail_fast` mode (or `degraded` could not fit).
     #[error("resource validation failed: {}", .0.errors.join("; "))]
     Resources(Box<ResourceReport>),
-}
-
-/// Pool names: the executor type's name, or `in_process_worker:<namespace>`.
-fn worker_pool_name(namespace: &str) -> String {
-    format!("{}:{namespace}", ExecutorType::InProcessWorker.as_str())
 }
 
 /// The order pools stop in: intake first, then the work in flight drains.
@@ -184,6 +180,11 @@ impl Engine {
             claim_lease: config.claim_lease,
             visibility_timeout: config.visibility_timeout,
             max_deliveries: config.max_deliveries,
+            local_handlers: Arc::new(if config.local_workers {
+                handlers.names().into_iter().collect()
+            } else {
+                Default::default()
+            }),
         };
         let mut coordinator = OrchestrationLoopCoordinator::new(config.coordinator.clone());
         let gauge = coordinator.pressure_gauge();
@@ -222,11 +223,11 @@ impl Engine {
             coordinator.add_pool(t.as_str(), pool, source).await;
         }
         let handlers = Arc::new(handlers);
-        for namespace in &config.worker_namespaces {
+        if config.local_workers {
             let worker = InProcessWorker {
                 ctx: ctx.clone(),
                 handlers: handlers.clone(),
-                namespace: namespace.clone(),
+                queue: LOCAL_STEPS.to_owned(),
             };
             let factory: ExecutorFactory =
                 Arc::new(move || Arc::new(worker.clone()) as Arc<dyn OrchestrationExecutor>);
@@ -234,14 +235,14 @@ impl Engine {
                 ExecutorType::InProcessWorker,
                 factory,
                 config.worker_pool.clone(),
-                ctx.wakeups.for_queue(namespace),
+                ctx.wakeups.for_queue(LOCAL_STEPS),
                 gauge.clone(),
             );
             coordinator
                 .add_pool(
-                    worker_pool_name(namespace),
+                    ExecutorType::InProcessWorker.as_str(),
                     pool,
-                    WorkSource::Queue(namespace.clone()),
+                    WorkSource::Queue(LOCAL_STEPS.to_owned()),
                 )
                 .await;
         }
@@ -398,13 +399,12 @@ fn validate_resources(
             )
         })
         .collect();
-    let workers = config.worker_namespaces.len();
-    if workers > 0 {
+    if config.local_workers {
         bounds.insert(
             ExecutorType::InProcessWorker,
             PoolBounds {
-                min_executors: config.worker_pool.min_executors * workers,
-                max_executors: config.worker_pool.max_executors * workers,
+                min_executors: config.worker_pool.min_executors,
+                max_executors: config.worker_pool.max_executors,
             },
         );
     }
@@ -432,9 +432,9 @@ fn validate_resources(
         if let Some(p) = config.pools.get_mut(t) {
             p.min_executors = b.min_executors;
             p.max_executors = b.max_executors;
-        } else if *t == ExecutorType::InProcessWorker && workers > 0 {
-            config.worker_pool.max_executors =
-                (b.max_executors / workers).max(config.worker_pool.min_executors);
+        } else if *t == ExecutorType::InProcessWorker {
+            config.worker_pool.min_executors = b.min_executors;
+            config.worker_pool.max_executors = b.max_executors;
         }
     }
     tracing::info!(

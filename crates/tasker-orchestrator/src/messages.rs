@@ -10,6 +10,9 @@ pub const TASK_REQUESTS: &str = "tasker.task_requests";
 pub const TASK_WORK: &str = "tasker.task_work";
 /// Results that workers report, applied by the StepResultProcessor.
 pub const STEP_RESULTS: &str = "tasker.step_results";
+/// Step messages whose handler this process has: consumed by the in-process workers. Steps
+/// with any other handler go to their namespace's queue, where remote workers claim them.
+pub const LOCAL_STEPS: &str = "tasker.local_steps";
 /// "Evaluate this task": consumed by the TaskFinalizer.
 pub const TASK_FINALIZE: &str = "tasker.task_finalize";
 

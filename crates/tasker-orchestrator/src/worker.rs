@@ -1,4 +1,4 @@
-//! The in-process worker: takes step messages of its namespaces, runs their handlers with the
+//! The in-process worker: takes the step messages whose handlers this process has, runs their handlers with the
 //! step's timeout, reports the result to `step_results`, and only then acknowledges the step
 //! message. A worker that dies before acknowledging leaves the message to its visibility
 //! timeout; the step is then delivered again (`lease_expired`) and run again.
@@ -21,7 +21,8 @@ use crate::{
 pub struct InProcessWorker {
     pub(crate) ctx: ExecutorContext,
     pub(crate) handlers: Arc<HandlerRegistry>,
-    pub(crate) namespace: String,
+    /// The queue it consumes ([`crate::messages::LOCAL_STEPS`]).
+    pub(crate) queue: String,
 }
 
 impl InProcessWorker {
@@ -31,7 +32,7 @@ impl InProcessWorker {
     ///
     /// Store failures; messages not yet acknowledged are delivered again later.
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
-        let messages = self.ctx.dequeue(&self.namespace, batch).await?;
+        let messages = self.ctx.dequeue(&self.queue, batch).await?;
         let mut results = Vec::with_capacity(messages.len());
         for message in &messages {
             if let Some(result) = self.run_one(message).await? {

@@ -46,7 +46,6 @@ fn request(i: usize) -> TaskRequest {
 async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
     let (store, _dir) = sqlite().await;
     let mut config = EngineConfig {
-        worker_namespaces: vec!["demo".into()],
         ..EngineConfig::default()
     }
     .with_pools(|p: &mut PoolConfig| {
@@ -130,7 +129,6 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
 async fn the_health_view_shows_every_pool_with_real_figures() {
     let (store, _dir) = sqlite().await;
     let config = EngineConfig {
-        worker_namespaces: vec!["demo".into()],
         ..EngineConfig::default()
     };
     let engine = Engine::start(store, config, HandlerRegistry::with_builtins())
@@ -170,7 +168,7 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
         );
         assert_eq!(snapshot.series[name].len(), 1);
     }
-    assert!(snapshot.pools["in_process_worker:demo"].items >= 2);
+    assert!(snapshot.pools["in_process_worker"].items >= 2);
     assert_eq!(snapshot.pressure_history.len(), 1);
     assert_eq!(snapshot.backpressure, 0.0);
     engine.shutdown().await;
@@ -201,11 +199,11 @@ async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
             report.reserved,
             report.requested_executors
         ),
-        (10, 2, 20)
+        (10, 2, 24)
     );
     assert!(
         err.to_string()
-            .contains("raise database.max_connections to at least 22"),
+            .contains("raise database.max_connections to at least 26"),
         "{err}"
     );
 
@@ -246,7 +244,7 @@ async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
     let engine = Engine::start(store.clone(), best, HandlerRegistry::with_builtins())
         .await
         .unwrap();
-    assert_eq!(engine.resources().requested_executors, 20);
+    assert_eq!(engine.resources().requested_executors, 24);
     engine.shutdown().await;
     store.close().await;
     db.drop_database().await.unwrap();

@@ -37,7 +37,6 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
             .unwrap();
     }
     let config = EngineConfig {
-        worker_namespaces: vec!["demo".into()],
         ..EngineConfig::default()
     }
     .with_pools(|p: &mut PoolConfig| {
@@ -248,7 +247,6 @@ on_both_backends!(
 async fn postgres_notify_wakes_pools_of_another_process() {
     let (store, db) = postgres().await;
     let config = EngineConfig {
-        worker_namespaces: vec!["demo".into()],
         ..EngineConfig::default()
     }
     .with_pools(|p: &mut PoolConfig| p.polling_interval = Duration::from_secs(60));

@@ -68,7 +68,6 @@ async fn run_task(
         .await
         .context("registering the template")?;
     let config = EngineConfig {
-        worker_namespaces: vec![template.namespace.clone()],
         ..EngineConfig::default()
     };
     let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())

@@ -57,16 +57,29 @@ impl StepEnqueuer {
                 limit: MAX_STEPS_PER_CLAIM,
             })
             .await?;
-        let enqueued = store
-            .step_enqueue_many(&StepEnqueueManyParams {
-                task_id,
-                steps: viable.iter().map(|s| (s.id, s.state)).collect(),
-                queue: task.namespace.clone(),
-                instance_id: self.ctx.instance_id.clone(),
-            })
-            .await?;
-        if !enqueued.is_empty() {
-            self.ctx.wakeups.wake(&task.namespace);
+        // Local and remote steps go to different queues: one outbox transaction per queue.
+        let mut by_queue: std::collections::BTreeMap<&str, Vec<_>> =
+            std::collections::BTreeMap::new();
+        for step in &viable {
+            by_queue
+                .entry(self.ctx.step_queue(&task.namespace, &step.handler))
+                .or_default()
+                .push((step.id, step.state));
+        }
+        let mut enqueued = 0;
+        for (queue, steps) in by_queue {
+            let ids = store
+                .step_enqueue_many(&StepEnqueueManyParams {
+                    task_id,
+                    steps,
+                    queue: queue.to_owned(),
+                    instance_id: self.ctx.instance_id.clone(),
+                })
+                .await?;
+            if !ids.is_empty() {
+                self.ctx.wakeups.wake(queue);
+            }
+            enqueued += ids.len();
         }
         // `None`: another actor moved it on; it carries on from there.
         self.ctx
@@ -77,8 +90,8 @@ impl StepEnqueuer {
                 None,
             )
             .await?;
-        tracing::debug!(task_id = %task_id, steps = enqueued.len(), "steps enqueued");
-        if enqueued.is_empty() {
+        tracing::debug!(task_id = %task_id, steps = enqueued, "steps enqueued");
+        if enqueued == 0 {
             // Nothing was ready after all (a retry not yet due, or a step enqueued by an
             // earlier attempt of this claim): let the finalizer decide what the task waits for.
             self.ctx
