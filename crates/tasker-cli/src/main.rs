@@ -25,6 +25,8 @@ enum Command {
     Templates(commands::templates::TemplatesCommand),
     /// Run one task from a template file on an embedded engine, to the end.
     Run(commands::run::RunArgs),
+    /// Serve the orchestrator, the REST API and in-process workers.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Templates(cmd) => commands::templates::run(cmd),
         Command::Run(args) => commands::run::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(code) => code,

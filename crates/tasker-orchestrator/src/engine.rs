@@ -149,6 +149,7 @@ pub struct Engine {
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop_background: CancellationToken,
     resources: ResourceReport,
+    gauge: crate::backpressure::PressureGauge,
 }
 
 impl Engine {
@@ -278,6 +279,7 @@ impl Engine {
             background: std::sync::Mutex::new(background),
             stop_background,
             resources,
+            gauge,
         })
     }
 
@@ -318,6 +320,16 @@ impl Engine {
                 Duration::ZERO,
             )
             .await
+    }
+
+    /// The applied backpressure factor in `[0, 1]`; at 1 the engine is saturated.
+    pub fn pressure(&self) -> f64 {
+        self.gauge.factor()
+    }
+
+    /// What executors and the remote-worker functions share (the API layer uses it).
+    pub fn context(&self) -> &ExecutorContext {
+        &self.ctx
     }
 
     /// The pools, their health, the pressure history and recent scaling decisions.
@@ -423,7 +435,11 @@ fn validate_resources(
         cores,
     );
     for warning in &report.warnings {
-        tracing::warn!("{warning}");
+        if store.capabilities().single_writer {
+            tracing::info!("{warning} (single-writer backend: not enforced)");
+        } else {
+            tracing::warn!("{warning}");
+        }
     }
     if report.fail_startup {
         return Err(EngineError::Resources(Box::new(report)));

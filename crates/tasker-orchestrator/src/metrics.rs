@@ -207,6 +207,16 @@ impl GlobalMetrics {
             .or_default() += 1;
     }
 
+    /// Every scaling counter: `((pool, direction), count)`.
+    pub fn scaling_decisions_all(&self) -> Vec<((String, &'static str), u64)> {
+        self.scaling
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     /// Scaling decisions counted for `pool` in `direction`.
     pub fn scaling_decisions(&self, pool: &str, direction: &'static str) -> u64 {
         self.scaling

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tasker_store::{StepMessage, StoreError};
-use tasker_types::{QueueMessage, StepEvent, StepRow, StepState};
+use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use async_trait::async_trait;
 
@@ -52,23 +52,8 @@ impl InProcessWorker {
         let Some(step_message) = self.ctx.decode_or_reject::<StepMessage>(message).await? else {
             return Ok(None);
         };
-        let Some(step) = self.start(step_message).await? else {
+        let Some((step, input)) = begin_attempt(&self.ctx, step_message.step_id).await? else {
             return Ok(None);
-        };
-        let task = self.ctx.store.task_get(step.task_id).await?;
-        let parents = self
-            .ctx
-            .store
-            .step_parent_outputs(step.id)
-            .await?
-            .into_iter()
-            .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
-            .collect();
-        let input = StepInput {
-            context: task.context,
-            config: step.handler_config.clone(),
-            parents,
-            attempt: step.attempts,
         };
         let outcome = match self.handlers.get(&step.handler) {
             None => StepOutcome::Failure {
@@ -104,32 +89,53 @@ impl InProcessWorker {
             outcome,
         }))
     }
+}
 
-    /// Moves the step to `InProgress` for a new attempt; `None` when there is nothing to run.
-    async fn start(&self, message: StepMessage) -> Result<Option<StepRow>, ExecutorError> {
-        let store = &self.ctx.store;
-        let step = match store.step_get(message.step_id).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut from = step.state;
-        if from == StepState::InProgress {
-            // Redelivered: the worker holding the earlier attempt lost its lease.
-            let moved = self
-                .ctx
-                .step_move(&self.ctx.step_event(step.id, from, StepEvent::LeaseExpired))
-                .await?;
-            let Some(moved) = moved else { return Ok(None) };
-            from = moved.state;
-        }
-        if from != StepState::Enqueued {
-            return Ok(None);
-        }
-        self.ctx
-            .step_move(&self.ctx.step_event(step.id, from, StepEvent::Start))
-            .await
+/// Starts a new attempt of a delivered step: moves it to `InProgress` (through
+/// `lease_expired` when an earlier delivery's worker lost its lease) and gathers what its
+/// handler needs. `None` when there is nothing to run (the step moved on or is gone).
+pub(crate) async fn begin_attempt(
+    ctx: &ExecutorContext,
+    step_id: StepId,
+) -> Result<Option<(StepRow, StepInput)>, ExecutorError> {
+    let step = match ctx.store.step_get(step_id).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut from = step.state;
+    if from == StepState::InProgress {
+        // Redelivered: the worker holding the earlier attempt lost its lease.
+        let moved = ctx
+            .step_move(&ctx.step_event(step.id, from, StepEvent::LeaseExpired))
+            .await?;
+        let Some(moved) = moved else { return Ok(None) };
+        from = moved.state;
     }
+    if from != StepState::Enqueued {
+        return Ok(None);
+    }
+    let Some(step) = ctx
+        .step_move(&ctx.step_event(step.id, from, StepEvent::Start))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let task = ctx.store.task_get(step.task_id).await?;
+    let parents = ctx
+        .store
+        .step_parent_outputs(step.id)
+        .await?
+        .into_iter()
+        .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
+        .collect();
+    let input = StepInput {
+        context: task.context,
+        config: step.handler_config.clone(),
+        parents,
+        attempt: step.attempts,
+    };
+    Ok(Some((step, input)))
 }
 
 #[async_trait]

@@ -736,6 +736,25 @@ macro_rules! impl_sql_store {
                     Ok(())
                 }
 
+                async fn queue_extend(&self, params: &QueueNackParams) -> Result<()> {
+                    self.count(1);
+                    let done = sqlx::query(&format!(
+                        "UPDATE queue_messages SET visible_at_ms = {} + $1 \
+                         WHERE id = $2 AND lease_token = $3",
+                        now_ms!()
+                    ))
+                    .bind(duration_ms(params.delay))
+                    .bind(params.id)
+                    .bind(&params.lease_token)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(map_err)?;
+                    if done.rows_affected() == 0 {
+                        return Err(lease_lost(params.id));
+                    }
+                    Ok(())
+                }
+
                 async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
                     self.count(1);
                     let row = sqlx::query(&format!(

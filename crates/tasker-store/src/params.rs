@@ -185,14 +185,15 @@ pub struct QueueAckParams {
     pub lease_token: String,
 }
 
-/// [`crate::QueueStore::queue_nack`].
+/// [`crate::QueueStore::queue_nack`] and [`crate::QueueStore::queue_extend`].
 #[derive(Debug, Clone)]
 pub struct QueueNackParams {
     /// Message id.
     pub id: i64,
     /// The lease token of the delivery being returned.
     pub lease_token: String,
-    /// The message becomes visible again after this delay.
+    /// The message becomes visible again after this delay (nack), or stays leased for this
+    /// long (extend).
     pub delay: Duration,
 }
 

@@ -219,6 +219,13 @@ pub trait QueueStore: Send + Sync {
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
     async fn queue_nack(&self, params: &QueueNackParams) -> Result<()>;
 
+    /// Extends a delivered message's lease to `visibility_timeout` from now (database clock).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
+    async fn queue_extend(&self, params: &QueueNackParams) -> Result<()>;
+
     /// Message counts of one queue.
     ///
     /// # Errors

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tasker_orchestrator::{
     handler::HandlerRegistry, messages::TaskRequest, Engine, EngineConfig, EngineEvent,
 };
@@ -82,7 +82,7 @@ async fn run_task(
     store.close().await;
     let (task, steps) = finished?;
     if args.json {
-        println!("{}", task_json(&task, &steps));
+        println!("{}", tasker_api::views::task(&task, &steps));
     } else {
         println!("task {} {}", task.id, task.state);
     }
@@ -154,36 +154,4 @@ async fn read_task(store: &dyn Store, task_id: TaskId) -> anyhow::Result<(TaskRo
         store.task_get(task_id).await?,
         store.step_list(task_id).await?,
     ))
-}
-
-fn timestamp(ms: Option<i64>) -> Value {
-    ms.and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
-        .map_or(Value::Null, |t| {
-            Value::String(humantime::format_rfc3339_millis(t).to_string())
-        })
-}
-
-/// The task as `tasker run --json` and the API show it.
-fn task_json(task: &TaskRow, steps: &[StepRow]) -> Value {
-    json!({
-        "id": task.id,
-        "namespace": task.namespace,
-        "name": task.name,
-        "version": task.version,
-        "state": task.state,
-        "context": task.context,
-        "created_at": timestamp(Some(task.created_at_ms)),
-        "finished_at": timestamp(task.finished_at_ms),
-        "steps": steps.iter().map(|s| json!({
-            "name": s.name,
-            "handler": s.handler,
-            "state": s.state,
-            "attempts": s.attempts,
-            "started_at": timestamp(s.started_at_ms),
-            "finished_at": timestamp(s.finished_at_ms),
-            "result": s.result,
-            "error": s.last_error,
-        })).collect::<Vec<_>>(),
-    })
 }

@@ -288,3 +288,39 @@ pub async fn queue_enqueue_announces_wakeups(store: Arc<dyn Store>) {
         .expect("listener alive");
     assert_eq!(name, "announced");
 }
+
+/// Extending a lease keeps the message invisible past its first timeout; a wrong token is
+/// `LeaseLost`.
+pub async fn queue_extend_keeps_a_lease(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "ext", 1).await;
+    let got = s
+        .queue_dequeue(&dequeue("ext", 1, Duration::from_millis(200), 5))
+        .await
+        .unwrap();
+    let m = &got[0];
+    s.queue_extend(&QueueNackParams {
+        id: m.id,
+        lease_token: m.lease_token.clone(),
+        delay: LONG,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.queue_depth("ext").await.unwrap(),
+        QueueDepth {
+            ready: 0,
+            invisible: 1,
+            dead: 0
+        }
+    );
+    let wrong = s
+        .queue_extend(&QueueNackParams {
+            id: m.id,
+            lease_token: "nope".into(),
+            delay: LONG,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, StoreError::LeaseLost { .. }), "{wrong}");
+}

@@ -1,0 +1,143 @@
+//! Task routes.
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tasker_orchestrator::{messages::TaskRequest, operator};
+use tasker_store::TaskListParams;
+use tasker_types::{TaskId, TaskState};
+
+use crate::{error::ApiError, extract::ApiJson, parse_id, views, AppState};
+
+/// Pressure at which new tasks are refused with 503.
+const SATURATED: f64 = 1.0;
+
+async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
+    let store = state.engine.store();
+    let task = store.task_get(id).await?;
+    let steps = store.step_list(id).await?;
+    Ok(views::task(&task, &steps))
+}
+
+/// `POST /v1/tasks`: 201 with the task; 200 with the existing task on an idempotent repeat;
+/// 503 with `Retry-After` when the engine is saturated.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TaskRequest>,
+) -> Result<Response, ApiError> {
+    if state.engine.pressure() >= SATURATED {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "saturated",
+            "the engine is saturated; retry later",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return Ok(response);
+    }
+    let created = state.engine.submit(&request).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(task_view(&state, created.task.id).await?)).into_response())
+}
+
+/// `GET /v1/tasks/{id}`: the task, its steps and its transitions.
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = TaskId(parse_id(&id, "task")?);
+    let mut view = task_view(&state, id).await?;
+    let transitions = state.engine.store().transition_list(id).await?;
+    view["transitions"] = transitions.iter().map(views::transition).collect();
+    Ok(Json(view))
+}
+
+/// Filters of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    /// Only tasks with a smaller id (the `next` cursor of the previous page).
+    before: Option<i64>,
+    /// Page size, 1–500 (default 50).
+    limit: Option<u32>,
+}
+
+/// `GET /v1/tasks`: newest first, keyset-paginated.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let task_state = q
+        .state
+        .map(|s| {
+            s.parse::<TaskState>()
+                .map_err(|e| ApiError::invalid(format!("state: {e}")))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be between 1 and 500"));
+    }
+    let tasks = state
+        .engine
+        .store()
+        .task_list(&TaskListParams {
+            state: task_state,
+            namespace: q.namespace,
+            name: q.name,
+            before_id: q.before.map(TaskId),
+            limit,
+        })
+        .await?;
+    let next = (tasks.len() == limit as usize)
+        .then(|| tasks.last().map(|t| t.id))
+        .flatten();
+    Ok(Json(
+        json!({"tasks": tasks.iter().map(views::task_summary).collect::<Vec<_>>(), "next": next}),
+    ))
+}
+
+/// `POST /v1/tasks/{id}/cancel`.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = TaskId(parse_id(&id, "task")?);
+    operator::cancel_task(state.engine.context(), id).await?;
+    Ok(Json(task_view(&state, id).await?))
+}
+
+/// `POST /v1/tasks/{id}/steps/{step}/retry`.
+pub(crate) async fn retry_step(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = TaskId(parse_id(&id, "task")?);
+    let step = operator::retry_step(state.engine.context(), id, &step).await?;
+    Ok(Json(views::step(&step)))
+}
+
+/// `POST /v1/tasks/{id}/steps/{step}/resolve`.
+pub(crate) async fn resolve_step(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = TaskId(parse_id(&id, "task")?);
+    let step = operator::resolve_step(state.engine.context(), id, &step).await?;
+    Ok(Json(views::step(&step)))
+}

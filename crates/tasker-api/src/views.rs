@@ -1,0 +1,79 @@
+//! JSON views of domain rows, shared by the API and `tasker run --json`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tasker_types::{StepRow, TaskRow, TransitionRow, UnixMillis};
+
+/// RFC 3339 with milliseconds, or `null`.
+pub fn timestamp(ms: Option<UnixMillis>) -> Value {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        .map_or(Value::Null, |t| {
+            Value::String(humantime::format_rfc3339_millis(t).to_string())
+        })
+}
+
+/// A task with its steps: `{"id", "state", "steps": [{"name", "state", "attempts",
+/// "started_at", "finished_at", ...}], ...}`.
+pub fn task(task: &TaskRow, steps: &[StepRow]) -> Value {
+    json!({
+        "id": task.id,
+        "namespace": task.namespace,
+        "name": task.name,
+        "version": task.version,
+        "state": task.state,
+        "context": task.context,
+        "idempotency_key": task.idempotency_key,
+        "priority": task.priority,
+        "created_at": timestamp(Some(task.created_at_ms)),
+        "updated_at": timestamp(Some(task.updated_at_ms)),
+        "finished_at": timestamp(task.finished_at_ms),
+        "steps": steps.iter().map(step).collect::<Vec<_>>(),
+    })
+}
+
+/// One step.
+pub fn step(s: &StepRow) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "handler": s.handler,
+        "state": s.state,
+        "attempts": s.attempts,
+        "max_attempts": s.max_attempts,
+        "started_at": timestamp(s.started_at_ms),
+        "finished_at": timestamp(s.finished_at_ms),
+        "next_attempt_at": timestamp(s.next_attempt_at_ms),
+        "result": s.result,
+        "error": s.last_error,
+    })
+}
+
+/// A task without its steps (for lists).
+pub fn task_summary(task: &TaskRow) -> Value {
+    json!({
+        "id": task.id,
+        "namespace": task.namespace,
+        "name": task.name,
+        "version": task.version,
+        "state": task.state,
+        "priority": task.priority,
+        "created_at": timestamp(Some(task.created_at_ms)),
+        "finished_at": timestamp(task.finished_at_ms),
+    })
+}
+
+/// One audit row.
+pub fn transition(t: &TransitionRow) -> Value {
+    json!({
+        "entity": t.entity,
+        "step_id": t.step_id,
+        "from": t.from_state,
+        "to": t.to_state,
+        "event": t.event,
+        "reason": t.reason,
+        "instance_id": t.instance_id,
+        "at": timestamp(Some(t.at_ms)),
+    })
+}

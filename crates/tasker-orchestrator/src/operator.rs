@@ -1,0 +1,171 @@
+//! What operators do to tasks: cancel a task, retry a failed step, resolve a failed step by
+//! hand. Each change is a compare-and-swap transition with its audit row; the task is then
+//! handed to the finalizer to be evaluated again.
+
+use std::time::Duration;
+
+use tasker_store::StoreError;
+use tasker_types::{StepEvent, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+
+use crate::{
+    executor::{ExecutorContext, ExecutorError},
+    messages::{TaskRef, TASK_FINALIZE},
+};
+
+/// Why an operator action was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// No such task or step.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The task or step is in a state the action does not apply to.
+    #[error("{0}")]
+    Conflict(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+}
+
+impl From<StoreError> for OperatorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { entity, id } => {
+                OperatorError::NotFound(format!("{entity} {id}"))
+            }
+            other => OperatorError::Executor(ExecutorError::Store(other)),
+        }
+    }
+}
+
+/// Attempts at a compare-and-swap move that keeps losing to other actors before giving up.
+const CAS_ATTEMPTS: usize = 5;
+
+/// Cancels a task and its unfinished steps.
+///
+/// # Errors
+///
+/// [`OperatorError::Conflict`] when the task already finished (or is in `Error`, which only
+/// retry or resolve leave); [`OperatorError::NotFound`].
+pub async fn cancel_task(ctx: &ExecutorContext, task_id: TaskId) -> Result<TaskRow, OperatorError> {
+    let mut task = None;
+    for _ in 0..CAS_ATTEMPTS {
+        let current = ctx.store.task_get(task_id).await?;
+        if current.state.is_terminal() {
+            return Err(OperatorError::Conflict(format!(
+                "task {task_id} is {} and cannot be cancelled",
+                current.state
+            )));
+        }
+        if let Some(moved) = ctx
+            .task_move(
+                task_id,
+                current.state,
+                TaskEvent::Cancel,
+                Some("cancelled by operator".into()),
+            )
+            .await?
+        {
+            task = Some(moved);
+            break;
+        }
+    }
+    let task = task.ok_or_else(|| {
+        OperatorError::Conflict(format!("task {task_id} kept changing; try again"))
+    })?;
+    for step in ctx.store.step_list(task_id).await? {
+        cancel_step(ctx, step).await?;
+    }
+    Ok(task)
+}
+
+async fn cancel_step(ctx: &ExecutorContext, mut step: StepRow) -> Result<(), OperatorError> {
+    for _ in 0..CAS_ATTEMPTS {
+        if step.state.transition(StepEvent::Cancel).is_err() {
+            return Ok(());
+        }
+        match ctx
+            .step_move(&ctx.step_event(step.id, step.state, StepEvent::Cancel))
+            .await?
+        {
+            Some(_) => return Ok(()),
+            None => step = ctx.store.step_get(step.id).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn failed_step(
+    ctx: &ExecutorContext,
+    task_id: TaskId,
+    name: &str,
+) -> Result<StepRow, OperatorError> {
+    let step = ctx
+        .store
+        .step_list(task_id)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| OperatorError::NotFound(format!("step {name:?} of task {task_id}")))?;
+    if step.state != StepState::Error {
+        return Err(OperatorError::Conflict(format!(
+            "step {name:?} is {}, not Error",
+            step.state
+        )));
+    }
+    Ok(step)
+}
+
+/// Runs a failed step again (its attempts start over) and re-evaluates the task.
+///
+/// # Errors
+///
+/// [`OperatorError::Conflict`] unless the step is in `Error`; [`OperatorError::NotFound`].
+pub async fn retry_step(
+    ctx: &ExecutorContext,
+    task_id: TaskId,
+    name: &str,
+) -> Result<StepRow, OperatorError> {
+    operate(ctx, task_id, name, StepEvent::Retry).await
+}
+
+/// Marks a failed step as resolved by hand (its children may run) and re-evaluates the task.
+///
+/// # Errors
+///
+/// [`OperatorError::Conflict`] unless the step is in `Error`; [`OperatorError::NotFound`].
+pub async fn resolve_step(
+    ctx: &ExecutorContext,
+    task_id: TaskId,
+    name: &str,
+) -> Result<StepRow, OperatorError> {
+    operate(ctx, task_id, name, StepEvent::ResolveManually).await
+}
+
+async fn operate(
+    ctx: &ExecutorContext,
+    task_id: TaskId,
+    name: &str,
+    event: StepEvent,
+) -> Result<StepRow, OperatorError> {
+    let step = failed_step(ctx, task_id, name).await?;
+    let mut params = ctx.step_event(step.id, StepState::Error, event);
+    params.error = Some(format!("{} by operator", event.name()));
+    let step = ctx.step_move(&params).await?.ok_or_else(|| {
+        OperatorError::Conflict(format!("step {name:?} changed meanwhile; try again"))
+    })?;
+    // A task that gave up reopens; one still running just gets evaluated again.
+    let task = ctx.store.task_get(task_id).await?;
+    if task.state == TaskState::Error {
+        ctx.task_move(
+            task_id,
+            TaskState::Error,
+            TaskEvent::Retry,
+            Some(format!("step {name} {}", event.name())),
+        )
+        .await?;
+    }
+    ctx.publish(TASK_FINALIZE, &[TaskRef { task_id }], Duration::ZERO)
+        .await?;
+    Ok(step)
+}
