@@ -11,9 +11,15 @@ fn examples_dir() -> PathBuf {
 /// Expected `(file name, key, step count)` of each example.
 const EXPECTED: &[(&str, &str, usize)] = &[
     ("diamond.yaml", "demo/diamond@1.0.0", 4),
+    ("greeting.yaml", "greeting/hello@1.0.0", 4),
     ("linear.yaml", "demo/linear@1.0.0", 4),
     ("order_fulfillment.yaml", "shop/order_fulfillment@1.0.0", 4),
     ("tree.yaml", "demo/tree@1.0.0", 7),
+];
+
+/// The built-in handlers (tasker-worker) and those of `examples/workers/python_worker.py`.
+const RUNNABLE_HANDLERS: &[&str] = &[
+    "noop", "echo", "sleep", "fail", "command", "http", "py_greet", "py_total", "py_flaky",
 ];
 
 #[test]
@@ -49,8 +55,8 @@ fn every_example_template_validates() {
             template
                 .steps
                 .iter()
-                .all(|step| step.handler.name == "noop"),
-            "{file_name}: every example must run with the built-in noop handler"
+                .all(|step| RUNNABLE_HANDLERS.contains(&step.handler.name.as_str())),
+            "{file_name}: every example must run with a built-in or the example worker's handlers"
         );
     }
     let found: Vec<&str> = files

@@ -1,0 +1,238 @@
+//! `tasker serve` end to end, as a user runs it: start the server on a free port, register a
+//! template and submit a task over HTTP, let `examples/workers/python_worker.py` run the steps
+//! the server has no handler for, and watch the task reach `Complete`. On SQLite and on
+//! PostgreSQL.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `tasker serve`, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let data = tempfile::tempdir().unwrap().keep();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .arg("serve")
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tasker serve");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("tasker: serving http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 request; returns status and parsed JSON body (or the text as a JSON string).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, payload) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned())),
+    )
+}
+
+fn post_json(addr: &str, path: &str, body: &Value) -> (u16, Value) {
+    http(
+        addr,
+        "POST",
+        path,
+        "application/json",
+        &body.to_string(),
+        None,
+    )
+}
+
+fn run_the_tour(server: &Server) {
+    let addr = &server.addr;
+    let template =
+        std::fs::read_to_string(root().join("examples/templates/greeting.yaml")).unwrap();
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/templates",
+        "application/yaml",
+        &template,
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body,
+        json!({"namespace": "greeting", "name": "hello", "version": "1.0.0"})
+    );
+
+    let request = json!({"namespace": "greeting", "name": "hello", "context": {"name": "ada", "amounts": [2, 3]}});
+    let (status, task) = post_json(addr, "/v1/tasks", &request);
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+
+    let worker = Command::new("python3")
+        .arg(root().join("examples/workers/python_worker.py"))
+        .args([
+            "--url",
+            &format!("http://{addr}"),
+            "--namespace",
+            "greeting",
+            "--exit-when-idle",
+            "3",
+        ])
+        .output()
+        .expect("run the python worker");
+    let worker_out = String::from_utf8_lossy(&worker.stdout);
+    assert!(
+        worker.status.success(),
+        "{worker_out}\n{}",
+        String::from_utf8_lossy(&worker.stderr)
+    );
+    assert!(
+        worker_out.contains("step greet (attempt 1): complete done"),
+        "{worker_out}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let (status, task) = http(
+            addr,
+            "GET",
+            &format!("/v1/tasks/{id}"),
+            "application/json",
+            "",
+            None,
+        );
+        assert_eq!(status, 200);
+        if task["state"] == "Complete" || Instant::now() > deadline {
+            break task;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(task["state"], "Complete", "{task}");
+    let step = |name: &str| {
+        task["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        step("greet")["result"],
+        json!({"greeting": "hello ada", "from": "python"})
+    );
+    assert_eq!(step("total")["result"], json!({"total": 5}));
+    assert_eq!(step("finish")["state"], "Complete");
+    assert!(task["transitions"].as_array().unwrap().len() > 10);
+}
+
+#[test]
+fn the_tour_on_sqlite() {
+    let server = serve(&[], &[]);
+    run_the_tour(&server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_on_postgres() {
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let server = serve(&["--database-url", &url], &[]);
+        run_the_tour(&server);
+    })
+    .await
+    .unwrap();
+    db.drop_database().await.unwrap();
+}
+
+#[test]
+fn with_a_token_everything_but_health_requires_it() {
+    let server = serve(&[], &[("TASKER_API_TOKEN", "s3cret")]);
+    let addr = &server.addr;
+    assert_eq!(
+        http(addr, "GET", "/health", "application/json", "", None).0,
+        200
+    );
+    let (status, body) = http(addr, "GET", "/v1/templates", "application/json", "", None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/v1/templates",
+            "application/json",
+            "",
+            Some("wrong")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/v1/templates",
+            "application/json",
+            "",
+            Some("s3cret")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(addr, "GET", "/metrics", "application/json", "", None).0,
+        401
+    );
+}
