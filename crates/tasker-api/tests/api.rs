@@ -1,0 +1,586 @@
+//! The API's contract, request by request, against an engine on a temporary SQLite file:
+//! every error status, idempotent creation, operator actions and the remote-worker lease rules.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+    Router,
+};
+use serde_json::{json, Value};
+use tasker_api::{router, ApiConfig};
+use tasker_orchestrator::{handler::HandlerRegistry, Engine, EngineConfig};
+use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tower::ServiceExt;
+
+struct Api {
+    router: Router,
+    engine: Arc<Engine>,
+    _dir: tempfile::TempDir,
+}
+
+async fn api(config: ApiConfig) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+        .await
+        .unwrap();
+    let engine = Arc::new(
+        Engine::start(
+            Arc::new(store),
+            EngineConfig::default(),
+            HandlerRegistry::with_builtins(),
+        )
+        .await
+        .unwrap(),
+    );
+    Api {
+        router: router(engine.clone(), config),
+        engine,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(t) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        )
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call("POST", path, "application/json", body.to_string(), None)
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call("GET", path, "application/json", Body::empty(), None)
+            .await
+    }
+
+    async fn register(&self, yaml: &str) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/templates",
+                "application/yaml",
+                yaml.to_owned(),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Waits until the task reaches `state` (the engine runs in the background).
+    async fn wait_for(&self, id: i64, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, task) = self.get(&format!("/v1/tasks/{id}")).await;
+            if task["state"] == state {
+                return task;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} never reached {state}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SHOP: &str = "namespace: shop\nname: order\nversion: 1.0.0\ncontext_schema:\n  type: object\n  required: [order_id]\nsteps:\n- {name: a, handler: noop}\n- {name: b, handler: noop, depends_on: [a]}\n";
+const REMOTE: &str = "namespace: remote\nname: job\nversion: 1.0.0\nsteps:\n- {name: work, handler: py_thing}\n- {name: after, handler: noop, depends_on: [work]}\n";
+const FAILING: &str = "namespace: shop\nname: broken\nversion: 1.0.0\nsteps:\n- {name: bad, handler: {name: fail, config: {retryable: false}}}\n- {name: next, handler: noop, depends_on: [bad]}\n";
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_register_list_get_and_reject_bad_input() {
+    let api = api(ApiConfig::default()).await;
+    api.register(SHOP).await;
+    let json_template = json!({"namespace": "shop", "name": "order", "version": "1.1.0", "steps": [{"name": "a", "handler": "noop"}]});
+    assert_eq!(
+        api.post("/v1/templates", &json_template).await.0,
+        StatusCode::CREATED
+    );
+    let (status, latest) = api.get("/v1/templates/shop/order").await;
+    assert_eq!(
+        (status, latest["version"].clone()),
+        (StatusCode::OK, json!("1.1.0"))
+    );
+    assert_eq!(
+        api.get("/v1/templates/shop/order/1.0.0").await.1["version"],
+        "1.0.0"
+    );
+    assert_eq!(
+        api.get("/v1/templates").await.1["templates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let (status, body) = api.get("/v1/templates/shop/nope").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let cyclic = "namespace: x\nname: y\nversion: 1.0.0\nsteps:\n- {name: a, handler: noop, depends_on: [b]}\n- {name: b, handler: noop, depends_on: [a]}\n";
+    let (status, body) = api
+        .call("POST", "/v1/templates", "application/yaml", cyclic, None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cycle: a -> b -> a"),
+        "{body}"
+    );
+    let unknown_key = json!({"namespace": "x", "name": "y", "version": "1.0.0", "steps": [{"name": "a", "handler": "noop", "retries": 3}]});
+    let (status, body) = api.post("/v1/templates", &unknown_key).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retries"),
+        "{body}"
+    );
+    let (status, body) = api
+        .call("POST", "/v1/templates", "application/json", "{nope", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let changed = SHOP.replace("{name: b, handler: noop", "{name: c, handler: noop");
+    let (status, body) = api
+        .call("POST", "/v1/templates", "application/yaml", changed, None)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "conflict")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_creation_errors_and_idempotency() {
+    let api = api(ApiConfig {
+        body_limit: 4096,
+        ..ApiConfig::default()
+    })
+    .await;
+    api.register(SHOP).await;
+    let request = json!({"namespace": "shop", "name": "order", "context": {"order_id": 1}, "idempotency_key": "o-1"});
+    let (status, first) = api.post("/v1/tasks", &request).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = api.post("/v1/tasks", &request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], first["id"]);
+    let task = api
+        .wait_for(first["id"].as_i64().unwrap(), "Complete")
+        .await;
+    assert_eq!(task["steps"].as_array().unwrap().len(), 2);
+    assert!(task["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["to"] == "Complete"));
+
+    let (status, body) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "order", "context": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("order_id"),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "nope", "context": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/tasks",
+            "application/json",
+            "{\"namespace\": ",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let (status, body) = api
+        .post("/v1/tasks", &json!({"namespace": "shop", "context": {}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("name"),
+        "{body}"
+    );
+    let big = json!({"namespace": "shop", "name": "order", "context": {"pad": "x".repeat(10_000)}});
+    let (status, body) = api.post("/v1/tasks", &big).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let (status, body) = api.get("/v1/tasks/999999").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    assert_eq!(api.get("/v1/tasks/abc").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.get("/v1/nothing").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_and_pages() {
+    let api = api(ApiConfig::default()).await;
+    api.register(SHOP).await;
+    for i in 0..5 {
+        api.post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "order", "context": {"order_id": i}}),
+        )
+        .await;
+    }
+    let (status, page) = api.get("/v1/tasks?namespace=shop&limit=3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 3);
+    let next = page["next"].as_i64().unwrap();
+    let (_, rest) = api
+        .get(&format!("/v1/tasks?namespace=shop&limit=3&before={next}"))
+        .await;
+    assert_eq!(rest["tasks"].as_array().unwrap().len(), 2);
+    assert!(rest["next"].is_null());
+    let (status, body) = api.get("/v1/tasks?state=Bogus").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    assert_eq!(
+        api.get("/v1/tasks?limit=0").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        api.get("/v1/tasks?colour=red").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_cancel_retry_and_resolve() {
+    let api = api(ApiConfig::default()).await;
+    api.register(FAILING).await;
+    api.register(REMOTE).await;
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "broken", "context": {}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    api.wait_for(id, "Error").await;
+    let (status, body) = api
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "conflict"),
+        "Error is left only by retry or resolve"
+    );
+    let (status, body) = api
+        .post(&format!("/v1/tasks/{id}/steps/next/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "conflict"),
+        "next never failed"
+    );
+    let (status, step) = api
+        .post(&format!("/v1/tasks/{id}/steps/bad/resolve"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, step["state"].clone()),
+        (StatusCode::OK, json!("ResolvedManually"))
+    );
+    let done = api.wait_for(id, "Complete").await;
+    assert_eq!(
+        done["steps"][1]["state"], "Complete",
+        "the child ran after the resolve"
+    );
+
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "broken", "context": {}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    api.wait_for(id, "Error").await;
+    let (status, step) = api
+        .post(&format!("/v1/tasks/{id}/steps/bad/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, step["state"].clone()),
+        (StatusCode::OK, json!("Pending"))
+    );
+    api.wait_for(id, "Error").await;
+    let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+    let retries = task["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["event"] == "retry")
+        .count();
+    assert_eq!(retries, 2, "step and task retry rows");
+
+    // A task whose step waits for a remote worker can be cancelled.
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "remote", "name": "job", "context": {}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let (status, cancelled) = api
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["state"].clone()),
+        (StatusCode::OK, json!("Cancelled"))
+    );
+    assert!(cancelled["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["state"] == "Cancelled"));
+    assert_eq!(
+        api.post("/v1/tasks/424242/cancel", &json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_workers_claim_heartbeat_complete_and_stale_leases_get_409() {
+    let api = api(ApiConfig::default()).await;
+    api.register(REMOTE).await;
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "remote", "name": "job", "context": {"k": 1}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+
+    let claim = json!({"namespace": "remote", "worker_id": "w1", "max": 5, "lease_ms": 200});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let (status, body) = api.post("/v1/workers/claim", &claim).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(step) = body["steps"].as_array().unwrap().first() {
+            break step.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing to claim");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (
+            first["name"].clone(),
+            first["handler"].clone(),
+            first["attempt"].clone()
+        ),
+        (json!("work"), json!("py_thing"), json!(1))
+    );
+    assert_eq!(first["context"], json!({"k": 1}));
+    let step_id = first["step_id"].as_i64().unwrap();
+    let token = first["lease_token"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .post(
+            &format!("/v1/steps/{step_id}/heartbeat"),
+            &json!({"lease_token": token, "lease_ms": 200}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Let the lease lapse: the step is claimable again, as a second attempt.
+    let second = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, body) = api
+            .post(
+                "/v1/workers/claim",
+                &json!({"namespace": "remote", "worker_id": "w2", "max": 5, "lease_ms": 30000}),
+            )
+            .await;
+        if let Some(step) = body["steps"].as_array().unwrap().first() {
+            break step.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lease never lapsed");
+    };
+    assert_eq!(
+        (second["step_id"].as_i64(), second["attempt"].clone()),
+        (Some(step_id), json!(2))
+    );
+
+    // The first worker is late: every call is refused and changes nothing.
+    for (path, body) in [
+        ("heartbeat", json!({"lease_token": token, "lease_ms": 1000})),
+        (
+            "complete",
+            json!({"lease_token": token, "output": {"late": true}}),
+        ),
+        (
+            "fail",
+            json!({"lease_token": token, "error": "late", "retryable": false}),
+        ),
+    ] {
+        let (status, body) = api
+            .post(&format!("/v1/steps/{step_id}/{path}"), &body)
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::CONFLICT, "lease_lost"),
+            "{path}"
+        );
+    }
+    let (status, _) = api
+        .post(
+            &format!("/v1/steps/{step_id}/fail"),
+            &json!({"lease_token": "garbage", "error": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let token2 = second["lease_token"].as_str().unwrap();
+    let (status, _) = api
+        .post(
+            &format!("/v1/steps/{step_id}/complete"),
+            &json!({"lease_token": token2, "output": {"done": 2}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let task = api.wait_for(id, "Complete").await;
+    assert_eq!(task["steps"][0]["result"], json!({"done": 2}));
+    assert_eq!(task["steps"][0]["attempts"], 2);
+    let (status, _) = api
+        .post(
+            &format!("/v1/steps/{step_id}/complete"),
+            &json!({"lease_token": token2, "output": {}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a finished step refuses a repeat"
+    );
+
+    let (status, body) = api
+        .post(
+            "/v1/workers/claim",
+            &json!({"namespace": "", "worker_id": "w", "max": 1, "lease_ms": 10}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_pools_and_metrics() {
+    let api = api(ApiConfig {
+        auth_token: Some("t0k".into()),
+        ..ApiConfig::default()
+    })
+    .await;
+    assert_eq!(api.get("/health").await.0, StatusCode::OK);
+    let (status, body) = api.get("/health/ready").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (status, ready) = api
+        .call(
+            "GET",
+            "/health/ready",
+            "application/json",
+            Body::empty(),
+            Some("t0k"),
+        )
+        .await;
+    assert_eq!(
+        (status, ready["status"].clone()),
+        (StatusCode::OK, json!("ready"))
+    );
+    api.engine.monitor_tick().await;
+    let (status, pools) = api
+        .call(
+            "GET",
+            "/v1/health/pools",
+            "application/json",
+            Body::empty(),
+            Some("t0k"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pools["pools"].as_object().unwrap().len(), 6);
+    assert_eq!(pools["pools"]["task_claimer"]["circuit_breaker"], "Closed");
+    assert!(pools["backpressure"]["factor"].is_number());
+    let (status, metrics) = api
+        .call("GET", "/metrics", "text/plain", Body::empty(), Some("t0k"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("# TYPE tasker_executor_batches_total counter"));
+    assert!(text.contains("tasker_executor_batches_total{executor_type=\"task_finalizer\"}"));
+    assert!(text.contains("tasker_backpressure_factor 0"));
+}
