@@ -21,7 +21,8 @@ async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
     let store = state.engine.store();
     let task = store.task_get(id).await?;
     let steps = store.step_list(id).await?;
-    Ok(views::task(&task, &steps))
+    let edges = store.step_edges(id).await?;
+    Ok(views::task(&task, &steps, &edges))
 }
 
 /// `POST /v1/tasks`: 201 with the task; 200 with the existing task on an idempotent repeat;

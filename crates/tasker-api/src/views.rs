@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tasker_types::{StepRow, TaskRow, TransitionRow, UnixMillis};
+use tasker_types::{StepId, StepRow, TaskRow, TransitionRow, UnixMillis};
 
 /// RFC 3339 with milliseconds, or `null`.
 pub fn timestamp(ms: Option<UnixMillis>) -> Value {
@@ -15,8 +15,16 @@ pub fn timestamp(ms: Option<UnixMillis>) -> Value {
 }
 
 /// A task with its steps: `{"id", "state", "steps": [{"name", "state", "attempts",
-/// "started_at", "finished_at", ...}], ...}`.
-pub fn task(task: &TaskRow, steps: &[StepRow]) -> Value {
+/// "started_at", "finished_at", "depends_on", ...}], ...}`. `edges` are `(parent, child)`.
+pub fn task(task: &TaskRow, steps: &[StepRow], edges: &[(StepId, StepId)]) -> Value {
+    let name = |id: StepId| steps.iter().find(|s| s.id == id).map(|s| s.name.clone());
+    let depends_on = |s: &StepRow| -> Vec<String> {
+        edges
+            .iter()
+            .filter(|(_, child)| *child == s.id)
+            .filter_map(|(parent, _)| name(*parent))
+            .collect()
+    };
     json!({
         "id": task.id,
         "namespace": task.namespace,
@@ -29,7 +37,14 @@ pub fn task(task: &TaskRow, steps: &[StepRow]) -> Value {
         "created_at": timestamp(Some(task.created_at_ms)),
         "updated_at": timestamp(Some(task.updated_at_ms)),
         "finished_at": timestamp(task.finished_at_ms),
-        "steps": steps.iter().map(step).collect::<Vec<_>>(),
+        "steps": steps
+            .iter()
+            .map(|s| {
+                let mut v = step(s);
+                v["depends_on"] = json!(depends_on(s));
+                v
+            })
+            .collect::<Vec<_>>(),
     })
 }
 

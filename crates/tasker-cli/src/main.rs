@@ -27,6 +27,15 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Serve the orchestrator, the REST API and in-process workers.
     Serve(commands::serve::ServeArgs),
+    /// Submit a task to the server.
+    Submit(commands::tasks::SubmitArgs),
+    /// Show a task as a tree of steps with states, attempts and durations.
+    Status(commands::tasks::StatusArgs),
+    /// Work with tasks on the server.
+    #[command(subcommand)]
+    Tasks(commands::tasks::TasksCommand),
+    /// Show the executor pools: executors, health, latency, breakers, backpressure.
+    Pools(commands::tasks::PoolsArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +51,10 @@ fn main() -> ExitCode {
         Command::Templates(cmd) => commands::templates::run(cmd),
         Command::Run(args) => commands::run::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Submit(args) => commands::tasks::submit(args),
+        Command::Status(args) => commands::tasks::status(args),
+        Command::Tasks(cmd) => commands::tasks::tasks(cmd),
+        Command::Pools(args) => commands::tasks::pools(args),
     };
     match result {
         Ok(code) => code,

@@ -236,3 +236,86 @@ fn with_a_token_everything_but_health_requires_it() {
         401
     );
 }
+
+fn tasker(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(args)
+        .env("TASKER_URL", format!("http://{addr}"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn client_commands_talk_to_the_server() {
+    let server = serve(&[], &[]);
+    let addr = &server.addr;
+    let (code, out, err) = tasker(
+        addr,
+        &["templates", "register", "examples/templates/diamond.yaml"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("registered: demo/diamond@1.0.0"), "{out}");
+    let (code, out, _) = tasker(addr, &["templates", "list", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["templates"][0]["name"],
+        "diamond"
+    );
+
+    let (code, out, err) = tasker(
+        addr,
+        &[
+            "submit",
+            "demo/diamond",
+            "--context",
+            "{}",
+            "--idempotency-key",
+            "k1",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (code, out, err) = tasker(addr, &["status", &id]);
+        assert_eq!(code, 0, "{err}");
+        if out.contains(": Complete") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.starts_with(&format!("task {id} demo/diamond@1.0.0: Complete")),
+        "{status}"
+    );
+    assert!(status.contains("└ join [Complete] attempts 1"), "{status}");
+    let (_, out, _) = tasker(addr, &["tasks", "list", "--state", "Complete"]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("demo/diamond@1.0.0") && l.contains("Complete")),
+        "{out}"
+    );
+    let (code, out, _) = tasker(addr, &["pools", "--json"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["pools"]["task_finalizer"].is_object());
+
+    let (code, _, err) = tasker(addr, &["submit", "demo/nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("404") && err.contains("unknown template"),
+        "{err}"
+    );
+    let (code, _, err) = tasker("127.0.0.1:1", &["tasks", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is `tasker serve` running?"), "{err}");
+}

@@ -10,7 +10,7 @@ use tasker_orchestrator::{
 };
 use tasker_store::{Store, TemplateRegisterParams};
 use tasker_template::TaskTemplate;
-use tasker_types::{StepRow, TaskId, TaskRow, TaskState};
+use tasker_types::{StepId, StepRow, TaskId, TaskRow, TaskState};
 
 /// `tasker run` arguments.
 #[derive(Debug, Args)]
@@ -80,9 +80,9 @@ async fn run_task(
         Err(e) => Err(e),
     };
     store.close().await;
-    let (task, steps) = finished?;
+    let (task, steps, edges) = finished?;
     if args.json {
-        println!("{}", tasker_api::views::task(&task, &steps));
+        println!("{}", tasker_api::views::task(&task, &steps, &edges));
     } else {
         println!("task {} {}", task.id, task.state);
     }
@@ -149,9 +149,13 @@ async fn drive(
     }
 }
 
-async fn read_task(store: &dyn Store, task_id: TaskId) -> anyhow::Result<(TaskRow, Vec<StepRow>)> {
+async fn read_task(
+    store: &dyn Store,
+    task_id: TaskId,
+) -> anyhow::Result<(TaskRow, Vec<StepRow>, Vec<(StepId, StepId)>)> {
     Ok((
         store.task_get(task_id).await?,
         store.step_list(task_id).await?,
+        store.step_edges(task_id).await?,
     ))
 }
