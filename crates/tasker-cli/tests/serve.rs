@@ -319,3 +319,41 @@ fn client_commands_talk_to_the_server() {
     assert_eq!(code, 1);
     assert!(err.contains("is `tasker serve` running?"), "{err}");
 }
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasker.toml");
+    std::fs::write(
+        &file,
+        "[default.pools.task_claimer]\nmin_executors = 5\nmax_executors = 2\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pools.task_claimer.min_executors"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("TASKER_QUEUES__MAX_DELIVERIES", "zero")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.to_lowercase().contains("max_deliveries"), "{stderr}");
+    assert_eq!(
+        stderr.matches("invalid type").count(),
+        1,
+        "said once: {stderr}"
+    );
+}

@@ -60,7 +60,7 @@ async fn run_task(
         Some(url) => url.clone(),
         None => format!("sqlite:{}", scratch.path().join("tasker.db").display()),
     };
-    let store = super::store::open(&url).await?;
+    let store = super::store::open(&url, 32).await?;
     store
         .template_register(&TemplateRegisterParams {
             template: template.clone(),

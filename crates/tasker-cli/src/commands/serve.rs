@@ -1,65 +1,168 @@
 //! `tasker serve`: the orchestrator, the REST API and in-process workers in one process.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
 use tasker_api::ApiConfig;
-use tasker_orchestrator::{handler::HandlerRegistry, Engine, EngineConfig};
+use tasker_config::TaskerConfig;
+use tasker_orchestrator::{
+    backpressure::{default_weight_permille, BackpressureConfig},
+    circuit_breaker::CircuitBreakerConfig,
+    coordinator::CoordinatorConfig,
+    handler::HandlerRegistry,
+    pool::PoolConfig,
+    resources::FailureMode,
+    scaling::ScalingConfig,
+    Engine, EngineConfig, ExecutorType,
+};
 
-/// `tasker serve` arguments.
+/// `tasker serve` arguments. Flags override the configuration file and `TASKER_*` variables.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Database URL (`postgres://…` or `sqlite:PATH`); SQLite under `--data-dir` when absent.
+    /// Configuration file (default: `tasker.toml` when present); `TASKER_ENV` picks its
+    /// `[development]`, `[test]` or `[production]` table.
+    #[arg(long, env = "TASKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL (`postgres://…` or `sqlite:PATH`); SQLite under the data directory when
+    /// absent.
     #[arg(long, env = "TASKER_DATABASE_URL")]
     database_url: Option<String>,
     /// Directory of the embedded SQLite database.
-    #[arg(long, env = "TASKER_DATA_DIR", default_value = "tasker-data")]
-    data_dir: PathBuf,
+    #[arg(long, env = "TASKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, env = "TASKER_BIND", default_value = "127.0.0.1:8080")]
-    bind: SocketAddr,
+    #[arg(long, env = "TASKER_BIND")]
+    bind: Option<SocketAddr>,
     /// Do not run steps in this process: every step waits for a remote worker.
     #[arg(long)]
     no_local_workers: bool,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let environment = std::env::var("TASKER_ENV").unwrap_or_else(|_| "development".into());
+    let mut config = TaskerConfig::load(args.config.as_deref(), &environment)?;
+    if let Some(url) = &args.database_url {
+        config.database.url.clone_from(url);
+    }
+    if let Some(dir) = &args.data_dir {
+        config.database.data_dir = dir.display().to_string();
+    }
+    if let Some(bind) = args.bind {
+        config.server.bind = bind.to_string();
+    }
+    if args.no_local_workers {
+        config.engine.local_workers = false;
+    }
+    if let Ok(token) = std::env::var("TASKER_API_TOKEN") {
+        config.server.auth_token = token;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(args))
+        .block_on(serve(config))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => {
-            std::fs::create_dir_all(&args.data_dir)
-                .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-            format!("sqlite:{}", args.data_dir.join("tasker.db").display())
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// The engine's settings from the configuration.
+pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
+    let pool = |t: ExecutorType| {
+        let (p, weight) = config.pools.resolve(t.as_str());
+        PoolConfig {
+            min_executors: p.min_executors,
+            max_executors: p.max_executors,
+            batch_size: p.batch_size,
+            polling_interval: ms(p.polling_interval_ms),
+            stop_timeout: ms(p.stop_timeout_ms),
+            circuit_breaker: CircuitBreakerConfig {
+                failure_threshold: p.breaker_failure_threshold,
+                open_timeout: ms(p.breaker_open_timeout_ms),
+                success_threshold: p.breaker_success_threshold,
+            },
+            backpressure_weight_permille: weight.unwrap_or_else(|| default_weight_permille(t)),
+            unhealthy_after_errors: p.unhealthy_after_errors,
         }
     };
-    let store = super::store::open(&url).await?;
-    let config = EngineConfig {
-        local_workers: !args.no_local_workers,
+    let c = &config.coordinator;
+    let b = &config.backpressure;
+    EngineConfig {
+        pools: ExecutorType::ALL
+            .into_iter()
+            .map(|t| (t, pool(t)))
+            .collect(),
+        worker_pool: pool(ExecutorType::InProcessWorker),
+        local_workers: config.engine.local_workers,
+        coordinator: CoordinatorConfig {
+            scaling: ScalingConfig {
+                target_utilization: c.target_utilization,
+                queue_depth_per_executor: c.queue_depth_per_executor,
+                cooldown: ms(c.cooldown_ms),
+                interval: ms(c.scaling_interval_ms),
+            },
+            heartbeat_timeout: ms(c.heartbeat_timeout_ms),
+            backpressure: BackpressureConfig {
+                smoothing: b.smoothing,
+                hysteresis: b.hysteresis,
+                min_dwell: ms(b.min_dwell_ms),
+                ..BackpressureConfig::default()
+            },
+            memory_budget_bytes: b.memory_budget_bytes,
+            queue_high_watermark: b.queue_high_watermark,
+            latency_target: ms(b.latency_target_ms),
+            ..CoordinatorConfig::default()
+        },
+        failure_mode: match config.engine.failure_mode.as_str() {
+            "degraded" => FailureMode::Degraded,
+            "best_effort" => FailureMode::BestEffort,
+            _ => FailureMode::FailFast,
+        },
+        claim_lease: ms(config.engine.claim_lease_ms),
+        visibility_timeout: ms(config.queues.visibility_timeout_ms),
+        max_deliveries: config.queues.max_deliveries,
         ..EngineConfig::default()
+    }
+}
+
+async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
+    let url = if config.database.url.is_empty() {
+        std::fs::create_dir_all(&config.database.data_dir)
+            .with_context(|| format!("creating data directory {}", config.database.data_dir))?;
+        format!(
+            "sqlite:{}",
+            PathBuf::from(&config.database.data_dir)
+                .join("tasker.db")
+                .display()
+        )
+    } else {
+        config.database.url.clone()
     };
+    let bind: SocketAddr = config.server.bind.parse().with_context(|| {
+        format!(
+            "configuration: server.bind: {:?} is not an address",
+            config.server.bind
+        )
+    })?;
+    let store = super::store::open(&url, config.database.max_connections).await?;
     let engine = Arc::new(
-        Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
-            .await
-            .context("starting the engine")?,
+        Engine::start(
+            store.clone(),
+            engine_config(&config),
+            HandlerRegistry::with_builtins(),
+        )
+        .await
+        .context("starting the engine")?,
     );
     let api = ApiConfig {
-        auth_token: std::env::var("TASKER_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-        ..ApiConfig::default()
+        auth_token: Some(config.server.auth_token.clone()).filter(|t| !t.is_empty()),
+        body_limit: config.server.body_limit_bytes,
     };
-    let listener = tokio::net::TcpListener::bind(args.bind)
+    let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .with_context(|| format!("binding {}", args.bind))?;
+        .with_context(|| format!("binding {bind}"))?;
     let local = listener.local_addr()?;
     // Diagnostics go to stderr; this one line tells scripts where to connect.
     eprintln!("tasker: serving http://{local} on {}", store.backend_name());

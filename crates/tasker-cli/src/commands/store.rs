@@ -7,12 +7,16 @@ use tasker_store::Store;
 use tasker_store_postgres::{PgStore, PgStoreOptions};
 use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
 
-/// Opens `postgres://…` with the PostgreSQL backend and `sqlite:PATH` with SQLite.
-pub(crate) async fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens `postgres://…` with the PostgreSQL backend (a pool of `max_connections`) and
+/// `sqlite:PATH` with SQLite.
+pub(crate) async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::connect(PgStoreOptions::new(url))
-            .await
-            .with_context(|| format!("connecting to {}", redact(url)))?;
+        let store = PgStore::connect(PgStoreOptions {
+            max_connections,
+            ..PgStoreOptions::new(url)
+        })
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
         Ok(Arc::new(store))
     } else if url.starts_with("sqlite:") {
         let options = SqliteStoreOptions::from_url(url)?;

@@ -1,0 +1,482 @@
+//! Tasker's configuration: typed, layered, validated.
+//!
+//! Sources apply in this order, later ones winning:
+//! 1. built-in defaults ([`TaskerConfig::default`]);
+//! 2. the `[default]` table of the TOML file (`tasker.toml`, or `--config`);
+//! 3. the table of the selected environment, `[development]`, `[test]` or `[production]`
+//!    (`TASKER_ENV`, default `development`);
+//! 4. `TASKER_*` environment variables, `__` separating levels:
+//!    `TASKER_DATABASE__URL`, `TASKER_POOLS__DEFAULT__BATCH_SIZE`;
+//! 5. command-line flags (applied by the CLI).
+//!
+//! Unknown keys are errors, and every error names its key. `docs/configuration.md` lists every
+//! key with its default.
+
+use std::path::Path;
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment, Profile,
+};
+use serde::{Deserialize, Serialize};
+
+/// Why configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value has the wrong type, a key is unknown, or the file does not parse. (Figment's
+    /// message already names the key and the source; it is not repeated as a cause.)
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A value is out of its range or contradicts another.
+    #[error("configuration: {key}: {message}")]
+    Invalid {
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskerConfig {
+    /// Where state lives.
+    pub database: DatabaseConfig,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// Engine-wide settings.
+    pub engine: EngineSettings,
+    /// Durable queues.
+    pub queues: QueueConfig,
+    /// The coordinator's monitor and scaling.
+    pub coordinator: CoordinatorSettings,
+    /// The global backpressure controller.
+    pub backpressure: BackpressureSettings,
+    /// Executor pools: `default` for all, then per executor type (`task_claimer`, …,
+    /// `in_process_worker`), each key overriding the default.
+    pub pools: PoolsConfig,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite:PATH`; empty means SQLite under `data_dir`.
+    pub url: String,
+    /// Directory of the embedded SQLite database.
+    pub data_dir: String,
+    /// Connection pool size (PostgreSQL).
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            data_dir: "tasker-data".into(),
+            max_connections: 32,
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub bind: String,
+    /// Largest request body; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Bearer token every route but `/health` requires; empty disables authentication.
+    /// Prefer the environment (`TASKER_SERVER__AUTH_TOKEN` or `TASKER_API_TOKEN`) to the file.
+    pub auth_token: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            body_limit_bytes: 1024 * 1024,
+            auth_token: String::new(),
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Run steps whose handler this process has.
+    pub local_workers: bool,
+    /// `fail_fast`, `degraded` or `best_effort` when pools do not fit the database pool.
+    pub failure_mode: String,
+    /// Lease on claimed tasks.
+    pub claim_lease_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            local_workers: true,
+            failure_mode: "fail_fast".into(),
+            claim_lease_ms: 30_000,
+        }
+    }
+}
+
+/// `[queues]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// A delivered message not acknowledged within this is delivered again.
+    pub visibility_timeout_ms: u64,
+    /// Deliveries before a message moves to the dead letters.
+    pub max_deliveries: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_ms: 60_000,
+            max_deliveries: 10,
+        }
+    }
+}
+
+/// `[coordinator]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSettings {
+    /// Busy time over wall time the pools aim for, in (0, 1].
+    pub target_utilization: f64,
+    /// How often the monitor scales, heals and measures pressure.
+    pub scaling_interval_ms: u64,
+    /// Least time between two size changes of one pool.
+    pub cooldown_ms: u64,
+    /// Queue items per executor above which a pool grows.
+    pub queue_depth_per_executor: u64,
+    /// An executor silent this long is unhealthy and replaced.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        Self {
+            target_utilization: 0.7,
+            scaling_interval_ms: 1_000,
+            cooldown_ms: 10_000,
+            queue_depth_per_executor: 100,
+            heartbeat_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[backpressure]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackpressureSettings {
+    /// Weight of the newest sample in the moving average, in [0, 1].
+    pub smoothing: f64,
+    /// Hysteresis band around each level threshold.
+    pub hysteresis: f64,
+    /// Least time between two changes of the applied factor.
+    pub min_dwell_ms: u64,
+    /// Resident memory at which the memory signal reads 1.
+    pub memory_budget_bytes: u64,
+    /// Ready messages at which the queue signal reads 1.
+    pub queue_high_watermark: u64,
+    /// Mean batch latency at which the latency signal reads 1.
+    pub latency_target_ms: u64,
+}
+
+impl Default for BackpressureSettings {
+    fn default() -> Self {
+        Self {
+            smoothing: 0.3,
+            hysteresis: 0.1,
+            min_dwell_ms: 5_000,
+            memory_budget_bytes: 2 * 1024 * 1024 * 1024,
+            queue_high_watermark: 100_000,
+            latency_target_ms: 1_000,
+        }
+    }
+}
+
+/// `[pools]`: `default`, then per executor type; each key set on a type overrides `default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct PoolsConfig {
+    /// Applied to every pool.
+    pub default: PoolSettings,
+    pub task_request_processor: PoolOverride,
+    pub task_claimer: PoolOverride,
+    pub step_enqueuer: PoolOverride,
+    pub step_result_processor: PoolOverride,
+    pub task_finalizer: PoolOverride,
+    pub in_process_worker: PoolOverride,
+}
+
+/// One pool's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Fewest executors.
+    pub min_executors: usize,
+    /// Most executors.
+    pub max_executors: usize,
+    /// Items per batch.
+    pub batch_size: u32,
+    /// Fallback sleep after an empty batch (wake-ups usually come first).
+    pub polling_interval_ms: u64,
+    /// How long a stopping executor may finish its batch before it is aborted.
+    pub stop_timeout_ms: u64,
+    /// Consecutive failed batches that make an executor unhealthy.
+    pub unhealthy_after_errors: u32,
+    /// Consecutive storage failures that open the circuit.
+    pub breaker_failure_threshold: u32,
+    /// How long an open circuit waits before a probe.
+    pub breaker_open_timeout_ms: u64,
+    /// Successful probes that close it.
+    pub breaker_success_threshold: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            min_executors: 1,
+            max_executors: 4,
+            batch_size: 50,
+            polling_interval_ms: 100,
+            stop_timeout_ms: 5_000,
+            unhealthy_after_errors: 10,
+            breaker_failure_threshold: 5,
+            breaker_open_timeout_ms: 5_000,
+            breaker_success_threshold: 1,
+        }
+    }
+}
+
+/// Per-type overrides of [`PoolSettings`]; absent keys keep the default's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct PoolOverride {
+    pub min_executors: Option<usize>,
+    pub max_executors: Option<usize>,
+    pub batch_size: Option<u32>,
+    pub polling_interval_ms: Option<u64>,
+    pub stop_timeout_ms: Option<u64>,
+    pub unhealthy_after_errors: Option<u32>,
+    pub breaker_failure_threshold: Option<u32>,
+    pub breaker_open_timeout_ms: Option<u64>,
+    pub breaker_success_threshold: Option<u32>,
+    /// How strongly this pool gives way to backpressure, 0–1000 (default per type).
+    pub backpressure_weight_permille: Option<u32>,
+}
+
+/// Executor types a `[pools.<type>]` table may name.
+pub const POOL_TYPES: &[&str] = &[
+    "task_request_processor",
+    "task_claimer",
+    "step_enqueuer",
+    "step_result_processor",
+    "task_finalizer",
+    "in_process_worker",
+];
+
+impl PoolsConfig {
+    /// The effective settings of pool `name` and its backpressure weight override.
+    pub fn resolve(&self, name: &str) -> (PoolSettings, Option<u32>) {
+        let mut s = self.default.clone();
+        let o = match name {
+            "task_request_processor" => &self.task_request_processor,
+            "task_claimer" => &self.task_claimer,
+            "step_enqueuer" => &self.step_enqueuer,
+            "step_result_processor" => &self.step_result_processor,
+            "task_finalizer" => &self.task_finalizer,
+            "in_process_worker" => &self.in_process_worker,
+            _ => return (s, None),
+        };
+        macro_rules! take {
+            ($($field:ident),+) => { $(if let Some(v) = o.$field { s.$field = v; })+ };
+        }
+        take!(
+            min_executors,
+            max_executors,
+            batch_size,
+            polling_interval_ms,
+            stop_timeout_ms,
+            unhealthy_after_errors,
+            breaker_failure_threshold,
+            breaker_open_timeout_ms,
+            breaker_success_threshold
+        );
+        (s, o.backpressure_weight_permille)
+    }
+}
+
+impl TaskerConfig {
+    /// Loads defaults, the file (its `[default]` and `[<environment>]` tables) and `TASKER_*`
+    /// variables, then validates. A missing file is fine when `path` is `None`
+    /// (`tasker.toml` is then optional); a named file must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`], naming the key.
+    pub fn load(path: Option<&Path>, environment: &str) -> Result<Self, ConfigError> {
+        Self::figment(path, environment)?
+            .extract::<Self>()
+            .map_err(Box::new)
+            .map_err(ConfigError::Load)?
+            .validated()
+    }
+
+    fn figment(path: Option<&Path>, environment: &str) -> Result<Figment, ConfigError> {
+        if !["development", "test", "production"].contains(&environment) {
+            return Err(ConfigError::Invalid {
+                key: "TASKER_ENV".into(),
+                message: format!("{environment:?} is not one of development, test, production"),
+            });
+        }
+        let file = match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    message: format!("{} does not exist", p.display()),
+                })
+            }
+            Some(p) => p.to_path_buf(),
+            None => "tasker.toml".into(),
+        };
+        Ok(Figment::from(Serialized::defaults(TaskerConfig::default()))
+            .merge(Toml::file(file).nested())
+            .merge(
+                Env::prefixed("TASKER_")
+                    .split("__")
+                    .ignore(&[
+                        "ENV",
+                        "URL",
+                        "DATABASE_URL",
+                        "DATA_DIR",
+                        "BIND",
+                        "API_TOKEN",
+                        "LOG",
+                        "TEST_DATABASE_URL",
+                    ])
+                    .global(),
+            )
+            .select(Profile::new(environment)))
+    }
+
+    /// Checks ranges and cross-field rules.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first offending key.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
+        if !matches!(
+            self.engine.failure_mode.as_str(),
+            "fail_fast" | "degraded" | "best_effort"
+        ) {
+            return invalid(
+                "engine.failure_mode",
+                format!(
+                    "{:?} is not one of fail_fast, degraded, best_effort",
+                    self.engine.failure_mode
+                ),
+            );
+        }
+        if !(self.coordinator.target_utilization > 0.0
+            && self.coordinator.target_utilization <= 1.0)
+        {
+            return invalid(
+                "coordinator.target_utilization",
+                format!("{} is outside (0, 1]", self.coordinator.target_utilization),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.backpressure.smoothing) {
+            return invalid(
+                "backpressure.smoothing",
+                format!("{} is outside [0, 1]", self.backpressure.smoothing),
+            );
+        }
+        for (key, value) in [
+            (
+                "queues.visibility_timeout_ms",
+                self.queues.visibility_timeout_ms,
+            ),
+            ("engine.claim_lease_ms", self.engine.claim_lease_ms),
+            (
+                "coordinator.scaling_interval_ms",
+                self.coordinator.scaling_interval_ms,
+            ),
+            (
+                "coordinator.heartbeat_timeout_ms",
+                self.coordinator.heartbeat_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
+        if self.queues.max_deliveries == 0 {
+            return invalid("queues.max_deliveries", "must be at least 1".into());
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        // `default` first, so a bad default is reported under its own key.
+        for name in std::iter::once(&"default").chain(POOL_TYPES) {
+            let (p, weight) = self.pools.resolve(name);
+            let key = |field: &str| format!("pools.{name}.{field}");
+            if p.min_executors > p.max_executors {
+                return invalid(
+                    &key("min_executors"),
+                    format!(
+                        "{} exceeds max_executors {}",
+                        p.min_executors, p.max_executors
+                    ),
+                );
+            }
+            if p.batch_size == 0 {
+                return invalid(&key("batch_size"), "must be at least 1".into());
+            }
+            if p.polling_interval_ms >= self.coordinator.heartbeat_timeout_ms {
+                return invalid(
+                    &key("polling_interval_ms"),
+                    format!(
+                        "{} must be below coordinator.heartbeat_timeout_ms ({}), or idle executors look dead",
+                        p.polling_interval_ms, self.coordinator.heartbeat_timeout_ms
+                    ),
+                );
+            }
+            if p.breaker_failure_threshold == 0 || p.breaker_success_threshold == 0 {
+                return invalid(
+                    &key("breaker_failure_threshold"),
+                    "breaker thresholds must be at least 1".into(),
+                );
+            }
+            if weight.is_some_and(|w| w > 1000) {
+                return invalid(
+                    &key("backpressure_weight_permille"),
+                    "must be at most 1000".into(),
+                );
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return its (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests;
