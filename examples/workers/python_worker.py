@@ -36,16 +36,11 @@ def total(context, config, parents):
     return {"total": sum(amounts)}
 
 
-def flaky(context, config, parents):
-    """Fails (retryably) until attempt `config.succeed_on` (checked by the caller)."""
-    raise RetryableError("flaky handler fails as configured")
-
-
 class RetryableError(Exception):
-    """A failure another attempt may fix."""
+    """Raised by a handler for a failure another attempt may fix."""
 
 
-HANDLERS = {"py_greet": greet, "py_total": total, "py_flaky": flaky}
+HANDLERS = {"py_greet": greet, "py_total": total}
 
 
 # --- the protocol ---------------------------------------------------------------------------

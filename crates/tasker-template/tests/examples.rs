@@ -19,7 +19,7 @@ const EXPECTED: &[(&str, &str, usize)] = &[
 
 /// The built-in handlers (tasker-worker) and those of `examples/workers/python_worker.py`.
 const RUNNABLE_HANDLERS: &[&str] = &[
-    "noop", "echo", "sleep", "fail", "command", "http", "py_greet", "py_total", "py_flaky",
+    "noop", "echo", "sleep", "fail", "command", "http", "py_greet", "py_total",
 ];
 
 #[test]
