@@ -1,9 +1,10 @@
 //! `tasker run`: one task from a template file, on an embedded engine, to the end.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tasker_orchestrator::{
     handler::HandlerRegistry, messages::TaskRequest, Engine, EngineConfig, EngineEvent,
@@ -113,6 +114,19 @@ async fn drive(
         .await?;
     let task_id = created.task.id;
     let deadline = tokio::time::Instant::now() + args.timeout;
+    // A live bar on a terminal; plain lines otherwise (pipes, CI, tests).
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(u64::try_from(template.steps.len()).unwrap_or(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar
+    });
     loop {
         let event = match tokio::time::timeout_at(deadline, events.recv()).await {
             Err(_) => anyhow::bail!(
@@ -137,13 +151,26 @@ async fn drive(
                 attempts,
             } if t == task_id => {
                 let line = format!("step {name}: {state} (attempt {attempts})");
-                if args.json {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
+                match &bar {
+                    Some(bar) => {
+                        if state.is_terminal() {
+                            bar.inc(1);
+                        }
+                        bar.set_message(format!("last: {name} {state}"));
+                        if !args.json {
+                            bar.suspend(|| println!("{line}"));
+                        }
+                    }
+                    None if args.json => eprintln!("{line}"),
+                    None => println!("{line}"),
                 }
             }
-            EngineEvent::TaskFinished { task_id: t, .. } if t == task_id => return Ok(task_id),
+            EngineEvent::TaskFinished { task_id: t, .. } if t == task_id => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                return Ok(task_id);
+            }
             _ => {}
         }
     }
