@@ -212,3 +212,50 @@ fn run_refuses_a_context_that_breaks_the_schema() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stderr.contains("order_id"), "{stderr}");
 }
+
+/// Every example that needs no remote worker runs to `Complete` with `tasker run`.
+#[test]
+fn every_self_contained_example_runs() {
+    let contexts = [
+        ("linear.yaml", "{}"),
+        ("diamond.yaml", "{}"),
+        ("tree.yaml", "{}"),
+        (
+            "order_fulfillment.yaml",
+            r#"{"order_id": "o-1", "items": [{"sku": "tea", "quantity": 2}]}"#,
+        ),
+        ("handlers.yaml", r#"{"name": "ada", "n": 3}"#),
+    ];
+    for (file, context) in contexts {
+        let path = format!("examples/templates/{file}");
+        let (code, task, stderr) = run_json(&["run", &path, "--json", "--context", context]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        assert_eq!(task["state"], "Complete", "{file}");
+    }
+    let (_, task, _) = run_json(&[
+        "run",
+        "examples/templates/handlers.yaml",
+        "--json",
+        "--context",
+        r#"{"name": "ada", "n": 3}"#,
+    ]);
+    let step = |name: &str| {
+        task["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        step("greet")["result"],
+        serde_json::json!({"greeting": "hello ada", "n": 3})
+    );
+    assert_eq!(
+        step("shout")["result"],
+        serde_json::json!({"loud": "hello ada!", "n": 3})
+    );
+    assert_eq!(step("pause")["result"], serde_json::json!({"slept_ms": 50}));
+    assert_eq!(step("flaky")["attempts"], 2);
+}

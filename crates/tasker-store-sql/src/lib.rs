@@ -465,10 +465,13 @@ pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> sqlx::migra
 
 /// Size and use of one sqlx pool.
 pub fn pool_stats<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> tasker_store::ConnectionPoolStats {
-    let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+    let open = pool.size();
+    // sqlx's idle counter can read transiently wrapped (a huge value) while a connection is
+    // being returned; an idle count can never exceed the open connections.
+    let idle = u32::try_from(pool.num_idle()).map_or(0, |idle| idle.min(open));
     tasker_store::ConnectionPoolStats {
         max_connections: pool.options().get_max_connections(),
-        open: pool.size(),
+        open,
         idle,
     }
 }

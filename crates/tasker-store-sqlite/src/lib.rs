@@ -92,9 +92,9 @@ impl Store for SqliteStore {
         let r = tasker_store_sql::pool_stats(&self.reader);
         let w = tasker_store_sql::pool_stats(&self.writer);
         tasker_store::ConnectionPoolStats {
-            max_connections: r.max_connections + w.max_connections,
-            open: r.open + w.open,
-            idle: r.idle + w.idle,
+            max_connections: r.max_connections.saturating_add(w.max_connections),
+            open: r.open.saturating_add(w.open),
+            idle: r.idle.saturating_add(w.idle),
         }
     }
 

@@ -12,6 +12,7 @@ fn examples_dir() -> PathBuf {
 const EXPECTED: &[(&str, &str, usize)] = &[
     ("diamond.yaml", "demo/diamond@1.0.0", 4),
     ("greeting.yaml", "greeting/hello@1.0.0", 4),
+    ("handlers.yaml", "demo/handlers@1.0.0", 4),
     ("linear.yaml", "demo/linear@1.0.0", 4),
     ("order_fulfillment.yaml", "shop/order_fulfillment@1.0.0", 4),
     ("tree.yaml", "demo/tree@1.0.0", 7),
