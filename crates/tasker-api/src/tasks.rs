@@ -75,6 +75,24 @@ pub(crate) struct ListQuery {
     before: Option<i64>,
     /// Page size, 1–500 (default 50).
     limit: Option<u32>,
+    /// Only tasks created at or after this RFC 3339 time.
+    created_after: Option<String>,
+    /// Only tasks created before this RFC 3339 time.
+    created_before: Option<String>,
+}
+
+fn millis(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| {
+            let t = humantime::parse_rfc3339_weak(&v)
+                .map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| ApiError::invalid(format!("{field}: before 1970")))?;
+            i64::try_from(ms.as_millis())
+                .map_err(|_| ApiError::invalid(format!("{field}: out of range")))
+        })
+        .transpose()
 }
 
 /// `GET /v1/tasks`: newest first, keyset-paginated.
@@ -98,6 +116,8 @@ pub(crate) async fn list(
         .engine
         .store()
         .task_list(&TaskListParams {
+            created_after_ms: millis("created_after", q.created_after)?,
+            created_before_ms: millis("created_before", q.created_before)?,
             state: task_state,
             namespace: q.namespace,
             name: q.name,

@@ -315,6 +315,23 @@ async fn listing_filters_and_pages() {
         api.get("/v1/tasks?colour=red").await.0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
+    let (_, recent) = api
+        .get("/v1/tasks?created_after=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(recent["tasks"].as_array().unwrap().len(), 5);
+    let (_, old_ones) = api
+        .get("/v1/tasks?created_before=2000-01-01T00:00:00Z")
+        .await;
+    assert!(old_ones["tasks"].as_array().unwrap().is_empty());
+    let (status, body) = api.get("/v1/tasks?created_after=yesterday").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("created_after"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

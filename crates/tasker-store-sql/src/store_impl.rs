@@ -300,6 +300,12 @@ macro_rules! impl_sql_store {
                     if let Some(name) = &params.name {
                         qb.push(" AND name = ").push_bind(name);
                     }
+                    if let Some(after) = params.created_after_ms {
+                        qb.push(" AND created_at_ms >= ").push_bind(after);
+                    }
+                    if let Some(before) = params.created_before_ms {
+                        qb.push(" AND created_at_ms < ").push_bind(before);
+                    }
                     if let Some(before) = params.before_id {
                         qb.push(" AND id < ").push_bind(before.0);
                     }

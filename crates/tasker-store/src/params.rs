@@ -61,6 +61,10 @@ pub struct TaskListParams {
     pub name: Option<String>,
     /// Only tasks with an id below this (keyset pagination).
     pub before_id: Option<TaskId>,
+    /// Only tasks created at or after this time (ms since the epoch).
+    pub created_after_ms: Option<i64>,
+    /// Only tasks created before this time (ms since the epoch).
+    pub created_before_ms: Option<i64>,
     /// Page size.
     pub limit: u32,
 }

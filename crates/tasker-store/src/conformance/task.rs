@@ -214,7 +214,8 @@ pub async fn task_transition_is_compare_and_swap(store: Arc<dyn Store>) {
     );
 }
 
-/// `task_list` filters by state, namespace and name, returns newest first and pages by id.
+/// `task_list` filters by state, namespace, name and creation time, returns newest first and
+/// pages by id.
 pub async fn task_list_filters_and_pages(store: Arc<dyn Store>) {
     let d = diamond();
     let other = template(
@@ -272,6 +273,25 @@ pub async fn task_list_filters_and_pages(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(cancelled.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);
+
+    // `all` is newest first: its first task was created last.
+    let newest = all.iter().map(|t| t.created_at_ms).max().unwrap();
+    let window = |after: Option<i64>, before: Option<i64>| TaskListParams {
+        created_after_ms: after,
+        created_before_ms: before,
+        limit: 100,
+        ..Default::default()
+    };
+    let in_window = store.task_list(&window(Some(newest), None)).await.unwrap();
+    assert!(in_window.iter().all(|t| t.created_at_ms >= newest));
+    assert!(in_window.iter().any(|t| t.id == all[0].id));
+    let before_epoch = store.task_list(&window(None, Some(0))).await.unwrap();
+    assert!(before_epoch.is_empty());
+    let everything = store
+        .task_list(&window(Some(0), Some(newest + 1)))
+        .await
+        .unwrap();
+    assert_eq!(everything.len(), 6);
 }
 
 /// A claim is exclusive while its lease holds: a second claimer is refused, the holder may
