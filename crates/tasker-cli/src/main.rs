@@ -36,6 +36,8 @@ enum Command {
     Tasks(commands::tasks::TasksCommand),
     /// Show the executor pools: executors, health, latency, breakers, backpressure.
     Pools(commands::tasks::PoolsArgs),
+    /// Benchmark workflow shapes end to end on an embedded engine.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::tasks::status(args),
         Command::Tasks(cmd) => commands::tasks::tasks(cmd),
         Command::Pools(args) => commands::tasks::pools(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(code) => code,

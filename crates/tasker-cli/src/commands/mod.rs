@@ -1,5 +1,6 @@
 //! One module per top-level subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod run;
 pub(crate) mod serve;
