@@ -259,3 +259,56 @@ fn every_self_contained_example_runs() {
     assert_eq!(step("pause")["result"], serde_json::json!({"slept_ms": 50}));
     assert_eq!(step("flaky")["attempts"], 2);
 }
+
+#[test]
+fn bench_reports_every_field_for_both_modes() {
+    for (shape, mode) in [
+        ("diamond4", "latency"),
+        ("fanout100", "throughput"),
+        ("single", "throughput"),
+    ] {
+        let (code, report, stderr) = run_json(&[
+            "bench", "--shape", shape, "--mode", mode, "--tasks", "5", "--json",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        for field in [
+            "backend",
+            "shape",
+            "mode",
+            "tasks",
+            "steps",
+            "duration_s",
+            "tasks_per_s",
+            "steps_per_s",
+            "latency_ms",
+            "db_statements_per_step",
+            "peak_rss_mb",
+        ] {
+            assert!(
+                report.get(field).is_some(),
+                "{shape}/{mode}: {field} missing in {report}"
+            );
+        }
+        assert_eq!(
+            (report["shape"].as_str(), report["mode"].as_str()),
+            (Some(shape), Some(mode))
+        );
+        let steps_per_task = match shape {
+            "diamond4" => 4,
+            "fanout100" => 102,
+            _ => 1,
+        };
+        assert_eq!(report["steps"], 5 * steps_per_task);
+        assert!(report["db_statements_per_step"].as_f64().unwrap() > 0.0);
+        if mode == "latency" {
+            let l = &report["latency_ms"];
+            assert!(
+                l["p50"].as_f64().unwrap() > 0.0 && l["p50"].as_f64() <= l["max"].as_f64(),
+                "{l}"
+            );
+        }
+    }
+    let (code, _, stderr) = tasker(&["bench", "--tasks", "0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--tasks"), "{stderr}");
+}
