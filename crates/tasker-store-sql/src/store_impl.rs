@@ -684,6 +684,30 @@ macro_rules! impl_sql_store {
                 }
             }
 
+            impl $store {
+                /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
+                /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
+                /// two constants above, never input.
+                async fn lease_update(&self, set: &str, params: &QueueNackParams) -> Result<()> {
+                    self.count(1);
+                    let done = sqlx::query(&format!(
+                        "UPDATE queue_messages SET {set} = {} + $1 \
+                         WHERE id = $2 AND lease_token = $3",
+                        now_ms!()
+                    ))
+                    .bind(duration_ms(params.delay))
+                    .bind(params.id)
+                    .bind(&params.lease_token)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(map_err)?;
+                    if done.rows_affected() == 0 {
+                        return Err(lease_lost(params.id));
+                    }
+                    Ok(())
+                }
+            }
+
             fn lease_lost(id: i64) -> StoreError {
                 StoreError::LeaseLost {
                     entity: "message",
@@ -724,41 +748,12 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn queue_nack(&self, params: &QueueNackParams) -> Result<()> {
-                    self.count(1);
-                    let done = sqlx::query(&format!(
-                        "UPDATE queue_messages SET lease_token = NULL, visible_at_ms = {} + $1 \
-                         WHERE id = $2 AND lease_token = $3",
-                        now_ms!()
-                    ))
-                    .bind(duration_ms(params.delay))
-                    .bind(params.id)
-                    .bind(&params.lease_token)
-                    .execute(&self.$writer)
-                    .await
-                    .map_err(map_err)?;
-                    if done.rows_affected() == 0 {
-                        return Err(lease_lost(params.id));
-                    }
-                    Ok(())
+                    // Visible again after the delay, and no delivery holds it any more.
+                    self.lease_update("lease_token = NULL, visible_at_ms", params).await
                 }
 
                 async fn queue_extend(&self, params: &QueueNackParams) -> Result<()> {
-                    self.count(1);
-                    let done = sqlx::query(&format!(
-                        "UPDATE queue_messages SET visible_at_ms = {} + $1 \
-                         WHERE id = $2 AND lease_token = $3",
-                        now_ms!()
-                    ))
-                    .bind(duration_ms(params.delay))
-                    .bind(params.id)
-                    .bind(&params.lease_token)
-                    .execute(&self.$writer)
-                    .await
-                    .map_err(map_err)?;
-                    if done.rows_affected() == 0 {
-                        return Err(lease_lost(params.id));
-                    }
-                    Ok(())
+                    self.lease_update("visible_at_ms", params).await
                 }
 
                 async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
