@@ -8,9 +8,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tasker_orchestrator::{
-    handler::HandlerRegistry, messages::TaskRequest, Engine, EngineConfig, EngineEvent,
-};
+use tasker_orchestrator::{handler::HandlerRegistry, messages::TaskRequest, Engine, EngineEvent};
 use tasker_store::TemplateRegisterParams;
 use tasker_template::TaskTemplate;
 use tasker_types::TaskId;
@@ -155,9 +153,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     store
         .template_register(&TemplateRegisterParams { template })
         .await?;
+    // The same configuration `tasker serve` reads (tasker.toml, TASKER_ENV, TASKER_*).
+    let environment = std::env::var("TASKER_ENV").unwrap_or_else(|_| "development".into());
+    let config = tasker_config::TaskerConfig::load(None, &environment)?;
     let engine = Engine::start(
         store.clone(),
-        EngineConfig::default(),
+        super::serve::engine_config(&config),
         HandlerRegistry::with_builtins(),
     )
     .await
