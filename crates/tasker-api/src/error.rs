@@ -133,9 +133,8 @@ impl From<RemoteError> for ApiError {
             RemoteError::LeaseLost(_) => {
                 ApiError::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
             }
-            RemoteError::BadToken => {
-                ApiError::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
-            }
+            // A token this server never issued is a client bug, not a lost lease.
+            RemoteError::BadToken => ApiError::invalid(format!("lease_token: {e}")),
             RemoteError::Invalid(m) => ApiError::invalid(m),
             RemoteError::Executor(x) => x.into(),
             other => ApiError::new(

@@ -515,7 +515,11 @@ async fn remote_workers_claim_heartbeat_complete_and_stale_leases_get_409() {
             &json!({"lease_token": "garbage", "error": "x"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a malformed token is a client bug"
+    );
 
     let token2 = second["lease_token"].as_str().unwrap();
     let (status, _) = api

@@ -81,8 +81,10 @@ CREATE TABLE transitions (
 );
 CREATE INDEX transitions_task_idx ON transitions (task_id, id);
 
+-- AUTOINCREMENT: an acked message's id is never handed out again (dead letters keep ids, and
+-- the request processor derives idempotency keys from them).
 CREATE TABLE queue_messages (
-    id              INTEGER PRIMARY KEY,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
     queue           TEXT    NOT NULL,
     payload         TEXT    NOT NULL,
     deliveries      INTEGER NOT NULL DEFAULT 0,

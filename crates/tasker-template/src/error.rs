@@ -192,6 +192,13 @@ pub enum ProblemKind {
     },
     /// `timeout_ms` is 0.
     ZeroTimeout,
+    /// A duration beyond what the engine accepts.
+    TooLong {
+        /// The configured value in milliseconds.
+        value_ms: u64,
+        /// The largest accepted value in milliseconds.
+        max_ms: u64,
+    },
     /// `context_schema` is not a valid JSON Schema.
     InvalidSchema {
         /// The JSON pointer inside the schema where the problem is (empty for the root).
@@ -227,6 +234,9 @@ impl fmt::Display for ProblemKind {
                 "base_ms ({base_ms}) must not be greater than max_ms ({max_ms})"
             ),
             Self::ZeroTimeout => f.write_str("must be greater than 0 when given"),
+            Self::TooLong { value_ms, max_ms } => {
+                write!(f, "{value_ms} ms is longer than the {max_ms} ms allowed")
+            }
             Self::InvalidSchema { pointer, message } => {
                 if pointer.is_empty() {
                     write!(f, "invalid json schema: {message}")

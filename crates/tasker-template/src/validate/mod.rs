@@ -13,6 +13,12 @@ use crate::parse::UncheckedTemplate;
 mod tests;
 
 /// Checks every rule, returning the template or all the problems found.
+/// Longest retry delay: one day. (Times are milliseconds in 64-bit columns; an unbounded
+/// delay added to "now" would overflow them.)
+pub(crate) const MAX_RETRY_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Longest per-attempt timeout: seven days.
+pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 pub(crate) fn validate(raw: UncheckedTemplate) -> Result<TaskTemplate, Vec<TemplateProblem>> {
     let mut problems = Vec::new();
     check_identifier(&mut problems, "namespace", &raw.namespace);
@@ -118,6 +124,21 @@ fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
                     max_ms: step.retry.max_ms,
                 },
             ));
+        }
+        for (field, value, max) in [
+            ("retry.max_ms", Some(step.retry.max_ms), MAX_RETRY_DELAY_MS),
+            ("timeout_ms", step.timeout_ms, MAX_TIMEOUT_MS),
+        ] {
+            if let Some(value_ms) = value.filter(|v| *v > max) {
+                problems.push(TemplateProblem::step(
+                    name,
+                    field,
+                    ProblemKind::TooLong {
+                        value_ms,
+                        max_ms: max,
+                    },
+                ));
+            }
         }
         if step.timeout_ms == Some(0) {
             problems.push(TemplateProblem::step(

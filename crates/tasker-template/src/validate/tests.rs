@@ -320,3 +320,18 @@ fn invalid_display_has_one_line_per_problem() {
     );
     assert_eq!(error.problems().len(), 2);
 }
+
+#[test]
+fn durations_are_bounded() {
+    let yaml = with_steps("  - {name: a, handler: noop, timeout_ms: 999999999999, retry: {base_ms: 1, max_ms: 999999999999}}\n");
+    let err = TaskTemplate::from_yaml_str(&yaml, ORIGIN)
+        .unwrap_err()
+        .problems_lines();
+    assert_eq!(
+        err,
+        [
+            "examples/bad.yaml: step \"a\": retry.max_ms: 999999999999 ms is longer than the 86400000 ms allowed",
+            "examples/bad.yaml: step \"a\": timeout_ms: 999999999999 ms is longer than the 604800000 ms allowed",
+        ]
+    );
+}
