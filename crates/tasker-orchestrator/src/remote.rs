@@ -146,7 +146,7 @@ pub async fn claim(
             let step = ctx.store.step_get(step_message.step_id).await?;
             if !handlers.contains(&step.handler) {
                 // Not this worker's kind: back to the queue for another.
-                ctx.nack(&message, Duration::ZERO).await?;
+                ctx.release(&message, Duration::ZERO).await?;
                 continue;
             }
         }

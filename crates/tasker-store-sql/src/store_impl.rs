@@ -495,7 +495,8 @@ macro_rules! impl_sql_store {
                          last_error = COALESCE($5, last_error), \
                          next_attempt_at_ms = CASE WHEN $6 IS NULL THEN NULL ELSE {now} + $6 END, \
                          finished_at_ms = CASE WHEN $7 THEN {now} ELSE NULL END \
-                         WHERE id = $8 AND state = $9 RETURNING {STEP_COLUMNS}",
+                         WHERE id = $8 AND state = $9 AND ($10 IS NULL OR attempts = $10) \
+                         RETURNING {STEP_COLUMNS}",
                         now = now_ms!()
                     ))
                     .bind(to.as_str())
@@ -507,6 +508,7 @@ macro_rules! impl_sql_store {
                     .bind(to.is_terminal())
                     .bind(params.step_id.0)
                     .bind(params.from.as_str())
+                    .bind(params.attempt.map(i64::from))
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(map_err)?;
@@ -687,7 +689,7 @@ macro_rules! impl_sql_store {
             impl $store {
                 /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
                 /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
-                /// two constants above, never input.
+                /// the constants above, never input.
                 async fn lease_update(&self, set: &str, params: &QueueNackParams) -> Result<()> {
                     self.count(1);
                     let done = sqlx::query(&format!(
@@ -750,6 +752,14 @@ macro_rules! impl_sql_store {
                 async fn queue_nack(&self, params: &QueueNackParams) -> Result<()> {
                     // Visible again after the delay, and no delivery holds it any more.
                     self.lease_update("lease_token = NULL, visible_at_ms", params).await
+                }
+
+                async fn queue_release(&self, params: &QueueNackParams) -> Result<()> {
+                    self.lease_update(
+                        "lease_token = NULL, deliveries = deliveries - 1, visible_at_ms",
+                        params,
+                    )
+                    .await
                 }
 
                 async fn queue_extend(&self, params: &QueueNackParams) -> Result<()> {

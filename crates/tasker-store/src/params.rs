@@ -122,6 +122,9 @@ pub struct StepTransitionParams {
     pub retry_after: Option<Duration>,
     /// Instance recorded in the audit row.
     pub instance_id: String,
+    /// Only if the step is still in this attempt: fences a worker's result to the attempt it
+    /// ran, so a stale result cannot land on a newer attempt.
+    pub attempt: Option<u32>,
 }
 
 /// [`crate::StepStore::step_viable_many`].

@@ -219,6 +219,14 @@ pub trait QueueStore: Send + Sync {
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
     async fn queue_nack(&self, params: &QueueNackParams) -> Result<()>;
 
+    /// Returns a delivered message unprocessed, visible again after `delay`: unlike a nack it
+    /// does not count as a delivery (the consumer put it back without trying it).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
+    async fn queue_release(&self, params: &QueueNackParams) -> Result<()>;
+
     /// Extends a delivered message's lease to `visibility_timeout` from now (database clock).
     ///
     /// # Errors

@@ -280,6 +280,7 @@ impl ExecutorContext {
             error: None,
             retry_after: None,
             instance_id: self.instance_id.clone(),
+            attempt: None,
         }
     }
 
@@ -298,6 +299,27 @@ impl ExecutorContext {
                     .await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// Puts a message back untried (another consumer's kind, a task someone else holds):
+    /// visible again after `delay`, without spending one of its deliveries.
+    pub(crate) async fn release(
+        &self,
+        message: &QueueMessage,
+        delay: std::time::Duration,
+    ) -> Result<(), ExecutorError> {
+        match self
+            .store
+            .queue_release(&QueueNackParams {
+                id: message.id,
+                lease_token: message.lease_token.clone(),
+                delay,
+            })
+            .await
+        {
+            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -40,6 +40,9 @@ impl StepResultProcessor {
         let mut params = self
             .ctx
             .step_event(step.id, StepState::InProgress, StepEvent::Complete);
+        // Fenced to the attempt the result is for: a redelivery that restarted the step in the
+        // meantime makes this result stale.
+        params.attempt = Some(result.attempt);
         match &result.outcome {
             StepOutcome::Success { output } => params.output = Some(output.clone()),
             StepOutcome::Failure { error, retryable } => {

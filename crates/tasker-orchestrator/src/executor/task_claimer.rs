@@ -44,7 +44,7 @@ impl Claim {
                 claimer: self.claimer.clone(),
             })
             .await?;
-        ctx.nack(&self.message, delay).await
+        ctx.release(&self.message, delay).await
     }
 }
 
@@ -101,7 +101,7 @@ impl OrchestrationExecutor for TaskClaimer {
                 .await?;
             if !held {
                 // Another claimer holds the task; try this message again once it is done.
-                self.ctx.nack(&message, CONTENDED_RETRY).await?;
+                self.ctx.release(&message, CONTENDED_RETRY).await?;
                 continue;
             }
             let claim = Claim {

@@ -17,6 +17,10 @@ use crate::{
 /// How long an evaluation request waits while a claimer is enqueuing the task's steps.
 const BUSY_RETRY: Duration = Duration::from_millis(20);
 
+/// Deliveries of one evaluation request that found the task still before enqueueing, after
+/// which its `task_work` is presumed lost and queued again (well under `max_deliveries`).
+const RECOVER_AFTER_DELIVERIES: u32 = 5;
+
 /// What the steps of a task say about it. Pure, so it is tested directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -89,7 +93,7 @@ impl TaskFinalizer {
         Self { ctx }
     }
 
-    async fn evaluate(&self, task_id: TaskId) -> Result<Evaluated, ExecutorError> {
+    async fn evaluate(&self, task_id: TaskId, deliveries: u32) -> Result<Evaluated, ExecutorError> {
         let store = &self.ctx.store;
         let task = match store.task_get(task_id).await {
             Ok(t) => t,
@@ -98,9 +102,19 @@ impl TaskFinalizer {
         };
         match task.state {
             s if s.is_terminal() => return Ok(Evaluated::Done),
-            // A claimer is working on it; evaluate once it is done.
+            // A claimer is enqueuing its steps: evaluate once it is done. If that keeps not
+            // happening, the `task_work` message was lost (a crash between a state change and
+            // its publish): queue the work again, which the claim and the enqueuer absorb if
+            // it was a false alarm.
             TaskState::Pending | TaskState::Initializing | TaskState::EnqueuingSteps => {
-                return Ok(Evaluated::Later)
+                if deliveries < RECOVER_AFTER_DELIVERIES {
+                    return Ok(Evaluated::Later);
+                }
+                tracing::warn!(task_id = %task_id, state = %task.state, "task stuck before enqueueing; queueing its work again");
+                self.ctx
+                    .publish(TASK_WORK, &[TaskRef { task_id }], Duration::ZERO)
+                    .await?;
+                return Ok(Evaluated::Done);
             }
             TaskState::EvaluatingResults => {}
             from => {
@@ -183,8 +197,9 @@ impl OrchestrationExecutor for TaskFinalizer {
             let Some(task) = self.ctx.decode_or_reject::<TaskRef>(message).await? else {
                 continue;
             };
-            match self.evaluate(task.task_id).await? {
+            match self.evaluate(task.task_id, message.deliveries).await? {
                 Evaluated::Done => self.ctx.ack(message).await?,
+                // A nack, so each wait counts toward the recovery above.
                 Evaluated::Later => self.ctx.nack(message, BUSY_RETRY).await?,
             }
         }

@@ -74,8 +74,12 @@ pub async fn create_task(
             instance_id: ctx.instance_id.clone(),
         })
         .await?;
-    if created.task.state == TaskState::Pending {
-        // `None`: another request processor initialized it first; it also queued the work.
+    // Pending: move it on. Initializing: created before but its work may never have been
+    // queued (a crash between the two writes). Either way queue the work; a duplicate
+    // `task_work` message is harmless (claims and compare-and-swap absorb it).
+    let mut state = created.task.state;
+    if state == TaskState::Pending {
+        // `None`: another request processor initialized it first.
         ctx.task_move(
             created.task.id,
             TaskState::Pending,
@@ -83,6 +87,9 @@ pub async fn create_task(
             None,
         )
         .await?;
+        state = TaskState::Initializing;
+    }
+    if state == TaskState::Initializing {
         ctx.publish(
             TASK_WORK,
             &[TaskRef {

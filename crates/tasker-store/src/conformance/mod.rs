@@ -60,6 +60,7 @@ macro_rules! store_conformance {
             queue_visibility_timeout_redelivers,
             queue_nack_with_delay,
             queue_extend_keeps_a_lease,
+            queue_release_does_not_count_a_delivery,
             queue_dead_letters_after_max_deliveries,
             queue_concurrent_dequeuers_receive_each_message_once,
             queue_enqueue_announces_wakeups,

@@ -324,3 +324,31 @@ pub async fn queue_extend_keeps_a_lease(store: Arc<dyn Store>) {
         .unwrap_err();
     assert!(matches!(wrong, StoreError::LeaseLost { .. }), "{wrong}");
 }
+
+/// A released message is visible again without spending a delivery; a nacked one spends it.
+pub async fn queue_release_does_not_count_a_delivery(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "rel", 1).await;
+    for _ in 0..5 {
+        let got = s.queue_dequeue(&dequeue("rel", 1, LONG, 2)).await.unwrap();
+        assert_eq!(got[0].deliveries, 1, "released puts back do not add up");
+        s.queue_release(&QueueNackParams {
+            id: got[0].id,
+            lease_token: got[0].lease_token.clone(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    }
+    let got = s.queue_dequeue(&dequeue("rel", 1, LONG, 2)).await.unwrap();
+    let stale = s
+        .queue_release(&QueueNackParams {
+            id: got[0].id,
+            lease_token: "nope".into(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::LeaseLost { .. }), "{stale}");
+    assert!(s.dead_letter_list("rel").await.unwrap().is_empty());
+}

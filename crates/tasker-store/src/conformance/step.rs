@@ -17,6 +17,7 @@ fn step_move(step: StepId, from: StepState, event: StepEvent) -> StepTransitionP
         error: None,
         retry_after: None,
         instance_id: "conformance".into(),
+        attempt: None,
     }
 }
 
@@ -194,7 +195,8 @@ pub async fn step_retry_and_error_paths(store: Arc<dyn Store>) {
 }
 
 /// Two actors moving the same step from the same state: exactly one wins, the other gets
-/// `StaleState` naming the state it found; an unknown step is `NotFound`.
+/// `StaleState` naming the state it found; a move fenced to another attempt is `StaleState`
+/// too; an unknown step is `NotFound`.
 pub async fn step_transition_is_compare_and_swap(store: Arc<dyn Store>) {
     let task = create_task(store.as_ref(), &diamond(), None).await;
     let start = by_name(store.as_ref(), task.id, "start").await;
@@ -216,6 +218,20 @@ pub async fn step_transition_is_compare_and_swap(store: Arc<dyn Store>) {
     assert!(
         matches!(&err, StoreError::StaleState { actual, .. } if actual == "Enqueued"),
         "{err}"
+    );
+    // A move fenced to an attempt the step is not in is refused the same way.
+    store
+        .step_transition(&step_move(start.id, StepState::Enqueued, StepEvent::Start))
+        .await
+        .unwrap();
+    let mut fenced = step_move(start.id, StepState::InProgress, StepEvent::Complete);
+    fenced.attempt = Some(7);
+    let err = store.step_transition(&fenced).await.unwrap_err();
+    assert!(matches!(err, StoreError::StaleState { .. }), "{err}");
+    fenced.attempt = Some(1);
+    assert_eq!(
+        store.step_transition(&fenced).await.unwrap().state,
+        StepState::Complete
     );
     let missing = store
         .step_transition(&step_move(
