@@ -102,6 +102,8 @@ impl Default for EngineConfig {
                 backpressure_weight_permille: default_weight_permille(
                     ExecutorType::InProcessWorker,
                 ),
+                // Workers run user handlers bounded by the steps' timeouts.
+                heartbeat_during_batch: true,
                 ..PoolConfig::default()
             },
             local_workers: true,

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tasker_store::{StepMessage, StoreError};
+use tasker_store::{QueueNackParams, StepMessage, StoreError};
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use async_trait::async_trait;
@@ -33,19 +33,44 @@ impl InProcessWorker {
     /// Store failures; messages not yet acknowledged are delivered again later.
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(&self.queue, batch).await?;
-        let mut results = Vec::with_capacity(messages.len());
         for message in &messages {
+            // Each result is durable, then its message acked, before the next step starts: a
+            // long batch never holds finished work hostage to the steps after it.
             if let Some(result) = self.run_one(message).await? {
-                results.push(result);
+                self.ctx
+                    .publish(STEP_RESULTS, &[result], Duration::ZERO)
+                    .await?;
             }
-        }
-        self.ctx
-            .publish(STEP_RESULTS, &results, Duration::ZERO)
-            .await?;
-        for message in &messages {
             self.ctx.ack(message).await?;
         }
         Ok(messages.len())
+    }
+
+    /// Runs `work` while extending `message`'s lease every third of the visibility timeout,
+    /// so a long handler keeps its step instead of having it delivered to another worker.
+    async fn keep_leased<T>(
+        &self,
+        message: &QueueMessage,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => {
+                    let extend = QueueNackParams {
+                        id: message.id,
+                        lease_token: message.lease_token.clone(),
+                        delay: self.ctx.visibility_timeout,
+                    };
+                    if let Err(error) = self.ctx.store.queue_extend(&extend).await {
+                        tracing::warn!(%error, message = message.id, "could not extend a running step's lease");
+                    }
+                }
+            }
+        }
     }
 
     async fn run_one(&self, message: &QueueMessage) -> Result<Option<StepResult>, ExecutorError> {
@@ -55,33 +80,36 @@ impl InProcessWorker {
         let Some((step, input)) = begin_attempt(&self.ctx, step_message.step_id).await? else {
             return Ok(None);
         };
-        let outcome = match self.handlers.get(&step.handler) {
-            None => StepOutcome::Failure {
-                error: format!("no handler named {:?} in this worker", step.handler),
-                retryable: false,
-            },
-            Some(handler) => {
-                let call = handler.call(input);
-                let result = match step.timeout_ms {
-                    Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(crate::handler::StepFailure {
-                                error: format!("attempt timed out after {ms} ms"),
-                                retryable: true,
-                            })
-                        }),
-                    None => call.await,
-                };
-                match result {
-                    Ok(output) => StepOutcome::Success { output },
-                    Err(f) => StepOutcome::Failure {
-                        error: f.error,
-                        retryable: f.retryable,
-                    },
+        let run = async {
+            match self.handlers.get(&step.handler) {
+                None => StepOutcome::Failure {
+                    error: format!("no handler named {:?} in this worker", step.handler),
+                    retryable: false,
+                },
+                Some(handler) => {
+                    let call = handler.call(input);
+                    let result = match step.timeout_ms {
+                        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(crate::handler::StepFailure {
+                                    error: format!("attempt timed out after {ms} ms"),
+                                    retryable: true,
+                                })
+                            }),
+                        None => call.await,
+                    };
+                    match result {
+                        Ok(output) => StepOutcome::Success { output },
+                        Err(f) => StepOutcome::Failure {
+                            error: f.error,
+                            retryable: f.retryable,
+                        },
+                    }
                 }
             }
         };
+        let outcome = self.keep_leased(message, run).await;
         Ok(Some(StepResult {
             task_id: step.task_id,
             step_id: step.id,

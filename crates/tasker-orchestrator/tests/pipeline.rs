@@ -193,6 +193,40 @@ async fn queued_requests_are_processed(store: Arc<dyn Store>) {
     engine.shutdown().await;
 }
 
+/// A step running far longer than the visibility timeout and the heartbeat timeout keeps its
+/// lease and its worker: it completes in one attempt and nobody is replaced.
+async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
+    let slow = "namespace: demo\nname: slow\nversion: 1.0.0\nsteps:\n\
+        - {name: wait, handler: {name: sleep, config: {ms: 1500}}}\n";
+    store
+        .template_register(&TemplateRegisterParams {
+            template: template(slow),
+        })
+        .await
+        .unwrap();
+    let mut config = EngineConfig {
+        visibility_timeout: Duration::from_millis(300),
+        ..EngineConfig::default()
+    };
+    config.coordinator.heartbeat_timeout = Duration::from_millis(500);
+    config.coordinator.scaling.interval = Duration::from_millis(100);
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    let task = engine.submit(&request("slow", None)).await.unwrap().task;
+    let finished = wait_finished(&mut events, &engine, &[task.id]).await;
+    assert_eq!(finished[&task.id], TaskState::Complete);
+    let step = &store.step_list(task.id).await.unwrap()[0];
+    assert_eq!(step.attempts, 1, "the lease held: no second attempt");
+    let snapshot = engine.snapshot().await;
+    assert_eq!(
+        snapshot.pools["in_process_worker"].replaced, 0,
+        "a busy worker is not a dead one"
+    );
+    engine.shutdown().await;
+}
+
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
@@ -237,7 +271,8 @@ macro_rules! on_both_backends {
 on_both_backends!(
     thousand_diamonds_complete,
     retries_then_errors,
-    queued_requests_are_processed
+    queued_requests_are_processed,
+    long_steps_keep_their_lease
 );
 
 /// PostgreSQL only (SQLite has no cross-process announcements, see `Capabilities`): a request

@@ -85,6 +85,8 @@ pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
             },
             backpressure_weight_permille: weight.unwrap_or_else(|| default_weight_permille(t)),
             unhealthy_after_errors: p.unhealthy_after_errors,
+            // Workers run user handlers bounded by the steps' timeouts, not by the heartbeat.
+            heartbeat_during_batch: t == ExecutorType::InProcessWorker,
         }
     };
     let c = &config.coordinator;

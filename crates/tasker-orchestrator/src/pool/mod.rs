@@ -55,6 +55,10 @@ pub struct PoolConfig {
     pub backpressure_weight_permille: u32,
     /// Consecutive failed batches after which an executor is `Unhealthy` (and replaced).
     pub unhealthy_after_errors: u32,
+    /// Keep heartbeating while a batch runs. For worker pools: their batches run user handlers
+    /// for as long as the steps' own timeouts allow, and a long handler is not a dead executor.
+    /// Orchestration pools leave it off, so a batch stuck in storage shows as silence.
+    pub heartbeat_during_batch: bool,
 }
 
 impl Default for PoolConfig {
@@ -68,6 +72,7 @@ impl Default for PoolConfig {
             circuit_breaker: CircuitBreakerConfig::default(),
             backpressure_weight_permille: 500,
             unhealthy_after_errors: 10,
+            heartbeat_during_batch: false,
         }
     }
 }
@@ -506,7 +511,20 @@ async fn run_loop(
         let found_work = if allowed {
             let batch = shared.gauge.batch_size(config.batch_size, weight);
             let started = Instant::now();
-            let result = strong.process_batch(batch).await;
+            let work = strong.process_batch(batch);
+            let result = if config.heartbeat_during_batch {
+                tokio::pin!(work);
+                // Cheap (one atomic store) and well under any sensible heartbeat timeout.
+                let mut beat = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = beat.tick() => state.heartbeat_ms.store(shared.now_ms(), Ordering::Relaxed),
+                    }
+                }
+            } else {
+                work.await
+            };
             drop(strong);
             let elapsed = started.elapsed();
             state
