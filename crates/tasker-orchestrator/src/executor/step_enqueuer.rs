@@ -26,6 +26,19 @@ impl StepEnqueuer {
         Self { ctx }
     }
 
+    /// Enqueues the claimed task's steps, releases the claim and acknowledges its message.
+    async fn finish(&self, claim: &Claim) -> Result<(), ExecutorError> {
+        self.enqueue(claim).await?;
+        self.ctx
+            .store
+            .task_release(&TaskReleaseParams {
+                task_id: claim.task.task_id,
+                claimer: claim.claimer.clone(),
+            })
+            .await?;
+        self.ctx.ack(&claim.message).await
+    }
+
     async fn enqueue(&self, claim: &Claim) -> Result<(), ExecutorError> {
         let store = &self.ctx.store;
         let task_id = claim.task.task_id;
@@ -119,16 +132,15 @@ impl OrchestrationExecutor for StepEnqueuer {
                 }
             }
         }
-        for claim in &claims {
-            self.enqueue(claim).await?;
-            self.ctx
-                .store
-                .task_release(&TaskReleaseParams {
-                    task_id: claim.task.task_id,
-                    claimer: claim.claimer.clone(),
-                })
-                .await?;
-            self.ctx.ack(&claim.message).await?;
+        for (i, claim) in claims.iter().enumerate() {
+            if let Err(error) = self.finish(claim).await {
+                // Give this and the remaining claims back now rather than let them wait out
+                // their leases; if that fails too, the leases still expire.
+                for left in &claims[i..] {
+                    let _ = left.give_back(&self.ctx, Duration::ZERO).await;
+                }
+                return Err(error);
+            }
         }
         Ok(claims.len())
     }
