@@ -16,6 +16,9 @@ use crate::{
     messages::{StepOutcome, StepResult, STEP_RESULTS},
 };
 
+/// A batch running longer than this publishes its finished results before going on.
+const FLUSH_AFTER: Duration = Duration::from_millis(500);
+
 /// Runs the steps of some namespaces in this process.
 #[derive(Debug, Clone)]
 pub struct InProcessWorker {
@@ -33,24 +36,46 @@ impl InProcessWorker {
     /// Store failures; messages not yet acknowledged are delivered again later.
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(&self.queue, batch).await?;
-        for message in &messages {
-            // Each result is durable, then its message acked, before the next step starts: a
-            // long batch never holds finished work hostage to the steps after it.
-            if let Some(result) = self.run_one(message).await? {
-                self.ctx
-                    .publish(STEP_RESULTS, &[result], Duration::ZERO)
-                    .await?;
+        let started = tokio::time::Instant::now();
+        let mut results = Vec::new();
+        let mut done = 0;
+        for (i, message) in messages.iter().enumerate() {
+            if let Some(result) = self.run_one(message, &messages[i..]).await? {
+                results.push(result);
             }
-            self.ctx.ack(message).await?;
+            // Fast handlers share one publish per batch; once the batch has run a while, its
+            // finished results are made durable (and acked) without waiting for the rest.
+            if started.elapsed() >= FLUSH_AFTER {
+                self.flush(&mut results, &messages[done..=i]).await?;
+                done = i + 1;
+            }
         }
+        self.flush(&mut results, &messages[done..]).await?;
         Ok(messages.len())
     }
 
-    /// Runs `work` while extending `message`'s lease every third of the visibility timeout,
-    /// so a long handler keeps its step instead of having it delivered to another worker.
+    /// Publishes `results`, then acknowledges the messages they came from.
+    async fn flush(
+        &self,
+        results: &mut Vec<StepResult>,
+        messages: &[QueueMessage],
+    ) -> Result<(), ExecutorError> {
+        self.ctx
+            .publish(STEP_RESULTS, results, Duration::ZERO)
+            .await?;
+        results.clear();
+        for message in messages {
+            self.ctx.ack(message).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `work` while extending the leases of the batch's messages not yet finished
+    /// (`leased`) every third of the visibility timeout, so a long handler neither loses its
+    /// own step nor lets the steps queued behind it be delivered to another worker.
     async fn keep_leased<T>(
         &self,
-        message: &QueueMessage,
+        leased: &[QueueMessage],
         work: impl std::future::Future<Output = T>,
     ) -> T {
         tokio::pin!(work);
@@ -60,20 +85,27 @@ impl InProcessWorker {
             tokio::select! {
                 out = &mut work => return out,
                 _ = tick.tick() => {
-                    let extend = QueueNackParams {
-                        id: message.id,
-                        lease_token: message.lease_token.clone(),
-                        delay: self.ctx.visibility_timeout,
-                    };
-                    if let Err(error) = self.ctx.store.queue_extend(&extend).await {
-                        tracing::warn!(%error, message = message.id, "could not extend a running step's lease");
+                    for message in leased {
+                        let extend = QueueNackParams {
+                            id: message.id,
+                            lease_token: message.lease_token.clone(),
+                            delay: self.ctx.visibility_timeout,
+                        };
+                        if let Err(error) = self.ctx.store.queue_extend(&extend).await {
+                            tracing::warn!(%error, message = message.id, "could not extend a step message's lease");
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn run_one(&self, message: &QueueMessage) -> Result<Option<StepResult>, ExecutorError> {
+    /// Runs the step of `message`; `leased` is it and the batch's messages after it.
+    async fn run_one(
+        &self,
+        message: &QueueMessage,
+        leased: &[QueueMessage],
+    ) -> Result<Option<StepResult>, ExecutorError> {
         let Some(step_message) = self.ctx.decode_or_reject::<StepMessage>(message).await? else {
             return Ok(None);
         };
@@ -109,7 +141,7 @@ impl InProcessWorker {
                 }
             }
         };
-        let outcome = self.keep_leased(message, run).await;
+        let outcome = self.keep_leased(leased, run).await;
         Ok(Some(StepResult {
             task_id: step.task_id,
             step_id: step.id,

@@ -14,12 +14,13 @@ use crate::{
     messages::{TaskRef, TASK_FINALIZE, TASK_WORK},
 };
 
-/// How long an evaluation request waits while a claimer is enqueuing the task's steps.
-const BUSY_RETRY: Duration = Duration::from_millis(20);
+/// How long an evaluation request waits, per delivery so far, while a claimer is enqueuing the
+/// task's steps (50 ms, 100 ms, 150 ms, ...).
+const BUSY_RETRY: Duration = Duration::from_millis(50);
 
-/// Deliveries of one evaluation request that found the task still before enqueueing, after
-/// which its `task_work` is presumed lost and queued again (well under `max_deliveries`).
-const RECOVER_AFTER_DELIVERIES: u32 = 5;
+/// Deliveries of one evaluation request that found the task still before enqueueing (about
+/// 0.75 s of waiting), after which its `task_work` is presumed lost and queued again.
+const RECOVER_AFTER_DELIVERIES: u32 = 6;
 
 /// What the steps of a task say about it. Pure, so it is tested directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +201,11 @@ impl OrchestrationExecutor for TaskFinalizer {
             match self.evaluate(task.task_id, message.deliveries).await? {
                 Evaluated::Done => self.ctx.ack(message).await?,
                 // A nack, so each wait counts toward the recovery above.
-                Evaluated::Later => self.ctx.nack(message, BUSY_RETRY).await?,
+                Evaluated::Later => {
+                    self.ctx
+                        .nack(message, BUSY_RETRY * message.deliveries)
+                        .await?;
+                }
             }
         }
         Ok(messages.len())
