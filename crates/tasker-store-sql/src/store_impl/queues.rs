@@ -1,0 +1,163 @@
+//! Durable queues: enqueue, lease, ack, nack, release, extend, depth, dead letters.
+
+/// Expands one part of [`impl_sql_store!`](crate::impl_sql_store); not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sql_store_queues {
+    (store = $store:ty, db = $db:ty, conn = $conn:ty, reader = $reader:ident, writer = $writer:ident $(,)?) => {
+        const _: () = {
+            $crate::__sql_store_imports!();
+
+            impl $store {
+                /// Inserts messages in multi-row statements. Returns their ids and the statements sent.
+                pub(crate) async fn insert_messages(
+                    conn: &mut $conn,
+                    queue: &str,
+                    payloads: &[serde_json::Value],
+                    delay: Duration,
+                ) -> Result<(Vec<i64>, u64)> {
+                    let delay = duration_ms(delay);
+                    let mut ids = Vec::with_capacity(payloads.len());
+                    let mut statements = 0;
+                    for chunk in payloads.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) ",
+                        );
+                        qb.push_values(chunk, |mut b, payload| {
+                            b.push_bind(queue)
+                                .push_bind(Json(payload))
+                                .push(now_ms!())
+                                .push(concat!(now_ms!(), " + "))
+                                .push_bind_unseparated(delay);
+                        });
+                        qb.push(" RETURNING id");
+                        let rows = qb.build().fetch_all(&mut *conn).await.map_err(map_err)?;
+                        statements += 1;
+                        for row in &rows {
+                            ids.push(row.try_get("id").map_err(map_err)?);
+                        }
+                    }
+                    // RETURNING order is not promised; ids are increasing in insert order.
+                    ids.sort_unstable();
+                    if !ids.is_empty() && delay == 0 {
+                        statements += Self::announce_enqueued(conn, queue).await?;
+                    }
+                    Ok((ids, statements))
+                }
+            }
+
+            impl $store {
+                /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
+                /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
+                /// the constants above, never input.
+                async fn lease_update(&self, set: &str, params: &QueueNackParams) -> Result<()> {
+                    self.count(1);
+                    let done = sqlx::query(&format!(
+                        "UPDATE queue_messages SET {set} = {} + $1 \
+                         WHERE id = $2 AND lease_token = $3",
+                        now_ms!()
+                    ))
+                    .bind(duration_ms(params.delay))
+                    .bind(params.id)
+                    .bind(&params.lease_token)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(map_err)?;
+                    if done.rows_affected() == 0 {
+                        return Err(lease_lost(params.id));
+                    }
+                    Ok(())
+                }
+            }
+
+            fn lease_lost(id: i64) -> StoreError {
+                StoreError::LeaseLost {
+                    entity: "message",
+                    id,
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl QueueStore for $store {
+                async fn queue_enqueue_many(&self, params: &QueueEnqueueManyParams) -> Result<Vec<i64>> {
+                    if params.payloads.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut tx = self.begin_write().await?;
+                    let (ids, n) =
+                        Self::insert_messages(&mut tx, &params.queue, &params.payloads, params.delay).await?;
+                    self.count(n);
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(ids)
+                }
+
+                async fn queue_dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
+                    self.dequeue_leased(params).await
+                }
+
+                async fn queue_ack(&self, params: &QueueAckParams) -> Result<()> {
+                    self.count(1);
+                    let done = sqlx::query("DELETE FROM queue_messages WHERE id = $1 AND lease_token = $2")
+                        .bind(params.id)
+                        .bind(&params.lease_token)
+                        .execute(&self.$writer)
+                        .await
+                        .map_err(map_err)?;
+                    if done.rows_affected() == 0 {
+                        return Err(lease_lost(params.id));
+                    }
+                    Ok(())
+                }
+
+                async fn queue_nack(&self, params: &QueueNackParams) -> Result<()> {
+                    // Visible again after the delay, and no delivery holds it any more.
+                    self.lease_update("lease_token = NULL, visible_at_ms", params).await
+                }
+
+                async fn queue_release(&self, params: &QueueNackParams) -> Result<()> {
+                    self.lease_update(
+                        "lease_token = NULL, deliveries = deliveries - 1, visible_at_ms",
+                        params,
+                    )
+                    .await
+                }
+
+                async fn queue_extend(&self, params: &QueueNackParams) -> Result<()> {
+                    self.lease_update("visible_at_ms", params).await
+                }
+
+                async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
+                    self.count(1);
+                    let row = sqlx::query(&format!(
+                        "SELECT \
+                           (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms <= {now}) \
+                             AS ready, \
+                           (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms > {now}) \
+                             AS invisible, \
+                           (SELECT COUNT(*) FROM dead_letters WHERE queue = $1) AS dead",
+                        now = now_ms!()
+                    ))
+                    .bind(queue)
+                    .fetch_one(&self.$reader)
+                    .await
+                    .map_err(map_err)?;
+                    $crate::queue_depth(&row)
+                }
+
+                async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>> {
+                    self.count(1);
+                    let rows = sqlx::query(
+                        "SELECT id, queue, payload, deliveries, dead_at_ms FROM dead_letters \
+                         WHERE queue = $1 ORDER BY id",
+                    )
+                    .bind(queue)
+                    .fetch_all(&self.$reader)
+                    .await
+                    .map_err(map_err)?;
+                    rows.iter().map(dead_letter).collect()
+                }
+            }
+
+        };
+    };
+}
