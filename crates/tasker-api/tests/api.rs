@@ -401,6 +401,41 @@ async fn operators_cancel_retry_and_resolve() {
         .count();
     assert_eq!(retries, 2, "step and task retry rows");
 
+    // An operator resolve interrupted after the step changed (as by a crash) is resumed by
+    // calling it again, instead of being refused because the step is no longer in Error.
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "broken", "context": {}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let failed = api.wait_for(id, "Error").await;
+    let bad_id = failed["steps"][0]["id"].as_i64().unwrap();
+    api.engine
+        .store()
+        .step_transition(&tasker_store::StepTransitionParams {
+            step_id: tasker_types::StepId(bad_id),
+            from: tasker_types::StepState::Error,
+            event: tasker_types::StepEvent::ResolveManually,
+            output: None,
+            error: None,
+            retry_after: None,
+            instance_id: "crashed-operator".into(),
+            attempt: None,
+        })
+        .await
+        .unwrap();
+    let (status, _) = api
+        .post(&format!("/v1/tasks/{id}/steps/bad/resolve"), &json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the interrupted resolve is completed"
+    );
+    api.wait_for(id, "Complete").await;
+
     // A task whose step waits for a remote worker can be cancelled.
     let (_, task) = api
         .post(

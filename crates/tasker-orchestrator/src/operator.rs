@@ -95,11 +95,15 @@ async fn cancel_step(ctx: &ExecutorContext, mut step: StepRow) -> Result<(), Ope
     Ok(())
 }
 
-async fn failed_step(
+/// The named step, if `event` may be applied to it: it is in `Error`, or the last change to
+/// it was this very operator action (an earlier call that stopped before reopening the task:
+/// the action is then resumed, not refused).
+async fn step_for(
     ctx: &ExecutorContext,
     task_id: TaskId,
     name: &str,
-) -> Result<StepRow, OperatorError> {
+    event: StepEvent,
+) -> Result<(StepRow, bool), OperatorError> {
     let step = ctx
         .store
         .step_list(task_id)
@@ -107,20 +111,31 @@ async fn failed_step(
         .into_iter()
         .find(|s| s.name == name)
         .ok_or_else(|| OperatorError::NotFound(format!("step {name:?} of task {task_id}")))?;
-    if step.state != StepState::Error {
-        return Err(OperatorError::Conflict(format!(
-            "step {name:?} is {}, not Error",
-            step.state
-        )));
+    if step.state == StepState::Error {
+        return Ok((step, false));
     }
-    Ok(step)
+    let last = ctx
+        .store
+        .transition_list(task_id)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|t| t.step_id == Some(step.id));
+    if last.is_some_and(|t| t.event == event.name() && t.to_state == step.state.as_str()) {
+        return Ok((step, true));
+    }
+    Err(OperatorError::Conflict(format!(
+        "step {name:?} is {}, not Error",
+        step.state
+    )))
 }
 
 /// Runs a failed step again (its attempts start over) and re-evaluates the task.
 ///
 /// # Errors
 ///
-/// [`OperatorError::Conflict`] unless the step is in `Error`; [`OperatorError::NotFound`].
+/// [`OperatorError::Conflict`] unless the step is in `Error` (or this retry was interrupted
+/// before; it is then completed); [`OperatorError::NotFound`].
 pub async fn retry_step(
     ctx: &ExecutorContext,
     task_id: TaskId,
@@ -133,7 +148,8 @@ pub async fn retry_step(
 ///
 /// # Errors
 ///
-/// [`OperatorError::Conflict`] unless the step is in `Error`; [`OperatorError::NotFound`].
+/// [`OperatorError::Conflict`] unless the step is in `Error` (or this resolve was interrupted
+/// before; it is then completed); [`OperatorError::NotFound`].
 pub async fn resolve_step(
     ctx: &ExecutorContext,
     task_id: TaskId,
@@ -148,12 +164,16 @@ async fn operate(
     name: &str,
     event: StepEvent,
 ) -> Result<StepRow, OperatorError> {
-    let step = failed_step(ctx, task_id, name).await?;
-    let mut params = ctx.step_event(step.id, StepState::Error, event);
-    params.error = Some(format!("{} by operator", event.name()));
-    let step = ctx.step_move(&params).await?.ok_or_else(|| {
-        OperatorError::Conflict(format!("step {name:?} changed meanwhile; try again"))
-    })?;
+    let (step, resumed) = step_for(ctx, task_id, name, event).await?;
+    let step = if resumed {
+        step
+    } else {
+        let mut params = ctx.step_event(step.id, StepState::Error, event);
+        params.error = Some(format!("{} by operator", event.name()));
+        ctx.step_move(&params).await?.ok_or_else(|| {
+            OperatorError::Conflict(format!("step {name:?} changed meanwhile; try again"))
+        })?
+    };
     // A task that gave up reopens; one still running just gets evaluated again.
     let task = ctx.store.task_get(task_id).await?;
     if task.state == TaskState::Error {
