@@ -183,11 +183,14 @@ impl Engine {
             claim_lease: config.claim_lease,
             visibility_timeout: config.visibility_timeout,
             max_deliveries: config.max_deliveries,
-            local_handlers: Arc::new(if config.local_workers {
-                handlers.names().into_iter().collect()
-            } else {
-                Default::default()
-            }),
+            routing: tasker_store::StepRouting {
+                local_queue: crate::messages::LOCAL_STEPS.to_owned(),
+                local_handlers: Arc::new(if config.local_workers {
+                    handlers.names().into_iter().collect()
+                } else {
+                    Default::default()
+                }),
+            },
         };
         let mut coordinator = OrchestrationLoopCoordinator::new(config.coordinator.clone());
         let gauge = coordinator.pressure_gauge();

@@ -34,12 +34,9 @@ pub struct TaskRequest {
     pub priority: i32,
 }
 
-/// A task that needs attention (`task_work` and `task_finalize` payloads).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRef {
-    /// The task.
-    pub task_id: TaskId,
-}
+/// A task that needs attention (`task_work` and `task_finalize` payloads). The store publishes
+/// these too, when a step result leaves a task to evaluate.
+pub type TaskRef = tasker_store::TaskMessage;
 
 /// What a worker reports for one attempt of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

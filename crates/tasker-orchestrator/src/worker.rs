@@ -5,7 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tasker_store::{QueueNackParams, StepMessage, StoreError};
+use tasker_store::{
+    QueueAckParams, QueueForwardParams, QueueNackParams, StepMessage, StepStartParams, StepStarted,
+    StoreError,
+};
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use async_trait::async_trait;
@@ -60,12 +63,31 @@ impl InProcessWorker {
         results: &mut Vec<StepResult>,
         messages: &[QueueMessage],
     ) -> Result<(), ExecutorError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // The results and the acknowledgement of the step messages commit together.
+        let payloads = results
+            .drain(..)
+            .map(|r| serde_json::to_value(r).expect("step results serialize"))
+            .collect::<Vec<_>>();
+        let produced = !payloads.is_empty();
         self.ctx
-            .publish(STEP_RESULTS, results, Duration::ZERO)
+            .store
+            .queue_forward(&QueueForwardParams {
+                consumed: messages
+                    .iter()
+                    .map(|m| QueueAckParams {
+                        id: m.id,
+                        lease_token: m.lease_token.clone(),
+                    })
+                    .collect(),
+                queue: STEP_RESULTS.to_owned(),
+                payloads,
+            })
             .await?;
-        results.clear();
-        for message in messages {
-            self.ctx.ack(message).await?;
+        if produced {
+            self.ctx.wakeups.wake(STEP_RESULTS);
         }
         Ok(())
     }
@@ -158,41 +180,45 @@ pub(crate) async fn begin_attempt(
     ctx: &ExecutorContext,
     step_id: StepId,
 ) -> Result<Option<(StepRow, StepInput)>, ExecutorError> {
-    let step = match ctx.store.step_get(step_id).await {
-        Ok(s) => s,
-        Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let start = StepStartParams {
+        step_id,
+        instance_id: ctx.instance_id.clone(),
     };
-    let mut from = step.state;
-    if from == StepState::InProgress {
-        // Redelivered: the worker holding the earlier attempt lost its lease.
+    let mut started = ctx.store.step_start(&start).await?;
+    if started.is_none() {
+        // Not `Enqueued`: gone, moved on, or redelivered because the worker holding the
+        // earlier attempt lost its lease, which is then taken back first.
+        let step = match ctx.store.step_get(step_id).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if step.state != StepState::InProgress {
+            return Ok(None);
+        }
         let moved = ctx
-            .step_move(&ctx.step_event(step.id, from, StepEvent::LeaseExpired))
+            .step_move(&ctx.step_event(step.id, step.state, StepEvent::LeaseExpired))
             .await?;
-        let Some(moved) = moved else { return Ok(None) };
-        from = moved.state;
+        if moved.is_none() {
+            return Ok(None);
+        }
+        started = ctx.store.step_start(&start).await?;
     }
-    if from != StepState::Enqueued {
-        return Ok(None);
-    }
-    let Some(step) = ctx
-        .step_move(&ctx.step_event(step.id, from, StepEvent::Start))
-        .await?
+    let Some(StepStarted {
+        step,
+        context,
+        parents,
+    }) = started
     else {
         return Ok(None);
     };
-    let task = ctx.store.task_get(step.task_id).await?;
-    let parents = ctx
-        .store
-        .step_parent_outputs(step.id)
-        .await?
-        .into_iter()
-        .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
-        .collect();
     let input = StepInput {
-        context: task.context,
+        context,
         config: step.handler_config.clone(),
-        parents,
+        parents: parents
+            .into_iter()
+            .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
+            .collect(),
         attempt: step.attempts,
     };
     Ok(Some((step, input)))

@@ -7,7 +7,14 @@ use crate::{decode::map_err, PgStore};
 
 /// The embedded migrations, applied on connect. Version numbers match the SQLite backend's.
 const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+&[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "inline progress",
+        include_str!("../migrations/0002_inline_progress.sql"),
+    ),
+];
 
 /// How to connect a [`PgStore`].
 #[derive(Debug, Clone)]

@@ -1,10 +1,12 @@
 //! Parameter and result types of the store methods. Each type echoes its method's name.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tasker_template::TaskTemplate;
-use tasker_types::{StepEvent, StepId, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+use tasker_types::{
+    StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState,
+};
 
 /// [`crate::TemplateStore::template_register`].
 #[derive(Debug, Clone)]
@@ -156,6 +158,112 @@ pub struct StepMessage {
     pub task_id: TaskId,
     /// The step.
     pub step_id: StepId,
+}
+
+/// The payload of a task message (the orchestrator's `task_work` and `task_finalize` queues),
+/// as [`crate::StepStore::step_apply_results`] publishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskMessage {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// Where step messages go: steps whose handler runs in this process to `local_queue`, every
+/// other step to its task's namespace queue, where remote workers claim it.
+#[derive(Debug, Clone, Default)]
+pub struct StepRouting {
+    /// The in-process workers' queue.
+    pub local_queue: String,
+    /// Handlers the in-process workers have (empty without local workers).
+    pub local_handlers: Arc<HashSet<String>>,
+}
+
+impl StepRouting {
+    /// The queue of a step with `handler` in a task of `namespace`.
+    pub fn queue<'a>(&'a self, namespace: &'a str, handler: &str) -> &'a str {
+        if self.local_handlers.contains(handler) {
+            &self.local_queue
+        } else {
+            namespace
+        }
+    }
+}
+
+/// One worker result for [`crate::StepStore::step_apply_results`].
+#[derive(Debug, Clone)]
+pub struct StepResultApply {
+    /// The task the step belongs to.
+    pub task_id: TaskId,
+    /// The step.
+    pub step_id: StepId,
+    /// The attempt the result is for: applied only while the step is `InProgress` in it.
+    pub attempt: u32,
+    /// `Complete` or `Fail { .. }`.
+    pub event: StepEvent,
+    /// Output of a successful attempt.
+    pub output: Option<Value>,
+    /// Error text of a failed attempt, also the audit reason.
+    pub error: Option<String>,
+    /// Delay before the next attempt, for `Fail { will_retry: true }` (database clock).
+    pub retry_after: Option<Duration>,
+}
+
+/// [`crate::StepStore::step_apply_results`].
+#[derive(Debug, Clone)]
+pub struct StepApplyResultsParams {
+    /// The results, in any order.
+    pub results: Vec<StepResultApply>,
+    /// The deliveries the results came in, deleted in the same transaction (a delivery whose
+    /// lease was lost meanwhile is left alone).
+    pub consumed: Vec<QueueAckParams>,
+    /// Where newly ready steps are published.
+    pub routing: StepRouting,
+    /// Where a task that needs a full evaluation is announced ([`TaskMessage`]).
+    pub evaluate_queue: String,
+    /// Instance recorded in the audit rows.
+    pub instance_id: String,
+}
+
+/// What [`crate::StepStore::step_apply_results`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ResultsApplied {
+    /// The steps the results moved (stale and duplicate results move none).
+    pub steps: Vec<StepRow>,
+    /// Tasks the results finished.
+    pub finished: Vec<TaskRow>,
+    /// Queues that received messages, for wake-ups.
+    pub queues: Vec<String>,
+}
+
+/// [`crate::StepStore::step_start`].
+#[derive(Debug, Clone)]
+pub struct StepStartParams {
+    /// The step, expected `Enqueued`.
+    pub step_id: StepId,
+    /// Instance recorded in the audit row.
+    pub instance_id: String,
+}
+
+/// What [`crate::StepStore::step_start`] returns: the started step and its handler's input.
+#[derive(Debug, Clone)]
+pub struct StepStarted {
+    /// The step, now `InProgress` with the new attempt counted.
+    pub step: StepRow,
+    /// The task context.
+    pub context: Value,
+    /// The parents' outputs by name (`None` for a parent without output).
+    pub parents: Vec<(String, Option<Value>)>,
+}
+
+/// [`crate::QueueStore::queue_forward`].
+#[derive(Debug, Clone)]
+pub struct QueueForwardParams {
+    /// Deliveries consumed, deleted (those whose lease was lost are left alone).
+    pub consumed: Vec<QueueAckParams>,
+    /// Queue the produced messages go to.
+    pub queue: String,
+    /// One message per payload, visible at once.
+    pub payloads: Vec<Value>,
 }
 
 /// [`crate::QueueStore::queue_enqueue_many`].

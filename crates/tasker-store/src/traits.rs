@@ -4,8 +4,9 @@ use tasker_types::{
 };
 
 use crate::{
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams,
-    Result, StepEnqueueManyParams, StepTransitionParams, StepViableManyParams, TaskClaimParams,
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
+    QueueNackParams, Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams,
+    StepStartParams, StepStarted, StepTransitionParams, StepViableManyParams, TaskClaimParams,
     TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
     TemplateGetParams, TemplateRegisterParams,
 };
@@ -184,6 +185,34 @@ pub trait StepStore: Send + Sync {
     ///
     /// Infrastructure errors.
     async fn step_enqueue_many(&self, params: &StepEnqueueManyParams) -> Result<Vec<StepId>>;
+
+    /// Starts an attempt of an `Enqueued` step (compare-and-swap): `InProgress`, the attempt
+    /// counted, its audit row written, in one transaction; returns it with its handler's input.
+    /// `None` when the step is not `Enqueued`.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn step_start(&self, params: &StepStartParams) -> Result<Option<StepStarted>>;
+
+    /// Applies worker results in one transaction and settles what each one decides:
+    ///
+    /// - the step moves (compare-and-swap on `InProgress` in the result's attempt; a stale or
+    ///   duplicate result changes nothing);
+    /// - a completed step's children count it, and those left with no unfinished parent are
+    ///   marked `Enqueued` and published by `routing`, when the task is `StepsInProcess`;
+    /// - a task whose last step completed becomes `Complete`;
+    /// - any other task that needs deciding (a failure, nothing left running, a task not in
+    ///   `StepsInProcess`) is announced on `evaluate_queue`;
+    /// - the consumed deliveries are deleted.
+    ///
+    /// Tasks are locked in ascending id order, so concurrent batches cannot deadlock.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::Transition`] for an event a running step cannot take;
+    /// infrastructure errors (nothing is applied then).
+    async fn step_apply_results(&self, params: &StepApplyResultsParams) -> Result<ResultsApplied>;
 }
 
 /// Durable queues: the transactional outbox between orchestration and workers.
@@ -204,6 +233,15 @@ pub trait QueueStore: Send + Sync {
     ///
     /// Infrastructure errors.
     async fn queue_dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>>;
+
+    /// Enqueues `params.payloads` and deletes the consumed deliveries in one transaction, so
+    /// what a consumer produced and the acknowledgement of what it consumed commit together.
+    /// Returns the new messages' ids in order.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors (nothing is written then).
+    async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>>;
 
     /// Deletes a delivered message.
     ///

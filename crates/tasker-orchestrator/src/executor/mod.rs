@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tasker_store::{
-    QueueAckParams, QueueEnqueueManyParams, QueueNackParams, StepTransitionParams, Store,
-    StoreError, TaskTransitionParams,
+    QueueAckParams, QueueEnqueueManyParams, QueueNackParams, StepRouting, StepTransitionParams,
+    Store, StoreError, TaskTransitionParams,
 };
 use tasker_types::{
     QueueMessage, StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState,
@@ -150,20 +150,9 @@ pub struct ExecutorContext {
     pub visibility_timeout: std::time::Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliveries: u32,
-    /// Handlers the in-process workers run (empty without local workers): their steps go to
-    /// [`crate::messages::LOCAL_STEPS`], the others to their namespace's queue.
-    pub local_handlers: Arc<std::collections::HashSet<String>>,
-}
-
-impl ExecutorContext {
-    /// The queue a step with `handler` of a task in `namespace` is published to.
-    pub fn step_queue<'a>(&self, namespace: &'a str, handler: &str) -> &'a str {
-        if self.local_handlers.contains(handler) {
-            crate::messages::LOCAL_STEPS
-        } else {
-            namespace
-        }
-    }
+    /// Where step messages go: the handlers the in-process workers run (none without local
+    /// workers) to [`crate::messages::LOCAL_STEPS`], the others to their namespace's queue.
+    pub routing: StepRouting,
 }
 
 impl ExecutorContext {

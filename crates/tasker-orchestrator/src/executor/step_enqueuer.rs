@@ -75,7 +75,7 @@ impl StepEnqueuer {
             std::collections::BTreeMap::new();
         for step in &viable {
             by_queue
-                .entry(self.ctx.step_queue(&task.namespace, &step.handler))
+                .entry(self.ctx.routing.queue(&task.namespace, &step.handler))
                 .or_default()
                 .push((step.id, step.state));
         }

@@ -1,17 +1,20 @@
-//! StepResultProcessor: applies step results (complete, retry with backoff, fail), treats
-//! duplicates and stale attempts as no-ops, and asks the finalizer to evaluate the task.
+//! StepResultProcessor: applies a batch of step results in one transaction. Each result moves
+//! its step (complete, retry with backoff, fail); a completed step's newly ready children are
+//! enqueued and a task whose last step completed is finished in that same transaction, so the
+//! common path needs no other executor. Duplicates and stale attempts are no-ops; anything
+//! else that needs deciding (a failure, nothing left running) goes to the TaskFinalizer.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::StoreError;
+use tasker_store::{QueueAckParams, StepApplyResultsParams, StepResultApply, StoreError};
 use tasker_types::{StepEvent, StepState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
     backoff,
     engine::TaskEvent as EngineEvent,
-    messages::{StepOutcome, StepResult, TaskRef, STEP_RESULTS, TASK_FINALIZE},
+    messages::{StepOutcome, StepResult, STEP_RESULTS, TASK_FINALIZE},
 };
 
 /// Applies worker results.
@@ -26,31 +29,37 @@ impl StepResultProcessor {
         Self { ctx }
     }
 
-    /// Applies one result; `false` when it was a duplicate or stale.
-    async fn apply(&self, result: &StepResult) -> Result<bool, ExecutorError> {
-        let step = match self.ctx.store.step_get(result.step_id).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
+    /// What the store applies for `result`; `None` when it is already known to be stale.
+    ///
+    /// A success needs nothing read first: the store applies it only while the step runs the
+    /// result's attempt. A failure reads the step for its retry policy (failures are rare).
+    async fn prepare(&self, result: &StepResult) -> Result<Option<StepResultApply>, ExecutorError> {
+        let mut apply = StepResultApply {
+            task_id: result.task_id,
+            step_id: result.step_id,
+            attempt: result.attempt,
+            event: StepEvent::Complete,
+            output: None,
+            error: None,
+            retry_after: None,
         };
-        if step.state != StepState::InProgress || step.attempts != result.attempt {
-            tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
-            return Ok(false);
-        }
-        let mut params = self
-            .ctx
-            .step_event(step.id, StepState::InProgress, StepEvent::Complete);
-        // Fenced to the attempt the result is for: a redelivery that restarted the step in the
-        // meantime makes this result stale.
-        params.attempt = Some(result.attempt);
         match &result.outcome {
-            StepOutcome::Success { output } => params.output = Some(output.clone()),
+            StepOutcome::Success { output } => apply.output = Some(output.clone()),
             StepOutcome::Failure { error, retryable } => {
+                let step = match self.ctx.store.step_get(result.step_id).await {
+                    Ok(s) => s,
+                    Err(StoreError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                if step.state != StepState::InProgress || step.attempts != result.attempt {
+                    tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
+                    return Ok(None);
+                }
                 let will_retry = *retryable && step.attempts < step.max_attempts;
-                params.event = StepEvent::Fail { will_retry };
-                params.error = Some(error.clone());
+                apply.event = StepEvent::Fail { will_retry };
+                apply.error = Some(error.clone());
                 if will_retry {
-                    params.retry_after = Some(backoff::delay(
+                    apply.retry_after = Some(backoff::delay(
                         step.attempts,
                         Duration::from_millis(step.retry_base_ms),
                         Duration::from_millis(step.retry_max_ms),
@@ -60,18 +69,7 @@ impl StepResultProcessor {
                 }
             }
         }
-        // `None`: another processor applied a copy of this result first.
-        let Some(applied) = self.ctx.step_move(&params).await? else {
-            return Ok(false);
-        };
-        // A full channel only means nobody is watching closely; events are advisory.
-        let _ = self.ctx.events.send(EngineEvent::StepFinished {
-            task_id: applied.task_id,
-            name: applied.name.clone(),
-            state: applied.state,
-            attempts: applied.attempts,
-        });
-        Ok(true)
+        Ok(Some(apply))
     }
 }
 
@@ -83,29 +81,50 @@ impl OrchestrationExecutor for StepResultProcessor {
 
     async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(STEP_RESULTS, batch_size).await?;
-        let mut evaluate: Vec<TaskRef> = Vec::new();
-        let mut done = Vec::with_capacity(messages.len());
+        let mut results = Vec::with_capacity(messages.len());
+        let mut consumed = Vec::with_capacity(messages.len());
         for message in &messages {
             let Some(result) = self.ctx.decode_or_reject::<StepResult>(message).await? else {
                 continue;
             };
-            self.apply(&result).await?;
-            // Evaluate even after a duplicate: the first copy's evaluation may be the one that
-            // was lost.
-            let task = TaskRef {
-                task_id: result.task_id,
-            };
-            if !evaluate.contains(&task) {
-                evaluate.push(task);
-            }
-            done.push(message);
+            results.extend(self.prepare(&result).await?);
+            consumed.push(QueueAckParams {
+                id: message.id,
+                lease_token: message.lease_token.clone(),
+            });
         }
-        // The evaluation requests are durable before any result message is acknowledged.
-        self.ctx
-            .publish(TASK_FINALIZE, &evaluate, Duration::ZERO)
+        if consumed.is_empty() {
+            return Ok(messages.len());
+        }
+        let applied = self
+            .ctx
+            .store
+            .step_apply_results(&StepApplyResultsParams {
+                results,
+                consumed,
+                routing: self.ctx.routing.clone(),
+                evaluate_queue: TASK_FINALIZE.to_owned(),
+                instance_id: self.ctx.instance_id.clone(),
+            })
             .await?;
-        for message in done {
-            self.ctx.ack(message).await?;
+        for queue in &applied.queues {
+            self.ctx.wakeups.wake(queue);
+        }
+        // Events are advisory: a full channel only means nobody is watching closely.
+        for step in &applied.steps {
+            let _ = self.ctx.events.send(EngineEvent::StepFinished {
+                task_id: step.task_id,
+                name: step.name.clone(),
+                state: step.state,
+                attempts: step.attempts,
+            });
+        }
+        for task in &applied.finished {
+            tracing::info!(task_id = %task.id, state = %task.state, "task finished");
+            let _ = self.ctx.events.send(EngineEvent::TaskFinished {
+                task_id: task.id,
+                state: task.state,
+            });
         }
         Ok(messages.len())
     }

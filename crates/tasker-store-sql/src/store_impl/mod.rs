@@ -34,16 +34,18 @@ macro_rules! __sql_store_imports {
         #[allow(unused_imports)]
         use ::tasker_store::{
             QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
-            QueueNackParams, QueueStore, Result, StepEnqueueManyParams, StepMessage, StepStore,
-            StepTransitionParams, StepViableManyParams, StoreError, TaskClaimParams,
+            QueueForwardParams, QueueNackParams, QueueStore, Result, ResultsApplied,
+            StepApplyResultsParams, StepEnqueueManyParams, StepMessage, StepResultApply,
+            StepStartParams, StepStarted, StepStore, StepTransitionParams, StepViableManyParams,
+            StoreError, TaskClaimParams, TaskMessage,
             TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskStore,
             TaskTransitionParams, TemplateGetParams, TemplateRegisterParams, TemplateStore,
             TransitionLog,
         };
         #[allow(unused_imports)]
         use ::tasker_types::{
-            DeadLetter, Entity, QueueMessage, StepEvent, StepId, StepRow, StepState, TaskId,
-            TaskRow, TaskState, TemplateRecord, TransitionRow,
+            DeadLetter, Entity, QueueMessage, StepEvent, StepId, StepRow, StepState, TaskEvent,
+            TaskId, TaskRow, TaskState, TemplateRecord, TransitionRow,
         };
         #[allow(unused_imports)]
         use $crate::{

@@ -47,6 +47,33 @@ macro_rules! __sql_store_queues {
             }
 
             impl $store {
+                /// Deletes consumed deliveries, each only while its lease token is current.
+                /// Returns the statements sent.
+                pub(crate) async fn delete_consumed(
+                    conn: &mut $conn,
+                    consumed: &[QueueAckParams],
+                ) -> Result<u64> {
+                    let mut statements = 0;
+                    for chunk in consumed.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM queue_messages WHERE ");
+                        for (i, ack) in chunk.iter().enumerate() {
+                            if i > 0 {
+                                qb.push(" OR ");
+                            }
+                            qb.push("(id = ")
+                                .push_bind(ack.id)
+                                .push(" AND lease_token = ")
+                                .push_bind(&ack.lease_token)
+                                .push(")");
+                        }
+                        qb.build().execute(&mut *conn).await.map_err(map_err)?;
+                        statements += 1;
+                    }
+                    Ok(statements)
+                }
+            }
+
+            impl $store {
                 /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
                 /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
                 /// the constants above, never input.
@@ -86,6 +113,17 @@ macro_rules! __sql_store_queues {
                     let mut tx = self.begin_write().await?;
                     let (ids, n) =
                         Self::insert_messages(&mut tx, &params.queue, &params.payloads, params.delay).await?;
+                    self.count(n);
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(ids)
+                }
+
+                async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
+                    let mut tx = self.begin_write().await?;
+                    let (ids, n) =
+                        Self::insert_messages(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;
+                    self.count(n);
+                    let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
                     self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     Ok(ids)

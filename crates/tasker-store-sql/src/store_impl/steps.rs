@@ -136,6 +136,14 @@ macro_rules! __sql_store_steps {
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
+                        self.count(1);
+                        sqlx::query(
+                            "UPDATE tasks SET unfinished_steps = unfinished_steps - 1 WHERE id = $1",
+                        )
+                        .bind(step.task_id.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
                     }
                     let n = Self::insert_transitions(
                         &mut tx,
@@ -243,6 +251,268 @@ macro_rules! __sql_store_steps {
                     self.count(n.1);
                     tx.commit().await.map_err(map_err)?;
                     Ok(enqueued.into_iter().map(|(id, _)| id).collect())
+                }
+
+                async fn step_start(&self, params: &StepStartParams) -> Result<Option<StepStarted>> {
+                    let mut tx = self.begin_write().await?;
+                    self.count(1);
+                    let row = sqlx::query(&format!(
+                        "UPDATE steps SET state = $1, attempts = attempts + 1, \
+                         started_at_ms = COALESCE(started_at_ms, {now}), next_attempt_at_ms = NULL \
+                         WHERE id = $2 AND state = $3 RETURNING {STEP_COLUMNS}",
+                        now = now_ms!()
+                    ))
+                    .bind(StepState::InProgress.as_str())
+                    .bind(params.step_id.0)
+                    .bind(StepState::Enqueued.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let Some(row) = row else {
+                        return Ok(None);
+                    };
+                    let step = decode_step(&row)?;
+                    let n = Self::insert_transitions(
+                        &mut tx,
+                        &[NewTransition {
+                            entity: Entity::Step,
+                            task_id: step.task_id,
+                            step_id: Some(step.id),
+                            from_state: Some(StepState::Enqueued.as_str()),
+                            to_state: StepState::InProgress.as_str(),
+                            event: StepEvent::Start.name(),
+                            reason: None,
+                            instance_id: &params.instance_id,
+                        }],
+                    )
+                    .await?;
+                    self.count(n + 2);
+                    let context: Json<serde_json::Value> =
+                        sqlx::query_scalar("SELECT context FROM tasks WHERE id = $1")
+                            .bind(step.task_id.0)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    let rows = sqlx::query(
+                        "SELECT p.name, p.result FROM step_edges e \
+                         JOIN steps p ON p.id = e.parent_id \
+                         WHERE e.child_id = $1 ORDER BY p.position",
+                    )
+                    .bind(step.id.0)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    let parents = rows
+                        .iter()
+                        .map(|r| {
+                            let result: Option<Json<serde_json::Value>> =
+                                r.try_get("result").map_err(map_err)?;
+                            Ok((r.try_get("name").map_err(map_err)?, result.map(|j| j.0)))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(Some(StepStarted {
+                        step,
+                        context: context.0,
+                        parents,
+                    }))
+                }
+
+                async fn step_apply_results(
+                    &self,
+                    params: &StepApplyResultsParams,
+                ) -> Result<ResultsApplied> {
+                    let mut order: Vec<&StepResultApply> = params.results.iter().collect();
+                    // One lock order for every batch: task by task, ascending.
+                    order.sort_by_key(|r| (r.task_id.0, r.step_id.0));
+                    let mut applied = ResultsApplied::default();
+                    let mut transitions: Vec<NewTransition<'_>> = Vec::new();
+                    let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+                        std::collections::BTreeMap::new();
+                    let evaluate = |outbox: &mut std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+                                    task_id: TaskId| {
+                        outbox
+                            .entry(params.evaluate_queue.clone())
+                            .or_default()
+                            .push(serde_json::json!(TaskMessage { task_id }));
+                    };
+                    let mut tx = self.begin_write().await?;
+                    for result in order {
+                        let to = StepState::InProgress.transition(result.event)?;
+                        self.count(1);
+                        let row = sqlx::query(&format!(
+                            "UPDATE steps SET state = $1, result = COALESCE($2, result), \
+                             last_error = COALESCE($3, last_error), \
+                             next_attempt_at_ms = CASE WHEN $4 IS NULL THEN NULL ELSE {now} + $4 END, \
+                             finished_at_ms = CASE WHEN $5 THEN {now} ELSE NULL END \
+                             WHERE id = $6 AND task_id = $7 AND state = $8 AND attempts = $9 \
+                             RETURNING {STEP_COLUMNS}",
+                            now = now_ms!()
+                        ))
+                        .bind(to.as_str())
+                        .bind(result.output.as_ref().map(Json))
+                        .bind(result.error.as_deref())
+                        .bind(result.retry_after.map(duration_ms))
+                        .bind(to.is_terminal())
+                        .bind(result.step_id.0)
+                        .bind(result.task_id.0)
+                        .bind(StepState::InProgress.as_str())
+                        .bind(i64::from(result.attempt))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        // Stale or a duplicate: whoever moved the step settled its task then.
+                        let Some(row) = row else { continue };
+                        let step = decode_step(&row)?;
+                        transitions.push(NewTransition {
+                            entity: Entity::Step,
+                            task_id: result.task_id,
+                            step_id: Some(result.step_id),
+                            from_state: Some(StepState::InProgress.as_str()),
+                            to_state: to.as_str(),
+                            event: result.event.name(),
+                            reason: result.error.as_deref(),
+                            instance_id: &params.instance_id,
+                        });
+                        applied.steps.push(step);
+                        let completed = to.satisfies_dependents();
+                        // Locks the task for the rest of the transaction, then reads it.
+                        self.count(1);
+                        let task = sqlx::query(&format!(
+                            "UPDATE tasks SET updated_at_ms = {now}, \
+                             unfinished_steps = unfinished_steps - $1 \
+                             WHERE id = $2 RETURNING state, namespace, unfinished_steps",
+                            now = now_ms!()
+                        ))
+                        .bind(i64::from(completed))
+                        .bind(result.task_id.0)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        let state: String = task.try_get("state").map_err(map_err)?;
+                        let state: TaskState =
+                            state.parse().map_err(|e| $crate::corrupt("task state", e))?;
+                        let namespace: String = task.try_get("namespace").map_err(map_err)?;
+                        let unfinished: i64 = task.try_get("unfinished_steps").map_err(map_err)?;
+                        let running = state == TaskState::StepsInProcess;
+                        let mut enqueued = 0;
+                        if completed {
+                            // Children count the parent; in a running task those left with no
+                            // unfinished parent are enqueued by the same statement (SET reads the
+                            // values before the update).
+                            self.count(1);
+                            let children = sqlx::query(
+                                "UPDATE steps SET pending_parents = pending_parents - 1, \
+                                 state = CASE WHEN $1 AND pending_parents = 1 AND state = $2 \
+                                              AND attempts < max_attempts THEN $3 ELSE state END \
+                                 WHERE id IN (SELECT child_id FROM step_edges WHERE parent_id = $4) \
+                                 RETURNING id, state, handler",
+                            )
+                            .bind(running)
+                            .bind(StepState::Pending.as_str())
+                            .bind(StepState::Enqueued.as_str())
+                            .bind(result.step_id.0)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            for child in &children {
+                                let child_state: String = child.try_get("state").map_err(map_err)?;
+                                if !running || child_state != StepState::Enqueued.as_str() {
+                                    continue;
+                                }
+                                let child_id = StepId(child.try_get("id").map_err(map_err)?);
+                                let handler: String = child.try_get("handler").map_err(map_err)?;
+                                transitions.push(NewTransition {
+                                    entity: Entity::Step,
+                                    task_id: result.task_id,
+                                    step_id: Some(child_id),
+                                    from_state: Some(StepState::Pending.as_str()),
+                                    to_state: StepState::Enqueued.as_str(),
+                                    event: StepEvent::Enqueue.name(),
+                                    reason: None,
+                                    instance_id: &params.instance_id,
+                                });
+                                outbox
+                                    .entry(params.routing.queue(&namespace, &handler).to_owned())
+                                    .or_default()
+                                    .push(serde_json::json!(StepMessage {
+                                        task_id: result.task_id,
+                                        step_id: child_id,
+                                    }));
+                                enqueued += 1;
+                            }
+                        }
+                        if !running {
+                            // Whoever moves the task on decides; tell the evaluator unless it
+                            // has nothing left to decide.
+                            if !state.is_terminal() {
+                                evaluate(&mut outbox, result.task_id);
+                            }
+                            continue;
+                        }
+                        if completed && unfinished == 0 {
+                            self.count(1);
+                            let done = sqlx::query(&format!(
+                                "UPDATE tasks SET state = $1, updated_at_ms = {now}, \
+                                 finished_at_ms = {now} WHERE id = $2 RETURNING {TASK_COLUMNS}",
+                                now = now_ms!()
+                            ))
+                            .bind(TaskState::Complete.as_str())
+                            .bind(result.task_id.0)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            for (from, event) in [
+                                (TaskState::StepsInProcess, TaskEvent::StepResultReceived),
+                                (TaskState::EvaluatingResults, TaskEvent::Complete),
+                            ] {
+                                transitions.push(NewTransition {
+                                    entity: Entity::Task,
+                                    task_id: result.task_id,
+                                    step_id: None,
+                                    from_state: Some(from.as_str()),
+                                    to_state: from.transition(event)?.as_str(),
+                                    event: event.name(),
+                                    reason: None,
+                                    instance_id: &params.instance_id,
+                                });
+                            }
+                            applied.finished.push(decode_task(&done)?);
+                            continue;
+                        }
+                        if completed && enqueued > 0 {
+                            continue;
+                        }
+                        if completed {
+                            self.count(1);
+                            let busy: Option<i64> = sqlx::query_scalar(
+                                // Literal states: exactly `steps_running_idx`'s predicate, so even a
+                                // generic plan may use that partial index.
+                                "SELECT id FROM steps WHERE task_id = $1 \
+                                 AND state IN ('Enqueued', 'InProgress') LIMIT 1",
+                            )
+                            .bind(result.task_id.0)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                            if busy.is_some() {
+                                continue;
+                            }
+                        }
+                        // A failure, or nothing left running: the full evaluation decides.
+                        evaluate(&mut outbox, result.task_id);
+                    }
+                    let n = Self::insert_transitions(&mut tx, &transitions).await?;
+                    self.count(n);
+                    for (queue, payloads) in &outbox {
+                        let (_, n) = Self::insert_messages(&mut tx, queue, payloads, Duration::ZERO).await?;
+                        self.count(n);
+                    }
+                    let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
+                    self.count(n);
+                    tx.commit().await.map_err(map_err)?;
+                    applied.queues = outbox.into_keys().collect();
+                    Ok(applied)
                 }
             }
 

@@ -51,14 +51,15 @@ macro_rules! __sql_store_tasks {
             impl TaskStore for $store {
                 async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated> {
                     let template = &params.template;
+                    let plan = $crate::StepPlan::new(template);
                     let mut tx = self.begin_write().await?;
                     // A repeated idempotency key hits the unique index: DO NOTHING, then read the winner
                     // (committed by now, since the insert waited on its index entry).
                     self.count(1);
                     let inserted = sqlx::query(&format!(
                         "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
-                         idempotency_key, priority, created_at_ms, updated_at_ms) \
-                         SELECT id, namespace, name, version, $2, $3, $4, $5, {now}, {now} \
+                         idempotency_key, priority, unfinished_steps, created_at_ms, updated_at_ms) \
+                         SELECT id, namespace, name, version, $2, $3, $4, $5, $6, {now}, {now} \
                          FROM templates WHERE id = $1 \
                          ON CONFLICT (template_id, idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}",
                         now = now_ms!()
@@ -68,6 +69,7 @@ macro_rules! __sql_store_tasks {
                     .bind(Json(&params.context))
                     .bind(&params.idempotency_key)
                     .bind(i64::from(params.priority))
+                    .bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX))
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(map_err)?;
@@ -100,7 +102,6 @@ macro_rules! __sql_store_tasks {
                     };
                     let task = decode_task(&row)?;
 
-                    let plan = $crate::StepPlan::new(template);
                     let mut ids: HashMap<String, StepId> = HashMap::with_capacity(plan.steps.len());
                     for chunk in plan.steps.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new(
