@@ -225,8 +225,8 @@ pub async fn heartbeat(
         .map(|_| ())
 }
 
-/// Reports the attempt's outcome: published to the result processor, then the step message is
-/// acknowledged.
+/// Reports the attempt's outcome: published to the result processor and the step message
+/// acknowledged, in one transaction.
 ///
 /// # Errors
 ///
@@ -237,7 +237,7 @@ pub async fn finish(
     token: &str,
     outcome: StepOutcome,
 ) -> Result<(), RemoteError> {
-    // A short extension covers the two writes below.
+    // A short extension covers the writes below.
     let lease = hold(ctx, step_id, token, Duration::from_secs(30)).await?;
     let step = ctx.store.step_get(step_id).await?;
     let result = StepResult {
@@ -246,20 +246,20 @@ pub async fn finish(
         attempt: lease.attempt,
         outcome,
     };
-    ctx.publish(STEP_RESULTS, &[result], Duration::ZERO).await?;
-    match ctx
-        .store
-        .queue_ack(&tasker_store::QueueAckParams {
-            id: lease.message_id,
-            lease_token: lease.token,
+    // Should the lease expire in between, the message is left for its redelivery, which the
+    // attempt check absorbs.
+    ctx.store
+        .queue_forward(&tasker_store::QueueForwardParams {
+            consumed: vec![tasker_store::QueueAckParams {
+                id: lease.message_id,
+                lease_token: lease.token,
+            }],
+            queue: STEP_RESULTS.to_owned(),
+            payloads: vec![serde_json::to_value(&result).expect("step results serialize")],
         })
-        .await
-    {
-        // The result is durable; an expired lease now only means a redundant redelivery, which
-        // the attempt check absorbs.
-        Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await?;
+    ctx.wakeups.wake(STEP_RESULTS);
+    Ok(())
 }
 
 #[cfg(test)]

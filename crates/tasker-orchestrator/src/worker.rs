@@ -1,22 +1,25 @@
-//! The in-process worker: takes the step messages whose handlers this process has, runs their handlers with the
-//! step's timeout, reports the result to `step_results`, and only then acknowledges the step
-//! message. A worker that dies before acknowledging leaves the message to its visibility
-//! timeout; the step is then delivered again (`lease_expired`) and run again.
+//! The in-process worker: takes the step messages whose handlers this process has, runs their
+//! handlers with the step's timeout, and applies the results in the transaction that
+//! acknowledges the step messages. Remote workers' results cross the `step_results` queue
+//! instead; the same `executor::apply_results` applies both. A worker that dies before that
+//! transaction leaves its messages to their visibility timeout; the step is then delivered
+//! again (`lease_expired`) and run again.
 
 use std::{sync::Arc, time::Duration};
 
 use tasker_store::{
-    QueueAckParams, QueueForwardParams, QueueNackParams, StepMessage, StepStartParams, StepStarted,
-    StoreError,
+    QueueAckParams, QueueNackParams, StepMessage, StepStartParams, StepStarted, StoreError,
 };
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use async_trait::async_trait;
 
 use crate::{
-    executor::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor},
+    executor::{
+        apply_results, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor,
+    },
     handler::{HandlerRegistry, StepInput},
-    messages::{StepOutcome, StepResult, STEP_RESULTS},
+    messages::{StepOutcome, StepResult},
 };
 
 /// A batch running longer than this publishes its finished results before going on.
@@ -66,29 +69,18 @@ impl InProcessWorker {
         if messages.is_empty() {
             return Ok(());
         }
-        // The results and the acknowledgement of the step messages commit together.
-        let payloads = results
-            .drain(..)
-            .map(|r| serde_json::to_value(r).expect("step results serialize"))
-            .collect::<Vec<_>>();
-        let produced = !payloads.is_empty();
-        self.ctx
-            .store
-            .queue_forward(&QueueForwardParams {
-                consumed: messages
-                    .iter()
-                    .map(|m| QueueAckParams {
-                        id: m.id,
-                        lease_token: m.lease_token.clone(),
-                    })
-                    .collect(),
-                queue: STEP_RESULTS.to_owned(),
-                payloads,
+        // The results are applied with the acknowledgement of their step messages, in one
+        // transaction: a crash before it leaves the messages to be delivered again, never a
+        // result without its step or the other way round.
+        let consumed = messages
+            .iter()
+            .map(|m| QueueAckParams {
+                id: m.id,
+                lease_token: m.lease_token.clone(),
             })
-            .await?;
-        if produced {
-            self.ctx.wakeups.wake(STEP_RESULTS);
-        }
+            .collect();
+        apply_results(&self.ctx, results, consumed).await?;
+        results.clear();
         Ok(())
     }
 

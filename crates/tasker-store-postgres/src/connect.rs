@@ -6,8 +6,7 @@ use tasker_store::{Result, StoreError};
 use crate::{decode::map_err, PgStore};
 
 /// The embedded migrations, applied on connect. Version numbers match the SQLite backend's.
-const MIGRATIONS: &[(i64, &str, &str)] =
-&[
+const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,

@@ -326,6 +326,13 @@ pub struct PlannedStep<'a> {
     pub pending_parents: i64,
 }
 
+impl PlannedStep<'_> {
+    /// Runs as soon as its task starts: it has no parent.
+    pub fn is_root(&self) -> bool {
+        self.pending_parents == 0
+    }
+}
+
 /// The rows `task_create` writes for a template, backend-neutral.
 #[derive(Debug)]
 pub struct StepPlan<'a> {
@@ -386,36 +393,71 @@ impl<'a> StepPlan<'a> {
         Ok(edges)
     }
 
-    /// The creation audit rows: the task's and every step's initial `Pending`.
+    /// The creation audit rows: the task's and every step's initial `Pending`; for a task
+    /// started at creation also the task's way to `StepsInProcess` and each
+    /// root step's `Enqueue`.
     pub fn initial_transitions<'b>(
         &'b self,
         task_id: tasker_types::TaskId,
         ids: &std::collections::HashMap<String, tasker_types::StepId>,
         instance_id: &'b str,
-    ) -> Vec<NewTransition<'b>> {
-        let created = |entity, step_id, to_state| NewTransition {
+        start: bool,
+    ) -> Result<Vec<NewTransition<'b>>> {
+        use tasker_types::{Entity, StepEvent, StepState, TaskEvent, TaskState};
+        let row = |entity, step_id, from: Option<&'static str>, to, event| NewTransition {
             entity,
             task_id,
             step_id,
-            from_state: None,
-            to_state,
-            event: "create",
+            from_state: from,
+            to_state: to,
+            event,
             reason: None,
             instance_id,
         };
-        std::iter::once(created(
-            tasker_types::Entity::Task,
+        let mut rows = vec![row(
+            Entity::Task,
             None,
-            tasker_types::TaskState::Pending.as_str(),
-        ))
-        .chain(self.steps.iter().map(|s| {
-            created(
-                tasker_types::Entity::Step,
+            None,
+            TaskState::Pending.as_str(),
+            "create",
+        )];
+        rows.extend(self.steps.iter().map(|s| {
+            row(
+                Entity::Step,
                 ids.get(s.name).copied(),
-                tasker_types::StepState::Pending.as_str(),
+                None,
+                StepState::Pending.as_str(),
+                "create",
             )
-        }))
-        .collect()
+        }));
+        if start {
+            let mut from = TaskState::Pending;
+            for event in [
+                TaskEvent::Initialize,
+                TaskEvent::BeginEnqueue,
+                TaskEvent::StepsEnqueued,
+            ] {
+                let to = from.transition(event)?;
+                rows.push(row(
+                    Entity::Task,
+                    None,
+                    Some(from.as_str()),
+                    to.as_str(),
+                    event.name(),
+                ));
+                from = to;
+            }
+            rows.extend(self.steps.iter().filter(|s| s.is_root()).map(|s| {
+                row(
+                    Entity::Step,
+                    ids.get(s.name).copied(),
+                    Some(StepState::Pending.as_str()),
+                    StepState::Enqueued.as_str(),
+                    StepEvent::Enqueue.name(),
+                )
+            }));
+        }
+        Ok(rows)
     }
 }
 

@@ -8,44 +8,16 @@ use crate::{decode::map_err, now_ms, SqliteStore};
 
 impl SqliteStore {
     /// Leases up to `max` visible messages (see `QueueStore::queue_dequeue`).
+    ///
+    /// One statement on the single writer, so it cannot interleave with another consumer and
+    /// needs no transaction around it. Messages that used up their deliveries come back from it
+    /// too (leased, so no other consumer sees them meanwhile) and are moved to the dead letters
+    /// by a second, rare transaction; should that fail, their lease expires and the next
+    /// dequeue tries again.
     pub(crate) async fn dequeue_leased(
         &self,
         params: &QueueDequeueParams,
     ) -> Result<Vec<QueueMessage>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        let max_deliveries = i64::from(params.max_deliveries);
-        // Dead-letter visible messages that used up their deliveries. Such messages are rare,
-        // and `queue_messages_visible_idx` bounds the scan to the visible part of the queue.
-        self.count(1);
-        let dead = sqlx::query(&format!(
-            "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
-             SELECT id, queue, payload, deliveries, enqueued_at_ms, {now} FROM queue_messages \
-             WHERE queue = $1 AND visible_at_ms <= {now} AND deliveries >= $2",
-            now = now_ms!()
-        ))
-        .bind(&params.queue)
-        .bind(max_deliveries)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if dead.rows_affected() > 0 {
-            self.count(1);
-            sqlx::query(&format!(
-                "DELETE FROM queue_messages \
-                 WHERE queue = $1 AND visible_at_ms <= {now} AND deliveries >= $2",
-                now = now_ms!()
-            ))
-            .bind(&params.queue)
-            .bind(max_deliveries)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        // One writer at a time: this single statement cannot interleave with another consumer.
         self.count(1);
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
@@ -61,12 +33,42 @@ impl SqliteStore {
         .bind(duration_ms(params.visibility_timeout))
         .bind(&params.queue)
         .bind(i64::from(params.max))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)?;
         let mut messages = rows.iter().map(message).collect::<Result<Vec<_>>>()?;
-        messages.sort_unstable_by_key(|m| m.id);
-        Ok(messages)
+        let (mut live, dead): (Vec<_>, Vec<_>) = messages
+            .drain(..)
+            .partition(|m| m.deliveries <= params.max_deliveries);
+        if !dead.is_empty() {
+            self.bury(&dead).await?;
+        }
+        live.sort_unstable_by_key(|m| m.id);
+        Ok(live)
+    }
+
+    /// Moves leased messages that used up their deliveries to the dead letters, recording the
+    /// deliveries they had (the lease that found them was not one).
+    async fn bury(&self, dead: &[QueueMessage]) -> Result<()> {
+        let ids = dead.iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
+        // Ids are integers read back from the database, not input.
+        let ids = ids.join(", ");
+        let mut tx = self.begin_write().await?;
+        self.count(2);
+        sqlx::query(&format!(
+            "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
+             SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, {now} \
+             FROM queue_messages WHERE id IN ({ids})",
+            now = now_ms!()
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(&format!("DELETE FROM queue_messages WHERE id IN ({ids})"))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
     }
 }

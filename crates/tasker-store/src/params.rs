@@ -4,9 +4,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tasker_template::TaskTemplate;
-use tasker_types::{
-    StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState,
-};
+use tasker_types::{StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
 /// [`crate::TemplateStore::template_register`].
 #[derive(Debug, Clone)]
@@ -41,6 +39,10 @@ pub struct TaskCreateParams {
     pub priority: i32,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
+    /// When set, a new task starts in the creating transaction: its root steps are marked
+    /// `Enqueued` and published by this routing, and the task is `StepsInProcess`. Otherwise
+    /// it is left `Pending` for the pipeline to pick up.
+    pub start: Option<StepRouting>,
 }
 
 /// Result of [`crate::TaskStore::task_create`].
@@ -50,6 +52,8 @@ pub struct TaskCreated {
     pub task: TaskRow,
     /// `false` when the idempotency key matched an existing task.
     pub created: bool,
+    /// Queues the new task's first steps were published to (empty unless started).
+    pub queues: Vec<String>,
 }
 
 /// [`crate::TaskStore::task_list`]: filters are combined with AND; results are newest first.

@@ -23,6 +23,7 @@ use tasker_types::{
 use tokio::sync::{broadcast, mpsc, Mutex};
 
 pub use step_enqueuer::StepEnqueuer;
+pub(crate) use step_result_processor::apply_results;
 pub use step_result_processor::StepResultProcessor;
 pub use task_claimer::{Claim, TaskClaimer};
 pub use task_finalizer::{verdict, TaskFinalizer, Verdict};

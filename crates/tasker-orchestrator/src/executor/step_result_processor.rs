@@ -3,6 +3,9 @@
 //! enqueued and a task whose last step completed is finished in that same transaction, so the
 //! common path needs no other executor. Duplicates and stale attempts are no-ops; anything
 //! else that needs deciding (a failure, nothing left running) goes to the TaskFinalizer.
+//!
+//! It consumes `step_results`, where remote workers' results arrive; in-process workers apply
+//! theirs with the same [`apply_results`].
 
 use std::time::Duration;
 
@@ -28,49 +31,102 @@ impl StepResultProcessor {
     pub fn new(ctx: ExecutorContext) -> Self {
         Self { ctx }
     }
+}
 
-    /// What the store applies for `result`; `None` when it is already known to be stale.
-    ///
-    /// A success needs nothing read first: the store applies it only while the step runs the
-    /// result's attempt. A failure reads the step for its retry policy (failures are rare).
-    async fn prepare(&self, result: &StepResult) -> Result<Option<StepResultApply>, ExecutorError> {
-        let mut apply = StepResultApply {
-            task_id: result.task_id,
-            step_id: result.step_id,
-            attempt: result.attempt,
-            event: StepEvent::Complete,
-            output: None,
-            error: None,
-            retry_after: None,
-        };
-        match &result.outcome {
-            StepOutcome::Success { output } => apply.output = Some(output.clone()),
-            StepOutcome::Failure { error, retryable } => {
-                let step = match self.ctx.store.step_get(result.step_id).await {
-                    Ok(s) => s,
-                    Err(StoreError::NotFound { .. }) => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                if step.state != StepState::InProgress || step.attempts != result.attempt {
-                    tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
-                    return Ok(None);
-                }
-                let will_retry = *retryable && step.attempts < step.max_attempts;
-                apply.event = StepEvent::Fail { will_retry };
-                apply.error = Some(error.clone());
-                if will_retry {
-                    apply.retry_after = Some(backoff::delay(
-                        step.attempts,
-                        Duration::from_millis(step.retry_base_ms),
-                        Duration::from_millis(step.retry_max_ms),
-                        step.retry_jitter,
-                        rand::random::<f64>(),
-                    ));
-                }
+/// What the store applies for `result`; `None` when it is already known to be stale.
+///
+/// A success needs nothing read first: the store applies it only while the step runs the
+/// result's attempt. A failure reads the step for its retry policy (failures are rare).
+async fn prepare(
+    ctx: &ExecutorContext,
+    result: &StepResult,
+) -> Result<Option<StepResultApply>, ExecutorError> {
+    let mut apply = StepResultApply {
+        task_id: result.task_id,
+        step_id: result.step_id,
+        attempt: result.attempt,
+        event: StepEvent::Complete,
+        output: None,
+        error: None,
+        retry_after: None,
+    };
+    match &result.outcome {
+        StepOutcome::Success { output } => apply.output = Some(output.clone()),
+        StepOutcome::Failure { error, retryable } => {
+            let step = match ctx.store.step_get(result.step_id).await {
+                Ok(s) => s,
+                Err(StoreError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if step.state != StepState::InProgress || step.attempts != result.attempt {
+                tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
+                return Ok(None);
+            }
+            let will_retry = *retryable && step.attempts < step.max_attempts;
+            apply.event = StepEvent::Fail { will_retry };
+            apply.error = Some(error.clone());
+            if will_retry {
+                apply.retry_after = Some(backoff::delay(
+                    step.attempts,
+                    Duration::from_millis(step.retry_base_ms),
+                    Duration::from_millis(step.retry_max_ms),
+                    step.retry_jitter,
+                    rand::random::<f64>(),
+                ));
             }
         }
-        Ok(Some(apply))
     }
+    Ok(Some(apply))
+}
+
+/// Applies `results` and deletes the `consumed` deliveries they came in, in one transaction
+/// (see [`tasker_store::StepStore::step_apply_results`]), then wakes the queues that received
+/// work and announces the moved steps and finished tasks. Shared by the StepResultProcessor
+/// (results from remote workers) and the in-process workers, which apply their own results
+/// with the acknowledgement of their step messages rather than cross a queue to this process.
+///
+/// # Errors
+///
+/// Store failures; nothing is applied or deleted then, and the deliveries come back.
+pub(crate) async fn apply_results(
+    ctx: &ExecutorContext,
+    results: &[StepResult],
+    consumed: Vec<QueueAckParams>,
+) -> Result<(), ExecutorError> {
+    let mut apply = Vec::with_capacity(results.len());
+    for result in results {
+        apply.extend(prepare(ctx, result).await?);
+    }
+    let applied = ctx
+        .store
+        .step_apply_results(&StepApplyResultsParams {
+            results: apply,
+            consumed,
+            routing: ctx.routing.clone(),
+            evaluate_queue: TASK_FINALIZE.to_owned(),
+            instance_id: ctx.instance_id.clone(),
+        })
+        .await?;
+    for queue in &applied.queues {
+        ctx.wakeups.wake(queue);
+    }
+    // Events are advisory: a full channel only means nobody is watching closely.
+    for step in &applied.steps {
+        let _ = ctx.events.send(EngineEvent::StepFinished {
+            task_id: step.task_id,
+            name: step.name.clone(),
+            state: step.state,
+            attempts: step.attempts,
+        });
+    }
+    for task in &applied.finished {
+        tracing::info!(task_id = %task.id, state = %task.state, "task finished");
+        let _ = ctx.events.send(EngineEvent::TaskFinished {
+            task_id: task.id,
+            state: task.state,
+        });
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -87,44 +143,14 @@ impl OrchestrationExecutor for StepResultProcessor {
             let Some(result) = self.ctx.decode_or_reject::<StepResult>(message).await? else {
                 continue;
             };
-            results.extend(self.prepare(&result).await?);
+            results.push(result);
             consumed.push(QueueAckParams {
                 id: message.id,
                 lease_token: message.lease_token.clone(),
             });
         }
-        if consumed.is_empty() {
-            return Ok(messages.len());
-        }
-        let applied = self
-            .ctx
-            .store
-            .step_apply_results(&StepApplyResultsParams {
-                results,
-                consumed,
-                routing: self.ctx.routing.clone(),
-                evaluate_queue: TASK_FINALIZE.to_owned(),
-                instance_id: self.ctx.instance_id.clone(),
-            })
-            .await?;
-        for queue in &applied.queues {
-            self.ctx.wakeups.wake(queue);
-        }
-        // Events are advisory: a full channel only means nobody is watching closely.
-        for step in &applied.steps {
-            let _ = self.ctx.events.send(EngineEvent::StepFinished {
-                task_id: step.task_id,
-                name: step.name.clone(),
-                state: step.state,
-                attempts: step.attempts,
-            });
-        }
-        for task in &applied.finished {
-            tracing::info!(task_id = %task.id, state = %task.state, "task finished");
-            let _ = self.ctx.events.send(EngineEvent::TaskFinished {
-                task_id: task.id,
-                state: task.state,
-            });
+        if !consumed.is_empty() {
+            apply_results(&self.ctx, &results, consumed).await?;
         }
         Ok(messages.len())
     }

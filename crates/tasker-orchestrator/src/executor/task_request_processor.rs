@@ -1,5 +1,6 @@
 //! TaskRequestProcessor: validates task requests against their template and its context schema,
-//! and creates the task with its steps and edges in one transaction (idempotently).
+//! and creates the task with its steps and edges in one transaction (idempotently), which also
+//! starts it: its root steps are enqueued and published by that same transaction.
 
 use std::time::Duration;
 
@@ -72,9 +73,18 @@ pub async fn create_task(
             idempotency_key: request.idempotency_key.clone(),
             priority: request.priority,
             instance_id: ctx.instance_id.clone(),
+            start: Some(ctx.routing.clone()),
         })
         .await?;
-    // Pending: move it on. Initializing: created before but its work may never have been
+    if created.created {
+        // Started in the creating transaction: its root steps are already queued.
+        for queue in &created.queues {
+            ctx.wakeups.wake(queue);
+        }
+        return Ok(created);
+    }
+    // An earlier request's task, left before it started (created by a version that left new
+    // tasks `Pending`, or interrupted): move it on. Initializing: created before but its work may never have been
     // queued (a crash between the two writes). Either way queue the work; a duplicate
     // `task_work` message is harmless (claims and compare-and-swap absorb it).
     let mut state = created.task.state;

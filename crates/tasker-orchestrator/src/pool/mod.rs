@@ -530,7 +530,10 @@ async fn run_loop(
             state
                 .metrics
                 .record_batch(elapsed, *result.as_ref().unwrap_or(&0), result.is_err());
-            after_batch(&state, &shared, &config, &result)
+            // A full batch means more may be waiting: go again at once. A partial one drained
+            // the queue as of its dequeue; whatever arrived since left a wake-up permit, so
+            // the wait below returns at once for it, without an empty poll in between.
+            after_batch(&state, &shared, &config, &result) >= batch as usize
         } else {
             drop(strong);
             state.move_toward(ExecutorHealth::Degraded, "circuit breaker open");
@@ -550,19 +553,19 @@ async fn run_loop(
     }
 }
 
-/// Updates breaker and health after a batch; returns whether the batch found work.
+/// Updates breaker and health after a batch; returns how many items it processed.
 fn after_batch(
     state: &ExecutorState,
     shared: &PoolShared,
     config: &PoolConfig,
     result: &Result<usize, crate::executor::ExecutorError>,
-) -> bool {
+) -> usize {
     match result {
         Ok(n) => {
             shared.breaker().record_success();
             state.consecutive_errors.store(0, Ordering::Relaxed);
             state.move_toward(ExecutorHealth::Healthy, "batch succeeded");
-            *n > 0
+            *n
         }
         Err(error) => {
             // Only outages count against the breaker; a domain answer is not an outage.
@@ -579,7 +582,7 @@ fn after_batch(
             } else {
                 state.move_toward(ExecutorHealth::Degraded, "batch failed");
             }
-            false
+            0
         }
     }
 }

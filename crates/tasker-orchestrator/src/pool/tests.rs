@@ -286,6 +286,67 @@ async fn backpressure_shrinks_batches_by_the_pool_weight() {
     assert_eq!(sizes.last(), Some(&50));
 }
 
+/// A batch that came back short drained its queue: the loop waits for a wake-up (or the
+/// polling interval) instead of polling an empty queue again; a wake-up sent during the batch
+/// is not lost.
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_waits_for_a_wakeup_instead_of_polling_again() {
+    #[derive(Debug)]
+    struct Short(Arc<AtomicUsize>, Arc<Notify>);
+    #[async_trait]
+    impl OrchestrationExecutor for Short {
+        fn executor_type(&self) -> ExecutorType {
+            ExecutorType::StepResultProcessor
+        }
+        async fn process_batch(&self, _batch_size: u32) -> Result<usize, ExecutorError> {
+            if self.0.fetch_add(1, Ordering::Relaxed) == 1 {
+                // Work arrives while the second batch runs.
+                self.1.notify_one();
+            }
+            Ok(1)
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wake = Arc::new(Notify::new());
+    let (c, w) = (calls.clone(), wake.clone());
+    let factory: ExecutorFactory =
+        Arc::new(move || Arc::new(Short(c.clone(), w.clone())) as Arc<dyn OrchestrationExecutor>);
+    let config = PoolConfig {
+        polling_interval: Duration::from_secs(10),
+        ..config(1, 1)
+    };
+    let mut p = ExecutorPool::new(
+        ExecutorType::StepResultProcessor,
+        factory,
+        config,
+        wake.clone(),
+        PressureGauge::default(),
+    );
+    p.add_executor();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "no second poll without a wake-up"
+    );
+    wake.notify_one();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        3,
+        "the wake-up ran a batch, and the one sent during it another"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        4,
+        "the polling interval still polls"
+    );
+    p.stop_all().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_executor_that_stops_wanting_work_ends_its_loop() {
     #[derive(Debug)]
@@ -295,9 +356,10 @@ async fn an_executor_that_stops_wanting_work_ends_its_loop() {
         fn executor_type(&self) -> ExecutorType {
             ExecutorType::TaskClaimer
         }
-        async fn process_batch(&self, _batch_size: u32) -> Result<usize, ExecutorError> {
+        async fn process_batch(&self, batch_size: u32) -> Result<usize, ExecutorError> {
             self.0.fetch_add(1, Ordering::Relaxed);
-            Ok(1)
+            // Full batches: the loop goes again without waiting.
+            Ok(batch_size as usize)
         }
         fn should_continue(&self) -> bool {
             self.0.load(Ordering::Relaxed) < 3

@@ -37,10 +37,9 @@ macro_rules! __sql_store_imports {
             QueueForwardParams, QueueNackParams, QueueStore, Result, ResultsApplied,
             StepApplyResultsParams, StepEnqueueManyParams, StepMessage, StepResultApply,
             StepStartParams, StepStarted, StepStore, StepTransitionParams, StepViableManyParams,
-            StoreError, TaskClaimParams, TaskMessage,
-            TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskStore,
-            TaskTransitionParams, TemplateGetParams, TemplateRegisterParams, TemplateStore,
-            TransitionLog,
+            StoreError, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
+            TaskMessage, TaskReleaseParams, TaskStore, TaskTransitionParams, TemplateGetParams,
+            TemplateRegisterParams, TemplateStore, TransitionLog,
         };
         #[allow(unused_imports)]
         use ::tasker_types::{

@@ -286,30 +286,34 @@ macro_rules! __sql_store_steps {
                         }],
                     )
                     .await?;
-                    self.count(n + 2);
-                    let context: Json<serde_json::Value> =
-                        sqlx::query_scalar("SELECT context FROM tasks WHERE id = $1")
-                            .bind(step.task_id.0)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
+                    // The context and the parents' outputs in one read: one row per parent, or
+                    // one row with no parent.
+                    self.count(n + 1);
                     let rows = sqlx::query(
-                        "SELECT p.name, p.result FROM step_edges e \
-                         JOIN steps p ON p.id = e.parent_id \
-                         WHERE e.child_id = $1 ORDER BY p.position",
+                        "SELECT t.context, p.name, p.result FROM tasks t \
+                         LEFT JOIN step_edges e ON e.child_id = $2 \
+                         LEFT JOIN steps p ON p.id = e.parent_id \
+                         WHERE t.id = $1 ORDER BY p.position",
                     )
+                    .bind(step.task_id.0)
                     .bind(step.id.0)
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(map_err)?;
-                    let parents = rows
-                        .iter()
-                        .map(|r| {
-                            let result: Option<Json<serde_json::Value>> =
-                                r.try_get("result").map_err(map_err)?;
-                            Ok((r.try_get("name").map_err(map_err)?, result.map(|j| j.0)))
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let first = rows.first().ok_or_else(|| StoreError::NotFound {
+                        entity: "task",
+                        id: step.task_id.to_string(),
+                    })?;
+                    let context: Json<serde_json::Value> = first.try_get("context").map_err(map_err)?;
+                    let mut parents = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let Some(name) = r.try_get::<Option<String>, _>("name").map_err(map_err)? else {
+                            continue;
+                        };
+                        let result: Option<Json<serde_json::Value>> =
+                            r.try_get("result").map_err(map_err)?;
+                        parents.push((name, result.map(|j| j.0)));
+                    }
                     tx.commit().await.map_err(map_err)?;
                     Ok(Some(StepStarted {
                         step,

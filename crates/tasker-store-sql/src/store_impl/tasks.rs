@@ -65,7 +65,12 @@ macro_rules! __sql_store_tasks {
                         now = now_ms!()
                     ))
                     .bind(params.template_id)
-                    .bind(TaskState::Pending.as_str())
+                    .bind(if params.start.is_some() {
+                        TaskState::StepsInProcess
+                    } else {
+                        TaskState::Pending
+                    }
+                    .as_str())
                     .bind(Json(&params.context))
                     .bind(&params.idempotency_key)
                     .bind(i64::from(params.priority))
@@ -93,6 +98,7 @@ macro_rules! __sql_store_tasks {
                             Some(row) => Ok(TaskCreated {
                                 task: decode_task(&row)?,
                                 created: false,
+                                queues: Vec::new(),
                             }),
                             None => Err(StoreError::NotFound {
                                 entity: "template",
@@ -115,7 +121,14 @@ macro_rules! __sql_store_tasks {
                                 .push_bind(s.name)
                                 .push_bind(s.handler)
                                 .push_bind(Json(s.handler_config))
-                                .push_bind(StepState::Pending.as_str())
+                                .push_bind(
+                                    if params.start.is_some() && s.is_root() {
+                                        StepState::Enqueued
+                                    } else {
+                                        StepState::Pending
+                                    }
+                                    .as_str(),
+                                )
                                 .push_bind(s.max_attempts)
                                 .push_bind(s.retry_base_ms)
                                 .push_bind(s.retry_max_ms)
@@ -148,13 +161,40 @@ macro_rules! __sql_store_tasks {
                         qb.build().execute(&mut *tx).await.map_err(map_err)?;
                     }
 
-                    let transitions = plan.initial_transitions(task.id, &ids, &params.instance_id);
+                    let transitions = plan.initial_transitions(
+                        task.id,
+                        &ids,
+                        &params.instance_id,
+                        params.start.is_some(),
+                    )?;
                     let n = Self::insert_transitions(&mut tx, &transitions).await?;
                     self.count(n);
+                    let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+                        std::collections::BTreeMap::new();
+                    if let Some(routing) = &params.start {
+                        for s in plan.steps.iter().filter(|s| s.is_root()) {
+                            let step_id = ids.get(s.name).copied().ok_or_else(|| {
+                                $crate::corrupt("step insert", format!("no id for step {:?}", s.name))
+                            })?;
+                            outbox
+                                .entry(routing.queue(&task.namespace, s.handler).to_owned())
+                                .or_default()
+                                .push(serde_json::json!(StepMessage {
+                                    task_id: task.id,
+                                    step_id,
+                                }));
+                        }
+                    }
+                    for (queue, payloads) in &outbox {
+                        let (_, n) =
+                            Self::insert_messages(&mut tx, queue, payloads, Duration::ZERO).await?;
+                        self.count(n);
+                    }
                     tx.commit().await.map_err(map_err)?;
                     Ok(TaskCreated {
                         task,
                         created: true,
+                        queues: outbox.into_keys().collect(),
                     })
                 }
 

@@ -6,6 +6,7 @@
 //! giving it an async factory that returns a [`TestStore`].
 
 mod queue;
+mod results;
 mod step;
 mod task;
 mod template;
@@ -13,6 +14,7 @@ mod template;
 use std::{future::Future, sync::Arc, time::Duration};
 
 pub use queue::*;
+pub use results::*;
 pub use step::*;
 pub use task::*;
 use tasker_template::TaskTemplate;
@@ -56,6 +58,11 @@ macro_rules! store_conformance {
             step_retry_and_error_paths,
             step_transition_is_compare_and_swap,
             step_enqueue_many_publishes_in_one_transaction,
+            step_start_begins_an_attempt_with_its_input,
+            step_apply_results_enqueues_children_and_finishes_the_task,
+            step_apply_results_hands_the_rest_to_the_evaluator,
+            queue_forward_publishes_and_consumes_together,
+            task_create_can_start_the_task,
             queue_enqueue_dequeue_ack,
             queue_visibility_timeout_redelivers,
             queue_nack_with_delay,
@@ -127,6 +134,7 @@ pub async fn create_task(
             idempotency_key: idempotency_key.map(str::to_owned),
             priority: 0,
             instance_id: "conformance".into(),
+            start: None,
         })
         .await
         .expect("create task")

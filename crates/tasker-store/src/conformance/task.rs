@@ -75,6 +75,7 @@ pub async fn task_create_is_idempotent_per_key(store: Arc<dyn Store>) {
         idempotency_key: key.map(str::to_owned),
         priority: 0,
         instance_id: "conformance".into(),
+        start: None,
     };
     let first = store.task_create(&params(Some("k1"))).await.unwrap();
     assert!(first.created);

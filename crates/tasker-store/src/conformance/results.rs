@@ -1,0 +1,440 @@
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use serde_json::json;
+use tasker_types::{StepEvent, StepId, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+
+use crate::{
+    conformance::{create_task, diamond, template},
+    QueueAckParams, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
+    StepApplyResultsParams, StepEnqueueManyParams, StepResultApply, StepRouting, StepStartParams,
+    Store, TaskCreateParams, TaskMessage, TaskTransitionParams, TemplateRegisterParams,
+};
+
+const LEASE: Duration = Duration::from_secs(300);
+
+/// Moves a new task to `StepsInProcess`, as the claimer and enqueuer would.
+async fn running(store: &dyn Store, task: &TaskRow) {
+    let mut from = TaskState::Pending;
+    for event in [
+        TaskEvent::Initialize,
+        TaskEvent::BeginEnqueue,
+        TaskEvent::StepsEnqueued,
+    ] {
+        from = store
+            .task_transition(&TaskTransitionParams {
+                task_id: task.id,
+                from,
+                event,
+                reason: None,
+                instance_id: "conformance".into(),
+            })
+            .await
+            .unwrap()
+            .state;
+    }
+    assert_eq!(from, TaskState::StepsInProcess);
+}
+
+async fn step_id(store: &dyn Store, task: TaskId, name: &str) -> StepId {
+    let steps = store.step_list(task).await.unwrap();
+    steps.into_iter().find(|s| s.name == name).unwrap().id
+}
+
+async fn state_of(store: &dyn Store, task: TaskId, name: &str) -> StepState {
+    let id = step_id(store, task, name).await;
+    store.step_get(id).await.unwrap().state
+}
+
+/// Enqueues and starts a `Pending` step; returns the attempt started.
+async fn start(store: &dyn Store, task: TaskId, name: &str) -> (StepId, u32) {
+    let id = step_id(store, task, name).await;
+    if store.step_get(id).await.unwrap().state == StepState::Pending {
+        store
+            .step_enqueue_many(&StepEnqueueManyParams {
+                task_id: task,
+                steps: vec![(id, StepState::Pending)],
+                queue: "elsewhere".into(),
+                instance_id: "conformance".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let started = store
+        .step_start(&StepStartParams {
+            step_id: id,
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap()
+        .expect("an enqueued step starts");
+    (id, started.step.attempts)
+}
+
+fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
+    StepResultApply {
+        task_id: task,
+        step_id,
+        attempt,
+        event: StepEvent::Complete,
+        output: Some(json!({ "step": step_id.0 })),
+        error: None,
+        retry_after: None,
+    }
+}
+
+fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> StepApplyResultsParams {
+    StepApplyResultsParams {
+        results,
+        consumed: Vec::new(),
+        routing,
+        evaluate_queue: "evaluate".into(),
+        instance_id: "conformance".into(),
+    }
+}
+
+fn local_noop() -> StepRouting {
+    StepRouting {
+        local_queue: "local".into(),
+        local_handlers: Arc::new(HashSet::from(["noop".to_owned()])),
+    }
+}
+
+async fn drain(store: &dyn Store, queue: &str) -> Vec<serde_json::Value> {
+    store
+        .queue_dequeue(&QueueDequeueParams {
+            queue: queue.into(),
+            max: 100,
+            visibility_timeout: LEASE,
+            max_deliveries: 5,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect()
+}
+
+/// `step_start` moves an `Enqueued` step to `InProgress`, counts the attempt, writes its audit
+/// row and returns the task context and the parents' outputs; a step not `Enqueued` does not
+/// start.
+pub async fn step_start_begins_an_attempt_with_its_input(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let first = start(s, task.id, "start").await;
+    assert_eq!(first.1, 1);
+    let again = s
+        .step_start(&StepStartParams {
+            step_id: first.0,
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap();
+    assert!(again.is_none(), "an InProgress step must not start twice");
+    s.step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
+        .await
+        .unwrap();
+
+    let left = s
+        .step_start(&StepStartParams {
+            step_id: step_id(s, task.id, "left").await,
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap()
+        .expect("left was enqueued by its parent's result");
+    assert_eq!(left.step.state, StepState::InProgress);
+    assert_eq!(left.step.attempts, 1);
+    assert!(left.step.started_at_ms.is_some());
+    assert_eq!(left.context, json!({"n": 1}));
+    assert_eq!(
+        left.parents,
+        [("start".to_owned(), Some(json!({ "step": first.0 .0 })))]
+    );
+    let log = s.transition_list(task.id).await.unwrap();
+    let starts = log.iter().filter(|t| t.event == "start").count();
+    assert_eq!(starts, 2, "one audit row per started attempt");
+}
+
+/// A batch of results applied together: each completed step's children that have no
+/// unfinished parent left are enqueued to the queue `routing` picks, a duplicate or stale
+/// result changes nothing, the consumed deliveries are deleted, and the result that completes
+/// the last step completes the task, with its audit rows.
+pub async fn step_apply_results_enqueues_children_and_finishes_the_task(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let first = start(s, task.id, "start").await;
+
+    s.queue_enqueue_many(&QueueEnqueueManyParams {
+        queue: "results".into(),
+        payloads: vec![json!({"result": 1})],
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let delivery = &s
+        .queue_dequeue(&QueueDequeueParams {
+            queue: "results".into(),
+            max: 1,
+            visibility_timeout: LEASE,
+            max_deliveries: 5,
+        })
+        .await
+        .unwrap()[0];
+    let mut params = apply(vec![success(task.id, first)], local_noop());
+    params.consumed = vec![QueueAckParams {
+        id: delivery.id,
+        lease_token: delivery.lease_token.clone(),
+    }];
+    let applied = s.step_apply_results(&params).await.unwrap();
+    assert_eq!(applied.steps.len(), 1);
+    assert_eq!(applied.steps[0].state, StepState::Complete);
+    assert!(applied.finished.is_empty());
+    assert_eq!(applied.queues, ["local"]);
+    assert_eq!(s.queue_depth("results").await.unwrap().ready, 0);
+    assert_eq!(s.queue_depth("results").await.unwrap().invisible, 0);
+    for name in ["left", "right"] {
+        assert_eq!(state_of(s, task.id, name).await, StepState::Enqueued);
+    }
+    assert_eq!(state_of(s, task.id, "join").await, StepState::Pending);
+    let mut local = drain(s, "local").await;
+    local.sort_by_key(|p| p["step_id"].as_i64());
+    let expected = [
+        step_id(s, task.id, "left").await,
+        step_id(s, task.id, "right").await,
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|id| json!({"task_id": task.id.0, "step_id": id.0}))
+        .collect();
+    assert_eq!(local, expected);
+
+    let duplicate = s
+        .step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
+        .await
+        .unwrap();
+    assert!(duplicate.steps.is_empty() && duplicate.queues.is_empty());
+
+    // Both parents of `join` in one batch, in either order: `join` is enqueued once.
+    let left = start(s, task.id, "left").await;
+    let right = start(s, task.id, "right").await;
+    let both = s
+        .step_apply_results(&apply(
+            vec![success(task.id, right), success(task.id, left)],
+            local_noop(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(both.steps.len(), 2);
+    assert_eq!(drain(s, "local").await.len(), 1);
+    assert!(drain(s, "evaluate").await.is_empty());
+
+    let join = start(s, task.id, "join").await;
+    let last = s
+        .step_apply_results(&apply(vec![success(task.id, join)], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(last.finished.len(), 1);
+    assert_eq!(last.finished[0].state, TaskState::Complete);
+    assert!(last.finished[0].finished_at_ms.is_some());
+    assert_eq!(
+        s.task_get(task.id).await.unwrap().state,
+        TaskState::Complete
+    );
+    let log = s.transition_list(task.id).await.unwrap();
+    let tail: Vec<_> = log
+        .iter()
+        .rev()
+        .take(2)
+        .map(|t| (t.from_state.clone(), t.to_state.clone()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (Some("EvaluatingResults".into()), "Complete".into()),
+            (Some("StepsInProcess".into()), "EvaluatingResults".into()),
+        ]
+    );
+    assert!(drain(s, "evaluate").await.is_empty());
+}
+
+/// What a result cannot settle alone goes to the evaluator: a failure, a completion that
+/// leaves nothing running, any result for a task not in `StepsInProcess` (whose children are
+/// counted but not enqueued). Steps without a local handler go to their namespace's queue.
+pub async fn step_apply_results_hands_the_rest_to_the_evaluator(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: pair\nversion: 1.0.0\nsteps:\n\
+         - {name: a, handler: noop}\n- {name: b, handler: noop}\n\
+         - {name: c, handler: noop, depends_on: [a]}\n",
+    );
+    let remote = StepRouting::default();
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    let a = start(s, task.id, "a").await;
+    let b = start(s, task.id, "b").await;
+    let retry = StepResultApply {
+        event: StepEvent::Fail { will_retry: true },
+        output: None,
+        error: Some("boom".into()),
+        retry_after: Some(Duration::from_secs(3600)),
+        ..success(task.id, b)
+    };
+    let applied = s
+        .step_apply_results(&apply(vec![retry, success(task.id, a)], remote.clone()))
+        .await
+        .unwrap();
+    assert_eq!(applied.steps.len(), 2);
+    assert_eq!(state_of(s, task.id, "b").await, StepState::WaitingForRetry);
+    assert_eq!(state_of(s, task.id, "c").await, StepState::Enqueued);
+    assert_eq!(drain(s, "demo").await.len(), 1, "c goes to its namespace");
+    assert_eq!(
+        drain(s, "evaluate").await,
+        [json!(TaskMessage { task_id: task.id })]
+    );
+
+    // Completing the only running step leaves a retry waiting: the evaluator decides.
+    let c = start(s, task.id, "c").await;
+    let applied = s
+        .step_apply_results(&apply(vec![success(task.id, c)], remote.clone()))
+        .await
+        .unwrap();
+    assert!(applied.finished.is_empty());
+    assert_eq!(drain(s, "evaluate").await.len(), 1);
+
+    // A task being evaluated: children are counted, not enqueued.
+    let other = create_task(s, &t, Some("other")).await;
+    running(s, &other).await;
+    let a = start(s, other.id, "a").await;
+    s.task_transition(&TaskTransitionParams {
+        task_id: other.id,
+        from: TaskState::StepsInProcess,
+        event: TaskEvent::StepResultReceived,
+        reason: None,
+        instance_id: "conformance".into(),
+    })
+    .await
+    .unwrap();
+    s.step_apply_results(&apply(vec![success(other.id, a)], remote))
+        .await
+        .unwrap();
+    let c = s.step_get(step_id(s, other.id, "c").await).await.unwrap();
+    assert_eq!((c.state, c.pending_parents), (StepState::Pending, 0));
+    assert_eq!(drain(s, "evaluate").await.len(), 1);
+    assert!(drain(s, "demo").await.is_empty());
+}
+
+/// `queue_forward` publishes and deletes the consumed deliveries in one transaction; a
+/// delivery whose lease token is no longer current stays.
+pub async fn queue_forward_publishes_and_consumes_together(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    s.queue_enqueue_many(&QueueEnqueueManyParams {
+        queue: "in".into(),
+        payloads: vec![json!(1), json!(2)],
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let taken = s
+        .queue_dequeue(&QueueDequeueParams {
+            queue: "in".into(),
+            max: 2,
+            visibility_timeout: LEASE,
+            max_deliveries: 5,
+        })
+        .await
+        .unwrap();
+    let ids = s
+        .queue_forward(&QueueForwardParams {
+            consumed: vec![
+                QueueAckParams {
+                    id: taken[0].id,
+                    lease_token: taken[0].lease_token.clone(),
+                },
+                QueueAckParams {
+                    id: taken[1].id,
+                    lease_token: "not-the-current-lease".into(),
+                },
+            ],
+            queue: "out".into(),
+            payloads: vec![json!({"done": 1})],
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(drain(s, "out").await, [json!({"done": 1})]);
+    let left = s.queue_depth("in").await.unwrap();
+    assert_eq!((left.ready, left.invisible), (0, 1));
+}
+
+/// A task created with `start` begins in the creating transaction: `StepsInProcess`, its root
+/// steps `Enqueued` and published by the routing, the whole way there in its audit trail. A
+/// repeat of its idempotency key returns it without publishing anything again.
+pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: roots\nversion: 1.0.0\nsteps:\n\
+         - {name: local, handler: noop}\n- {name: remote, handler: shell}\n\
+         - {name: after, handler: noop, depends_on: [local, remote]}\n",
+    );
+    let record = s
+        .template_register(&TemplateRegisterParams {
+            template: t.clone(),
+        })
+        .await
+        .unwrap();
+    let params = TaskCreateParams {
+        template_id: record.id,
+        template: t,
+        context: json!({}),
+        idempotency_key: Some("once".into()),
+        priority: 0,
+        instance_id: "conformance".into(),
+        start: Some(local_noop()),
+    };
+    let created = s.task_create(&params).await.unwrap();
+    assert!(created.created);
+    let task = created.task;
+    assert_eq!(task.state, TaskState::StepsInProcess);
+    assert_eq!(created.queues, ["demo", "local"]);
+    for (name, state) in [
+        ("local", StepState::Enqueued),
+        ("remote", StepState::Enqueued),
+        ("after", StepState::Pending),
+    ] {
+        assert_eq!(state_of(s, task.id, name).await, state, "{name}");
+    }
+    let local = step_id(s, task.id, "local").await;
+    let remote = step_id(s, task.id, "remote").await;
+    assert_eq!(
+        drain(s, "local").await,
+        [json!({"task_id": task.id.0, "step_id": local.0})]
+    );
+    assert_eq!(
+        drain(s, "demo").await,
+        [json!({"task_id": task.id.0, "step_id": remote.0})]
+    );
+    let log = s.transition_list(task.id).await.unwrap();
+    let task_path: Vec<_> = log
+        .iter()
+        .filter(|t| t.step_id.is_none())
+        .map(|t| t.to_state.as_str())
+        .collect();
+    assert_eq!(
+        task_path,
+        [
+            "Pending",
+            "Initializing",
+            "EnqueuingSteps",
+            "StepsInProcess"
+        ]
+    );
+    let enqueues = log.iter().filter(|t| t.event == "enqueue").count();
+    assert_eq!(enqueues, 2);
+
+    let again = s.task_create(&params).await.unwrap();
+    assert!(!again.created && again.queues.is_empty());
+    assert_eq!(again.task.id, task.id);
+    assert!(drain(s, "local").await.is_empty());
+}
