@@ -1,18 +1,19 @@
-//! The in-process worker: takes the step messages whose handlers this process has, runs their
-//! handlers with the step's timeout, and applies the results in the transaction that
-//! acknowledges the step messages. Remote workers' results cross the `step_results` queue
-//! instead; the same `executor::apply_results` applies both. A worker that dies before that
-//! transaction leaves its messages to their visibility timeout; the step is then delivered
-//! again (`lease_expired`) and run again.
+//! The in-process worker: takes a batch of the step messages whose handlers this process has,
+//! starts their attempts together, runs the handlers concurrently (each with its step's
+//! timeout), and applies the results in the transaction that acknowledges the step messages.
+//! Remote workers' results cross the `step_results` queue instead; the same
+//! `executor::apply_results` applies both. A worker that dies before that transaction leaves
+//! its messages to their visibility timeout; the steps are then delivered again
+//! (`lease_expired`) and run again.
 
-use std::{sync::Arc, time::Duration};
-
-use tasker_store::{
-    QueueAckParams, QueueNackParams, StepMessage, StepStartParams, StepStarted, StoreError,
-};
-use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use futures::{stream::FuturesUnordered, StreamExt};
+use tasker_store::{
+    QueueAckParams, QueueNackParams, StepMessage, StepStartManyParams, StepStarted, StoreError,
+};
+use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use crate::{
     executor::{
@@ -22,7 +23,7 @@ use crate::{
     messages::{StepOutcome, StepResult},
 };
 
-/// A batch running longer than this publishes its finished results before going on.
+/// A batch running longer than this applies its finished results before going on.
 const FLUSH_AFTER: Duration = Duration::from_millis(500);
 
 /// Runs the steps of some namespaces in this process.
@@ -35,185 +36,209 @@ pub struct InProcessWorker {
 }
 
 impl InProcessWorker {
-    /// Takes and runs up to `batch` step messages of its namespace; returns how many.
+    /// Takes and runs up to `batch` step messages of its queue; returns how many.
     ///
     /// # Errors
     ///
     /// Store failures; messages not yet acknowledged are delivered again later.
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
         let messages = self.ctx.dequeue(&self.queue, batch).await?;
-        let started = tokio::time::Instant::now();
-        let mut results = Vec::new();
-        let mut done = 0;
-        for (i, message) in messages.iter().enumerate() {
-            if let Some(result) = self.run_one(message, &messages[i..]).await? {
-                results.push(result);
-            }
-            // Fast handlers share one publish per batch; once the batch has run a while, its
-            // finished results are made durable (and acked) without waiting for the rest.
-            if started.elapsed() >= FLUSH_AFTER {
-                self.flush(&mut results, &messages[done..=i]).await?;
-                done = i + 1;
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let mut steps = Vec::with_capacity(messages.len());
+        for message in &messages {
+            // A malformed message goes back toward the dead letters; its lease is gone then,
+            // so the acknowledgement below leaves it alone.
+            if let Some(m) = self.ctx.decode_or_reject::<StepMessage>(message).await? {
+                steps.push(m.step_id);
             }
         }
-        self.flush(&mut results, &messages[done..]).await?;
+        let mut started = begin_attempts(&self.ctx, &steps).await?;
+        // Messages whose step did not start (finished, cancelled, gone) are spent: acknowledged
+        // with the first results.
+        let mut finished: Vec<(usize, Option<StepResult>)> = Vec::new();
+        let mut running = FuturesUnordered::new();
+        for (i, message) in messages.iter().enumerate() {
+            let step = serde_json::from_value::<StepMessage>(message.payload.clone())
+                .ok()
+                .and_then(|m| started.remove(&m.step_id));
+            match step {
+                Some((step, input)) => running.push(async move {
+                    let outcome = self.run(&step, input).await;
+                    let result = StepResult {
+                        task_id: step.task_id,
+                        step_id: step.id,
+                        attempt: step.attempts,
+                        outcome,
+                    };
+                    (i, Some(result))
+                }),
+                None => finished.push((i, None)),
+            }
+        }
+        let mut unflushed: Vec<bool> = vec![true; messages.len()];
+        let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
+        let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut flush_at = tokio::time::Instant::now() + FLUSH_AFTER;
+        loop {
+            tokio::select! {
+                next = running.next() => {
+                    let Some(done) = next else { break };
+                    finished.push(done);
+                    // Fast handlers share one transaction per batch; once the batch has run a
+                    // while, finished results are applied without waiting for the rest.
+                    if tokio::time::Instant::now() >= flush_at {
+                        self.flush(&messages, &mut finished, &mut unflushed).await?;
+                        flush_at = tokio::time::Instant::now() + FLUSH_AFTER;
+                    }
+                }
+                // Long handlers neither lose their own step nor let the steps waiting behind
+                // them be delivered to another worker.
+                _ = extend.tick() => self.extend_leases(&messages, &unflushed).await,
+            }
+        }
+        self.flush(&messages, &mut finished, &mut unflushed).await?;
         Ok(messages.len())
     }
 
-    /// Publishes `results`, then acknowledges the messages they came from.
+    /// Runs one step's handler with the step's timeout.
+    async fn run(&self, step: &StepRow, input: StepInput) -> StepOutcome {
+        let Some(handler) = self.handlers.get(&step.handler) else {
+            return StepOutcome::Failure {
+                error: format!("no handler named {:?} in this worker", step.handler),
+                retryable: false,
+            };
+        };
+        let call = handler.call(input);
+        let result = match step.timeout_ms {
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::handler::StepFailure {
+                        error: format!("attempt timed out after {ms} ms"),
+                        retryable: true,
+                    })
+                }),
+            None => call.await,
+        };
+        match result {
+            Ok(output) => StepOutcome::Success { output },
+            Err(f) => StepOutcome::Failure {
+                error: f.error,
+                retryable: f.retryable,
+            },
+        }
+    }
+
+    /// Applies the `finished` results with the acknowledgement of their messages, in one
+    /// transaction.
     async fn flush(
         &self,
-        results: &mut Vec<StepResult>,
         messages: &[QueueMessage],
+        finished: &mut Vec<(usize, Option<StepResult>)>,
+        unflushed: &mut [bool],
     ) -> Result<(), ExecutorError> {
-        if messages.is_empty() {
+        if finished.is_empty() {
             return Ok(());
         }
-        // The results are applied with the acknowledgement of their step messages, in one
-        // transaction: a crash before it leaves the messages to be delivered again, never a
-        // result without its step or the other way round.
-        let consumed = messages
-            .iter()
-            .map(|m| QueueAckParams {
-                id: m.id,
-                lease_token: m.lease_token.clone(),
-            })
-            .collect();
-        apply_results(&self.ctx, results, consumed).await?;
-        results.clear();
-        Ok(())
+        let mut results = Vec::with_capacity(finished.len());
+        let mut consumed = Vec::with_capacity(finished.len());
+        for (i, result) in finished.drain(..) {
+            results.extend(result);
+            consumed.push(QueueAckParams {
+                id: messages[i].id,
+                lease_token: messages[i].lease_token.clone(),
+            });
+            unflushed[i] = false;
+        }
+        apply_results(&self.ctx, &results, consumed).await
     }
 
-    /// Runs `work` while extending the leases of the batch's messages not yet finished
-    /// (`leased`) every third of the visibility timeout, so a long handler neither loses its
-    /// own step nor lets the steps queued behind it be delivered to another worker.
-    async fn keep_leased<T>(
-        &self,
-        leased: &[QueueMessage],
-        work: impl std::future::Future<Output = T>,
-    ) -> T {
-        tokio::pin!(work);
-        let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = tick.tick() => {
-                    for message in leased {
-                        let extend = QueueNackParams {
-                            id: message.id,
-                            lease_token: message.lease_token.clone(),
-                            delay: self.ctx.visibility_timeout,
-                        };
-                        if let Err(error) = self.ctx.store.queue_extend(&extend).await {
-                            tracing::warn!(%error, message = message.id, "could not extend a step message's lease");
-                        }
-                    }
-                }
+    /// Extends the leases of the batch's messages not yet acknowledged.
+    async fn extend_leases(&self, messages: &[QueueMessage], unflushed: &[bool]) {
+        for (message, _) in messages.iter().zip(unflushed).filter(|(_, &u)| u) {
+            let extend = QueueNackParams {
+                id: message.id,
+                lease_token: message.lease_token.clone(),
+                delay: self.ctx.visibility_timeout,
+            };
+            if let Err(error) = self.ctx.store.queue_extend(&extend).await {
+                tracing::warn!(%error, message = message.id, "could not extend a step message's lease");
             }
         }
-    }
-
-    /// Runs the step of `message`; `leased` is it and the batch's messages after it.
-    async fn run_one(
-        &self,
-        message: &QueueMessage,
-        leased: &[QueueMessage],
-    ) -> Result<Option<StepResult>, ExecutorError> {
-        let Some(step_message) = self.ctx.decode_or_reject::<StepMessage>(message).await? else {
-            return Ok(None);
-        };
-        let Some((step, input)) = begin_attempt(&self.ctx, step_message.step_id).await? else {
-            return Ok(None);
-        };
-        let run = async {
-            match self.handlers.get(&step.handler) {
-                None => StepOutcome::Failure {
-                    error: format!("no handler named {:?} in this worker", step.handler),
-                    retryable: false,
-                },
-                Some(handler) => {
-                    let call = handler.call(input);
-                    let result = match step.timeout_ms {
-                        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), call)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(crate::handler::StepFailure {
-                                    error: format!("attempt timed out after {ms} ms"),
-                                    retryable: true,
-                                })
-                            }),
-                        None => call.await,
-                    };
-                    match result {
-                        Ok(output) => StepOutcome::Success { output },
-                        Err(f) => StepOutcome::Failure {
-                            error: f.error,
-                            retryable: f.retryable,
-                        },
-                    }
-                }
-            }
-        };
-        let outcome = self.keep_leased(leased, run).await;
-        Ok(Some(StepResult {
-            task_id: step.task_id,
-            step_id: step.id,
-            attempt: step.attempts,
-            outcome,
-        }))
     }
 }
 
-/// Starts a new attempt of a delivered step: moves it to `InProgress` (through
-/// `lease_expired` when an earlier delivery's worker lost its lease) and gathers what its
-/// handler needs. `None` when there is nothing to run (the step moved on or is gone).
+/// Starts a new attempt of one delivered step; see [`begin_attempts`].
 pub(crate) async fn begin_attempt(
     ctx: &ExecutorContext,
     step_id: StepId,
 ) -> Result<Option<(StepRow, StepInput)>, ExecutorError> {
-    let start = StepStartParams {
-        step_id,
+    Ok(begin_attempts(ctx, &[step_id]).await?.remove(&step_id))
+}
+
+/// Starts new attempts of delivered steps, together: each moves to `InProgress` (through
+/// `lease_expired` first when an earlier delivery's worker lost its lease) with what its
+/// handler needs. Steps with nothing to run (moved on, gone) are missing from the answer.
+pub(crate) async fn begin_attempts(
+    ctx: &ExecutorContext,
+    step_ids: &[StepId],
+) -> Result<HashMap<StepId, (StepRow, StepInput)>, ExecutorError> {
+    let mut start = StepStartManyParams {
+        step_ids: step_ids.to_vec(),
         instance_id: ctx.instance_id.clone(),
     };
-    let mut started = ctx.store.step_start(&start).await?;
-    if started.is_none() {
+    let mut started = ctx.store.step_start_many(&start).await?;
+    if started.len() < step_ids.len() {
         // Not `Enqueued`: gone, moved on, or redelivered because the worker holding the
-        // earlier attempt lost its lease, which is then taken back first.
-        let step = match ctx.store.step_get(step_id).await {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if step.state != StepState::InProgress {
-            return Ok(None);
+        // earlier attempt lost its lease, which is then taken back first (rare).
+        let mut retake = Vec::new();
+        for &id in step_ids {
+            if started.iter().any(|s| s.step.id == id) {
+                continue;
+            }
+            let step = match ctx.store.step_get(id).await {
+                Ok(s) => s,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if step.state != StepState::InProgress {
+                continue;
+            }
+            let moved = ctx
+                .step_move(&ctx.step_event(id, step.state, StepEvent::LeaseExpired))
+                .await?;
+            if moved.is_some() {
+                retake.push(id);
+            }
         }
-        let moved = ctx
-            .step_move(&ctx.step_event(step.id, step.state, StepEvent::LeaseExpired))
-            .await?;
-        if moved.is_none() {
-            return Ok(None);
+        if !retake.is_empty() {
+            start.step_ids = retake;
+            started.extend(ctx.store.step_start_many(&start).await?);
         }
-        started = ctx.store.step_start(&start).await?;
     }
-    let Some(StepStarted {
-        step,
-        context,
-        parents,
-    }) = started
-    else {
-        return Ok(None);
-    };
-    let input = StepInput {
-        context,
-        config: step.handler_config.clone(),
-        parents: parents
-            .into_iter()
-            .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
-            .collect(),
-        attempt: step.attempts,
-    };
-    Ok(Some((step, input)))
+    Ok(started
+        .into_iter()
+        .map(
+            |StepStarted {
+                 step,
+                 context,
+                 parents,
+             }| {
+                let input = StepInput {
+                    context,
+                    config: step.handler_config.clone(),
+                    parents: parents
+                        .into_iter()
+                        .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
+                        .collect(),
+                    attempt: step.attempts,
+                };
+                (step.id, (step, input))
+            },
+        )
+        .collect())
 }
 
 #[async_trait]

@@ -239,16 +239,16 @@ pub struct ResultsApplied {
     pub queues: Vec<String>,
 }
 
-/// [`crate::StepStore::step_start`].
+/// [`crate::StepStore::step_start_many`].
 #[derive(Debug, Clone)]
-pub struct StepStartParams {
-    /// The step, expected `Enqueued`.
-    pub step_id: StepId,
-    /// Instance recorded in the audit row.
+pub struct StepStartManyParams {
+    /// The steps, expected `Enqueued`.
+    pub step_ids: Vec<StepId>,
+    /// Instance recorded in the audit rows.
     pub instance_id: String,
 }
 
-/// What [`crate::StepStore::step_start`] returns: the started step and its handler's input.
+/// One step [`crate::StepStore::step_start_many`] started, with its handler's input.
 #[derive(Debug, Clone)]
 pub struct StepStarted {
     /// The step, now `InProgress` with the new attempt counted.

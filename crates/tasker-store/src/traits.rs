@@ -6,7 +6,7 @@ use tasker_types::{
 use crate::{
     QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
     QueueNackParams, Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams,
-    StepStartParams, StepStarted, StepTransitionParams, StepViableManyParams, TaskClaimParams,
+    StepStartManyParams, StepStarted, StepTransitionParams, StepViableManyParams, TaskClaimParams,
     TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
     TemplateGetParams, TemplateRegisterParams,
 };
@@ -186,14 +186,15 @@ pub trait StepStore: Send + Sync {
     /// Infrastructure errors.
     async fn step_enqueue_many(&self, params: &StepEnqueueManyParams) -> Result<Vec<StepId>>;
 
-    /// Starts an attempt of an `Enqueued` step (compare-and-swap): `InProgress`, the attempt
-    /// counted, its audit row written, in one transaction; returns it with its handler's input.
-    /// `None` when the step is not `Enqueued`.
+    /// Starts an attempt of each given step that is `Enqueued` (compare-and-swap per step):
+    /// `InProgress`, the attempt counted, its audit row written, all in one transaction.
+    /// Returns the started steps, by id, each with its handler's input; steps not `Enqueued`
+    /// are left alone and missing from the answer.
     ///
     /// # Errors
     ///
     /// Infrastructure errors.
-    async fn step_start(&self, params: &StepStartParams) -> Result<Option<StepStarted>>;
+    async fn step_start_many(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>>;
 
     /// Applies worker results in one transaction and settles what each one decides:
     ///

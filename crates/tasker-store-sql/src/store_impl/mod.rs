@@ -36,10 +36,10 @@ macro_rules! __sql_store_imports {
             QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
             QueueForwardParams, QueueNackParams, QueueStore, Result, ResultsApplied,
             StepApplyResultsParams, StepEnqueueManyParams, StepMessage, StepResultApply,
-            StepStartParams, StepStarted, StepStore, StepTransitionParams, StepViableManyParams,
-            StoreError, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
-            TaskMessage, TaskReleaseParams, TaskStore, TaskTransitionParams, TemplateGetParams,
-            TemplateRegisterParams, TemplateStore, TransitionLog,
+            StepStartManyParams, StepStarted, StepStore, StepTransitionParams,
+            StepViableManyParams, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated,
+            TaskListParams, TaskMessage, TaskReleaseParams, TaskStore, TaskTransitionParams,
+            TemplateGetParams, TemplateRegisterParams, TemplateStore, TransitionLog,
         };
         #[allow(unused_imports)]
         use ::tasker_types::{

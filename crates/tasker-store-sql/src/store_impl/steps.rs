@@ -253,28 +253,37 @@ macro_rules! __sql_store_steps {
                     Ok(enqueued.into_iter().map(|(id, _)| id).collect())
                 }
 
-                async fn step_start(&self, params: &StepStartParams) -> Result<Option<StepStarted>> {
+                async fn step_start_many(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
+                    if params.step_ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
                     let mut tx = self.begin_write().await?;
-                    self.count(1);
-                    let row = sqlx::query(&format!(
-                        "UPDATE steps SET state = $1, attempts = attempts + 1, \
-                         started_at_ms = COALESCE(started_at_ms, {now}), next_attempt_at_ms = NULL \
-                         WHERE id = $2 AND state = $3 RETURNING {STEP_COLUMNS}",
-                        now = now_ms!()
-                    ))
-                    .bind(StepState::InProgress.as_str())
-                    .bind(params.step_id.0)
-                    .bind(StepState::Enqueued.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                    let Some(row) = row else {
-                        return Ok(None);
-                    };
-                    let step = decode_step(&row)?;
-                    let n = Self::insert_transitions(
-                        &mut tx,
-                        &[NewTransition {
+                    let mut steps = Vec::with_capacity(params.step_ids.len());
+                    for chunk in params.step_ids.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(format!(
+                            "UPDATE steps SET state = 'InProgress', attempts = attempts + 1, \
+                             started_at_ms = COALESCE(started_at_ms, {now}), next_attempt_at_ms = NULL \
+                             WHERE state = 'Enqueued' AND id IN (",
+                            now = now_ms!()
+                        ));
+                        let mut list = qb.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id.0);
+                        }
+                        qb.push(format!(") RETURNING {STEP_COLUMNS}"));
+                        self.count(1);
+                        let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
+                        for row in &rows {
+                            steps.push(decode_step(row)?);
+                        }
+                    }
+                    if steps.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    steps.sort_unstable_by_key(|s| s.id.0);
+                    let transitions: Vec<NewTransition<'_>> = steps
+                        .iter()
+                        .map(|step| NewTransition {
                             entity: Entity::Step,
                             task_id: step.task_id,
                             step_id: Some(step.id),
@@ -283,43 +292,61 @@ macro_rules! __sql_store_steps {
                             event: StepEvent::Start.name(),
                             reason: None,
                             instance_id: &params.instance_id,
-                        }],
-                    )
-                    .await?;
-                    // The context and the parents' outputs in one read: one row per parent, or
-                    // one row with no parent.
-                    self.count(n + 1);
-                    let rows = sqlx::query(
-                        "SELECT t.context, p.name, p.result FROM tasks t \
-                         LEFT JOIN step_edges e ON e.child_id = $2 \
-                         LEFT JOIN steps p ON p.id = e.parent_id \
-                         WHERE t.id = $1 ORDER BY p.position",
-                    )
-                    .bind(step.task_id.0)
-                    .bind(step.id.0)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                    let first = rows.first().ok_or_else(|| StoreError::NotFound {
-                        entity: "task",
-                        id: step.task_id.to_string(),
-                    })?;
-                    let context: Json<serde_json::Value> = first.try_get("context").map_err(map_err)?;
-                    let mut parents = Vec::with_capacity(rows.len());
-                    for r in &rows {
-                        let Some(name) = r.try_get::<Option<String>, _>("name").map_err(map_err)? else {
-                            continue;
-                        };
-                        let result: Option<Json<serde_json::Value>> =
-                            r.try_get("result").map_err(map_err)?;
-                        parents.push((name, result.map(|j| j.0)));
+                        })
+                        .collect();
+                    let n = Self::insert_transitions(&mut tx, &transitions).await?;
+                    self.count(n);
+                    // Each step's task context and parents' outputs in one read: a row per
+                    // (step, parent), or one row for a step without parents.
+                    let mut inputs: HashMap<i64, (serde_json::Value, Vec<(String, Option<serde_json::Value>)>)> =
+                        HashMap::with_capacity(steps.len());
+                    for chunk in steps.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "SELECT s.id AS step_id, t.context, p.name, p.result FROM steps s \
+                             JOIN tasks t ON t.id = s.task_id \
+                             LEFT JOIN step_edges e ON e.child_id = s.id \
+                             LEFT JOIN steps p ON p.id = e.parent_id \
+                             WHERE s.id IN (",
+                        );
+                        let mut list = qb.separated(", ");
+                        for step in chunk {
+                            list.push_bind(step.id.0);
+                        }
+                        qb.push(") ORDER BY s.id, p.position");
+                        self.count(1);
+                        let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
+                        for r in &rows {
+                            let step_id: i64 = r.try_get("step_id").map_err(map_err)?;
+                            let input = match inputs.entry(step_id) {
+                                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    let context: Json<serde_json::Value> =
+                                        r.try_get("context").map_err(map_err)?;
+                                    e.insert((context.0, Vec::new()))
+                                }
+                            };
+                            let Some(name) = r.try_get::<Option<String>, _>("name").map_err(map_err)? else {
+                                continue;
+                            };
+                            let result: Option<Json<serde_json::Value>> =
+                                r.try_get("result").map_err(map_err)?;
+                            input.1.push((name, result.map(|j| j.0)));
+                        }
                     }
                     tx.commit().await.map_err(map_err)?;
-                    Ok(Some(StepStarted {
-                        step,
-                        context: context.0,
-                        parents,
-                    }))
+                    steps
+                        .into_iter()
+                        .map(|step| {
+                            let (context, parents) = inputs.remove(&step.id.0).ok_or_else(|| {
+                                $crate::corrupt("step start", format!("no task for step {}", step.id))
+                            })?;
+                            Ok(StepStarted {
+                                step,
+                                context,
+                                parents,
+                            })
+                        })
+                        .collect()
                 }
 
                 async fn step_apply_results(

@@ -58,7 +58,7 @@ macro_rules! store_conformance {
             step_retry_and_error_paths,
             step_transition_is_compare_and_swap,
             step_enqueue_many_publishes_in_one_transaction,
-            step_start_begins_an_attempt_with_its_input,
+            step_start_many_begins_attempts_with_their_input,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,

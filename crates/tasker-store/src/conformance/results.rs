@@ -6,8 +6,9 @@ use tasker_types::{StepEvent, StepId, StepState, TaskEvent, TaskId, TaskRow, Tas
 use crate::{
     conformance::{create_task, diamond, template},
     QueueAckParams, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
-    StepApplyResultsParams, StepEnqueueManyParams, StepResultApply, StepRouting, StepStartParams,
-    Store, TaskCreateParams, TaskMessage, TaskTransitionParams, TemplateRegisterParams,
+    StepApplyResultsParams, StepEnqueueManyParams, StepResultApply, StepRouting,
+    StepStartManyParams, Store, TaskCreateParams, TaskMessage, TaskTransitionParams,
+    TemplateRegisterParams,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -60,14 +61,14 @@ async fn start(store: &dyn Store, task: TaskId, name: &str) -> (StepId, u32) {
             .unwrap();
     }
     let started = store
-        .step_start(&StepStartParams {
-            step_id: id,
+        .step_start_many(&StepStartManyParams {
+            step_ids: vec![id],
             instance_id: "conformance".into(),
         })
         .await
-        .unwrap()
-        .expect("an enqueued step starts");
-    (id, started.step.attempts)
+        .unwrap();
+    assert_eq!(started.len(), 1, "an enqueued step starts");
+    (id, started[0].step.attempts)
 }
 
 fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
@@ -114,46 +115,50 @@ async fn drain(store: &dyn Store, queue: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `step_start` moves an `Enqueued` step to `InProgress`, counts the attempt, writes its audit
-/// row and returns the task context and the parents' outputs; a step not `Enqueued` does not
-/// start.
-pub async fn step_start_begins_an_attempt_with_its_input(store: Arc<dyn Store>) {
+/// `step_start_many` moves the given `Enqueued` steps to `InProgress` together, counts their
+/// attempts, writes their audit rows and returns each with its task context and parents'
+/// outputs; steps not `Enqueued` do not start and are left out.
+pub async fn step_start_many_begins_attempts_with_their_input(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let task = create_task(s, &diamond(), None).await;
     running(s, &task).await;
     let first = start(s, task.id, "start").await;
     assert_eq!(first.1, 1);
-    let again = s
-        .step_start(&StepStartParams {
-            step_id: first.0,
-            instance_id: "conformance".into(),
-        })
-        .await
-        .unwrap();
-    assert!(again.is_none(), "an InProgress step must not start twice");
+    let start_many = |ids: Vec<StepId>| StepStartManyParams {
+        step_ids: ids,
+        instance_id: "conformance".into(),
+    };
+    let again = s.step_start_many(&start_many(vec![first.0])).await.unwrap();
+    assert!(again.is_empty(), "an InProgress step must not start twice");
     s.step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
         .await
         .unwrap();
 
-    let left = s
-        .step_start(&StepStartParams {
-            step_id: step_id(s, task.id, "left").await,
-            instance_id: "conformance".into(),
-        })
+    let left = step_id(s, task.id, "left").await;
+    let right = step_id(s, task.id, "right").await;
+    let join = step_id(s, task.id, "join").await;
+    let started = s
+        .step_start_many(&start_many(vec![right, join, left]))
         .await
-        .unwrap()
-        .expect("left was enqueued by its parent's result");
-    assert_eq!(left.step.state, StepState::InProgress);
-    assert_eq!(left.step.attempts, 1);
-    assert!(left.step.started_at_ms.is_some());
-    assert_eq!(left.context, json!({"n": 1}));
-    assert_eq!(
-        left.parents,
-        [("start".to_owned(), Some(json!({ "step": first.0 .0 })))]
-    );
+        .unwrap();
+    let ids: Vec<_> = started.iter().map(|s| s.step.id).collect();
+    let mut expected = vec![left, right];
+    expected.sort_unstable_by_key(|id| id.0);
+    assert_eq!(ids, expected, "the Pending join stays behind");
+    for started in &started {
+        assert_eq!(started.step.state, StepState::InProgress);
+        assert_eq!(started.step.attempts, 1);
+        assert!(started.step.started_at_ms.is_some());
+        assert_eq!(started.context, json!({"n": 1}));
+        assert_eq!(
+            started.parents,
+            [("start".to_owned(), Some(json!({ "step": first.0 .0 })))]
+        );
+    }
+    assert_eq!(state_of(s, task.id, "join").await, StepState::Pending);
     let log = s.transition_list(task.id).await.unwrap();
     let starts = log.iter().filter(|t| t.event == "start").count();
-    assert_eq!(starts, 2, "one audit row per started attempt");
+    assert_eq!(starts, 3, "one audit row per started attempt");
 }
 
 /// A batch of results applied together: each completed step's children that have no
