@@ -69,6 +69,20 @@ impl PgStore {
         Ok(1)
     }
 
+    /// Locks the tasks' rows for the rest of the transaction, in id order, so transactions
+    /// that lock several tasks cannot deadlock. Returns the statements sent.
+    async fn lock_tasks(conn: &mut sqlx::PgConnection, ids: &[i64]) -> tasker_store::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query("SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .execute(conn)
+            .await
+            .map_err(decode::map_err)?;
+        Ok(1)
+    }
+
     /// Opens a write transaction.
     async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         self.pool.begin().await.map_err(decode::map_err)

@@ -173,6 +173,16 @@ pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, stat
      max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, next_attempt_at_ms, timeout_ms, result, last_error, \
      started_at_ms, finished_at_ms";
 
+/// `columns` (a comma-separated list such as [`STEP_COLUMNS`]) each qualified with `table`,
+/// for `RETURNING` lists of statements that join another relation.
+pub fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Decodes a `steps` row.
 pub fn step(row: &impl RowExt) -> Result<StepRow> {
     let timeout_ms = row.opt_int("timeout_ms")?;

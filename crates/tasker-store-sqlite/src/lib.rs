@@ -64,6 +64,14 @@ impl SqliteStore {
         Ok(0)
     }
 
+    /// The single writer already serializes every write transaction: nothing to lock.
+    async fn lock_tasks(
+        _conn: &mut sqlx::SqliteConnection,
+        _ids: &[i64],
+    ) -> tasker_store::Result<u64> {
+        Ok(0)
+    }
+
     /// Opens a write transaction on the single writer, taking the write lock up front.
     async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
         self.writer

@@ -14,7 +14,10 @@
 //! `async fn begin_write(&self) -> Result<sqlx::Transaction<'_, $db>>`,
 //! `async fn dequeue_leased(&self, &QueueDequeueParams) -> Result<Vec<QueueMessage>>` and
 //! `async fn announce_enqueued(&mut $conn, queue: &str) -> Result<u64>` (tell other processes
-//! that `queue` has new work, in the enqueueing transaction; returns the statements sent).
+//! that `queue` has new work, in the enqueueing transaction; returns the statements sent) and
+//! `async fn lock_tasks(&mut $conn, ids: &[i64]) -> Result<u64>` (lock task rows in id order
+//! for the rest of the transaction where writers run concurrently; returns the statements
+//! sent).
 
 mod queues;
 mod steps;
@@ -48,10 +51,10 @@ macro_rules! __sql_store_imports {
         };
         #[allow(unused_imports)]
         use $crate::{
-            corrupt, dead_letter, duration_ms, message, step as decode_step, task as decode_task,
-            template as decode_template, transition as decode_transition, NewTransition,
-            INSERT_CHUNK, MESSAGE_COLUMNS, STEP_COLUMNS, TASK_COLUMNS, TEMPLATE_COLUMNS,
-            TRANSITION_COLUMNS,
+            corrupt, dead_letter, duration_ms, message, qualified, step as decode_step,
+            task as decode_task, template as decode_template, transition as decode_transition,
+            NewTransition, INSERT_CHUNK, MESSAGE_COLUMNS, STEP_COLUMNS, TASK_COLUMNS,
+            TEMPLATE_COLUMNS, TRANSITION_COLUMNS,
         };
     };
 }

@@ -353,109 +353,145 @@ macro_rules! __sql_store_steps {
                     &self,
                     params: &StepApplyResultsParams,
                 ) -> Result<ResultsApplied> {
+                    // Set-based: a fixed number of statements per batch, whatever its size.
                     let mut order: Vec<&StepResultApply> = params.results.iter().collect();
-                    // One lock order for every batch: task by task, ascending.
                     order.sort_by_key(|r| (r.task_id.0, r.step_id.0));
+                    order.dedup_by_key(|r| r.step_id);
+                    let targets = order
+                        .iter()
+                        .map(|r| Ok((*r, StepState::InProgress.transition(r.event)?)))
+                        .collect::<Result<Vec<_>>>()?;
                     let mut applied = ResultsApplied::default();
                     let mut transitions: Vec<NewTransition<'_>> = Vec::new();
                     let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
                         std::collections::BTreeMap::new();
-                    let evaluate = |outbox: &mut std::collections::BTreeMap<String, Vec<serde_json::Value>>,
-                                    task_id: TaskId| {
-                        outbox
-                            .entry(params.evaluate_queue.clone())
-                            .or_default()
-                            .push(serde_json::json!(TaskMessage { task_id }));
-                    };
                     let mut tx = self.begin_write().await?;
-                    for result in order {
-                        let to = StepState::InProgress.transition(result.event)?;
+                    let mut task_ids: Vec<i64> = targets.iter().map(|(r, _)| r.task_id.0).collect();
+                    task_ids.dedup();
+                    let n = Self::lock_tasks(&mut tx, &task_ids).await?;
+                    self.count(n);
+
+                    // 1. Each step moves, only while it runs the result's attempt.
+                    let mut moved: HashMap<i64, StepRow> = HashMap::with_capacity(targets.len());
+                    for chunk in targets.chunks(INSERT_CHUNK / 7) {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE steps SET state = v.column3, \
+                             result = COALESCE(v.column4, result), \
+                             last_error = COALESCE(v.column5, last_error), next_attempt_at_ms = CASE \
+                             WHEN v.column6 IS NULL THEN NULL ELSE ");
+                        qb.push(now_ms!()).push(" + v.column6 END, finished_at_ms = CASE WHEN v.column7 THEN ")
+                            .push(now_ms!()).push(" ELSE NULL END FROM (");
+                        qb.push_values(chunk, |mut b, (r, to)| {
+                            b.push_bind(r.step_id.0)
+                                .push_bind(i64::from(r.attempt))
+                                .push_bind(to.as_str())
+                                .push_bind(r.output.as_ref().map(Json))
+                                .push_bind(r.error.as_deref())
+                                .push_bind(r.retry_after.map(duration_ms))
+                                .push_bind(to.is_terminal());
+                        });
+                        qb.push(format!(
+                            ") AS v WHERE steps.id = v.column1 AND steps.state = 'InProgress' \
+                             AND steps.attempts = v.column2 RETURNING {}",
+                            qualified("steps", STEP_COLUMNS)
+                        ));
                         self.count(1);
-                        let row = sqlx::query(&format!(
-                            "UPDATE steps SET state = $1, result = COALESCE($2, result), \
-                             last_error = COALESCE($3, last_error), \
-                             next_attempt_at_ms = CASE WHEN $4 IS NULL THEN NULL ELSE {now} + $4 END, \
-                             finished_at_ms = CASE WHEN $5 THEN {now} ELSE NULL END \
-                             WHERE id = $6 AND task_id = $7 AND state = $8 AND attempts = $9 \
-                             RETURNING {STEP_COLUMNS}",
-                            now = now_ms!()
-                        ))
-                        .bind(to.as_str())
-                        .bind(result.output.as_ref().map(Json))
-                        .bind(result.error.as_deref())
-                        .bind(result.retry_after.map(duration_ms))
-                        .bind(to.is_terminal())
-                        .bind(result.step_id.0)
-                        .bind(result.task_id.0)
-                        .bind(StepState::InProgress.as_str())
-                        .bind(i64::from(result.attempt))
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                        // Stale or a duplicate: whoever moved the step settled its task then.
-                        let Some(row) = row else { continue };
-                        let step = decode_step(&row)?;
+                        for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                            let step = decode_step(&row)?;
+                            moved.insert(step.id.0, step);
+                        }
+                    }
+                    // Stale results and duplicates moved nothing: whoever moved their step
+                    // settled its task then.
+                    let mut per_task: std::collections::BTreeMap<i64, (i64, bool)> =
+                        std::collections::BTreeMap::new();
+                    let mut completed: Vec<(TaskId, i64)> = Vec::new();
+                    for (r, to) in &targets {
+                        let Some(step) = moved.remove(&r.step_id.0) else { continue };
                         transitions.push(NewTransition {
                             entity: Entity::Step,
-                            task_id: result.task_id,
-                            step_id: Some(result.step_id),
+                            task_id: r.task_id,
+                            step_id: Some(r.step_id),
                             from_state: Some(StepState::InProgress.as_str()),
                             to_state: to.as_str(),
-                            event: result.event.name(),
-                            reason: result.error.as_deref(),
+                            event: r.event.name(),
+                            reason: r.error.as_deref(),
                             instance_id: &params.instance_id,
                         });
+                        let entry = per_task.entry(r.task_id.0).or_default();
+                        if to.satisfies_dependents() {
+                            entry.0 += 1;
+                            completed.push((r.task_id, r.step_id.0));
+                        } else {
+                            entry.1 = true;
+                        }
                         applied.steps.push(step);
-                        let completed = to.satisfies_dependents();
-                        // Locks the task for the rest of the transaction, then reads it.
-                        self.count(1);
-                        let task = sqlx::query(&format!(
-                            "UPDATE tasks SET updated_at_ms = {now}, \
-                             unfinished_steps = unfinished_steps - $1 \
-                             WHERE id = $2 RETURNING state, namespace, unfinished_steps",
-                            now = now_ms!()
-                        ))
-                        .bind(i64::from(completed))
-                        .bind(result.task_id.0)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                        let state: String = task.try_get("state").map_err(map_err)?;
-                        let state: TaskState =
-                            state.parse().map_err(|e| $crate::corrupt("task state", e))?;
-                        let namespace: String = task.try_get("namespace").map_err(map_err)?;
-                        let unfinished: i64 = task.try_get("unfinished_steps").map_err(map_err)?;
-                        let running = state == TaskState::StepsInProcess;
-                        let mut enqueued = 0;
-                        if completed {
-                            // Children count the parent; in a running task those left with no
-                            // unfinished parent are enqueued by the same statement (SET reads the
-                            // values before the update).
+                    }
+                    if per_task.is_empty() {
+                        let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
+                        self.count(n);
+                        tx.commit().await.map_err(map_err)?;
+                        return Ok(applied);
+                    }
+
+                    // 2. Their tasks count the completed steps.
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE tasks SET updated_at_ms = ");
+                    qb.push(now_ms!()).push(", unfinished_steps = unfinished_steps - v.column2 FROM (");
+                    qb.push_values(&per_task, |mut b, (task, (done, _))| {
+                        b.push_bind(*task).push_bind(*done);
+                    });
+                    qb.push(") AS v WHERE tasks.id = v.column1 \
+                             RETURNING tasks.id, tasks.state, tasks.namespace, tasks.unfinished_steps");
+                    self.count(1);
+                    let mut tasks: HashMap<i64, (TaskState, String, i64)> = HashMap::new();
+                    for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                        let state: String = row.try_get("state").map_err(map_err)?;
+                        tasks.insert(
+                            row.try_get("id").map_err(map_err)?,
+                            (
+                                state.parse().map_err(|e| $crate::corrupt("task state", e))?,
+                                row.try_get("namespace").map_err(map_err)?,
+                                row.try_get("unfinished_steps").map_err(map_err)?,
+                            ),
+                        );
+                    }
+                    let running = |task: i64| {
+                        tasks.get(&task).is_some_and(|t| t.0 == TaskState::StepsInProcess)
+                    };
+
+                    // 3. Children count their completed parents; in a running task those left with
+                    // no unfinished parent are enqueued by the same statement.
+                    let (in_running, elsewhere): (Vec<_>, Vec<_>) =
+                        completed.iter().partition(|(task, _)| running(task.0));
+                    let mut enqueued_in: std::collections::HashSet<i64> = std::collections::HashSet::new();
+                    for (parents, enqueue) in [(in_running, true), (elsewhere, false)] {
+                        for chunk in parents.chunks(INSERT_CHUNK) {
+                            let mut qb = QueryBuilder::<$db>::new(
+                                "UPDATE steps SET pending_parents = pending_parents - c.n, state = CASE WHEN ",
+                            );
+                            qb.push_bind(enqueue).push(
+                                " AND pending_parents = c.n AND state = 'Pending' \
+                                 AND attempts < max_attempts THEN 'Enqueued' ELSE state END \
+                                 FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN (",
+                            );
+                            let mut list = qb.separated(", ");
+                            for (_, parent) in chunk {
+                                list.push_bind(*parent);
+                            }
+                            qb.push(") GROUP BY child_id) AS c WHERE steps.id = c.child_id \
+                                     RETURNING steps.id, steps.task_id, steps.state, steps.handler");
                             self.count(1);
-                            let children = sqlx::query(
-                                "UPDATE steps SET pending_parents = pending_parents - 1, \
-                                 state = CASE WHEN $1 AND pending_parents = 1 AND state = $2 \
-                                              AND attempts < max_attempts THEN $3 ELSE state END \
-                                 WHERE id IN (SELECT child_id FROM step_edges WHERE parent_id = $4) \
-                                 RETURNING id, state, handler",
-                            )
-                            .bind(running)
-                            .bind(StepState::Pending.as_str())
-                            .bind(StepState::Enqueued.as_str())
-                            .bind(result.step_id.0)
-                            .fetch_all(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                            for child in &children {
-                                let child_state: String = child.try_get("state").map_err(map_err)?;
-                                if !running || child_state != StepState::Enqueued.as_str() {
+                            for child in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                                let state: String = child.try_get("state").map_err(map_err)?;
+                                if !enqueue || state != StepState::Enqueued.as_str() {
                                     continue;
                                 }
+                                let task_id = TaskId(child.try_get("task_id").map_err(map_err)?);
                                 let child_id = StepId(child.try_get("id").map_err(map_err)?);
                                 let handler: String = child.try_get("handler").map_err(map_err)?;
+                                let namespace = tasks.get(&task_id.0).map_or("", |t| t.1.as_str());
                                 transitions.push(NewTransition {
                                     entity: Entity::Step,
-                                    task_id: result.task_id,
+                                    task_id,
                                     step_id: Some(child_id),
                                     from_state: Some(StepState::Pending.as_str()),
                                     to_state: StepState::Enqueued.as_str(),
@@ -464,42 +500,75 @@ macro_rules! __sql_store_steps {
                                     instance_id: &params.instance_id,
                                 });
                                 outbox
-                                    .entry(params.routing.queue(&namespace, &handler).to_owned())
+                                    .entry(params.routing.queue(namespace, &handler).to_owned())
                                     .or_default()
-                                    .push(serde_json::json!(StepMessage {
-                                        task_id: result.task_id,
-                                        step_id: child_id,
-                                    }));
-                                enqueued += 1;
+                                    .push(serde_json::json!(StepMessage { task_id, step_id: child_id }));
+                                enqueued_in.insert(task_id.0);
                             }
                         }
-                        if !running {
-                            // Whoever moves the task on decides; tell the evaluator unless it
-                            // has nothing left to decide.
+                    }
+
+                    // 4. Each task: finished, still busy, or left to the evaluator.
+                    let mut finish = Vec::new();
+                    let mut maybe_idle = Vec::new();
+                    let mut evaluate = Vec::new();
+                    for (&task, &(done, failed)) in &per_task {
+                        let Some((state, _, unfinished)) = tasks.get(&task) else { continue };
+                        if *state != TaskState::StepsInProcess {
+                            // Whoever moves the task on decides; tell the evaluator unless it has
+                            // nothing left to decide.
                             if !state.is_terminal() {
-                                evaluate(&mut outbox, result.task_id);
+                                evaluate.push(task);
                             }
-                            continue;
+                        } else if failed {
+                            evaluate.push(task);
+                        } else if *unfinished == 0 {
+                            finish.push(task);
+                        } else if done > 0 && !enqueued_in.contains(&task) {
+                            maybe_idle.push(task);
                         }
-                        if completed && unfinished == 0 {
-                            self.count(1);
-                            let done = sqlx::query(&format!(
-                                "UPDATE tasks SET state = $1, updated_at_ms = {now}, \
-                                 finished_at_ms = {now} WHERE id = $2 RETURNING {TASK_COLUMNS}",
-                                now = now_ms!()
-                            ))
-                            .bind(TaskState::Complete.as_str())
-                            .bind(result.task_id.0)
-                            .fetch_one(&mut *tx)
+                    }
+                    if !maybe_idle.is_empty() {
+                        // Literal states: exactly `steps_running_idx`'s predicate, so even a
+                        // generic plan may use that partial index.
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "SELECT DISTINCT task_id FROM steps \
+                             WHERE state IN ('Enqueued', 'InProgress') AND task_id IN (",
+                        );
+                        let mut list = qb.separated(", ");
+                        for task in &maybe_idle {
+                            list.push_bind(*task);
+                        }
+                        qb.push(")");
+                        self.count(1);
+                        let busy = qb
+                            .build()
+                            .fetch_all(&mut *tx)
                             .await
-                            .map_err(map_err)?;
+                            .map_err(map_err)?
+                            .iter()
+                            .map(|r| r.try_get::<i64, _>("task_id").map_err(map_err))
+                            .collect::<Result<std::collections::HashSet<_>>>()?;
+                        evaluate.extend(maybe_idle.into_iter().filter(|t| !busy.contains(t)));
+                    }
+                    if !finish.is_empty() {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE tasks SET state = 'Complete', updated_at_ms = ");
+                        qb.push(now_ms!()).push(", finished_at_ms = ").push(now_ms!()).push(" WHERE id IN (");
+                        let mut list = qb.separated(", ");
+                        for task in &finish {
+                            list.push_bind(*task);
+                        }
+                        qb.push(format!(") RETURNING {TASK_COLUMNS}"));
+                        self.count(1);
+                        for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                            let done = decode_task(&row)?;
                             for (from, event) in [
                                 (TaskState::StepsInProcess, TaskEvent::StepResultReceived),
                                 (TaskState::EvaluatingResults, TaskEvent::Complete),
                             ] {
                                 transitions.push(NewTransition {
                                     entity: Entity::Task,
-                                    task_id: result.task_id,
+                                    task_id: done.id,
                                     step_id: None,
                                     from_state: Some(from.as_str()),
                                     to_state: from.transition(event)?.as_str(),
@@ -508,31 +577,17 @@ macro_rules! __sql_store_steps {
                                     instance_id: &params.instance_id,
                                 });
                             }
-                            applied.finished.push(decode_task(&done)?);
-                            continue;
+                            applied.finished.push(done);
                         }
-                        if completed && enqueued > 0 {
-                            continue;
-                        }
-                        if completed {
-                            self.count(1);
-                            let busy: Option<i64> = sqlx::query_scalar(
-                                // Literal states: exactly `steps_running_idx`'s predicate, so even a
-                                // generic plan may use that partial index.
-                                "SELECT id FROM steps WHERE task_id = $1 \
-                                 AND state IN ('Enqueued', 'InProgress') LIMIT 1",
-                            )
-                            .bind(result.task_id.0)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(map_err)?;
-                            if busy.is_some() {
-                                continue;
-                            }
-                        }
-                        // A failure, or nothing left running: the full evaluation decides.
-                        evaluate(&mut outbox, result.task_id);
                     }
+                    for task in evaluate {
+                        outbox
+                            .entry(params.evaluate_queue.clone())
+                            .or_default()
+                            .push(serde_json::json!(TaskMessage { task_id: TaskId(task) }));
+                    }
+
+                    // 5. The audit rows, the messages, the consumed deliveries.
                     let n = Self::insert_transitions(&mut tx, &transitions).await?;
                     self.count(n);
                     for (queue, payloads) in &outbox {
