@@ -19,8 +19,8 @@ use crate::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
     executor::{
-        create_task, ExecutorContext, ExecutorType, OrchestrationExecutor, StepEnqueuer,
-        StepResultProcessor, TaskClaimer, TaskFinalizer, TaskRequestProcessor,
+        create_task, create_tasks, ExecutorContext, ExecutorType, OrchestrationExecutor,
+        StepEnqueuer, StepResultProcessor, TaskClaimer, TaskFinalizer, TaskRequestProcessor,
     },
     handler::HandlerRegistry,
     messages::{TaskRequest, LOCAL_STEPS},
@@ -310,6 +310,19 @@ impl Engine {
     /// [`RequestError`]: unknown template, invalid context, store failure.
     pub async fn submit(&self, request: &TaskRequest) -> Result<TaskCreated, RequestError> {
         create_task(&self.ctx, request).await
+    }
+
+    /// Validates and creates the tasks of several requests in one transaction, as [`Self::submit`]
+    /// does for one: all of them, or none when any request is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError`] for the first request refused, or a store failure.
+    pub async fn submit_many(
+        &self,
+        requests: &[TaskRequest],
+    ) -> Result<Vec<TaskCreated>, RequestError> {
+        create_tasks(&self.ctx, requests).await
     }
 
     /// Queues a request for the TaskRequestProcessor (asynchronous intake).

@@ -9,3 +9,6 @@ UPDATE tasks SET unfinished_steps = (
 
 -- "Does anything of this task still run?" without reading the task's other steps.
 CREATE INDEX steps_running_idx ON steps (task_id) WHERE state IN ('Enqueued', 'InProgress');
+
+-- A step's parents, read when its attempt starts (the primary key leads with the parent).
+CREATE INDEX step_edges_child_idx ON step_edges (child_id);

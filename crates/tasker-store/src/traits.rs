@@ -82,6 +82,14 @@ pub trait TaskStore: Send + Sync {
     /// [`crate::StoreError::NotFound`] for an unknown template id; infrastructure errors.
     async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated>;
 
+    /// Creates several tasks as [`Self::task_create`] does, all in one transaction: all of
+    /// them or, on an error, none. Results are in the order of `params`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::task_create`], for any one of them.
+    async fn task_create_many(&self, params: &[TaskCreateParams]) -> Result<Vec<TaskCreated>>;
+
     /// One task.
     ///
     /// # Errors

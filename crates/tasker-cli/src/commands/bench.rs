@@ -141,6 +141,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .block_on(bench(args))
 }
 
+/// Requests per `submit_many` call in throughput mode.
+const SUBMIT_BATCH: usize = 500;
+
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let url = match &args.database_url {
@@ -201,9 +204,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Mode::Throughput => {
+            // Submitted in batches, each created in one transaction (`Engine::submit_many`).
             let mut pending = HashSet::with_capacity(args.tasks);
-            for _ in 0..args.tasks {
-                pending.insert(engine.submit(&request).await?.task.id);
+            let mut left = args.tasks;
+            while left > 0 {
+                let n = left.min(SUBMIT_BATCH);
+                let batch = vec![request.clone(); n];
+                pending.extend(
+                    engine
+                        .submit_many(&batch)
+                        .await?
+                        .into_iter()
+                        .map(|c| c.task.id),
+                );
+                left -= n;
             }
             let total = pending.len();
             let mut done = 0;

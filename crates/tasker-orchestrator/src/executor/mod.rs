@@ -27,7 +27,7 @@ pub(crate) use step_result_processor::apply_results;
 pub use step_result_processor::StepResultProcessor;
 pub use task_claimer::{Claim, TaskClaimer};
 pub use task_finalizer::{verdict, TaskFinalizer, Verdict};
-pub use task_request_processor::{create_task, RequestError, TaskRequestProcessor};
+pub use task_request_processor::{create_task, create_tasks, RequestError, TaskRequestProcessor};
 
 use crate::{engine::TaskEvent as EngineEvent, wakeup::Wakeups};
 

@@ -2,7 +2,7 @@
 //! and creates the task with its steps and edges in one transaction (idempotently), which also
 //! starts it: its root steps are enqueued and published by that same transaction.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use tasker_store::{StoreError, TaskCreateParams, TaskCreated, TemplateGetParams};
@@ -31,8 +31,8 @@ pub enum RequestError {
 }
 
 /// Validates `request` and creates its task (or returns the existing one for a repeated
-/// idempotency key), then hands it to the claimers. Shared by the executor and by callers that
-/// create tasks synchronously (the CLI, the API).
+/// idempotency key), started in the creating transaction. Shared by the executor and by callers
+/// that create tasks synchronously (the CLI, the API).
 ///
 /// # Errors
 ///
@@ -45,48 +45,103 @@ pub async fn create_task(
     ctx: &ExecutorContext,
     request: &TaskRequest,
 ) -> Result<TaskCreated, RequestError> {
-    let record = match ctx
-        .store
-        .template_get(&TemplateGetParams {
-            namespace: request.namespace.clone(),
-            name: request.name.clone(),
-            version: request.version.clone(),
-        })
-        .await
-    {
-        Ok(r) => r,
-        Err(StoreError::NotFound { id, .. }) => return Err(RequestError::UnknownTemplate(id)),
-        Err(e) => return Err(e.into()),
+    let params = task_params(ctx, request, &mut HashMap::new()).await?;
+    let created = ctx.store.task_create(&params).await?;
+    after_create(ctx, &created).await?;
+    Ok(created)
+}
+
+/// Creates the tasks of several requests in one transaction, as [`create_task`] does for one:
+/// all of them, or none when any request is refused.
+///
+/// # Errors
+///
+/// [`RequestError`] for the first request refused, or a store failure.
+///
+/// # Cancel safety
+///
+/// As [`create_task`].
+pub async fn create_tasks(
+    ctx: &ExecutorContext,
+    requests: &[TaskRequest],
+) -> Result<Vec<TaskCreated>, RequestError> {
+    let mut templates = HashMap::new();
+    let mut params = Vec::with_capacity(requests.len());
+    for request in requests {
+        params.push(task_params(ctx, request, &mut templates).await?);
+    }
+    let created = ctx.store.task_create_many(&params).await?;
+    for task in &created {
+        after_create(ctx, task).await?;
+    }
+    Ok(created)
+}
+
+/// Templates already read during one call, by `(namespace, name, version)`.
+type TemplateCache = HashMap<(String, String, Option<String>), (i64, TaskTemplate)>;
+
+/// Finds the request's template (once per call) and validates the context against it.
+async fn task_params(
+    ctx: &ExecutorContext,
+    request: &TaskRequest,
+    templates: &mut TemplateCache,
+) -> Result<TaskCreateParams, RequestError> {
+    let key = (
+        request.namespace.clone(),
+        request.name.clone(),
+        request.version.clone(),
+    );
+    let (template_id, template) = match templates.get(&key) {
+        Some(found) => found.clone(),
+        None => {
+            let record = match ctx
+                .store
+                .template_get(&TemplateGetParams {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    version: key.2.clone(),
+                })
+                .await
+            {
+                Ok(r) => r,
+                Err(StoreError::NotFound { id, .. }) => {
+                    return Err(RequestError::UnknownTemplate(id))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let name = format!("{}/{}@{}", record.namespace, record.name, record.version);
+            let template: TaskTemplate = serde_json::from_value(record.definition.clone())
+                .map_err(|e| RequestError::BadTemplate(name, e.to_string()))?;
+            templates.insert(key, (record.id, template.clone()));
+            (record.id, template)
+        }
     };
-    let key = format!("{}/{}@{}", record.namespace, record.name, record.version);
-    let template: TaskTemplate = serde_json::from_value(record.definition.clone())
-        .map_err(|e| RequestError::BadTemplate(key, e.to_string()))?;
     template
         .validate_context(&request.context)
         .map_err(|e| RequestError::InvalidContext(e.problems_lines().join("; ")))?;
-    let created = ctx
-        .store
-        .task_create(&TaskCreateParams {
-            template_id: record.id,
-            template,
-            context: request.context.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            priority: request.priority,
-            instance_id: ctx.instance_id.clone(),
-            start: Some(ctx.routing.clone()),
-        })
-        .await?;
+    Ok(TaskCreateParams {
+        template_id,
+        template,
+        context: request.context.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        priority: request.priority,
+        instance_id: ctx.instance_id.clone(),
+        start: Some(ctx.routing.clone()),
+    })
+}
+
+/// Wakes the queues a new task's first steps went to; moves on an earlier request's task left
+/// before it started (created by a version that left new tasks `Pending`, or interrupted).
+async fn after_create(ctx: &ExecutorContext, created: &TaskCreated) -> Result<(), RequestError> {
     if created.created {
-        // Started in the creating transaction: its root steps are already queued.
         for queue in &created.queues {
             ctx.wakeups.wake(queue);
         }
-        return Ok(created);
+        return Ok(());
     }
-    // An earlier request's task, left before it started (created by a version that left new
-    // tasks `Pending`, or interrupted): move it on. Initializing: created before but its work may never have been
-    // queued (a crash between the two writes). Either way queue the work; a duplicate
-    // `task_work` message is harmless (claims and compare-and-swap absorb it).
+    // Pending: move it on. Initializing: its work may never have been queued (a crash between
+    // the two writes). Either way queue the work; a duplicate `task_work` message is harmless
+    // (claims and compare-and-swap absorb it).
     let mut state = created.task.state;
     if state == TaskState::Pending {
         // `None`: another request processor initialized it first.
@@ -109,7 +164,7 @@ pub async fn create_task(
         )
         .await?;
     }
-    Ok(created)
+    Ok(())
 }
 
 impl From<ExecutorError> for RequestError {

@@ -37,22 +37,11 @@ macro_rules! __sql_store_tasks {
                     Ok(statements)
                 }
 
-                async fn task_fetch(conn: &mut $conn, id: TaskId) -> Result<Option<TaskRow>> {
-                    let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
-                        .bind(id.0)
-                        .fetch_optional(conn)
-                        .await
-                        .map_err(map_err)?;
-                    row.as_ref().map(decode_task).transpose()
-                }
-            }
-
-            #[async_trait::async_trait]
-            impl TaskStore for $store {
-                async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated> {
+                /// Creates one task inside the caller's write transaction (see
+                /// `TaskStore::task_create`).
+                async fn create_in(&self, conn: &mut $conn, params: &TaskCreateParams) -> Result<TaskCreated> {
                     let template = &params.template;
                     let plan = $crate::StepPlan::new(template);
-                    let mut tx = self.begin_write().await?;
                     // A repeated idempotency key hits the unique index: DO NOTHING, then read the winner
                     // (committed by now, since the insert waited on its index entry).
                     self.count(1);
@@ -75,7 +64,7 @@ macro_rules! __sql_store_tasks {
                     .bind(&params.idempotency_key)
                     .bind(i64::from(params.priority))
                     .bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX))
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(map_err)?;
                     let Some(row) = inserted else {
@@ -88,7 +77,7 @@ macro_rules! __sql_store_tasks {
                                 ))
                                 .bind(params.template_id)
                                 .bind(key)
-                                .fetch_optional(&mut *tx)
+                                .fetch_optional(&mut *conn)
                                 .await
                                 .map_err(map_err)?
                             }
@@ -138,7 +127,7 @@ macro_rules! __sql_store_tasks {
                         });
                         qb.push(" RETURNING id, name");
                         self.count(1);
-                        let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
+                        let rows = qb.build().fetch_all(&mut *conn).await.map_err(map_err)?;
                         for row in &rows {
                                         ids.insert(
                                 row.try_get("name").map_err(map_err)?,
@@ -158,7 +147,7 @@ macro_rules! __sql_store_tasks {
                                 .push_bind(child.0);
                         });
                         self.count(1);
-                        qb.build().execute(&mut *tx).await.map_err(map_err)?;
+                        qb.build().execute(&mut *conn).await.map_err(map_err)?;
                     }
 
                     let transitions = plan.initial_transitions(
@@ -167,7 +156,7 @@ macro_rules! __sql_store_tasks {
                         &params.instance_id,
                         params.start.is_some(),
                     )?;
-                    let n = Self::insert_transitions(&mut tx, &transitions).await?;
+                    let n = Self::insert_transitions(&mut *conn, &transitions).await?;
                     self.count(n);
                     let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
                         std::collections::BTreeMap::new();
@@ -187,15 +176,43 @@ macro_rules! __sql_store_tasks {
                     }
                     for (queue, payloads) in &outbox {
                         let (_, n) =
-                            Self::insert_messages(&mut tx, queue, payloads, Duration::ZERO).await?;
+                            Self::insert_messages(&mut *conn, queue, payloads, Duration::ZERO).await?;
                         self.count(n);
                     }
-                    tx.commit().await.map_err(map_err)?;
                     Ok(TaskCreated {
                         task,
                         created: true,
                         queues: outbox.into_keys().collect(),
                     })
+                                }
+
+                async fn task_fetch(conn: &mut $conn, id: TaskId) -> Result<Option<TaskRow>> {
+                    let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+                        .bind(id.0)
+                        .fetch_optional(conn)
+                        .await
+                        .map_err(map_err)?;
+                    row.as_ref().map(decode_task).transpose()
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl TaskStore for $store {
+                async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated> {
+                    let mut tx = self.begin_write().await?;
+                    let created = self.create_in(&mut tx, params).await?;
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(created)
+                }
+
+                async fn task_create_many(&self, params: &[TaskCreateParams]) -> Result<Vec<TaskCreated>> {
+                    let mut tx = self.begin_write().await?;
+                    let mut created = Vec::with_capacity(params.len());
+                    for p in params {
+                        created.push(self.create_in(&mut tx, p).await?);
+                    }
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(created)
                 }
 
                 async fn task_get(&self, id: TaskId) -> Result<TaskRow> {

@@ -51,6 +51,7 @@ macro_rules! store_conformance {
             task_create_writes_steps_edges_transitions,
             task_create_is_idempotent_per_key,
             task_create_large_task_in_chunks,
+            task_create_many_is_all_or_nothing,
             task_transition_is_compare_and_swap,
             task_claim_is_exclusive_until_released_or_expired,
             task_list_filters_and_pages,

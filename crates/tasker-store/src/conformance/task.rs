@@ -350,3 +350,59 @@ pub async fn task_claim_is_exclusive_until_released_or_expired(store: Arc<dyn St
     };
     assert!(!store.task_claim(&unknown).await.unwrap());
 }
+
+/// `task_create_many` creates every task in one transaction, answering in request order and
+/// honouring idempotency keys; one bad request (an unknown template) creates none of them.
+pub async fn task_create_many_is_all_or_nothing(store: Arc<dyn Store>) {
+    let t = diamond();
+    let rec = store
+        .template_register(&TemplateRegisterParams {
+            template: t.clone(),
+        })
+        .await
+        .unwrap();
+    let params = |template_id: i64, key: &str| TaskCreateParams {
+        template_id,
+        template: t.clone(),
+        context: serde_json::json!({ "key": key }),
+        idempotency_key: Some(key.to_owned()),
+        priority: 0,
+        instance_id: "conformance".into(),
+        start: None,
+    };
+    let first = store.task_create(&params(rec.id, "a")).await.unwrap();
+    let many = store
+        .task_create_many(&[
+            params(rec.id, "b"),
+            params(rec.id, "a"),
+            params(rec.id, "c"),
+        ])
+        .await
+        .unwrap();
+    let keys: Vec<_> = many
+        .iter()
+        .map(|c| (c.task.idempotency_key.clone().unwrap(), c.created))
+        .collect();
+    assert_eq!(
+        keys,
+        [("b".into(), true), ("a".into(), false), ("c".into(), true)]
+    );
+    assert_eq!(many[1].task.id, first.task.id);
+    for created in &many {
+        assert_eq!(store.step_list(created.task.id).await.unwrap().len(), 4);
+    }
+
+    let refused = store
+        .task_create_many(&[params(rec.id, "d"), params(rec.id + 1000, "e")])
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::NotFound { .. }), "{refused}");
+    let all = store
+        .task_list(&TaskListParams {
+            limit: 100,
+            ..TaskListParams::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "the refused batch created nothing");
+}
