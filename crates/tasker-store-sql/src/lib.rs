@@ -487,6 +487,24 @@ pub fn queue_depth(row: &impl RowExt) -> Result<tasker_store::QueueDepth> {
     })
 }
 
+/// Decodes the rows a dequeue leased into the messages to hand out, oldest first, and those
+/// that used up `max_deliveries` (to be moved to the dead letters instead).
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] for a row that does not decode.
+pub fn leased_messages(
+    rows: &[impl RowExt],
+    max_deliveries: u32,
+) -> Result<(Vec<QueueMessage>, Vec<QueueMessage>)> {
+    let messages = rows.iter().map(message).collect::<Result<Vec<_>>>()?;
+    let (mut live, dead): (Vec<_>, Vec<_>) = messages
+        .into_iter()
+        .partition(|m| m.deliveries <= max_deliveries);
+    live.sort_unstable_by_key(|m| m.id);
+    Ok((live, dead))
+}
+
 /// A duration as whole milliseconds for a `*_ms` column (saturating).
 pub fn duration_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -1,7 +1,7 @@
 //! Dequeue: the one queue operation whose SQL differs between the backends.
 
 use tasker_store::{QueueDequeueParams, Result};
-use tasker_store_sql::{duration_ms, message, MESSAGE_COLUMNS};
+use tasker_store_sql::{duration_ms, leased_messages, MESSAGE_COLUMNS};
 use tasker_types::QueueMessage;
 
 use crate::{decode::map_err, now_ms, SqliteStore};
@@ -36,14 +36,10 @@ impl SqliteStore {
         .fetch_all(&self.writer)
         .await
         .map_err(map_err)?;
-        let mut messages = rows.iter().map(message).collect::<Result<Vec<_>>>()?;
-        let (mut live, dead): (Vec<_>, Vec<_>) = messages
-            .drain(..)
-            .partition(|m| m.deliveries <= params.max_deliveries);
+        let (live, dead) = leased_messages(&rows, params.max_deliveries)?;
         if !dead.is_empty() {
             self.bury(&dead).await?;
         }
-        live.sort_unstable_by_key(|m| m.id);
         Ok(live)
     }
 
