@@ -37,45 +37,86 @@ macro_rules! __sql_store_tasks {
                     Ok(statements)
                 }
 
-                /// Creates one task inside the caller's write transaction (see
-                /// `TaskStore::task_create`).
-                async fn create_in(&self, conn: &mut $conn, params: &TaskCreateParams) -> Result<TaskCreated> {
-                    let template = &params.template;
-                    let plan = $crate::StepPlan::new(template);
-                    // A repeated idempotency key hits the unique index: DO NOTHING, then read the winner
-                    // (committed by now, since the insert waited on its index entry).
-                    self.count(1);
-                    let inserted = sqlx::query(&format!(
-                        "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
-                         idempotency_key, priority, unfinished_steps, created_at_ms, updated_at_ms) \
-                         SELECT id, namespace, name, version, $2, $3, $4, $5, $6, {now}, {now} \
-                         FROM templates WHERE id = $1 \
-                         ON CONFLICT (template_id, idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}",
-                        now = now_ms!()
-                    ))
-                    .bind(params.template_id)
-                    .bind(if params.start.is_some() {
-                        TaskState::StepsInProcess
-                    } else {
-                        TaskState::Pending
+                /// Creates tasks inside the caller's write transaction (see
+                /// `TaskStore::task_create` and `task_create_many`), with a fixed number of
+                /// statements per batch: one multi-row insert each for the tasks, their steps,
+                /// their edges, their audit rows and each queue's step messages.
+                async fn create_in(
+                    &self,
+                    conn: &mut $conn,
+                    batch: &[TaskCreateParams],
+                ) -> Result<Vec<TaskCreated>> {
+                    let plans: Vec<$crate::StepPlan<'_>> =
+                        batch.iter().map(|p| $crate::StepPlan::new(&p.template)).collect();
+                    // 1. The tasks. A repeated idempotency key hits the unique index and is
+                    // skipped (DO NOTHING); so is a request for an unknown template (the join).
+                    // Rows are inserted in request order (ORDER BY), so ids increase with it.
+                    let mut rows: Vec<TaskRow> = Vec::with_capacity(batch.len());
+                    let numbered: Vec<(usize, &TaskCreateParams, &$crate::StepPlan<'_>)> = batch
+                        .iter()
+                        .zip(&plans)
+                        .enumerate()
+                        .map(|(i, (p, plan))| (i, p, plan))
+                        .collect();
+                    for chunk in numbered.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
+                             idempotency_key, priority, unfinished_steps, created_at_ms, updated_at_ms) \
+                             SELECT t.id, t.namespace, t.name, t.version, v.column3, v.column4, \
+                             v.column5, v.column6, v.column7, ",
+                        );
+                        qb.push(now_ms!()).push(", ").push(now_ms!()).push(" FROM (");
+                        qb.push_values(chunk, |mut b, (i, p, plan)| {
+                            b.push_bind(i64::try_from(*i).unwrap_or(i64::MAX))
+                                .push_bind(p.template_id)
+                                .push_bind(
+                                    if p.start.is_some() {
+                                        TaskState::StepsInProcess
+                                    } else {
+                                        TaskState::Pending
+                                    }
+                                    .as_str(),
+                                )
+                                .push_bind(Json(&p.context))
+                                .push_bind(p.idempotency_key.as_deref())
+                                .push_bind(i64::from(p.priority))
+                                .push_bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX));
+                        });
+                        // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause.
+                        qb.push(format!(
+                            ") AS v JOIN templates t ON t.id = v.column2 WHERE true ORDER BY v.column1 \
+                             ON CONFLICT (template_id, idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
+                        ));
+                        self.count(1);
+                        for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+                            rows.push(decode_task(&row)?);
+                        }
                     }
-                    .as_str())
-                    .bind(Json(&params.context))
-                    .bind(&params.idempotency_key)
-                    .bind(i64::from(params.priority))
-                    .bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX))
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-                    let Some(row) = inserted else {
-                        let existing = match &params.idempotency_key {
+                    rows.sort_unstable_by_key(|t| t.id.0);
+
+                    // Each request takes the next inserted row if that row is its own; a request
+                    // skipped above gets the task its key names, or NotFound.
+                    let mut created: Vec<TaskCreated> = Vec::with_capacity(batch.len());
+                    let mut new: Vec<usize> = Vec::with_capacity(batch.len());
+                    let mut rows = rows.into_iter().peekable();
+                    for (i, p) in batch.iter().enumerate() {
+                        let own = rows.peek().is_some_and(|t| {
+                            t.template_id == p.template_id && t.idempotency_key == p.idempotency_key
+                        });
+                        if own {
+                            let task = rows.next().ok_or_else(|| $crate::corrupt("task insert", "row vanished"))?;
+                            new.push(i);
+                            created.push(TaskCreated { task, created: true, queues: Vec::new() });
+                            continue;
+                        }
+                        let existing = match &p.idempotency_key {
                             Some(key) => {
                                 self.count(1);
                                 sqlx::query(&format!(
                                     "SELECT {TASK_COLUMNS} FROM tasks \
                                      WHERE template_id = $1 AND idempotency_key = $2"
                                 ))
-                                .bind(params.template_id)
+                                .bind(p.template_id)
                                 .bind(key)
                                 .fetch_optional(&mut *conn)
                                 .await
@@ -83,35 +124,43 @@ macro_rules! __sql_store_tasks {
                             }
                             None => None,
                         };
-                        return match existing {
-                            Some(row) => Ok(TaskCreated {
-                                task: decode_task(&row)?,
-                                created: false,
-                                queues: Vec::new(),
-                            }),
-                            None => Err(StoreError::NotFound {
+                        let Some(row) = existing else {
+                            return Err(StoreError::NotFound {
                                 entity: "template",
-                                id: params.template_id.to_string(),
-                            }),
+                                id: p.template_id.to_string(),
+                            });
                         };
-                    };
-                    let task = decode_task(&row)?;
+                        created.push(TaskCreated {
+                            task: decode_task(&row)?,
+                            created: false,
+                            queues: Vec::new(),
+                        });
+                    }
 
-                    let mut ids: HashMap<String, StepId> = HashMap::with_capacity(plan.steps.len());
-                    for chunk in plan.steps.chunks(INSERT_CHUNK) {
+                    // 2. The new tasks' steps; a started task's roots are `Enqueued` already.
+                    let step_rows: Vec<(TaskId, bool, &$crate::PlannedStep<'_>)> = new
+                        .iter()
+                        .flat_map(|&i| {
+                            let task = created[i].task.id;
+                            let start = batch[i].start.is_some();
+                            plans[i].steps.iter().map(move |s| (task, start, s))
+                        })
+                        .collect();
+                    let mut ids: HashMap<(i64, String), StepId> = HashMap::with_capacity(step_rows.len());
+                    for chunk in step_rows.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new(
                             "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
                              max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
                              pending_parents) ",
                         );
-                        qb.push_values(chunk, |mut b, s| {
-                            b.push_bind(task.id.0)
+                        qb.push_values(chunk, |mut b, (task, start, s)| {
+                            b.push_bind(task.0)
                                 .push_bind(s.position)
                                 .push_bind(s.name)
                                 .push_bind(s.handler)
                                 .push_bind(Json(s.handler_config))
                                 .push_bind(
-                                    if params.start.is_some() && s.is_root() {
+                                    if *start && s.is_root() {
                                         StepState::Enqueued
                                     } else {
                                         StepState::Pending
@@ -125,66 +174,74 @@ macro_rules! __sql_store_tasks {
                                 .push_bind(s.timeout_ms)
                                 .push_bind(s.pending_parents);
                         });
-                        qb.push(" RETURNING id, name");
+                        qb.push(" RETURNING id, task_id, name");
                         self.count(1);
-                        let rows = qb.build().fetch_all(&mut *conn).await.map_err(map_err)?;
-                        for row in &rows {
-                                        ids.insert(
-                                row.try_get("name").map_err(map_err)?,
+                        for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+                            ids.insert(
+                                (row.try_get("task_id").map_err(map_err)?, row.try_get("name").map_err(map_err)?),
                                 StepId(row.try_get("id").map_err(map_err)?),
                             );
                         }
                     }
 
-                    let edges = plan.edges(&ids)?;
+                    // 3. Edges, audit rows and the started tasks' step messages.
+                    let mut edges: Vec<(TaskId, StepId, StepId)> = Vec::new();
+                    let mut transitions: Vec<NewTransition<'_>> = Vec::new();
+                    let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+                        std::collections::BTreeMap::new();
+                    for &i in &new {
+                        let task = &created[i].task;
+                        let by_name: HashMap<String, StepId> = plans[i]
+                            .steps
+                            .iter()
+                            .filter_map(|s| {
+                                ids.get(&(task.id.0, s.name.to_owned())).map(|id| (s.name.to_owned(), *id))
+                            })
+                            .collect();
+                        edges.extend(plans[i].edges(&by_name)?.into_iter().map(|(p, c)| (task.id, p, c)));
+                        transitions.extend(plans[i].initial_transitions(
+                            task.id,
+                            &by_name,
+                            &batch[i].instance_id,
+                            batch[i].start.is_some(),
+                        )?);
+                        let Some(routing) = &batch[i].start else { continue };
+                        let mut queues = Vec::new();
+                        for s in plans[i].steps.iter().filter(|s| s.is_root()) {
+                            let step_id = by_name.get(s.name).copied().ok_or_else(|| {
+                                $crate::corrupt("step insert", format!("no id for step {:?}", s.name))
+                            })?;
+                            let queue = routing.queue(&task.namespace, s.handler).to_owned();
+                            outbox.entry(queue.clone()).or_default().push(serde_json::json!(StepMessage {
+                                task_id: task.id,
+                                step_id,
+                            }));
+                            if !queues.contains(&queue) {
+                                queues.push(queue);
+                            }
+                        }
+                        queues.sort_unstable();
+                        created[i].queues = queues;
+                    }
                     for chunk in edges.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new(
                             "INSERT INTO step_edges (task_id, parent_id, child_id) ",
                         );
-                        qb.push_values(chunk, |mut b, (parent, child)| {
-                            b.push_bind(task.id.0)
-                                .push_bind(parent.0)
-                                .push_bind(child.0);
+                        qb.push_values(chunk, |mut b, (task, parent, child)| {
+                            b.push_bind(task.0).push_bind(parent.0).push_bind(child.0);
                         });
                         self.count(1);
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
                     }
-
-                    let transitions = plan.initial_transitions(
-                        task.id,
-                        &ids,
-                        &params.instance_id,
-                        params.start.is_some(),
-                    )?;
                     let n = Self::insert_transitions(&mut *conn, &transitions).await?;
                     self.count(n);
-                    let mut outbox: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
-                        std::collections::BTreeMap::new();
-                    if let Some(routing) = &params.start {
-                        for s in plan.steps.iter().filter(|s| s.is_root()) {
-                            let step_id = ids.get(s.name).copied().ok_or_else(|| {
-                                $crate::corrupt("step insert", format!("no id for step {:?}", s.name))
-                            })?;
-                            outbox
-                                .entry(routing.queue(&task.namespace, s.handler).to_owned())
-                                .or_default()
-                                .push(serde_json::json!(StepMessage {
-                                    task_id: task.id,
-                                    step_id,
-                                }));
-                        }
-                    }
                     for (queue, payloads) in &outbox {
                         let (_, n) =
                             Self::insert_messages(&mut *conn, queue, payloads, Duration::ZERO).await?;
                         self.count(n);
                     }
-                    Ok(TaskCreated {
-                        task,
-                        created: true,
-                        queues: outbox.into_keys().collect(),
-                    })
-                                }
+                    Ok(created)
+                }
 
                 async fn task_fetch(conn: &mut $conn, id: TaskId) -> Result<Option<TaskRow>> {
                     let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
@@ -199,18 +256,13 @@ macro_rules! __sql_store_tasks {
             #[async_trait::async_trait]
             impl TaskStore for $store {
                 async fn task_create(&self, params: &TaskCreateParams) -> Result<TaskCreated> {
-                    let mut tx = self.begin_write().await?;
-                    let created = self.create_in(&mut tx, params).await?;
-                    tx.commit().await.map_err(map_err)?;
-                    Ok(created)
+                    let mut created = self.task_create_many(std::slice::from_ref(params)).await?;
+                    created.pop().ok_or_else(|| $crate::corrupt("task insert", "no task created"))
                 }
 
                 async fn task_create_many(&self, params: &[TaskCreateParams]) -> Result<Vec<TaskCreated>> {
                     let mut tx = self.begin_write().await?;
-                    let mut created = Vec::with_capacity(params.len());
-                    for p in params {
-                        created.push(self.create_in(&mut tx, p).await?);
-                    }
+                    let created = self.create_in(&mut tx, params).await?;
                     tx.commit().await.map_err(map_err)?;
                     Ok(created)
                 }

@@ -352,7 +352,8 @@ pub async fn task_claim_is_exclusive_until_released_or_expired(store: Arc<dyn St
 }
 
 /// `task_create_many` creates every task in one transaction, answering in request order and
-/// honouring idempotency keys; one bad request (an unknown template) creates none of them.
+/// honouring idempotency keys, also a key repeated within the batch; one bad request (an
+/// unknown template) creates none of them.
 pub async fn task_create_many_is_all_or_nothing(store: Arc<dyn Store>) {
     let t = diamond();
     let rec = store
@@ -392,6 +393,23 @@ pub async fn task_create_many_is_all_or_nothing(store: Arc<dyn Store>) {
         assert_eq!(store.step_list(created.task.id).await.unwrap().len(), 4);
     }
 
+    // The same key twice in one batch: one task; requests without a key: one task each.
+    let mut unkeyed = params(rec.id, "-");
+    unkeyed.idempotency_key = None;
+    let repeated = store
+        .task_create_many(&[
+            params(rec.id, "x"),
+            unkeyed.clone(),
+            params(rec.id, "x"),
+            unkeyed,
+        ])
+        .await
+        .unwrap();
+    let created: Vec<_> = repeated.iter().map(|c| c.created).collect();
+    assert_eq!(created, [true, true, false, true]);
+    assert_eq!(repeated[0].task.id, repeated[2].task.id);
+    assert_ne!(repeated[1].task.id, repeated[3].task.id);
+
     let refused = store
         .task_create_many(&[params(rec.id, "d"), params(rec.id + 1000, "e")])
         .await
@@ -404,5 +422,5 @@ pub async fn task_create_many_is_all_or_nothing(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert_eq!(all.len(), 3, "the refused batch created nothing");
+    assert_eq!(all.len(), 6, "the refused batch created nothing");
 }
