@@ -5,7 +5,7 @@
 //!   delivery and never wait on each other's rows.
 //! - Every state change is a compare-and-swap `UPDATE … WHERE state = $from`; under READ
 //!   COMMITTED the loser re-reads the row and matches nothing.
-//! - The database clock (`clock_timestamp()`) decides leases and visibility, so instances with
+//! - The database clock (`statement_timestamp()`) decides leases and visibility, so instances with
 //!   skewed clocks still agree.
 //! - Migrations run under sqlx's advisory lock, so instances starting together apply them once.
 
@@ -23,10 +23,13 @@ use tasker_store::{Capabilities, Store};
 
 pub use connect::PgStoreOptions;
 
-/// `now` on the database clock, in milliseconds, as an SQL expression.
+/// `now` on the database clock, in milliseconds, as an SQL expression: when the current
+/// statement started. Stable within a statement, unlike `clock_timestamp()`, so comparisons
+/// with it can bound an index scan: with the volatile clock, EXPLAIN showed the dequeue
+/// filtering every message of its queue, leased ones included.
 macro_rules! now_ms {
     () => {
-        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+        "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT"
     };
 }
 pub(crate) use now_ms;
