@@ -13,6 +13,7 @@ mod connect;
 mod decode;
 mod notify;
 mod queue;
+mod start;
 pub mod test_database;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -487,6 +487,38 @@ pub fn queue_depth(row: &impl RowExt) -> Result<tasker_store::QueueDepth> {
     })
 }
 
+/// The columns after a started step's own in [`started_steps`]' rows: its task's context and
+/// one parent's name and output, for a `SELECT` whose steps are aliased `s`, tasks `t` and
+/// parents `p`.
+pub const STARTED_INPUT_COLUMNS: &str =
+    "t.context, p.name AS parent_name, p.result AS parent_result";
+
+/// Groups rows of started steps into each step with its handler's input. Each row holds the
+/// step's columns and [`STARTED_INPUT_COLUMNS`]: one row per parent (`parent_name` NULL for a
+/// step without any), ordered by step id, then parent position.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] for a row that does not decode.
+pub fn started_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepStarted>> {
+    let mut started: Vec<tasker_store::StepStarted> = Vec::new();
+    for row in rows {
+        let id = row.int("id")?;
+        if started.last().is_none_or(|s| s.step.id.0 != id) {
+            started.push(tasker_store::StepStarted {
+                step: step(row)?,
+                context: row.json("context")?,
+                parents: Vec::new(),
+            });
+        }
+        if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, started.last_mut()) {
+            last.parents
+                .push((name, row.opt_json("parent_result")?.map(|j| j.0)));
+        }
+    }
+    Ok(started)
+}
+
 /// Decodes the rows a dequeue leased into the messages to hand out, oldest first, and those
 /// that used up `max_deliveries` (to be moved to the dead letters instead).
 ///

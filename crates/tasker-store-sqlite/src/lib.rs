@@ -15,6 +15,7 @@
 mod connect;
 mod decode;
 mod queue;
+mod start;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

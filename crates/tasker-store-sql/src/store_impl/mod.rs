@@ -17,7 +17,8 @@
 //! that `queue` has new work, in the enqueueing transaction; returns the statements sent) and
 //! `async fn lock_tasks(&mut $conn, ids: &[i64]) -> Result<u64>` (lock task rows in id order
 //! for the rest of the transaction where writers run concurrently; returns the statements
-//! sent).
+//! sent) and `async fn start_steps(&self, &StepStartManyParams) -> Result<Vec<StepStarted>>`
+//! (`StepStore::step_start_many` for a non-empty list: PostgreSQL does it in one statement).
 
 mod queues;
 mod steps;
