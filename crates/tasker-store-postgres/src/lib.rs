@@ -73,6 +73,64 @@ impl PgStore {
         Ok(1)
     }
 
+    /// Appends audit rows, publishes messages (and `NOTIFY`s their queues) and deletes
+    /// consumed deliveries in one statement, so a transaction's effects cost one round trip.
+    /// Rows are inserted in the given order, so ids follow it.
+    async fn write_effects(
+        conn: &mut sqlx::PgConnection,
+        transitions: &[tasker_store_sql::NewTransition<'_>],
+        outbox: &tasker_store_sql::Outbox,
+        consumed: &[tasker_store::QueueAckParams],
+    ) -> tasker_store::Result<u64> {
+        if transitions.is_empty() && outbox.is_empty() && consumed.is_empty() {
+            return Ok(0);
+        }
+        let (queues, payloads): (Vec<&str>, Vec<sqlx::types::Json<&serde_json::Value>>) = outbox
+            .iter()
+            .flat_map(|(queue, payloads)| {
+                payloads
+                    .iter()
+                    .map(move |p| (queue.as_str(), sqlx::types::Json(p)))
+            })
+            .unzip();
+        sqlx::query(&format!(
+            "WITH audit AS ( \
+               INSERT INTO transitions (entity, task_id, step_id, from_state, to_state, event, \
+                                        reason, instance_id, at_ms) \
+               SELECT e, t, s, f, o, ev, r, i, {now} \
+               FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+                           $6::text[], $7::text[], $8::text[]) \
+                    WITH ORDINALITY AS a(e, t, s, f, o, ev, r, i, n) ORDER BY n), \
+             outbox AS ( \
+               INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) \
+               SELECT q, p, {now}, {now} \
+               FROM unnest($9::text[], $10::jsonb[]) WITH ORDINALITY AS m(q, p, n) ORDER BY n \
+               RETURNING queue), \
+             consumed AS ( \
+               DELETE FROM queue_messages m USING unnest($11::bigint[], $12::text[]) AS c(id, token) \
+               WHERE m.id = c.id AND m.lease_token = c.token) \
+             SELECT pg_notify($13, q) FROM (SELECT DISTINCT queue AS q FROM outbox) AS announced",
+            now = now_ms!()
+        ))
+        .bind(transitions.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.step_id.map(|s| s.0)).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.from_state).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.to_state).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.event).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.reason).collect::<Vec<_>>())
+        .bind(transitions.iter().map(|t| t.instance_id).collect::<Vec<_>>())
+        .bind(queues)
+        .bind(payloads)
+        .bind(consumed.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(consumed.iter().map(|c| c.lease_token.as_str()).collect::<Vec<_>>())
+        .bind(notify::CHANNEL)
+        .fetch_all(conn)
+        .await
+        .map_err(decode::map_err)?;
+        Ok(1)
+    }
+
     /// Locks the tasks' rows for the rest of the transaction, in id order, so transactions
     /// that lock several tasks cannot deadlock. Returns the statements sent.
     async fn lock_tasks(conn: &mut sqlx::PgConnection, ids: &[i64]) -> tasker_store::Result<u64> {

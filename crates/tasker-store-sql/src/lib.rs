@@ -286,6 +286,9 @@ pub struct NewTransition<'a> {
     pub instance_id: &'a str,
 }
 
+/// Messages to publish in a transaction, by queue.
+pub type Outbox = std::collections::BTreeMap<String, Vec<serde_json::Value>>;
+
 /// Rows per multi-row `INSERT`, well under both backends' bound-parameter limits
 /// (SQLite 32,766; PostgreSQL 65,535) for the widest insert (13 columns).
 pub const INSERT_CHUNK: usize = 1000;

@@ -65,6 +65,24 @@ impl SqliteStore {
         Ok(0)
     }
 
+    /// Appends audit rows, publishes messages and deletes consumed deliveries: a multi-row
+    /// statement each (statements are cheap in process).
+    async fn write_effects(
+        conn: &mut sqlx::SqliteConnection,
+        transitions: &[tasker_store_sql::NewTransition<'_>],
+        outbox: &tasker_store_sql::Outbox,
+        consumed: &[tasker_store::QueueAckParams],
+    ) -> tasker_store::Result<u64> {
+        let mut statements = Self::insert_transitions(conn, transitions).await?;
+        for (queue, payloads) in outbox {
+            statements += Self::insert_messages(conn, queue, payloads, std::time::Duration::ZERO)
+                .await?
+                .1;
+        }
+        statements += Self::delete_consumed(conn, consumed).await?;
+        Ok(statements)
+    }
+
     /// The single writer already serializes every write transaction: nothing to lock.
     async fn lock_tasks(
         _conn: &mut sqlx::SqliteConnection,

@@ -18,7 +18,10 @@
 //! `async fn lock_tasks(&mut $conn, ids: &[i64]) -> Result<u64>` (lock task rows in id order
 //! for the rest of the transaction where writers run concurrently; returns the statements
 //! sent) and `async fn start_steps(&self, &StepStartManyParams) -> Result<Vec<StepStarted>>`
-//! (`StepStore::step_start_many` for a non-empty list: PostgreSQL does it in one statement).
+//! (`StepStore::step_start_many` for a non-empty list: PostgreSQL does it in one statement),
+//! and `async fn write_effects(&mut $conn, &[NewTransition], &Outbox, &[QueueAckParams]) ->
+//! Result<u64>` (append audit rows, publish messages visible at once and announce them,
+//! delete consumed deliveries; returns the statements sent).
 
 mod queues;
 mod steps;

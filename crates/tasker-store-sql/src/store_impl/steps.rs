@@ -499,13 +499,7 @@ macro_rules! __sql_store_steps {
                     }
 
                     // 5. The audit rows, the messages, the consumed deliveries.
-                    let n = Self::insert_transitions(&mut tx, &transitions).await?;
-                    self.count(n);
-                    for (queue, payloads) in &outbox {
-                        let (_, n) = Self::insert_messages(&mut tx, queue, payloads, Duration::ZERO).await?;
-                        self.count(n);
-                    }
-                    let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
+                    let n = Self::write_effects(&mut tx, &transitions, &outbox, &params.consumed).await?;
                     self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     applied.queues = outbox.into_keys().collect();

@@ -233,13 +233,8 @@ macro_rules! __sql_store_tasks {
                         self.count(1);
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
                     }
-                    let n = Self::insert_transitions(&mut *conn, &transitions).await?;
+                    let n = Self::write_effects(&mut *conn, &transitions, &outbox, &[]).await?;
                     self.count(n);
-                    for (queue, payloads) in &outbox {
-                        let (_, n) =
-                            Self::insert_messages(&mut *conn, queue, payloads, Duration::ZERO).await?;
-                        self.count(n);
-                    }
                     Ok(created)
                 }
 

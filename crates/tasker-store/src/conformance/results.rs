@@ -374,8 +374,9 @@ pub async fn queue_forward_publishes_and_consumes_together(store: Arc<dyn Store>
 }
 
 /// A task created with `start` begins in the creating transaction: `StepsInProcess`, its root
-/// steps `Enqueued` and published by the routing, the whole way there in its audit trail. A
-/// repeat of its idempotency key returns it without publishing anything again.
+/// steps `Enqueued` and published by the routing (and announced to other processes where the
+/// backend can), the whole way there in its audit trail. A repeat of its idempotency key
+/// returns it without publishing anything again.
 pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = template(
@@ -398,7 +399,21 @@ pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
         instance_id: "conformance".into(),
         start: Some(local_noop()),
     };
+    let mut announcements = store.wakeup_subscribe().await.unwrap();
     let created = s.task_create(&params).await.unwrap();
+    if let Some(rx) = &mut announcements {
+        // Other processes learn of the first steps' queues.
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            let queue = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("announcements within 10 s")
+                .expect("listener alive");
+            heard.push(queue);
+        }
+        heard.sort();
+        assert_eq!(heard, ["demo", "local"]);
+    }
     assert!(created.created);
     let task = created.task;
     assert_eq!(task.state, TaskState::StepsInProcess);
