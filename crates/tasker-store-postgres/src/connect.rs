@@ -1,6 +1,6 @@
-use std::{sync::atomic::AtomicU64, time::Duration};
+use std::{str::FromStr, sync::atomic::AtomicU64, time::Duration};
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tasker_store::{Result, StoreError};
 
 use crate::{decode::map_err, PgStore};
@@ -20,7 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub struct PgStoreOptions {
     /// `postgres://user@host:port/database`.
     pub url: String,
-    /// Size of the connection pool.
+    /// Connections in all: a quarter (at least one) serve lease changes, the rest the rest.
     pub max_connections: u32,
     /// How long a caller waits for a free connection before `Unavailable`.
     pub acquire_timeout: Duration,
@@ -49,8 +49,11 @@ impl PgStore {
     ///
     /// Cancel safe: migrations run in transactions under an advisory lock.
     pub async fn connect(options: PgStoreOptions) -> Result<Self> {
+        // A quarter of the connections (at least one) serve lease changes, the rest everything
+        // else; together they stay within `max_connections` (two at the least).
+        let leasing = (options.max_connections / 4).max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
+            .max_connections(options.max_connections.saturating_sub(leasing).max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect(&options.url)
             .await
@@ -58,8 +61,21 @@ impl PgStore {
         migrator().run(&pool).await.map_err(|e| StoreError::Other {
             message: format!("migrating postgres database: {e}"),
         })?;
+        // Lease changes (dequeues, attempt starts) need not wait for the WAL flush: one lost in
+        // a crash leaves its message to be delivered again, and any later synchronous commit
+        // (a result, a new task) flushes it first, since the WAL is written in order.
+        let lease_options = PgConnectOptions::from_str(&options.url)
+            .map_err(map_err)?
+            .options([("synchronous_commit", "off")]);
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(leasing)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(lease_options)
+            .await
+            .map_err(map_err)?;
         Ok(Self {
             pool,
+            lease_pool,
             statements: AtomicU64::new(0),
         })
     }

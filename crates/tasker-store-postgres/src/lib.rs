@@ -50,6 +50,8 @@ tasker_store_sql::impl_sql_store!(
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections with `synchronous_commit = off`, for lease changes only (see `connect`).
+    lease_pool: PgPool,
     statements: AtomicU64,
 }
 
@@ -173,7 +175,15 @@ impl Store for PgStore {
     }
 
     fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
-        tasker_store_sql::pool_stats(&self.pool)
+        let (main, lease) = (
+            tasker_store_sql::pool_stats(&self.pool),
+            tasker_store_sql::pool_stats(&self.lease_pool),
+        );
+        tasker_store::ConnectionPoolStats {
+            max_connections: main.max_connections + lease.max_connections,
+            open: main.open + lease.open,
+            idle: main.idle + lease.idle,
+        }
     }
 
     async fn wakeup_subscribe(
@@ -188,5 +198,6 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.lease_pool.close().await;
     }
 }

@@ -35,7 +35,7 @@ impl PgStore {
         .bind(duration_ms(params.visibility_timeout))
         .bind(&params.queue)
         .bind(i64::from(params.max))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.lease_pool)
         .await
         .map_err(map_err)?;
         let (live, dead) = leased_messages(&rows, params.max_deliveries)?;
@@ -59,7 +59,7 @@ impl PgStore {
             now = now_ms!()
         ))
         .bind(&ids)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await
         .map_err(map_err)?;
         Ok(())

@@ -39,7 +39,7 @@ impl PgStore {
         .bind(Entity::Step.as_str())
         .bind(StepEvent::Start.name())
         .bind(&params.instance_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.lease_pool)
         .await
         .map_err(map_err)?;
         started_steps(&rows)
