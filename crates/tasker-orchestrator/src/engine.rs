@@ -184,7 +184,7 @@ impl Engine {
             visibility_timeout: config.visibility_timeout,
             max_deliveries: config.max_deliveries,
             routing: tasker_store::StepRouting {
-                local_queue: crate::messages::LOCAL_STEPS.to_owned(),
+                local_queue: LOCAL_STEPS.to_owned(),
                 local_handlers: Arc::new(if config.local_workers {
                     handlers.names().into_iter().collect()
                 } else {
