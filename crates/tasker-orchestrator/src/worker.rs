@@ -46,24 +46,21 @@ impl InProcessWorker {
         if messages.is_empty() {
             return Ok(0);
         }
-        let mut steps = Vec::with_capacity(messages.len());
+        // The step of each message, by index; a malformed message goes back toward the dead
+        // letters (its lease is gone then, so the acknowledgement below leaves it alone).
+        let mut steps: Vec<Option<StepId>> = Vec::with_capacity(messages.len());
         for message in &messages {
-            // A malformed message goes back toward the dead letters; its lease is gone then,
-            // so the acknowledgement below leaves it alone.
-            if let Some(m) = self.ctx.decode_or_reject::<StepMessage>(message).await? {
-                steps.push(m.step_id);
-            }
+            let decoded = self.ctx.decode_or_reject::<StepMessage>(message).await?;
+            steps.push(decoded.map(|m| m.step_id));
         }
-        let mut started = begin_attempts(&self.ctx, &steps).await?;
+        let ids: Vec<StepId> = steps.iter().flatten().copied().collect();
+        let mut started = begin_attempts(&self.ctx, &ids).await?;
         // Messages whose step did not start (finished, cancelled, gone) are spent: acknowledged
         // with the first results.
         let mut finished: Vec<(usize, Option<StepResult>)> = Vec::new();
         let mut running = FuturesUnordered::new();
-        for (i, message) in messages.iter().enumerate() {
-            let step = serde_json::from_value::<StepMessage>(message.payload.clone())
-                .ok()
-                .and_then(|m| started.remove(&m.step_id));
-            match step {
+        for (i, step_id) in steps.iter().enumerate() {
+            match step_id.and_then(|id| started.remove(&id)) {
                 Some((step, input)) => running.push(async move {
                     let outcome = self.run(&step, input).await;
                     let result = StepResult {
