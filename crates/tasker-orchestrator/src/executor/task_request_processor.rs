@@ -45,10 +45,13 @@ pub async fn create_task(
     ctx: &ExecutorContext,
     request: &TaskRequest,
 ) -> Result<TaskCreated, RequestError> {
-    let params = task_params(ctx, request, &mut HashMap::new()).await?;
-    let created = ctx.store.task_create(&params).await?;
-    after_create(ctx, &created).await?;
-    Ok(created)
+    let mut created = create_tasks(ctx, std::slice::from_ref(request)).await?;
+    created.pop().ok_or_else(|| {
+        RequestError::Store(StoreError::Corrupt {
+            what: "task create",
+            message: "no task for the request".into(),
+        })
+    })
 }
 
 /// Creates the tasks of several requests in one transaction, as [`create_task`] does for one:
