@@ -130,6 +130,15 @@ pub trait OrchestrationExecutor: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// A lost lease means another consumer holds the message now, which is fine for an ack, a
+/// nack or a release: the message is that consumer's to settle.
+fn lease_lost_is_fine(result: tasker_store::Result<()>) -> Result<(), ExecutorError> {
+    match result {
+        Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What all executors share.
 #[derive(Debug, Clone)]
 pub struct ExecutorContext {
@@ -187,17 +196,14 @@ impl ExecutorContext {
 
     /// Acknowledges a message; a lost lease means another consumer has it now, which is fine.
     pub(crate) async fn ack(&self, message: &QueueMessage) -> Result<(), ExecutorError> {
-        match self
-            .store
-            .queue_ack(&QueueAckParams {
-                id: message.id,
-                lease_token: message.lease_token.clone(),
-            })
-            .await
-        {
-            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        lease_lost_is_fine(
+            self.store
+                .queue_ack(&QueueAckParams {
+                    id: message.id,
+                    lease_token: message.lease_token.clone(),
+                })
+                .await,
+        )
     }
 
     /// Returns a message to its queue after `delay`.
@@ -206,18 +212,15 @@ impl ExecutorContext {
         message: &QueueMessage,
         delay: std::time::Duration,
     ) -> Result<(), ExecutorError> {
-        match self
-            .store
-            .queue_nack(&QueueNackParams {
-                id: message.id,
-                lease_token: message.lease_token.clone(),
-                delay,
-            })
-            .await
-        {
-            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        lease_lost_is_fine(
+            self.store
+                .queue_nack(&QueueNackParams {
+                    id: message.id,
+                    lease_token: message.lease_token.clone(),
+                    delay,
+                })
+                .await,
+        )
     }
 
     /// Moves a task (compare-and-swap on `from`); `None` when another actor moved it first.
@@ -299,18 +302,15 @@ impl ExecutorContext {
         message: &QueueMessage,
         delay: std::time::Duration,
     ) -> Result<(), ExecutorError> {
-        match self
-            .store
-            .queue_release(&QueueNackParams {
-                id: message.id,
-                lease_token: message.lease_token.clone(),
-                delay,
-            })
-            .await
-        {
-            Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        lease_lost_is_fine(
+            self.store
+                .queue_release(&QueueNackParams {
+                    id: message.id,
+                    lease_token: message.lease_token.clone(),
+                    delay,
+                })
+                .await,
+        )
     }
 
     /// Enqueues payloads to `queue` (after `delay`) and wakes its consumers.
