@@ -154,17 +154,6 @@ pub trait StepStore: Send + Sync {
     /// Infrastructure errors.
     async fn step_edges(&self, task_id: TaskId) -> Result<Vec<(StepId, StepId)>>;
 
-    /// The outputs of a step's parents by parent name (`None` for a parent without output, such
-    /// as one resolved by hand).
-    ///
-    /// # Errors
-    ///
-    /// Infrastructure errors.
-    async fn step_parent_outputs(
-        &self,
-        step_id: StepId,
-    ) -> Result<Vec<(String, Option<serde_json::Value>)>>;
-
     /// Moves a step by its state machine, compare-and-swap on `from`, with its audit row in the
     /// same transaction. `Start` counts an attempt. A step reaching `Complete` or
     /// `ResolvedManually` decrements its children's unfinished-parent counters in the same

@@ -56,30 +56,6 @@ macro_rules! __sql_store_steps {
                         .collect()
                 }
 
-                async fn step_parent_outputs(
-                    &self,
-                    step_id: StepId,
-                ) -> Result<Vec<(String, Option<serde_json::Value>)>> {
-                    self.count(1);
-                    let rows = sqlx::query(
-                        "SELECT p.name, p.result FROM step_edges e \
-                         JOIN steps p ON p.id = e.parent_id \
-                         WHERE e.child_id = $1 ORDER BY p.position",
-                    )
-                    .bind(step_id.0)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .map_err(map_err)?;
-                    rows.iter()
-                        .map(|r| {
-                            let name: String = r.try_get("name").map_err(map_err)?;
-                            let result: Option<Json<serde_json::Value>> =
-                                r.try_get("result").map_err(map_err)?;
-                            Ok((name, result.map(|j| j.0)))
-                        })
-                        .collect()
-                }
-
                 async fn step_transition(&self, params: &StepTransitionParams) -> Result<StepRow> {
                     let to = params.from.transition(params.event)?;
                     let mut tx = self.begin_write().await?;

@@ -122,12 +122,27 @@ pub async fn step_start_many_begins_attempts_with_their_input(store: Arc<dyn Sto
     let s = store.as_ref();
     let task = create_task(s, &diamond(), None).await;
     running(s, &task).await;
-    let first = start(s, task.id, "start").await;
-    assert_eq!(first.1, 1);
     let start_many = |ids: Vec<StepId>| StepStartManyParams {
         step_ids: ids,
         instance_id: "conformance".into(),
     };
+    let root = step_id(s, task.id, "start").await;
+    s.step_enqueue_many(&StepEnqueueManyParams {
+        task_id: task.id,
+        steps: vec![(root, StepState::Pending)],
+        queue: "elsewhere".into(),
+        instance_id: "conformance".into(),
+    })
+    .await
+    .unwrap();
+    let root_started = s.step_start_many(&start_many(vec![root])).await.unwrap();
+    assert_eq!(root_started.len(), 1);
+    assert!(
+        root_started[0].parents.is_empty(),
+        "a root step has no parents"
+    );
+    let first = (root, root_started[0].step.attempts);
+    assert_eq!(first.1, 1);
     let again = s.step_start_many(&start_many(vec![first.0])).await.unwrap();
     assert!(again.is_empty(), "an InProgress step must not start twice");
     s.step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
