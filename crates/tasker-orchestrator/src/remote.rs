@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tasker_store::{QueueNackParams, StepMessage, StoreError};
+use tasker_store::{QueueAckParams, QueueNackParams, StepMessage, StoreError};
 use tasker_types::{StepId, StepState, TaskId};
 
 use crate::{
@@ -72,6 +72,9 @@ pub enum RemoteError {
     /// The lease token is not one this server issued.
     #[error("malformed lease token")]
     BadToken,
+    /// The lease token was issued for another step: nothing changed, on either step.
+    #[error("lease token was not issued for step {0}")]
+    WrongStep(StepId),
     /// A bad request (an empty namespace, a zero lease).
     #[error("{0}")]
     Invalid(String),
@@ -125,8 +128,12 @@ pub async fn claim(
     ctx: &ExecutorContext,
     request: &ClaimRequest,
 ) -> Result<Vec<ClaimedStep>, RemoteError> {
-    if request.namespace.is_empty() {
-        return Err(RemoteError::Invalid("namespace: must not be empty".into()));
+    if !tasker_template::is_namespace(&request.namespace) {
+        return Err(RemoteError::Invalid(format!(
+            "namespace: {:?} is not a template namespace ([a-z0-9][a-z0-9_-]*); \
+             the engine's own queues are not claimable",
+            request.namespace
+        )));
     }
     if request.lease_ms == 0 {
         return Err(RemoteError::Invalid(
@@ -176,8 +183,9 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Proves the lease is held (by extending it) and that `step_id` is still in the attempt the
-/// lease was issued for.
+/// Proves the lease is held, that it was issued for `step_id`, and that the step is still in
+/// the attempt the lease was issued for; extends it on the way. A token of another step is
+/// refused before anything moves.
 async fn hold(
     ctx: &ExecutorContext,
     step_id: StepId,
@@ -185,6 +193,21 @@ async fn hold(
     extend: Duration,
 ) -> Result<Lease, RemoteError> {
     let lease = Lease::decode(token)?;
+    let held = QueueAckParams {
+        id: lease.message_id,
+        lease_token: lease.token.clone(),
+    };
+    let message = match ctx.store.queue_get(&held).await {
+        Ok(m) => m,
+        Err(StoreError::LeaseLost { .. }) => return Err(RemoteError::LeaseLost(step_id)),
+        Err(e) => return Err(e.into()),
+    };
+    // The delivery's lease token is shared by the messages of one claim, so the message itself
+    // must name the step.
+    match serde_json::from_value::<StepMessage>(message.payload) {
+        Ok(m) if m.step_id == step_id => {}
+        _ => return Err(RemoteError::WrongStep(step_id)),
+    }
     match ctx
         .store
         .queue_extend(&QueueNackParams {
@@ -265,6 +288,21 @@ pub async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_engine_queue_can_be_named_as_a_namespace() {
+        use crate::messages::*;
+        for queue in [
+            TASK_REQUESTS,
+            TASK_WORK,
+            STEP_RESULTS,
+            LOCAL_STEPS,
+            TASK_FINALIZE,
+        ] {
+            assert!(!tasker_template::is_namespace(queue), "{queue}");
+        }
+        assert!(tasker_template::is_namespace("greeting"));
+    }
 
     #[test]
     fn lease_tokens_round_trip_and_reject_garbage() {

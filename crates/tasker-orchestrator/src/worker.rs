@@ -11,7 +11,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures::{stream::FuturesUnordered, StreamExt};
 use tasker_store::{
-    QueueAckParams, QueueNackParams, StepMessage, StepStartManyParams, StepStarted, StoreError,
+    retry_contended, QueueAckParams, QueueNackParams, StepMessage, StepStartManyParams,
+    StepStarted, StoreError,
 };
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
@@ -186,7 +187,7 @@ pub(crate) async fn begin_attempts(
         step_ids: step_ids.to_vec(),
         instance_id: ctx.instance_id.clone(),
     };
-    let mut started = ctx.store.step_start_many(&start).await?;
+    let mut started = retry_contended(|| ctx.store.step_start_many(&start)).await?;
     if started.len() < step_ids.len() {
         // Not `Enqueued`: gone, moved on, or redelivered because the worker holding the
         // earlier attempt lost its lease, which is then taken back first (rare).
@@ -212,7 +213,7 @@ pub(crate) async fn begin_attempts(
         }
         if !retake.is_empty() {
             start.step_ids = retake;
-            started.extend(ctx.store.step_start_many(&start).await?);
+            started.extend(retry_contended(|| ctx.store.step_start_many(&start)).await?);
         }
     }
     Ok(started

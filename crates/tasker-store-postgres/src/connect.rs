@@ -59,7 +59,8 @@ impl PgStore {
             .await
             .map_err(map_err)?;
         migrator().run(&pool).await.map_err(|e| StoreError::Other {
-            message: format!("migrating postgres database: {e}"),
+            message: "migrating postgres database".into(),
+            source: Some(Box::new(e)),
         })?;
         // Lease changes (dequeues, attempt starts) need not wait for the WAL flush: one lost in
         // a crash leaves its message to be delivered again, and any later synchronous commit

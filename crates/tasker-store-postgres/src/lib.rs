@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tasker_store::{Capabilities, Store};
 
 pub use connect::PgStoreOptions;
+pub use decode::map_err as normalize_error;
 
 /// `now` on the database clock, in milliseconds, as an SQL expression: when the current
 /// statement started. Stable within a statement, unlike `clock_timestamp()`, so comparisons

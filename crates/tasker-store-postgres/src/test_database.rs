@@ -28,11 +28,11 @@ impl TestDatabase {
     /// [`StoreError::Other`] when the variable is unset (saying how to set it), or the server
     /// refuses.
     pub async fn create() -> Result<Self> {
-        let admin_url = std::env::var(TEST_DATABASE_URL_VAR).map_err(|_| StoreError::Other {
-            message: format!(
+        let admin_url = std::env::var(TEST_DATABASE_URL_VAR).map_err(|_| {
+            StoreError::other(format!(
                 "{TEST_DATABASE_URL_VAR} is not set; run the tests through scripts/test, or set it \
                  to an admin URL such as postgres://postgres@127.0.0.1:5432/postgres"
-            ),
+            ))
         })?;
         let name = format!("tasker_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin_url).await.map_err(map_err)?;

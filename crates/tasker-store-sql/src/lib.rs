@@ -15,31 +15,45 @@ use tasker_types::{
     TransitionRow,
 };
 
-/// Normalizes a sqlx error into a [`StoreError`] kind. `unavailable_codes` are the backend's
-/// database error codes that mean "try again later" (busy, too many connections, shutdown).
-pub fn map_err(err: sqlx::Error, unavailable_codes: &[&str]) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
-            message: db.message().to_owned(),
-        },
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|code| unavailable_codes.contains(&code.as_ref())) =>
-        {
-            StoreError::Unavailable {
-                message: db.message().to_owned(),
-            }
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable {
-            message: err.to_string(),
-        },
-        _ => StoreError::Other {
-            message: err.to_string(),
-        },
+/// A backend's database error codes that [`map_err`] sorts into kinds.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCodes {
+    /// "Try again later": busy, too many connections, shutdown, connection lost.
+    pub unavailable: &'static [&'static str],
+    /// The transaction was rolled back to resolve a conflict with another one (deadlock,
+    /// serialization failure): safe to run again at once.
+    pub contended: &'static [&'static str],
+}
+
+/// Normalizes a sqlx error into a [`StoreError`] kind, keeping it as the source.
+pub fn map_err(err: sqlx::Error, codes: &ErrorCodes) -> StoreError {
+    let code_in = |list: &[&str]| match &err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| list.contains(&code.as_ref())),
+        _ => false,
+    };
+    let message = match &err {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    };
+    let unique = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
+    let contended = code_in(codes.contended);
+    let unavailable = code_in(codes.unavailable)
+        || matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        );
+    let source = Some(Box::new(err) as tasker_store::BoxError);
+    if unique {
+        StoreError::Conflict { message, source }
+    } else if contended {
+        StoreError::Contended { message, source }
+    } else if unavailable {
+        StoreError::Unavailable { message, source }
+    } else {
+        StoreError::Other { message, source }
     }
 }
 

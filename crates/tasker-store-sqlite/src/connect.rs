@@ -45,9 +45,7 @@ impl SqliteStoreOptions {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Other {
-                message: format!("not a sqlite url: {url}"),
-            })?;
+            .ok_or_else(|| StoreError::other(format!("not a sqlite url: {url}")))?;
         let path = path.split('?').next().unwrap_or(path);
         Ok(Self::new(path))
     }
@@ -84,7 +82,8 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Other {
-                message: format!("migrating {}: {e}", options.path.display()),
+                message: format!("migrating {}", options.path.display()),
+                source: Some(Box::new(e)),
             })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))

@@ -3,10 +3,17 @@ use tasker_types::TransitionError;
 /// Result alias of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The backend's own error, kept as the source of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What went wrong in a store call, normalized across backends.
 ///
-/// Only [`StoreError::Unavailable`] is an infrastructure failure; circuit breakers count it and
-/// nothing else. The other variants are answers about the data.
+/// Circuit breakers count [`StoreError::Unavailable`] and [`StoreError::Other`]
+/// ([`StoreError::is_infrastructure`]): the database failed or answered in a way no request
+/// explains. [`StoreError::Contended`] is neither: the database resolved a conflict between two
+/// transactions by rolling one back, and that one is retried ([`crate::retry_contended`]). The
+/// other variants are answers about the data. Variants that wrap a backend error keep it as
+/// their [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -24,6 +31,9 @@ pub enum StoreError {
     Conflict {
         /// What collided.
         message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// A compare-and-swap lost: the row was not in the expected state any more.
     #[error("{entity} {id} is no longer {expected} (now {actual})")]
@@ -53,6 +63,19 @@ pub enum StoreError {
     Unavailable {
         /// Backend's description.
         message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The database rolled the transaction back to resolve a conflict with another one (a
+    /// deadlock or a serialization failure). Nothing was written; running it again is safe.
+    #[error("transaction rolled back by contention: {message}")]
+    Contended {
+        /// Backend's description.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<BoxError>,
     },
     /// Stored data could not be decoded (a bug or a foreign write).
     #[error("corrupt {what}: {message}")]
@@ -67,16 +90,49 @@ pub enum StoreError {
     Other {
         /// Backend's description.
         message: String,
+        /// The backend's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
 }
 
 impl StoreError {
-    /// Worth retrying later: the infrastructure failed, not the request.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. })
+    /// [`StoreError::Unavailable`] without a backend error.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
     }
 
-    /// Counts against a circuit breaker.
+    /// [`StoreError::Other`] without a backend error.
+    pub fn other(message: impl Into<String>) -> Self {
+        StoreError::Other {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Conflict`] without a backend error.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        StoreError::Conflict {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Worth retrying: the infrastructure failed or the transaction lost a conflict, not the
+    /// request. A write that failed `Unavailable` may still have committed (the answer was
+    /// lost); one that failed `Contended` did not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Contended { .. }
+        )
+    }
+
+    /// Counts against a circuit breaker: the database is failing, not merely busy resolving
+    /// conflicts between transactions.
     pub fn is_infrastructure(&self) -> bool {
         matches!(
             self,

@@ -27,13 +27,17 @@
 
 mod error;
 mod params;
+mod retry;
 mod traits;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use error::{Result, StoreError};
+pub use error::{BoxError, Result, StoreError};
 pub use params::*;
+pub use retry::{
+    retry_contended, retry_while_unavailable, AsStoreError, CONTENDED_ATTEMPTS, FOLLOW_UP_PATIENCE,
+};
 pub use traits::{
     Capabilities, ConnectionPoolStats, QueueStore, StepStore, Store, TaskStore, TemplateStore,
     TransitionLog,

@@ -241,6 +241,15 @@ pub trait QueueStore: Send + Sync {
     /// Infrastructure errors (nothing is written then).
     async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>>;
 
+    /// The delivery that `params.lease_token` holds, read without changing it (a remote worker's
+    /// call is checked against it before anything moves).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::LeaseLost`] when the message is gone or another delivery (or none)
+    /// holds it.
+    async fn queue_get(&self, params: &QueueAckParams) -> Result<QueueMessage>;
+
     /// Deletes a delivered message.
     ///
     /// # Errors

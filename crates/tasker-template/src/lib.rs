@@ -60,6 +60,7 @@ mod validate;
 
 pub use error::{ContextError, ContextProblem, ProblemKind, TemplateError, TemplateProblem};
 pub use model::{HandlerSpec, RetryPolicy, StepTemplate, TaskTemplate};
+pub use validate::is_namespace;
 
 /// `Result` with [`TemplateError`] as the default error.
 pub type Result<T, E = TemplateError> = std::result::Result<T, E>;

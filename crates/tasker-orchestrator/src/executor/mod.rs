@@ -27,7 +27,9 @@ pub(crate) use step_result_processor::apply_results;
 pub use step_result_processor::StepResultProcessor;
 pub use task_claimer::{Claim, TaskClaimer};
 pub use task_finalizer::{verdict, TaskFinalizer, Verdict};
-pub use task_request_processor::{create_task, create_tasks, RequestError, TaskRequestProcessor};
+pub use task_request_processor::{
+    create_each, create_task, create_tasks, RequestError, TaskRequestProcessor,
+};
 
 use crate::{engine::TaskEvent as EngineEvent, wakeup::Wakeups};
 
@@ -94,6 +96,14 @@ pub enum ExecutorError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl tasker_store::AsStoreError for ExecutorError {
+    fn as_store_error(&self) -> Option<&StoreError> {
+        match self {
+            ExecutorError::Store(e) => Some(e),
+        }
+    }
 }
 
 impl ExecutorError {

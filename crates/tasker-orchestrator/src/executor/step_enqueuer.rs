@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{StepEnqueueManyParams, StepViableManyParams, StoreError, TaskReleaseParams};
+use tasker_store::{
+    retry_contended, StepEnqueueManyParams, StepViableManyParams, StoreError, TaskReleaseParams,
+};
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{Claim, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
@@ -81,14 +83,13 @@ impl StepEnqueuer {
         }
         let mut enqueued = 0;
         for (queue, steps) in by_queue {
-            let ids = store
-                .step_enqueue_many(&StepEnqueueManyParams {
-                    task_id,
-                    steps,
-                    queue: queue.to_owned(),
-                    instance_id: self.ctx.instance_id.clone(),
-                })
-                .await?;
+            let params = StepEnqueueManyParams {
+                task_id,
+                steps,
+                queue: queue.to_owned(),
+                instance_id: self.ctx.instance_id.clone(),
+            };
+            let ids = retry_contended(|| store.step_enqueue_many(&params)).await?;
             if !ids.is_empty() {
                 self.ctx.wakeups.wake(queue);
             }

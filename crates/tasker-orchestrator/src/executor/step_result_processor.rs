@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{QueueAckParams, StepApplyResultsParams, StepResultApply, StoreError};
+use tasker_store::{
+    retry_contended, QueueAckParams, StepApplyResultsParams, StepResultApply, StoreError,
+};
 use tasker_types::{StepEvent, StepState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
@@ -97,16 +99,14 @@ pub(crate) async fn apply_results(
     for result in results {
         apply.extend(prepare(ctx, result).await?);
     }
-    let applied = ctx
-        .store
-        .step_apply_results(&StepApplyResultsParams {
-            results: apply,
-            consumed,
-            routing: ctx.routing.clone(),
-            evaluate_queue: TASK_FINALIZE.to_owned(),
-            instance_id: ctx.instance_id.clone(),
-        })
-        .await?;
+    let params = StepApplyResultsParams {
+        results: apply,
+        consumed,
+        routing: ctx.routing.clone(),
+        evaluate_queue: TASK_FINALIZE.to_owned(),
+        instance_id: ctx.instance_id.clone(),
+    };
+    let applied = retry_contended(|| ctx.store.step_apply_results(&params)).await?;
     for queue in &applied.queues {
         ctx.wakeups.wake(queue);
     }

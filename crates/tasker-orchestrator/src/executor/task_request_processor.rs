@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
-use tasker_store::{StoreError, TaskCreateParams, TaskCreated, TemplateGetParams};
+use tasker_store::{retry_contended, StoreError, TaskCreateParams, TaskCreated, TemplateGetParams};
 use tasker_template::TaskTemplate;
 use tasker_types::{TaskEvent, TaskState};
 
@@ -73,11 +73,58 @@ pub async fn create_tasks(
     for request in requests {
         params.push(task_params(ctx, request, &mut templates).await?);
     }
-    let created = ctx.store.task_create_many(&params).await?;
+    let created = retry_contended(|| ctx.store.task_create_many(&params)).await?;
     for task in &created {
         after_create(ctx, task).await?;
     }
     Ok(created)
+}
+
+/// Creates the tasks of the requests that pass validation, in one transaction, and answers
+/// each request on its own, in order: its task (new or existing), or why it was refused. A
+/// refused request does not stop the others.
+///
+/// # Errors
+///
+/// [`RequestError::Store`] when storage fails: then nothing was created.
+///
+/// # Cancel safety
+///
+/// As [`create_task`].
+pub async fn create_each(
+    ctx: &ExecutorContext,
+    requests: &[TaskRequest],
+) -> Result<Vec<Result<TaskCreated, RequestError>>, RequestError> {
+    let mut templates = HashMap::new();
+    let mut answers = Vec::with_capacity(requests.len());
+    let mut params = Vec::new();
+    for request in requests {
+        match task_params(ctx, request, &mut templates).await {
+            Ok(p) => {
+                params.push(p);
+                answers.push(None);
+            }
+            Err(RequestError::Store(e)) => return Err(RequestError::Store(e)),
+            Err(refused) => answers.push(Some(Err(refused))),
+        }
+    }
+    let created = retry_contended(|| ctx.store.task_create_many(&params)).await?;
+    for task in &created {
+        after_create(ctx, task).await?;
+    }
+    let mut created = created.into_iter();
+    Ok(answers
+        .into_iter()
+        .map(|answer| match answer {
+            Some(refused) => refused,
+            None => created.next().ok_or_else(|| {
+                RequestError::Store(StoreError::Corrupt {
+                    what: "task create",
+                    message: "fewer tasks than valid requests".into(),
+                })
+            }),
+        })
+        .collect())
 }
 
 /// Templates already read during one call, by `(namespace, name, version)`.

@@ -27,11 +27,9 @@ impl OrchestrationExecutor for Fake {
             Some(t) => {
                 tokio::time::sleep(t).await;
                 if self.fail {
-                    Err(ExecutorError::Store(
-                        tasker_store::StoreError::Unavailable {
-                            message: "database down".into(),
-                        },
-                    ))
+                    Err(ExecutorError::Store(tasker_store::StoreError::unavailable(
+                        "database down",
+                    )))
                 } else {
                     Ok(0)
                 }

@@ -133,6 +133,19 @@ macro_rules! __sql_store_queues {
                     self.dequeue_leased(params).await
                 }
 
+                async fn queue_get(&self, params: &QueueAckParams) -> Result<QueueMessage> {
+                    self.count(1);
+                    let row = sqlx::query(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE id = $1 AND lease_token = $2"
+                    ))
+                    .bind(params.id)
+                    .bind(&params.lease_token)
+                    .fetch_optional(&self.$reader)
+                    .await
+                    .map_err(map_err)?;
+                    row.as_ref().map(message).transpose()?.ok_or_else(|| lease_lost(params.id))
+                }
+
                 async fn queue_ack(&self, params: &QueueAckParams) -> Result<()> {
                     self.count(1);
                     let done = sqlx::query("DELETE FROM queue_messages WHERE id = $1 AND lease_token = $2")

@@ -31,12 +31,10 @@ macro_rules! __sql_store_templates {
                         return if record.definition == definition {
                             Ok(record)
                         } else {
-                            Err(StoreError::Conflict {
-                                message: format!(
+                            Err(StoreError::conflict(format!(
                                     "template {} is already registered with a different definition",
                                     t.key()
-                                ),
-                            })
+                            )))
                         };
                     }
                     self.count(1);

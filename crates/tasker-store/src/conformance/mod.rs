@@ -68,6 +68,7 @@ macro_rules! store_conformance {
             queue_visibility_timeout_redelivers,
             queue_nack_with_delay,
             queue_extend_keeps_a_lease,
+            queue_get_reads_the_held_delivery,
             queue_release_does_not_count_a_delivery,
             queue_dead_letters_after_max_deliveries,
             queue_concurrent_dequeuers_receive_each_message_once,

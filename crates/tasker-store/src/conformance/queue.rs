@@ -352,3 +352,49 @@ pub async fn queue_release_does_not_count_a_delivery(store: Arc<dyn Store>) {
     assert!(matches!(stale, StoreError::LeaseLost { .. }), "{stale}");
     assert!(s.dead_letter_list("rel").await.unwrap().is_empty());
 }
+
+/// `queue_get` returns the delivery a lease token holds, as it is, and changes nothing; a wrong
+/// token, a released delivery or an acknowledged message is `LeaseLost`.
+pub async fn queue_get_reads_the_held_delivery(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "q", 2).await;
+    let got = s.queue_dequeue(&dequeue("q", 2, LONG, 5)).await.unwrap();
+    let held = |m: &tasker_types::QueueMessage| QueueAckParams {
+        id: m.id,
+        lease_token: m.lease_token.clone(),
+    };
+    let read = s.queue_get(&held(&got[1])).await.unwrap();
+    assert_eq!(read, got[1]);
+    assert_eq!(read.payload, json!({"i": 1}));
+    let depth = s.queue_depth("q").await.unwrap();
+    assert_eq!(
+        (depth.ready, depth.invisible),
+        (0, 2),
+        "reading leases nothing"
+    );
+
+    let wrong = QueueAckParams {
+        id: got[0].id,
+        lease_token: "not-the-token".into(),
+    };
+    assert!(matches!(
+        s.queue_get(&wrong).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    s.queue_release(&QueueNackParams {
+        id: got[0].id,
+        lease_token: got[0].lease_token.clone(),
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.queue_get(&held(&got[0])).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    s.queue_ack(&held(&got[1])).await.unwrap();
+    assert!(matches!(
+        s.queue_get(&held(&got[1])).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}

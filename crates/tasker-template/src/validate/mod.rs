@@ -62,6 +62,13 @@ pub(crate) fn validate(raw: UncheckedTemplate) -> Result<TaskTemplate, Vec<Templ
     }
 }
 
+/// Whether `value` may name a template namespace (and so a worker queue): an identifier,
+/// `[a-z0-9][a-z0-9_-]*`. The engine's own queues all contain a `.`, so no namespace can name
+/// one of them: this rule is what reserves them.
+pub fn is_namespace(value: &str) -> bool {
+    is_identifier(value)
+}
+
 /// Whether `value` is an identifier: `[a-z0-9][a-z0-9_-]*`.
 fn is_identifier(value: &str) -> bool {
     let mut chars = value.chars();
