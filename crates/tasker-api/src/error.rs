@@ -72,7 +72,8 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseLost { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
             }
-            StoreError::Unavailable { .. } => ApiError::new(
+            // Storage is down, or the transaction lost a conflict: try again later.
+            StoreError::Unavailable { .. } | StoreError::Contended { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),
@@ -135,6 +136,9 @@ impl From<RemoteError> for ApiError {
             }
             // A token this server never issued is a client bug, not a lost lease.
             RemoteError::BadToken => ApiError::invalid(format!("lease_token: {e}")),
+            RemoteError::WrongStep(_) => {
+                ApiError::new(StatusCode::CONFLICT, "lease_mismatch", e.to_string())
+            }
             RemoteError::Invalid(m) => ApiError::invalid(m),
             RemoteError::Executor(x) => x.into(),
             other => ApiError::new(

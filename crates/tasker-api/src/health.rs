@@ -1,6 +1,6 @@
 //! Health, the pools view and Prometheus metrics.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use axum::{
     extract::State,
@@ -18,20 +18,32 @@ pub(crate) async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /health/ready`: storage answers and no pool is broken; 503 otherwise.
+/// How long `/health/ready` waits for its answer: a probe must hear "not ready" promptly when
+/// the database hangs, not time out itself.
+const READY_WITHIN: Duration = Duration::from_millis(900);
+
+/// `GET /health/ready`: storage answers and no pool is broken; 503 otherwise, within a second.
 pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let not_ready =
+        |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+    tokio::time::timeout(READY_WITHIN, check_ready(&state))
+        .await
+        .map_err(|_| {
+            not_ready(format!(
+                "storage did not answer within {} ms",
+                READY_WITHIN.as_millis()
+            ))
+        })?
+        .map_err(not_ready)
+}
+
+async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
     state
         .engine
         .store()
         .queue_depth(tasker_orchestrator::messages::TASK_REQUESTS)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                format!("storage: {e}"),
-            )
-        })?;
+        .map_err(|e| format!("storage: {e}"))?;
     let snapshot = state.engine.snapshot().await;
     let broken: Vec<String> = snapshot
         .pools
@@ -46,11 +58,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, 
         .map(|(name, _)| name.clone())
         .collect();
     if !broken.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!("pools not healthy: {}", broken.join(", ")),
-        ));
+        return Err(format!("pools not healthy: {}", broken.join(", ")));
     }
     Ok(Json(
         json!({"status": "ready", "backend": state.engine.store().backend_name()}),

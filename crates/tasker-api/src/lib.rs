@@ -19,7 +19,7 @@ use axum::{
     extract::{DefaultBodyLimit, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
@@ -34,6 +34,9 @@ pub struct ApiConfig {
     pub auth_token: Option<String>,
     /// Largest request body in bytes (larger ones get 413).
     pub body_limit: usize,
+    /// How long the answer to a committed write waits out a storage outage before it is built
+    /// from what the write returned (default [`tasker_store::FOLLOW_UP_PATIENCE`]).
+    pub follow_up_patience: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -41,6 +44,7 @@ impl Default for ApiConfig {
         Self {
             auth_token: None,
             body_limit: 1024 * 1024,
+            follow_up_patience: tasker_store::FOLLOW_UP_PATIENCE,
         }
     }
 }
@@ -72,6 +76,7 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
             get(templates::version),
         )
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::show))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/steps/{step}/retry", post(tasks::retry_step))
@@ -91,11 +96,22 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/health", get(health::live))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(reject_nul_in_uri))
+        .layer(middleware::map_response(error_shape))
         .with_state(state)
 }
 
-/// Requires the bearer token when one is configured.
+/// Requires the bearer token when one is configured. The scheme is matched case-insensitively
+/// (RFC 7235) and the token compared in constant time, so the answer's timing says nothing
+/// about how much of a guess was right.
 async fn authenticate(
     State(state): State<AppState>,
     request: Request,
@@ -106,8 +122,8 @@ async fn authenticate(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(expected.as_str()) {
+            .and_then(bearer_token);
+        if !given.is_some_and(|g| token_matches(g, expected)) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -118,8 +134,125 @@ async fn authenticate(
     Ok(next.run(request).await)
 }
 
-/// Parses a numeric id from the path; anything else names no resource.
+/// The token of an `Authorization: Bearer <token>` value, whatever the scheme's case.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// Constant-time equality (only the length of `expected` can leak).
+fn token_matches(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+/// 400 for a path or query that percent-decodes to a NUL character: no id, name or filter
+/// holds one, and no backend could store it.
+async fn reject_nul_in_uri(request: Request, next: Next) -> Result<Response, ApiError> {
+    let uri = request.uri();
+    for (part, text) in [("path", Some(uri.path())), ("query", uri.query())] {
+        if text.is_some_and(|t| t.to_ascii_lowercase().contains("%00")) {
+            return Err(ApiError::bad_request(format!(
+                "{part}: NUL characters (%00) are not allowed"
+            )));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Gives every error answer the API's shape, `{"error": {"code", "message"}}`: those of our
+/// handlers already have it; this catches the ones axum makes itself (a rejected path or
+/// query, 405, 413 from the body limit on any route, 415) and rewrites their plain text.
+async fn error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let headers = response.headers().clone();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut shaped = ApiError::new(status, code, message).into_response();
+    // Keep what the original said beyond its body (`Allow` on a 405, say).
+    for (name, value) in &headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name, value.clone());
+        }
+    }
+    shaped
+}
+
+/// Parses an id from the path: decimal digits only (`+1`, `01x` or `-1` name no resource).
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("{what} {raw:?} not found")))
+    let not_found = || ApiError::not_found(format!("{what} {raw:?} not found"));
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_found());
+    }
+    raw.parse().map_err(|_| not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_strict_decimals() {
+        assert_eq!(parse_id("42", "task").unwrap(), 42);
+        assert_eq!(parse_id("007", "task").unwrap(), 7);
+        for bad in [
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "",
+            "1e3",
+            "0x1",
+            "99999999999999999999",
+        ] {
+            let e = parse_id(bad, "task").unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_tokens_compare_exactly() {
+        for header in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret",
+            " Bearer s3cret ",
+        ] {
+            assert_eq!(bearer_token(header), Some("s3cret"), "{header:?}");
+        }
+        for header in ["Basic s3cret", "Bearers3cret", "s3cret", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+        assert!(token_matches("s3cret", "s3cret"));
+        for wrong in ["s3cre", "s3crett", "S3cret", ""] {
+            assert!(!token_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+    }
 }

@@ -1,4 +1,9 @@
 //! Task routes.
+//!
+//! A write that committed is answered as done: the reads that build the answer ride out a
+//! storage outage (`ApiConfig::follow_up_patience`), and when storage stays away the answer is built
+//! from what the write returned. A client retrying a 5xx therefore never repeats a write that
+//! took effect.
 
 use axum::{
     extract::{Path, Query, State},
@@ -9,13 +14,20 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tasker_orchestrator::{messages::TaskRequest, operator};
-use tasker_store::TaskListParams;
-use tasker_types::{TaskId, TaskState};
+use tasker_store::{retry_while_unavailable, TaskCreated, TaskListParams};
+use tasker_types::{TaskId, TaskRow, TaskState};
 
-use crate::{error::ApiError, extract::ApiJson, parse_id, views, AppState};
+use crate::{
+    error::ApiError,
+    extract::{ApiJson, OptionalJson},
+    parse_id, views, AppState,
+};
 
 /// Pressure at which new tasks are refused with 503.
 const SATURATED: f64 = 1.0;
+
+/// Most requests in one `POST /v1/tasks/batch`.
+pub const MAX_BATCH: usize = 1000;
 
 async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
     let store = state.engine.store();
@@ -25,6 +37,44 @@ async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
     Ok(views::task(&task, &steps, &edges))
 }
 
+/// The view of a task a committed write returned: read back while storage allows, else the
+/// row the write returned (without its steps, which the answer then says).
+async fn committed_view(state: &AppState, task: &TaskRow) -> Value {
+    match retry_while_unavailable(state.config.follow_up_patience, || async {
+        let store = state.engine.store();
+        let (steps, edges) = (
+            store.step_list(task.id).await?,
+            store.step_edges(task.id).await?,
+        );
+        let task = store.task_get(task.id).await?;
+        Ok::<_, tasker_store::StoreError>(views::task(&task, &steps, &edges))
+    })
+    .await
+    {
+        Ok(view) => view,
+        Err(error) => {
+            tracing::warn!(task_id = %task.id, %error, "answering a committed write without reading it back");
+            let mut view = views::task_summary(task);
+            view["steps"] = Value::Null;
+            view["partial"] = json!(true);
+            view
+        }
+    }
+}
+
+fn saturated() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "saturated",
+        "the engine is saturated; retry later",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    response
+}
+
 /// `POST /v1/tasks`: 201 with the task; 200 with the existing task on an idempotent repeat;
 /// 503 with `Retry-After` when the engine is saturated.
 pub(crate) async fn create(
@@ -32,16 +82,7 @@ pub(crate) async fn create(
     ApiJson(request): ApiJson<TaskRequest>,
 ) -> Result<Response, ApiError> {
     if state.engine.pressure() >= SATURATED {
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "saturated",
-            "the engine is saturated; retry later",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        return Ok(response);
+        return Ok(saturated());
     }
     let created = state.engine.submit(&request).await?;
     let status = if created.created {
@@ -49,7 +90,49 @@ pub(crate) async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(task_view(&state, created.task.id).await?)).into_response())
+    Ok((status, Json(committed_view(&state, &created.task).await)).into_response())
+}
+
+/// The body of `POST /v1/tasks/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    tasks: Vec<TaskRequest>,
+}
+
+/// `POST /v1/tasks/batch`: up to [`MAX_BATCH`] task requests, each with its own idempotency
+/// key and its own answer, in order: `{"results": [{"status": "created" | "existing" |
+/// "error", "task": …} | {"status": "error", "error": {"code", "message"}}]}`. The requests
+/// that pass validation are created in one transaction; a refused one does not stop the
+/// others. 200 whatever each result, unless the whole call fails.
+pub(crate) async fn create_batch(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    if batch.tasks.is_empty() || batch.tasks.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "tasks: must hold between 1 and {MAX_BATCH} requests, not {}",
+            batch.tasks.len()
+        )));
+    }
+    if state.engine.pressure() >= SATURATED {
+        return Ok(saturated());
+    }
+    let outcomes = state.engine.submit_each(&batch.tasks).await?;
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(TaskCreated { task, created, .. }) => json!({
+                "status": if created { "created" } else { "existing" },
+                "task": views::task_summary(&task),
+            }),
+            Err(refused) => {
+                let e = ApiError::from(refused);
+                json!({"status": "error", "error": {"code": e.code, "message": e.message}})
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })).into_response())
 }
 
 /// `GET /v1/tasks/{id}`: the task, its steps and its transitions.
@@ -139,8 +222,8 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = TaskId(parse_id(&id, "task")?);
-    operator::cancel_task(state.engine.context(), id).await?;
-    Ok(Json(task_view(&state, id).await?))
+    let task = operator::cancel_task(state.engine.context(), id).await?;
+    Ok(Json(committed_view(&state, &task).await))
 }
 
 /// `POST /v1/tasks/{id}/steps/{step}/retry`.
@@ -153,12 +236,22 @@ pub(crate) async fn retry_step(
     Ok(Json(views::step(&step)))
 }
 
-/// `POST /v1/tasks/{id}/steps/{step}/resolve`.
+/// The optional body of `POST /v1/tasks/{id}/steps/{step}/resolve`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resolve {
+    /// The step's result, as its children will see it.
+    output: Option<Value>,
+}
+
+/// `POST /v1/tasks/{id}/steps/{step}/resolve`, with an optional `{"output": …}` body.
 pub(crate) async fn resolve_step(
     State(state): State<AppState>,
     Path((id, step)): Path<(String, String)>,
+    OptionalJson(body): OptionalJson<Resolve>,
 ) -> Result<Json<Value>, ApiError> {
     let id = TaskId(parse_id(&id, "task")?);
-    let step = operator::resolve_step(state.engine.context(), id, &step).await?;
+    let output = body.and_then(|b| b.output);
+    let step = operator::resolve_step(state.engine.context(), id, &step, output).await?;
     Ok(Json(views::step(&step)))
 }

@@ -43,6 +43,24 @@ pub(crate) async fn register(
         TaskTemplate::from_json_value(value, "request body")
     };
     let template = parsed.map_err(|e| ApiError::invalid(e.problems_lines().join("; ")))?;
+    let definition =
+        serde_json::to_value(&template).map_err(|e| ApiError::invalid(format!("template: {e}")))?;
+    crate::extract::reject_nul(&definition)?;
+    // Handlers this process has check their own configuration now, not at run time.
+    let handlers = state.engine.handlers();
+    let problems: Vec<String> = template
+        .steps
+        .iter()
+        .filter_map(|step| {
+            handlers
+                .check_config(&step.handler.name, &step.handler.config)
+                .err()
+                .map(|problem| format!("steps.{}.handler.config.{problem}", step.name))
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems.join("; ")));
+    }
     let record = state
         .engine
         .store()

@@ -19,8 +19,9 @@ use crate::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
     executor::{
-        create_task, create_tasks, ExecutorContext, ExecutorType, OrchestrationExecutor,
-        StepEnqueuer, StepResultProcessor, TaskClaimer, TaskFinalizer, TaskRequestProcessor,
+        create_each, create_task, create_tasks, ExecutorContext, ExecutorType,
+        OrchestrationExecutor, StepEnqueuer, StepResultProcessor, TaskClaimer, TaskFinalizer,
+        TaskRequestProcessor,
     },
     handler::HandlerRegistry,
     messages::{TaskRequest, LOCAL_STEPS},
@@ -152,6 +153,7 @@ pub struct Engine {
     stop_background: CancellationToken,
     resources: ResourceReport,
     gauge: crate::backpressure::PressureGauge,
+    handlers: Arc<HandlerRegistry>,
 }
 
 impl Engine {
@@ -285,7 +287,14 @@ impl Engine {
             stop_background,
             resources,
             gauge,
+            handlers,
         })
+    }
+
+    /// The handlers this process has (whether or not it runs steps itself): what template
+    /// registration checks handler configurations against.
+    pub fn handlers(&self) -> &HandlerRegistry {
+        &self.handlers
     }
 
     /// The store the engine runs on.
@@ -323,6 +332,19 @@ impl Engine {
         requests: &[TaskRequest],
     ) -> Result<Vec<TaskCreated>, RequestError> {
         create_tasks(&self.ctx, requests).await
+    }
+
+    /// Creates the tasks of the requests that pass validation in one transaction and answers
+    /// each request on its own, in order (see [`crate::executor::create_each`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::Store`] when storage fails; nothing was created then.
+    pub async fn submit_each(
+        &self,
+        requests: &[TaskRequest],
+    ) -> Result<Vec<Result<TaskCreated, RequestError>>, RequestError> {
+        create_each(&self.ctx, requests).await
     }
 
     /// Queues a request for the TaskRequestProcessor (asynchronous intake).
@@ -439,18 +461,12 @@ fn validate_resources(
         );
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    // One writer serializes every write on a single-writer backend: executors wait for it,
-    // not for pool connections, so the budget is reported but not enforced.
-    let mode = if store.capabilities().single_writer {
-        FailureMode::BestEffort
-    } else {
-        config.failure_mode
-    };
     let report = resources::validate(
         store.connection_pool().max_connections,
         &bounds,
-        mode,
+        config.failure_mode,
         cores,
+        store.capabilities().single_writer,
     );
     for warning in &report.warnings {
         if store.capabilities().single_writer {

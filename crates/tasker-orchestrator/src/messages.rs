@@ -16,8 +16,10 @@ pub const LOCAL_STEPS: &str = "tasker.local_steps";
 /// "Evaluate this task": consumed by the TaskFinalizer.
 pub const TASK_FINALIZE: &str = "tasker.task_finalize";
 
-/// A client's request for a task.
+/// A client's request for a task. Unknown fields are refused, so a misspelt optional field
+/// (`idempotency_key`, say) is an error rather than silently nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// Template namespace.
     pub namespace: String,

@@ -1,10 +1,15 @@
 //! What operators do to tasks: cancel a task, retry a failed step, resolve a failed step by
 //! hand. Each change is a compare-and-swap transition with its audit row; the task is then
 //! handed to the finalizer to be evaluated again.
+//!
+//! Once the first write of an action has committed, the rest of it (each step safe to repeat)
+//! rides out a storage outage for [`FOLLOW_UP_PATIENCE`] rather than report a failure for an
+//! action that took effect.
 
 use std::time::Duration;
 
-use tasker_store::StoreError;
+use serde_json::Value;
+use tasker_store::{retry_while_unavailable, AsStoreError, StoreError, FOLLOW_UP_PATIENCE};
 use tasker_types::{StepEvent, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
 use crate::{
@@ -25,6 +30,15 @@ pub enum OperatorError {
     /// The engine failed.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+}
+
+impl AsStoreError for OperatorError {
+    fn as_store_error(&self) -> Option<&StoreError> {
+        match self {
+            OperatorError::Executor(e) => e.as_store_error(),
+            _ => None,
+        }
+    }
 }
 
 impl From<StoreError> for OperatorError {
@@ -73,9 +87,14 @@ pub async fn cancel_task(ctx: &ExecutorContext, task_id: TaskId) -> Result<TaskR
     let task = task.ok_or_else(|| {
         OperatorError::Conflict(format!("task {task_id} kept changing; try again"))
     })?;
-    for step in ctx.store.step_list(task_id).await? {
-        cancel_step(ctx, step).await?;
-    }
+    // The task is cancelled: cancelling its steps follows, repeatable until it is done.
+    retry_while_unavailable(FOLLOW_UP_PATIENCE, || async {
+        for step in ctx.store.step_list(task_id).await? {
+            cancel_step(ctx, step).await?;
+        }
+        Ok::<_, OperatorError>(())
+    })
+    .await?;
     Ok(task)
 }
 
@@ -141,10 +160,12 @@ pub async fn retry_step(
     task_id: TaskId,
     name: &str,
 ) -> Result<StepRow, OperatorError> {
-    operate(ctx, task_id, name, StepEvent::Retry).await
+    operate(ctx, task_id, name, StepEvent::Retry, None).await
 }
 
 /// Marks a failed step as resolved by hand (its children may run) and re-evaluates the task.
+/// `output`, when given, becomes the step's result, which its children receive as this
+/// parent's output.
 ///
 /// # Errors
 ///
@@ -154,8 +175,9 @@ pub async fn resolve_step(
     ctx: &ExecutorContext,
     task_id: TaskId,
     name: &str,
+    output: Option<Value>,
 ) -> Result<StepRow, OperatorError> {
-    operate(ctx, task_id, name, StepEvent::ResolveManually).await
+    operate(ctx, task_id, name, StepEvent::ResolveManually, output).await
 }
 
 async fn operate(
@@ -163,6 +185,7 @@ async fn operate(
     task_id: TaskId,
     name: &str,
     event: StepEvent,
+    output: Option<Value>,
 ) -> Result<StepRow, OperatorError> {
     let (step, resumed) = step_for(ctx, task_id, name, event).await?;
     let step = if resumed {
@@ -170,22 +193,28 @@ async fn operate(
     } else {
         let mut params = ctx.step_event(step.id, StepState::Error, event);
         params.error = Some(format!("{} by operator", event.name()));
+        params.output = output;
         ctx.step_move(&params).await?.ok_or_else(|| {
             OperatorError::Conflict(format!("step {name:?} changed meanwhile; try again"))
         })?
     };
-    // A task that gave up reopens; one still running just gets evaluated again.
-    let task = ctx.store.task_get(task_id).await?;
-    if task.state == TaskState::Error {
-        ctx.task_move(
-            task_id,
-            TaskState::Error,
-            TaskEvent::Retry,
-            Some(format!("step {name} {}", event.name())),
-        )
-        .await?;
-    }
-    ctx.publish(TASK_FINALIZE, &[TaskRef { task_id }], Duration::ZERO)
-        .await?;
+    // A task that gave up reopens; one still running just gets evaluated again. Both are safe
+    // to repeat: the reopening is a compare-and-swap, a second evaluation finds nothing to do.
+    retry_while_unavailable(FOLLOW_UP_PATIENCE, || async {
+        let task = ctx.store.task_get(task_id).await?;
+        if task.state == TaskState::Error {
+            ctx.task_move(
+                task_id,
+                TaskState::Error,
+                TaskEvent::Retry,
+                Some(format!("step {name} {}", event.name())),
+            )
+            .await?;
+        }
+        ctx.publish(TASK_FINALIZE, &[TaskRef { task_id }], Duration::ZERO)
+            .await?;
+        Ok::<_, OperatorError>(())
+    })
+    .await?;
     Ok(step)
 }

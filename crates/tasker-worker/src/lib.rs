@@ -59,9 +59,51 @@ impl StepFailure {
     }
 }
 
+/// What is wrong with a step's handler configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigProblem {
+    /// Where in the config (`ms`, `headers.x`), or `config` for the config as a whole.
+    pub key: String,
+    /// What is expected there.
+    pub message: String,
+}
+
+/// Reads a handler's `config` as its typed form `T` (a `null` config reads as `{}`, so every
+/// field's default applies): the one reading both [`StepHandler::check_config`] and the
+/// handler's run use, so what registration accepts is what runs.
+///
+/// # Errors
+///
+/// [`ConfigProblem`] naming the key that does not fit.
+pub fn read_config<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T, ConfigProblem> {
+    let config = if config.is_null() {
+        Value::Object(Map::new())
+    } else {
+        config.clone()
+    };
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigProblem {
+            key: if path == "." { "config".into() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 /// Runs one kind of step.
 #[async_trait]
 pub trait StepHandler: Send + Sync + std::fmt::Debug {
+    /// Checks a step's handler configuration when its template is registered, so a bad one is
+    /// refused then rather than failing at run time. The default accepts anything.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigProblem`] naming the key and what it should be.
+    fn check_config(&self, _config: &Value) -> Result<(), ConfigProblem> {
+        Ok(())
+    }
+
     /// Runs one attempt.
     ///
     /// # Errors
@@ -107,6 +149,19 @@ impl HandlerRegistry {
     /// Whether a handler called `name` is registered.
     pub fn contains(&self, name: &str) -> bool {
         self.handlers.contains_key(name)
+    }
+
+    /// Checks `config` with the handler called `handler`; a name not registered here (a
+    /// remote worker's handler) is not this process's to judge, so it passes.
+    ///
+    /// # Errors
+    ///
+    /// The handler's [`ConfigProblem`].
+    pub fn check_config(&self, handler: &str, config: &Value) -> Result<(), ConfigProblem> {
+        match self.handlers.get(handler) {
+            Some(h) => h.check_config(config),
+            None => Ok(()),
+        }
     }
 
     /// Registered names, sorted.

@@ -130,6 +130,17 @@ pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
 }
 
 async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
+    let bind: SocketAddr = config.server.bind.parse().with_context(|| {
+        format!(
+            "configuration: server.bind: {:?} is not an address",
+            config.server.bind
+        )
+    })?;
+    // Bind before touching the disk: when the address is taken, start-up fails having created
+    // nothing (no data directory, no database).
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {bind}"))?;
     let url = if config.database.url.is_empty() {
         std::fs::create_dir_all(&config.database.data_dir)
             .with_context(|| format!("creating data directory {}", config.database.data_dir))?;
@@ -142,12 +153,6 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     } else {
         config.database.url.clone()
     };
-    let bind: SocketAddr = config.server.bind.parse().with_context(|| {
-        format!(
-            "configuration: server.bind: {:?} is not an address",
-            config.server.bind
-        )
-    })?;
     let store = super::store::open(&url, config.database.max_connections).await?;
     let engine = Arc::new(
         Engine::start(
@@ -161,10 +166,8 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     let api = ApiConfig {
         auth_token: Some(config.server.auth_token.clone()).filter(|t| !t.is_empty()),
         body_limit: config.server.body_limit_bytes,
+        ..ApiConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding {bind}"))?;
     let local = listener.local_addr()?;
     // Diagnostics go to stderr; this one line tells scripts where to connect.
     eprintln!("tasker: serving http://{local} on {}", store.backend_name());

@@ -49,8 +49,12 @@ fn text(v: Value) -> String {
 
 #[async_trait]
 impl StepHandler for Command {
+    fn check_config(&self, config: &Value) -> Result<(), crate::ConfigProblem> {
+        crate::read_config::<CommandConfig>(config).map(|_| ())
+    }
+
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let config: CommandConfig = serde_json::from_value(input.config.clone())
+        let config: CommandConfig = crate::read_config(&input.config)
             .map_err(|e| StepFailure::permanent(format!("command handler config: {e}")))?;
         let scope = super::scope(&input);
         let args: Vec<String> = config

@@ -45,8 +45,12 @@ fn post() -> String {
 
 #[async_trait]
 impl StepHandler for Http {
+    fn check_config(&self, config: &Value) -> Result<(), crate::ConfigProblem> {
+        crate::read_config::<HttpConfig>(config).map(|_| ())
+    }
+
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let config: HttpConfig = serde_json::from_value(input.config.clone())
+        let config: HttpConfig = crate::read_config(&input.config)
             .map_err(|e| StepFailure::permanent(format!("http handler config: {e}")))?;
         let method =
             reqwest::Method::from_bytes(config.method.to_uppercase().as_bytes()).map_err(|_| {

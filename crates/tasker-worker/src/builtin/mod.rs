@@ -6,12 +6,13 @@ mod http;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub use command::Command;
 pub use http::Http;
 
-use crate::{StepFailure, StepHandler, StepInput};
+use crate::{read_config, ConfigProblem, StepFailure, StepHandler, StepInput};
 
 /// The scope `{{ … }}` placeholders are rendered against.
 pub(crate) fn scope(input: &StepInput) -> Value {
@@ -62,14 +63,29 @@ impl StepHandler for Echo {
 #[derive(Debug)]
 pub struct Sleep;
 
+/// The config `sleep` accepts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepConfig {
+    /// Milliseconds to wait.
+    #[serde(default = "default_sleep_ms")]
+    ms: u64,
+}
+
+fn default_sleep_ms() -> u64 {
+    100
+}
+
 #[async_trait]
 impl StepHandler for Sleep {
+    fn check_config(&self, config: &Value) -> Result<(), ConfigProblem> {
+        read_config::<SleepConfig>(config).map(|_| ())
+    }
+
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let ms = input
-            .config
-            .get("ms")
-            .and_then(Value::as_u64)
-            .unwrap_or(100);
+        let ms = read_config::<SleepConfig>(&input.config)
+            .map_err(|e| StepFailure::permanent(format!("sleep handler config: {e}")))?
+            .ms;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(json!({"slept_ms": ms}))
     }
@@ -84,22 +100,37 @@ impl StepHandler for Sleep {
 #[derive(Debug)]
 pub struct Fail;
 
+/// The config `fail` accepts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailConfig {
+    /// Attempts that fail before one succeeds; every attempt fails when absent.
+    times: Option<u64>,
+    /// How the failures are reported.
+    #[serde(default = "yes")]
+    retryable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[async_trait]
 impl StepHandler for Fail {
+    fn check_config(&self, config: &Value) -> Result<(), ConfigProblem> {
+        read_config::<FailConfig>(config).map(|_| ())
+    }
+
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let times = input.config.get("times").and_then(Value::as_u64);
-        let retryable = input
-            .config
-            .get("retryable")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        if times.is_none_or(|n| u64::from(input.attempt) <= n) {
+        let config = read_config::<FailConfig>(&input.config)
+            .map_err(|e| StepFailure::permanent(format!("fail handler config: {e}")))?;
+        if config.times.is_none_or(|n| u64::from(input.attempt) <= n) {
             Err(StepFailure {
                 error: format!(
                     "fail handler: attempt {} fails as configured",
                     input.attempt
                 ),
-                retryable,
+                retryable: config.retryable,
             })
         } else {
             Ok(json!({"succeeded_on_attempt": input.attempt}))
@@ -160,6 +191,59 @@ mod tests {
             echo.call(i).await.unwrap(),
             json!({"context": {"name": "ann"}, "parents": {"a": {"n": 3}}})
         );
+    }
+
+    #[test]
+    fn built_in_configs_are_checked_naming_the_key() {
+        let r = HandlerRegistry::with_builtins();
+        for (handler, config) in [
+            ("sleep", json!({"ms": 250})),
+            ("sleep", Value::Null),
+            ("fail", json!({"times": 2, "retryable": true})),
+            ("fail", json!({"retryable": false})),
+            ("noop", json!({"anything": 1})),
+            (
+                "echo",
+                json!({"value": {"greeting": "hello {{ context.name }}"}}),
+            ),
+            (
+                "command",
+                json!({"program": "/bin/echo", "args": ["{{ context.x }}"]}),
+            ),
+            (
+                "http",
+                json!({"method": "POST", "url": "http://127.0.0.1:9000/charge", "body": {"order": "{{ context.order_id }}"}}),
+            ),
+            ("py_remote", json!({"ms": "not ours to judge"})),
+        ] {
+            assert_eq!(
+                r.check_config(handler, &config),
+                Ok(()),
+                "{handler} {config}"
+            );
+        }
+        for (handler, config, key) in [
+            ("sleep", json!({"ms": "abc"}), "ms"),
+            ("sleep", json!({"ms": -1}), "ms"),
+            ("sleep", json!({"sec": 1}), "sec"),
+            ("sleep", json!("abc"), "config"),
+            ("fail", json!({"times": "two"}), "times"),
+            ("fail", json!({"retryable": "no"}), "retryable"),
+            ("command", json!({"args": []}), "config"),
+            ("command", json!({"program": 7}), "program"),
+            (
+                "http",
+                json!({"url": "http://x", "timeout_ms": "soon"}),
+                "timeout_ms",
+            ),
+        ] {
+            let problem = r.check_config(handler, &config).unwrap_err();
+            assert_eq!(problem.key, key, "{handler} {config}: {problem}");
+            assert!(
+                problem.to_string().starts_with(&format!("{key}: ")),
+                "{problem}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
