@@ -44,6 +44,18 @@ pub struct PressureSignals {
     pub latency: f64,
 }
 
+/// Share of the database pool in use below which the pool exerts no pressure.
+pub const POOL_PRESSURE_KNEE: f64 = 0.5;
+
+/// The database-pool signal for a pool `utilization` in use (connections lent over the
+/// maximum): 0 up to [`POOL_PRESSURE_KNEE`], rising linearly to 1 when every connection is
+/// lent. A pool is pressed when it runs out of headroom, not when it is used: an idle engine's
+/// executors polling for work hold a connection or two at any instant, and reading that as
+/// load made idle servers slow themselves down.
+pub fn pool_pressure(utilization: f64) -> f64 {
+    ((utilization - POOL_PRESSURE_KNEE) / (1.0 - POOL_PRESSURE_KNEE)).clamp(0.0, 1.0)
+}
+
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackpressureConfig {
@@ -263,6 +275,20 @@ mod tests {
             min_dwell: Duration::from_secs(1),
             ..BackpressureConfig::default()
         }
+    }
+
+    #[test]
+    fn the_pool_presses_only_when_its_headroom_runs_out() {
+        assert_eq!(pool_pressure(0.0), 0.0);
+        assert_eq!(
+            pool_pressure(0.2),
+            0.0,
+            "one of five connections lent is not load"
+        );
+        assert_eq!(pool_pressure(0.5), 0.0);
+        assert!((pool_pressure(0.75) - 0.5).abs() < 1e-9);
+        assert_eq!(pool_pressure(1.0), 1.0);
+        assert_eq!(pool_pressure(1.5), 1.0);
     }
 
     #[test]

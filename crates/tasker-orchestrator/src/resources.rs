@@ -12,7 +12,9 @@
 //! | 51–100 | 20 %, between 5 and 20 |
 //! | over 100 | 20 %, between 10 and a quarter of the pool |
 //!
-//! What happens when it does not fit is the configured [`FailureMode`].
+//! What happens when it does not fit is the configured [`FailureMode`]. A single-writer
+//! backend (SQLite) is the exception: every write waits for its one writer whatever the pool
+//! size, so the budget is reported, not enforced, and the advice is not to add connections.
 
 use std::collections::BTreeMap;
 
@@ -82,12 +84,25 @@ pub struct ResourceReport {
 /// Rough memory of one idle executor (its loop task, buffers, histogram), for the report.
 pub const ESTIMATED_BYTES_PER_EXECUTOR: u64 = 64 * 1024;
 
-/// Checks `pools` against a database pool of `database_pool` connections.
+impl FailureMode {
+    /// The configuration value naming this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::FailFast => "fail_fast",
+            FailureMode::Degraded => "degraded",
+            FailureMode::BestEffort => "best_effort",
+        }
+    }
+}
+
+/// Checks `pools` against a database pool of `database_pool` connections; `single_writer`
+/// says the backend serializes writes through one writer.
 pub fn validate(
     database_pool: u32,
     pools: &BTreeMap<ExecutorType, PoolBounds>,
     mode: FailureMode,
     cpu_cores: usize,
+    single_writer: bool,
 ) -> ResourceReport {
     let reserved = reserved_connections(database_pool);
     let available = database_pool.saturating_sub(reserved);
@@ -108,6 +123,17 @@ pub fn validate(
         fail_startup: false,
     };
     if requested <= available_usize {
+        return report;
+    }
+    if single_writer {
+        report.warnings.push(format!(
+            "executor pools may use {requested} connections and the database pool has \
+             {database_pool}, but this backend serializes every write through one writer: \
+             executors queue for the writer, not for connections, so adding connections would \
+             not help and failure_mode = {} is not applied; lower pools.*.max_executors to \
+             queue less",
+            mode.as_str()
+        ));
         return report;
     }
     let needed = u32::try_from(requested)
@@ -212,7 +238,7 @@ mod tests {
             FailureMode::Degraded,
             FailureMode::BestEffort,
         ] {
-            let r = validate(50, &pools(8), mode, 2);
+            let r = validate(50, &pools(8), mode, 2, false);
             assert!(r.errors.is_empty() && !r.fail_startup, "{r:?}");
             assert_eq!(
                 (r.reserved, r.available_for_executors, r.requested_executors),
@@ -224,7 +250,7 @@ mod tests {
 
     #[test]
     fn fail_fast_refuses_and_says_what_to_change() {
-        let r = validate(20, &pools(8), FailureMode::FailFast, 2);
+        let r = validate(20, &pools(8), FailureMode::FailFast, 2, false);
         assert!(r.fail_startup);
         assert!(r.errors[0].contains("at least 44"), "{}", r.errors[0]);
         assert!(r.errors[0].contains("max_executors"));
@@ -233,7 +259,7 @@ mod tests {
 
     #[test]
     fn degraded_shrinks_maxima_to_fit() {
-        let r = validate(20, &pools(8), FailureMode::Degraded, 2);
+        let r = validate(20, &pools(8), FailureMode::Degraded, 2, false);
         assert!(!r.fail_startup);
         let total: usize = r.pools.values().map(|p| p.max_executors).sum();
         assert_eq!(total, 16);
@@ -258,17 +284,41 @@ mod tests {
                 )
             })
             .collect();
-        let r = validate(5, &tight, FailureMode::Degraded, 2);
+        let r = validate(5, &tight, FailureMode::Degraded, 2, false);
         assert!(r.fail_startup);
         assert!(r.errors.iter().any(|e| e.contains("min_executors")));
     }
 
     #[test]
     fn best_effort_starts_anyway_with_a_warning() {
-        let r = validate(20, &pools(8), FailureMode::BestEffort, 2);
+        let r = validate(20, &pools(8), FailureMode::BestEffort, 2, false);
         assert!(!r.fail_startup);
         assert_eq!(r.errors.len(), 1);
         assert!(r.warnings[0].contains("best_effort"));
         assert_eq!(r.pools, pools(8));
+    }
+
+    #[test]
+    fn a_single_writer_backend_is_advised_for_what_it_is_in_every_mode() {
+        for mode in [
+            FailureMode::FailFast,
+            FailureMode::Degraded,
+            FailureMode::BestEffort,
+        ] {
+            let r = validate(5, &pools(8), mode, 2, true);
+            assert!(!r.fail_startup && r.errors.is_empty(), "{r:?}");
+            assert_eq!(r.pools, pools(8), "nothing shrinks");
+            assert_eq!(r.warnings.len(), 1);
+            let warning = &r.warnings[0];
+            assert!(
+                !warning.contains("raise database.max_connections"),
+                "{warning}"
+            );
+            assert!(warning.contains("one writer"), "{warning}");
+            assert!(
+                warning.contains(&format!("failure_mode = {}", mode.as_str())),
+                "the warning names the configured mode: {warning}"
+            );
+        }
     }
 }

@@ -249,3 +249,32 @@ async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
     store.close().await;
     db.drop_database().await.unwrap();
 }
+
+/// An idle engine measures no pressure: polling for work that is not there is neither load on
+/// the database pool nor batch latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_engine_reports_no_backpressure() {
+    let (store, _dir) = sqlite().await;
+    let engine = Engine::start(
+        store,
+        EngineConfig::default(),
+        HandlerRegistry::with_builtins(),
+    )
+    .await
+    .unwrap();
+    // The monitor observes once a second, in step with the pools' idle polls.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let snapshot = engine.snapshot().await;
+    assert!(
+        snapshot.pressure_history.len() >= 4,
+        "{:?}",
+        snapshot.pressure_history
+    );
+    for point in &snapshot.pressure_history {
+        assert_eq!(point.signals.db_pool, 0.0, "{point:?}");
+        assert!(point.smoothed < 0.02, "{point:?}");
+        assert_eq!(point.applied, 0.0, "{point:?}");
+    }
+    assert_eq!(snapshot.backpressure, 0.0);
+    engine.shutdown().await;
+}

@@ -311,7 +311,7 @@ impl OrchestrationLoopCoordinator {
         }
         let ratio = |num: f64, den: f64| if den > 0.0 { (num / den).min(1.0) } else { 0.0 };
         let signals = PressureSignals {
-            db_pool: store.connection_pool().utilization(),
+            db_pool: crate::backpressure::pool_pressure(store.connection_pool().utilization()),
             memory: signals::resident_bytes().map_or(0.0, |rss| {
                 ratio(rss as f64, self.config.memory_budget_bytes as f64)
             }),
