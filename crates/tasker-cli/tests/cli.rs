@@ -312,3 +312,45 @@ fn bench_reports_every_field_for_both_modes() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--tasks"), "{stderr}");
 }
+
+/// `tasker run` of a template whose steps need handlers only a remote worker has fails at once
+/// naming them, rather than waiting out `--timeout` (ten minutes by default).
+#[test]
+fn run_refuses_at_once_a_template_whose_handlers_it_lacks() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args([
+            "run",
+            "examples/templates/greeting.yaml",
+            "--context",
+            r#"{"name": "ada"}"#,
+        ])
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tasker");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tasker run was still waiting after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "template greeting/hello uses handlers this process does not have: \
+             py_greet (step greet), py_total (step total)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -357,3 +357,273 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
         "said once: {stderr}"
     );
 }
+
+/// `tasker serve` on an address already taken fails before creating anything on disk.
+#[test]
+fn serve_on_a_taken_address_fails_without_creating_the_data_directory() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sub");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["serve", "--bind", &addr, "--data-dir"])
+        .arg(&data)
+        .env_remove("TASKER_DATABASE_URL")
+        .env_remove("TASKER_CONFIG")
+        .env_remove("TASKER_DATA_DIR")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tasker serve kept running on a taken address");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("binding {addr}")), "{stderr}");
+    assert!(!data.exists(), "{} was created", data.display());
+    drop(taken);
+}
+
+fn get(addr: &str, path: &str) -> Value {
+    let (status, body) = http(addr, "GET", path, "application/json", "", None);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// Polls `GET /v1/tasks/{id}` until `done` holds for the task view (30 s at most).
+fn wait_until(addr: &str, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let task = get(addr, &format!("/v1/tasks/{id}"));
+        if done(&task) {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} not {what} in 30 s: {task}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `GET /v1/tasks/{id}` until the task is in `state` (30 s at most).
+fn wait_for_state(addr: &str, id: i64, state: &str) -> Value {
+    wait_until(addr, id, state, |task| task["state"] == state)
+}
+
+fn register_yaml(addr: &str, yaml: &str) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/templates",
+        "application/yaml",
+        yaml,
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+fn submit(addr: &str, namespace: &str, name: &str) -> i64 {
+    let (status, task) = post_json(
+        addr,
+        "/v1/tasks",
+        &json!({"namespace": namespace, "name": name, "context": {}}),
+    );
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_i64().unwrap()
+}
+
+fn step<'a>(task: &'a Value, name: &str) -> &'a Value {
+    task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {task}"))
+}
+
+/// `tasker status` marks the error of an attempt that a later one made good as that
+/// attempt's, not as the step's error.
+#[test]
+fn status_marks_an_earlier_attempts_error_as_earlier() {
+    let server = serve(&[], &[]);
+    let addr = &server.addr;
+    register_yaml(
+        addr,
+        "namespace: demo\nname: flaky\nversion: 1.0.0\nsteps:\n  - name: flaky\n    handler: {name: fail, config: {times: 1, retryable: true}}\n    retry: {max_attempts: 2, base_ms: 10, max_ms: 10, jitter: false}\n",
+    );
+    let id = submit(addr, "demo", "flaky");
+    let task = wait_for_state(addr, id, "Complete");
+    assert_eq!(step(&task, "flaky")["attempts"], 2, "{task}");
+    let (code, out, err) = tasker(addr, &["status", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("  - flaky [Complete] attempts 2"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2], "    attempt 1 failed: fail handler: attempt 1 fails as configured",
+        "{out}"
+    );
+    assert!(!out.contains("error:"), "{out}");
+}
+
+/// `tasks list --state` reads any case; a state that does not exist is refused naming the
+/// ones that do.
+#[test]
+fn tasks_list_state_is_case_insensitive_and_a_bad_one_lists_the_valid_ones() {
+    let server = serve(&[], &[]);
+    let addr = &server.addr;
+    let yaml = std::fs::read_to_string(root().join("examples/templates/diamond.yaml")).unwrap();
+    register_yaml(addr, &yaml);
+    let id = submit(addr, "demo", "diamond");
+    wait_for_state(addr, id, "Complete");
+    for state in ["complete", "COMPLETE", "Complete"] {
+        let (code, out, err) = tasker(addr, &["tasks", "list", "--state", state, "--json"]);
+        assert_eq!(code, 0, "{state}: {err}");
+        let page: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(page["tasks"][0]["id"], id, "{state}: {page}");
+    }
+    let (code, out, _) = tasker(addr, &["tasks", "list", "--state", "error", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["tasks"],
+        json!([])
+    );
+    let (code, out, err) = tasker(addr, &["tasks", "list", "--state", "bogus"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains(r#"unknown task state "bogus""#), "{err}");
+    for valid in [
+        "Pending",
+        "Complete",
+        "Error",
+        "Cancelled",
+        "ResolvedManually",
+    ] {
+        assert!(err.contains(valid), "{valid} not listed: {err}");
+    }
+    // The server reads states the same way.
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/v1/tasks?state=complete",
+        "application/json",
+        "",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tasks"][0]["id"], id);
+}
+
+/// `tasker tasks cancel|retry|resolve` do what the API's operator routes do; refusals are
+/// reported on stderr with exit 1.
+#[test]
+fn operator_actions_from_the_cli() {
+    let server = serve(&[], &[]);
+    let addr = &server.addr;
+    let failing =
+        std::fs::read_to_string(root().join("crates/tasker-cli/tests/fixtures/failing.yaml"))
+            .unwrap();
+    register_yaml(addr, &failing);
+    register_yaml(
+        addr,
+        "namespace: demo\nname: slow\nversion: 1.0.0\nsteps:\n  - {name: wait, handler: {name: sleep, config: {ms: 600000}}}\n",
+    );
+
+    // Retry: the failed step runs again, its attempts starting over.
+    let id = submit(addr, "demo", "failing");
+    let ids = id.to_string();
+    wait_for_state(addr, id, "Error");
+    let (code, out, err) = tasker(addr, &["tasks", "retry", &ids, "broken"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("step broken of task {id}: ")),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // The retried attempt fails again: the step's second permanent failure, after one retry.
+    let events = |task: &Value, event: &str| {
+        let broken = &step(task, "broken")["id"];
+        task["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| &t["step_id"] == broken && t["event"] == event)
+            .count()
+    };
+    let task = wait_until(addr, id, "failed again", |task| {
+        task["state"] == "Error" && events(task, "fail_permanent") == 2
+    });
+    assert_eq!(events(&task, "retry"), 1, "{task}");
+    assert_eq!(step(&task, "broken")["attempts"], 1, "{task}");
+
+    // Resolve, with an output its children would see.
+    let (code, out, err) = tasker(
+        addr,
+        &[
+            "tasks",
+            "resolve",
+            &ids,
+            "broken",
+            "--output",
+            r#"{"fixed": true}"#,
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let resolved: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(resolved["name"], "broken");
+    assert_eq!(resolved["state"], "ResolvedManually");
+    assert_eq!(resolved["result"], json!({"fixed": true}));
+
+    // Refusals: the API's message on stderr, exit 1, nothing on stdout.
+    let (code, out, err) = tasker(addr, &["tasks", "retry", &ids, "broken"]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("409"), "{err}");
+    let (code, _, err) = tasker(addr, &["tasks", "resolve", &ids, "no-such-step"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = tasker(addr, &["tasks", "cancel", "999999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    let (code, _, err) = tasker(
+        addr,
+        &["tasks", "resolve", &ids, "broken", "--output", "{nope"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("--output is not valid JSON"), "{err}");
+
+    // Resolve without an output; then cancel a running task, in JSON and in text.
+    let id = submit(addr, "demo", "failing");
+    wait_for_state(addr, id, "Error");
+    let (code, out, err) = tasker(addr, &["tasks", "resolve", &id.to_string(), "broken"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("step broken of task {id}: ResolvedManually\n"));
+
+    let id = submit(addr, "demo", "slow");
+    let (code, out, err) = tasker(addr, &["tasks", "cancel", &id.to_string(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cancelled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (cancelled["id"].as_i64(), cancelled["state"].as_str()),
+        (Some(id), Some("Cancelled"))
+    );
+    let id = submit(addr, "demo", "slow");
+    let (code, out, err) = tasker(addr, &["tasks", "cancel", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("task {id} Cancelled\n"));
+    let (code, _, err) = tasker(addr, &["tasks", "cancel", &id.to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+}

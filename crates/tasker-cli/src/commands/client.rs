@@ -1,5 +1,6 @@
 //! The HTTP client the server-facing commands share (`submit`, `status`, `tasks`, `templates
-//! register|list`, `pools`).
+//! register|list`, `pools`). A refusal's `{"error": {"code", "message"}}` becomes an error
+//! naming the status and the message, which `main` prints on stderr before exiting 1.
 
 use anyhow::Context;
 use clap::Args;
@@ -81,6 +82,20 @@ impl Client {
     }
 }
 
+/// `text` percent-encoded for a URL path segment or query value: every byte but the
+/// unreserved ones (`A-Z a-z 0-9 - . _ ~`).
+pub(crate) fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Runs `f` on a fresh runtime.
 pub(crate) fn block_on<T>(
     f: impl std::future::Future<Output = anyhow::Result<T>>,
@@ -90,4 +105,16 @@ pub(crate) fn block_on<T>(
         .build()
         .context("starting the async runtime")?
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn encode_keeps_unreserved_bytes_only() {
+        assert_eq!(encode("step_1-a.b~c"), "step_1-a.b~c");
+        assert_eq!(encode("a b/c?d&e=f%"), "a%20b%2Fc%3Fd%26e%3Df%25");
+        assert_eq!(encode("é"), "%C3%A9");
+    }
 }

@@ -42,19 +42,58 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let handlers = HandlerRegistry::with_builtins();
+    check_handlers(&template, &handlers)?;
     let context: Value =
         serde_json::from_str(&args.context).context("--context is not valid JSON")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run_task(args, template, context))
+        .block_on(run_task(args, template, context, handlers))
+}
+
+/// Fails naming every handler the template uses that `handlers` lacks, with the steps using
+/// it: nothing in this process would ever run those steps, so the task could only wait out
+/// `--timeout`.
+fn check_handlers(template: &TaskTemplate, handlers: &HandlerRegistry) -> anyhow::Result<()> {
+    // Missing handler names in order of first use, each with the steps that use it.
+    let mut missing: Vec<(&str, Vec<&str>)> = Vec::new();
+    for step in &template.steps {
+        let handler = step.handler.name.as_str();
+        if handlers.contains(handler) {
+            continue;
+        }
+        match missing.iter_mut().find(|(name, _)| *name == handler) {
+            Some((_, steps)) => steps.push(&step.name),
+            None => missing.push((handler, vec![&step.name])),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(handler, steps)| {
+            let noun = if steps.len() == 1 { "step" } else { "steps" };
+            format!("{handler} ({noun} {})", steps.join(", "))
+        })
+        .collect();
+    anyhow::bail!(
+        "template {}/{} uses handlers this process does not have: {} (built in: {}; run it \
+         with `tasker serve` and a worker that has them)",
+        template.namespace,
+        template.name,
+        list.join(", "),
+        handlers.names().join(", ")
+    )
 }
 
 async fn run_task(
     args: RunArgs,
     template: TaskTemplate,
     context: Value,
+    handlers: HandlerRegistry,
 ) -> anyhow::Result<ExitCode> {
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let url = match &args.database_url {
@@ -71,7 +110,7 @@ async fn run_task(
     let config = EngineConfig {
         ..EngineConfig::default()
     };
-    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+    let engine = Engine::start(store.clone(), config, handlers)
         .await
         .context("starting the engine")?;
     let outcome = drive(&engine, &args, &template, context).await;
@@ -185,4 +224,37 @@ async fn read_task(
         store.step_list(task_id).await?,
         store.step_edges(task_id).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(yaml: &str) -> TaskTemplate {
+        TaskTemplate::from_yaml_str(yaml, "test.yaml").unwrap()
+    }
+
+    #[test]
+    fn missing_handlers_are_named_with_their_steps() {
+        let t = template(
+            "namespace: ns\nname: t\nversion: 1.0.0\nsteps:\n  - {name: a, handler: noop}\n  - {name: b, handler: py_x, depends_on: [a]}\n  - {name: c, handler: {name: py_y, config: {}}, depends_on: [a]}\n  - {name: d, handler: py_x, depends_on: [b, c]}\n",
+        );
+        let err = check_handlers(&t, &HandlerRegistry::with_builtins())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "template ns/t uses handlers this process does not have: py_x (steps b, d), py_y (step c)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn builtin_handlers_pass() {
+        let t = template(
+            "namespace: ns\nname: t\nversion: 1.0.0\nsteps:\n  - {name: a, handler: noop}\n  - {name: b, handler: {name: sleep, config: {ms: 1}}, depends_on: [a]}\n",
+        );
+        check_handlers(&t, &HandlerRegistry::with_builtins()).unwrap();
+    }
 }

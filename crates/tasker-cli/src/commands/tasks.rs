@@ -1,11 +1,13 @@
-//! `tasker submit`, `tasker status`, `tasker tasks list`, `tasker pools`.
+//! `tasker submit`, `tasker status`, `tasker tasks list|cancel|retry|resolve`, `tasker pools`.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use tasker_types::TaskState;
 
-use super::client::{block_on, Client, ServerArgs};
+use super::client::{block_on, encode, Client, ServerArgs};
 
 /// `tasker submit` arguments.
 #[derive(Debug, Args)]
@@ -84,6 +86,38 @@ fn duration_ms(start: &Value, end: &Value) -> Option<u128> {
     end.duration_since(start).ok().map(|d| d.as_millis())
 }
 
+/// Which attempt failed with `step`'s (last) error. Read from the task's audit trail when the
+/// view has one (`transitions`, as `GET /v1/tasks/{id}` gives): attempts are the step's
+/// `start`s, counted afresh after an operator's `retry`. Otherwise inferred from the step's
+/// attempt count: the attempt before a running or completed one, else the latest.
+fn failed_attempt(task: &Value, step: &Value) -> u64 {
+    let error = step["error"].as_str();
+    let mut attempt = 0_u64;
+    let mut failed = None;
+    let trail = task["transitions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| !step["id"].is_null() && t["step_id"] == step["id"]);
+    for t in trail {
+        match t["event"].as_str().unwrap_or_default() {
+            "start" => attempt += 1,
+            "retry" => attempt = 0,
+            e if e.starts_with("fail") && t["reason"].as_str() == error => failed = Some(attempt),
+            _ => {}
+        }
+    }
+    failed.filter(|&n| n > 0).unwrap_or_else(|| {
+        let attempts = step["attempts"].as_u64().unwrap_or(0);
+        match step["state"].as_str() {
+            Some("InProgress" | "Complete") => attempts.saturating_sub(1),
+            _ => attempts,
+        }
+        .max(1)
+    })
+}
+
 /// The task as a tree of steps: each step under its first parent, with state, attempts and
 /// duration; a step with several parents names the others.
 pub(crate) fn render_tree(task: &Value) -> String {
@@ -108,6 +142,7 @@ pub(crate) fn render_tree(task: &Value) -> String {
     );
     fn line(
         out: &mut String,
+        task: &Value,
         steps: &[Value],
         step: &Value,
         depth: usize,
@@ -134,17 +169,25 @@ pub(crate) fn render_tree(task: &Value) -> String {
             also
         ));
         if let Some(error) = step["error"].as_str() {
-            out.push_str(&format!("{}  error: {error}\n", "  ".repeat(depth + 1)));
+            let indent = "  ".repeat(depth + 1);
+            // Only a step in `Error` failed last; any other step's error is an earlier
+            // attempt's (one retried since, or one that then succeeded).
+            if step["state"] == "Error" {
+                out.push_str(&format!("{indent}  error: {error}\n"));
+            } else {
+                let attempt = failed_attempt(task, step);
+                out.push_str(&format!("{indent}  attempt {attempt} failed: {error}\n"));
+            }
         }
         for child in steps
             .iter()
             .filter(|c| parents(c).first().map(String::as_str) == Some(name))
         {
-            line(out, steps, child, depth + 1, parents);
+            line(out, task, steps, child, depth + 1, parents);
         }
     }
     for root in steps.iter().filter(|s| parents(s).is_empty()) {
-        line(&mut out, &steps, root, 0, &parents);
+        line(&mut out, task, &steps, root, 0, &parents);
     }
     out
 }
@@ -154,7 +197,7 @@ pub(crate) fn render_tree(task: &Value) -> String {
 pub(crate) enum TasksCommand {
     /// List tasks, newest first.
     List {
-        /// Only tasks in this state (`Complete`, `Error`, …).
+        /// Only tasks in this state (`Complete`, `error`, `in_progress`, …: any case).
         #[arg(long)]
         state: Option<String>,
         /// Only this namespace.
@@ -169,23 +212,126 @@ pub(crate) enum TasksCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Cancel a task and its unfinished steps.
+    Cancel {
+        /// The task id.
+        task_id: i64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run a failed step again; its attempts start over.
+    Retry {
+        /// The task id.
+        task_id: i64,
+        /// The step's name.
+        step: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Mark a failed step as resolved by hand, so its children may run.
+    Resolve {
+        /// The task id.
+        task_id: i64,
+        /// The step's name.
+        step: String,
+        /// The step's result as JSON, which its children receive as this parent's output.
+        #[arg(long)]
+        output: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 pub(crate) fn tasks(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
-    let TasksCommand::List {
-        state,
-        namespace,
-        name,
-        limit,
-        server,
-    } = cmd;
+    match cmd {
+        TasksCommand::List {
+            state,
+            namespace,
+            name,
+            limit,
+            server,
+        } => list(state, namespace, name, limit, &server),
+        TasksCommand::Cancel { task_id, server } => {
+            let task = block_on(
+                Client::new(&server).post_json(&format!("/v1/tasks/{task_id}/cancel"), &json!({})),
+            )?;
+            if server.json {
+                println!("{task}");
+            } else {
+                println!(
+                    "task {} {}",
+                    task["id"],
+                    task["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TasksCommand::Retry {
+            task_id,
+            step,
+            server,
+        } => step_action(task_id, &step, "retry", &json!({}), &server),
+        TasksCommand::Resolve {
+            task_id,
+            step,
+            output,
+            server,
+        } => {
+            let body = match output {
+                Some(output) => {
+                    let output: Value =
+                        serde_json::from_str(&output).context("--output is not valid JSON")?;
+                    json!({ "output": output })
+                }
+                None => json!({}),
+            };
+            step_action(task_id, &step, "resolve", &body, &server)
+        }
+    }
+}
+
+/// `tasker tasks retry|resolve`: `POST /v1/tasks/{id}/steps/{step}/{action}`.
+fn step_action(
+    task_id: i64,
+    step: &str,
+    action: &str,
+    body: &Value,
+    server: &ServerArgs,
+) -> anyhow::Result<ExitCode> {
+    let path = format!("/v1/tasks/{task_id}/steps/{}/{action}", encode(step));
+    let answer = block_on(Client::new(server).post_json(&path, body))?;
+    if server.json {
+        println!("{answer}");
+    } else {
+        println!(
+            "step {} of task {task_id}: {}",
+            answer["name"].as_str().unwrap_or(step),
+            answer["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tasker tasks list`.
+fn list(
+    state: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    limit: u32,
+    server: &ServerArgs,
+) -> anyhow::Result<ExitCode> {
+    // Read here so any case works against any server, and a bad name lists the good ones.
+    let state = state
+        .map(|s| s.parse::<TaskState>().map(|s| s.as_str().to_owned()))
+        .transpose()
+        .context("--state")?;
     let mut query = vec![format!("limit={limit}")];
     for (k, v) in [("state", state), ("namespace", namespace), ("name", name)] {
         if let Some(v) = v {
-            query.push(format!("{k}={v}"));
+            query.push(format!("{k}={}", encode(&v)));
         }
     }
-    let page = block_on(Client::new(&server).get(&format!("/v1/tasks?{}", query.join("&"))))?;
+    let page = block_on(Client::new(server).get(&format!("/v1/tasks?{}", query.join("&"))))?;
     if server.json {
         println!("{page}");
         return Ok(ExitCode::SUCCESS);
@@ -277,5 +423,71 @@ mod tests {
             tree,
             "task 7 demo/diamond@1.0.0: Complete\n  - start [Complete] attempts 1, 12 ms\n    └ left [Complete] attempts 1\n      └ join [Pending] attempts 0 (also after right)\n    └ right [Error] attempts 3\n      error: boom\n"
         );
+    }
+
+    #[test]
+    fn an_earlier_attempts_error_is_marked_as_such() {
+        let transitions = |id: i64, events: &[(&str, Option<&str>)]| -> Vec<Value> {
+            events
+                .iter()
+                .map(|(e, r)| json!({"entity": "step", "step_id": id, "event": e, "reason": r}))
+                .collect()
+        };
+        let mut trail = transitions(
+            1,
+            &[
+                ("enqueue", None),
+                ("start", None),
+                ("fail_retryable", Some("boom")),
+                ("enqueue", None),
+                ("start", None),
+                ("complete", None),
+            ],
+        );
+        trail.extend(transitions(
+            2,
+            &[
+                ("start", None),
+                ("fail_retryable", Some("first")),
+                ("start", None),
+                ("fail_permanent", Some("second")),
+            ],
+        ));
+        let task = json!({
+            "id": 3, "namespace": "demo", "name": "flaky", "version": "1.0.0", "state": "Error",
+            "steps": [
+                {"id": 1, "name": "flaky", "state": "Complete", "attempts": 2, "depends_on": [], "error": "boom"},
+                {"id": 2, "name": "broken", "state": "Error", "attempts": 2, "depends_on": [], "error": "second"},
+            ],
+            "transitions": trail,
+        });
+        let tree = render_tree(&task);
+        assert!(
+            tree.contains("- flaky [Complete] attempts 2\n    attempt 1 failed: boom\n"),
+            "{tree}"
+        );
+        assert!(
+            tree.contains("- broken [Error] attempts 2\n    error: second\n"),
+            "{tree}"
+        );
+    }
+
+    #[test]
+    fn without_a_trail_the_failed_attempt_is_inferred() {
+        let step = |state: &str, attempts: u64| json!({"id": 1, "name": "s", "state": state, "attempts": attempts, "error": "x"});
+        let task = json!({});
+        assert_eq!(failed_attempt(&task, &step("Complete", 3)), 2);
+        assert_eq!(failed_attempt(&task, &step("Complete", 1)), 1);
+        assert_eq!(failed_attempt(&task, &step("WaitingForRetry", 2)), 2);
+        assert_eq!(failed_attempt(&task, &step("InProgress", 2)), 1);
+        // After an operator's retry the count starts over.
+        let task = json!({"transitions": [
+            {"step_id": 1, "event": "start"}, {"step_id": 1, "event": "start"},
+            {"step_id": 1, "event": "fail_permanent", "reason": "x"},
+            {"step_id": 1, "event": "retry"}, {"step_id": 1, "event": "start"},
+            {"step_id": 1, "event": "fail_retryable", "reason": "x"},
+            {"step_id": 1, "event": "start"}, {"step_id": 1, "event": "complete"},
+        ]});
+        assert_eq!(failed_attempt(&task, &step("Complete", 2)), 1);
     }
 }
