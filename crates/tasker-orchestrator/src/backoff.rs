@@ -1,5 +1,6 @@
-//! The one backoff function: exponential from `base`, capped at `max`, with optional full
-//! jitter. Pure, so it is tested directly.
+//! The one backoff function: exponential from `base`, capped at `max`, with optional equal
+//! jitter (half the capped delay fixed, the other half drawn at random). Pure, so it is tested
+//! directly.
 
 use std::time::Duration;
 

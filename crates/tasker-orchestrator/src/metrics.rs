@@ -19,7 +19,8 @@
 //! Counters are atomics. Each executor records batch latencies into its *own* histogram behind
 //! its own mutex: only that executor's loop and an occasional snapshot ever take it, so no lock
 //! is shared between executors on the hot path. A snapshot merges the histograms of a pool.
-//! `benches/metrics.rs` measures this against one histogram shared by every executor.
+//! The `metrics/lock_choice` group of `benches/hot_paths.rs` measures this against one set of
+//! metrics shared by every executor.
 
 use std::{
     sync::{
