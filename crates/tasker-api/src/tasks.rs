@@ -27,7 +27,7 @@ use crate::{
 const SATURATED: f64 = 1.0;
 
 /// Most requests in one `POST /v1/tasks/batch`.
-pub const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
 
 async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
     let store = state.engine.store();

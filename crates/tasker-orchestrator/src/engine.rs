@@ -1,5 +1,5 @@
 //! `Engine`: an embedded orchestrator: resource validation, the five pools and the in-process
-//! worker pools under the coordinator and its monitor, task submission, an event stream, and
+//! worker pool under the coordinator and its monitor, task submission, an event stream, and
 //! graceful shutdown.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -119,7 +119,7 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Applies `f` to every orchestration pool's settings and the worker pools'.
+    /// Applies `f` to every orchestration pool's settings and the worker pool's.
     pub fn with_pools(mut self, f: impl Fn(&mut PoolConfig)) -> Self {
         self.pools.values_mut().for_each(&f);
         f(&mut self.worker_pool);

@@ -9,11 +9,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What went wrong in a store call, normalized across backends.
 ///
 /// Circuit breakers count [`StoreError::Unavailable`] and [`StoreError::Other`]
-/// ([`StoreError::is_infrastructure`]): the database failed or answered in a way no request
-/// explains. [`StoreError::Contended`] is neither: the database resolved a conflict between two
-/// transactions by rolling one back, and that one is retried ([`crate::retry_contended`]). The
-/// other variants are answers about the data. Variants that wrap a backend error keep it as
-/// their [`std::error::Error::source`].
+/// ([`StoreError::is_infrastructure`]). `Unavailable` is an outage: no connection, the pool
+/// timed out, the server shutting down, or (SQLite) the file busy. `Other` is the catch-all of
+/// the normalization, so it also holds errors a bad statement or bad data causes (constraint
+/// and data errors, statement timeouts, decoding): they count too, as the engine cannot tell
+/// them from a sick database. [`StoreError::Contended`] (a deadlock or serialization failure:
+/// the database rolled one transaction back) does not count; the hot write paths run such a
+/// transaction again ([`crate::retry_contended`]), elsewhere it reaches the caller as a
+/// retryable error. The other variants are answers about the data (`NotFound`, `Conflict`,
+/// `StaleState`, `LeaseLost`, `Transition`) or a broken invariant (`Corrupt`), and do not
+/// count. Variants that wrap a backend error keep it as their [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

@@ -1,5 +1,5 @@
-//! `OrchestrationLoopCoordinator`: one [`ExecutorPool`] per executor type (and one per worker
-//! namespace), and the monitor that, every scaling interval:
+//! `OrchestrationLoopCoordinator`: one [`ExecutorPool`] per executor type (the in-process
+//! worker pool among them), and the monitor that, every scaling interval:
 //!
 //! 1. measures each pool's utilization (busy time over wall time) and queue depth and scales it
 //!    by [`crate::scaling::decide`], with cooldown, logging and counting every decision;
