@@ -8,8 +8,14 @@
 //!
 //! Per-attempt timeouts (`timeout_ms` of the step) are enforced by the worker that calls the
 //! handler, not by the handler.
+//!
+//! Config is checked when a template is registered, not first at run time:
+//! [`HandlerRegistry::check_config`] asks the named handler ([`StepHandler::check_config`]);
+//! each built-in declares what its config accepts as a typed struct read by [`read_config`],
+//! refusing unknown keys, and reads it the same way when it runs.
 
 pub mod builtin;
+mod config;
 mod render;
 
 use std::{collections::HashMap, sync::Arc};
@@ -17,6 +23,7 @@ use std::{collections::HashMap, sync::Arc};
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
+pub use config::{read_config, ConfigProblem};
 pub use render::render;
 
 /// What a handler is given for one attempt.
@@ -57,38 +64,6 @@ impl StepFailure {
             retryable: false,
         }
     }
-}
-
-/// What is wrong with a step's handler configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigProblem {
-    /// Where in the config (`ms`, `headers.x`), or `config` for the config as a whole.
-    pub key: String,
-    /// What is expected there.
-    pub message: String,
-}
-
-/// Reads a handler's `config` as its typed form `T` (a `null` config reads as `{}`, so every
-/// field's default applies): the one reading both [`StepHandler::check_config`] and the
-/// handler's run use, so what registration accepts is what runs.
-///
-/// # Errors
-///
-/// [`ConfigProblem`] naming the key that does not fit.
-pub fn read_config<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T, ConfigProblem> {
-    let config = if config.is_null() {
-        Value::Object(Map::new())
-    } else {
-        config.clone()
-    };
-    serde_path_to_error::deserialize(config).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigProblem {
-            key: if path == "." { "config".into() } else { path },
-            message: e.into_inner().to_string(),
-        }
-    })
 }
 
 /// Runs one kind of step.

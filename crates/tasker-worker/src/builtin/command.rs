@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{StepFailure, StepHandler, StepInput};
+use crate::{config, read_config, ConfigProblem, StepFailure, StepHandler, StepInput};
 
 /// `command`: runs a program.
 ///
@@ -25,18 +25,22 @@ use crate::{StepFailure, StepHandler, StepInput};
 #[derive(Debug)]
 pub struct Command;
 
+/// The config `command` accepts. `program` is used as given; `args` and `env` values may be any
+/// JSON (strings with placeholders, usually), rendered at run time.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommandConfig {
+    #[serde(deserialize_with = "config::required")]
     program: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "config::or_default")]
     args: Vec<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "config::or_default")]
     env: BTreeMap<String, Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "config::or_default")]
     shell: bool,
+    #[serde(default, deserialize_with = "config::optional")]
     timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "config::or_default")]
     retryable_exit_codes: Vec<i32>,
 }
 
@@ -49,13 +53,12 @@ fn text(v: Value) -> String {
 
 #[async_trait]
 impl StepHandler for Command {
-    fn check_config(&self, config: &Value) -> Result<(), crate::ConfigProblem> {
-        crate::read_config::<CommandConfig>(config).map(|_| ())
+    fn check_config(&self, config: &Value) -> Result<(), ConfigProblem> {
+        read_config::<CommandConfig>(config).map(drop)
     }
 
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let config: CommandConfig = crate::read_config(&input.config)
-            .map_err(|e| StepFailure::permanent(format!("command handler config: {e}")))?;
+        let config: CommandConfig = config::load("command", &input.config)?;
         let scope = super::scope(&input);
         let args: Vec<String> = config
             .args

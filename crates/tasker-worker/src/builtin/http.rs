@@ -1,12 +1,19 @@
 //! The `http` handler.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{fmt, time::Duration};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use reqwest::{
+    header::{HeaderName, HeaderValue},
+    Method,
+};
+use serde::{
+    de::{self, DeserializeSeed, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
 use serde_json::{json, Value};
 
-use crate::{StepFailure, StepHandler, StepInput};
+use crate::{config, read_config, ConfigProblem, StepFailure, StepHandler, StepInput};
 
 /// `http`: calls an HTTP endpoint.
 ///
@@ -27,35 +34,93 @@ pub struct Http {
     client: reqwest::Client,
 }
 
+/// The config `http` accepts. `url` and `body` are rendered at run time (placeholders allowed);
+/// `method` and `headers` are used as given, so they are checked in full.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HttpConfig {
+    #[serde(deserialize_with = "config::required")]
     url: String,
-    #[serde(default = "post")]
-    method: String,
+    /// `POST` when absent.
+    #[serde(default, deserialize_with = "config::optional")]
+    method: Option<Method>,
     body: Option<Value>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Headers,
+    #[serde(default, deserialize_with = "config::optional")]
     timeout_ms: Option<u64>,
 }
 
-fn post() -> String {
-    "POST".into()
+/// Any method name, in any case (`post` is `POST`).
+impl config::Kind for Method {
+    const WHAT: &'static str = "an HTTP method such as GET or POST";
+
+    fn from_value(value: Value) -> Result<Self, Value> {
+        match value.as_str().filter(|s| !s.is_empty()) {
+            Some(name) => Method::from_bytes(name.to_uppercase().as_bytes()).map_err(|_| value),
+            None => Err(value),
+        }
+    }
+}
+
+/// Request headers, each checked as a header name and value (`null` means none).
+#[derive(Debug, Default)]
+struct Headers(Vec<(HeaderName, HeaderValue)>);
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> Visitor<'de> for Map {
+            type Value = Headers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of header names to strings")
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Headers, E> {
+                Ok(Headers::default())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    // Read as the entry's value, so a bad name is reported at `headers.<name>`.
+                    headers.push(map.next_value_seed(Header(name))?);
+                }
+                Ok(Headers(headers))
+            }
+        }
+        d.deserialize_any(Map)
+    }
+}
+
+/// One header, named by its key.
+struct Header(String);
+
+impl<'de> DeserializeSeed<'de> for Header {
+    type Value = (HeaderName, HeaderValue);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let name = HeaderName::from_bytes(self.0.as_bytes())
+            .map_err(|_| de::Error::custom("not a valid header name"))?;
+        let value = Value::deserialize(d)?;
+        let header = value
+            .as_str()
+            .and_then(|text| HeaderValue::from_str(text).ok())
+            .ok_or_else(|| config::expected("a string of visible ASCII", &value))?;
+        Ok((name, header))
+    }
 }
 
 #[async_trait]
 impl StepHandler for Http {
-    fn check_config(&self, config: &Value) -> Result<(), crate::ConfigProblem> {
-        crate::read_config::<HttpConfig>(config).map(|_| ())
+    fn check_config(&self, config: &Value) -> Result<(), ConfigProblem> {
+        read_config::<HttpConfig>(config).map(drop)
     }
 
     async fn call(&self, input: StepInput) -> Result<Value, StepFailure> {
-        let config: HttpConfig = crate::read_config(&input.config)
-            .map_err(|e| StepFailure::permanent(format!("http handler config: {e}")))?;
-        let method =
-            reqwest::Method::from_bytes(config.method.to_uppercase().as_bytes()).map_err(|_| {
-                StepFailure::permanent(format!("http handler: bad method {:?}", config.method))
-            })?;
+        let config: HttpConfig = config::load("http", &input.config)?;
+        let method = config.method.unwrap_or(Method::POST);
         let scope = super::scope(&input);
         let body = match &config.body {
             Some(template) => crate::render(template, &scope),
@@ -69,10 +134,10 @@ impl StepHandler for Http {
             .client
             .request(method.clone(), &url)
             .timeout(Duration::from_millis(config.timeout_ms.unwrap_or(30_000)));
-        for (k, v) in &config.headers {
-            request = request.header(k, v);
+        for (name, value) in &config.headers.0 {
+            request = request.header(name, value);
         }
-        if method != reqwest::Method::GET && method != reqwest::Method::HEAD {
+        if method != Method::GET && method != Method::HEAD {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|e| {
@@ -171,6 +236,22 @@ mod tests {
         let request = seen.await.unwrap();
         assert!(request.starts_with("POST /hook"), "{request}");
         assert!(request.ends_with(r#"{"order":7}"#), "{request}");
+    }
+
+    #[tokio::test]
+    async fn method_and_headers_are_sent_as_configured() {
+        let (url, seen) = serve_once(200, "done").await;
+        let out = Http::default()
+            .call(input(
+                json!({"url": url, "method": "put", "headers": {"X-Order": "7", "accept": "text/plain"}}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out, json!("done"));
+        let request = seen.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("put /hook"), "{request}");
+        assert!(request.contains("\r\nx-order: 7\r\n"), "{request}");
+        assert!(request.contains("\r\naccept: text/plain\r\n"), "{request}");
     }
 
     #[tokio::test]
