@@ -78,6 +78,7 @@ impl PgStore {
             pool,
             lease_pool,
             statements: AtomicU64::new(0),
+            listeners: crate::notify::Listeners::default(),
         })
     }
 }

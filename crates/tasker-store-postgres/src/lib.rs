@@ -54,6 +54,8 @@ pub struct PgStore {
     /// Connections with `synchronous_commit = off`, for lease changes only (see `connect`).
     lease_pool: PgPool,
     statements: AtomicU64,
+    /// The `LISTEN` tasks behind [`Store::wakeup_subscribe`], stopped by [`Store::close`].
+    listeners: notify::Listeners,
 }
 
 impl PgStore {
@@ -190,14 +192,17 @@ impl Store for PgStore {
     async fn wakeup_subscribe(
         &self,
     ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
-        notify::subscribe(&self.pool).await.map(Some)
+        self.listeners.subscribe(&self.pool).await.map(Some)
     }
 
     fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// Stops the wake-up listeners first (their receivers end), waiting up to 5 s, so the
+    /// connections they hold go back to the pool before it closes.
     async fn close(&self) {
+        self.listeners.stop(std::time::Duration::from_secs(5)).await;
         self.pool.close().await;
         self.lease_pool.close().await;
     }

@@ -1,7 +1,8 @@
 //! Dequeue: the one queue operation whose SQL differs between the backends.
 
+use sqlx::{QueryBuilder, Sqlite};
 use tasker_store::{QueueDequeueParams, Result};
-use tasker_store_sql::{duration_ms, leased_messages, MESSAGE_COLUMNS};
+use tasker_store_sql::{duration_ms, leased_messages, INSERT_CHUNK, MESSAGE_COLUMNS};
 use tasker_types::QueueMessage;
 
 use crate::{decode::map_err, now_ms, SqliteStore};
@@ -44,27 +45,54 @@ impl SqliteStore {
     }
 
     /// Moves leased messages that used up their deliveries to the dead letters, recording the
-    /// deliveries they had (the lease that found them was not one).
+    /// deliveries they had (the lease that found them was not one). One transaction; the ids
+    /// are bound parameters, [`INSERT_CHUNK`] per statement.
     async fn bury(&self, dead: &[QueueMessage]) -> Result<()> {
-        let ids = dead.iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
-        // Ids are integers read back from the database, not input.
-        let ids = ids.join(", ");
+        let ids: Vec<i64> = dead.iter().map(|m| m.id).collect();
         let mut tx = self.begin_write().await?;
-        self.count(2);
-        sqlx::query(&format!(
-            "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
-             SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, {now} \
-             FROM queue_messages WHERE id IN ({ids})",
-            now = now_ms!()
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(&format!("DELETE FROM queue_messages WHERE id IN ({ids})"))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            for mut statement in bury_statements(chunk) {
+                self.count(1);
+                statement.build().execute(&mut *tx).await.map_err(map_err)?;
+            }
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    }
+}
+
+/// The statements burying the messages `ids`: copy them to the dead letters, then delete them
+/// from their queue.
+fn bury_statements(ids: &[i64]) -> [QueryBuilder<'static, Sqlite>; 2] {
+    let mut copy = QueryBuilder::new(concat!(
+        "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
+         SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, ",
+        now_ms!(),
+        " FROM queue_messages WHERE id IN ("
+    ));
+    let mut delete = QueryBuilder::new("DELETE FROM queue_messages WHERE id IN (");
+    for statement in [&mut copy, &mut delete] {
+        let mut list = statement.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        statement.push(")");
+    }
+    [copy, delete]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bury_binds_its_ids_rather_than_writing_them_into_the_sql() {
+        let ids = [987_654_321_i64, 123_456_789];
+        for statement in bury_statements(&ids) {
+            let sql = statement.sql();
+            assert!(ids.iter().all(|id| !sql.contains(&id.to_string())), "{sql}");
+            assert_eq!(sql.matches('?').count(), ids.len(), "{sql}");
+            assert!(sql.ends_with("IN (?, ?)"), "{sql}");
+        }
     }
 }
