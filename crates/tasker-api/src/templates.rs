@@ -55,7 +55,10 @@ pub(crate) async fn register(
             handlers
                 .check_config(&step.handler.name, &step.handler.config)
                 .err()
-                .map(|problem| format!("steps.{}.handler.config.{problem}", step.name))
+                .map(|problem| match problem.key.as_str() {
+                    "config" => format!("steps.{}.handler.config: {}", step.name, problem.message),
+                    _ => format!("steps.{}.handler.config.{problem}", step.name),
+                })
         })
         .collect();
     if !problems.is_empty() {

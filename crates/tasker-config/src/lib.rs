@@ -365,6 +365,7 @@ impl TaskerConfig {
                         "API_TOKEN",
                         "LOG",
                         "TEST_DATABASE_URL",
+                        "TEST_DB_PREFIX",
                     ])
                     .global(),
             )

@@ -18,7 +18,7 @@ use tasker_types::{
 };
 
 #[derive(Debug)]
-pub struct Faulty {
+pub(crate) struct Faulty {
     inner: Arc<dyn Store>,
     /// After the next task write commits, reads fail for this long (ms; 0 = disarmed).
     outage_after_write_ms: AtomicU64,
@@ -27,7 +27,7 @@ pub struct Faulty {
 }
 
 impl Faulty {
-    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             outage_after_write_ms: AtomicU64::new(0),
@@ -37,13 +37,13 @@ impl Faulty {
     }
 
     /// The next task creation or task transition commits, then reads fail for `outage`.
-    pub fn outage_after_next_write(&self, outage: Duration) {
+    pub(crate) fn outage_after_next_write(&self, outage: Duration) {
         self.outage_after_write_ms
             .store(outage.as_millis().try_into().unwrap(), Ordering::SeqCst);
     }
 
     /// `queue_depth` (what `/health/ready` reads) never answers.
-    pub fn hang_probe(&self, hang: bool) {
+    pub(crate) fn hang_probe(&self, hang: bool) {
         self.hang_probe.store(hang, Ordering::SeqCst);
     }
 

@@ -1,1 +1,1 @@
-pub mod faulty;
+pub(crate) mod faulty;
