@@ -4,9 +4,11 @@
 //!
 //! A lease token names the queue message, the attempt and the delivery's own token
 //! (`<message>.<attempt>.<token>`). Every call after the claim first proves the lease is still
-//! held by extending it; a late call for a step whose message was re-leased (its lease
-//! expired and another worker claimed it) or finished is refused with [`RemoteError::LeaseLost`]
-//! and changes nothing. A result is published before the message is acknowledged, so a crash
+//! held and was issued for the step the call names (one claim's deliveries share a delivery
+//! token, so the message itself must name the step; a token used on another step is refused
+//! with [`RemoteError::WrongStep`] before anything moves), then extends it. A late call for a
+//! step whose message was re-leased (its lease expired and another worker claimed it) or
+//! finished is refused with [`RemoteError::LeaseLost`] and changes nothing. A result is published before the message is acknowledged, so a crash
 //! in between delivers the step again rather than losing it; the result processor ignores a
 //! result whose attempt is no longer current.
 
