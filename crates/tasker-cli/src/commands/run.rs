@@ -70,7 +70,26 @@ fn check_handlers(template: &TaskTemplate, handlers: &HandlerRegistry) -> anyhow
         }
     }
     if missing.is_empty() {
-        return Ok(());
+        // The handlers are all here: their configs are checked as registration checks them.
+        let problems: Vec<String> = template
+            .steps
+            .iter()
+            .filter_map(|step| {
+                handlers
+                    .check_config(&step.handler.name, &step.handler.config)
+                    .err()
+                    .map(|problem| format!("step {}: handler config {problem}", step.name))
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "template {}/{}: {}",
+            template.namespace,
+            template.name,
+            problems.join("; ")
+        );
     }
     let list: Vec<String> = missing
         .iter()
@@ -256,5 +275,19 @@ mod tests {
             "namespace: ns\nname: t\nversion: 1.0.0\nsteps:\n  - {name: a, handler: noop}\n  - {name: b, handler: {name: sleep, config: {ms: 1}}, depends_on: [a]}\n",
         );
         check_handlers(&t, &HandlerRegistry::with_builtins()).unwrap();
+    }
+
+    #[test]
+    fn a_bad_builtin_config_is_refused_naming_step_and_key() {
+        let t = template(
+            "namespace: ns\nname: t\nversion: 1.0.0\nsteps:\n  - {name: nap, handler: {name: sleep, config: {ms: abc}}}\n",
+        );
+        let err = check_handlers(&t, &HandlerRegistry::with_builtins())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("template ns/t: step nap: handler config ms: "),
+            "{err}"
+        );
     }
 }
