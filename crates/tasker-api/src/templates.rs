@@ -7,6 +7,7 @@ use axum::{
     Json,
 };
 use serde_json::{json, Value};
+use tasker_orchestrator::engine::handler_config_problems;
 use tasker_store::{TemplateGetParams, TemplateRegisterParams};
 use tasker_template::TaskTemplate;
 use tasker_types::TemplateRecord;
@@ -47,20 +48,7 @@ pub(crate) async fn register(
         serde_json::to_value(&template).map_err(|e| ApiError::invalid(format!("template: {e}")))?;
     crate::extract::reject_nul(&definition)?;
     // Handlers this process has check their own configuration now, not at run time.
-    let handlers = state.engine.handlers();
-    let problems: Vec<String> = template
-        .steps
-        .iter()
-        .filter_map(|step| {
-            handlers
-                .check_config(&step.handler.name, &step.handler.config)
-                .err()
-                .map(|problem| match problem.key.as_str() {
-                    "config" => format!("steps.{}.handler.config: {}", step.name, problem.message),
-                    _ => format!("steps.{}.handler.config.{problem}", step.name),
-                })
-        })
-        .collect();
+    let problems = handler_config_problems(state.engine.handlers(), &template);
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems.join("; ")));
     }

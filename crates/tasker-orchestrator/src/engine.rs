@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tasker_store::{Store, TaskCreated};
+use tasker_template::TaskTemplate;
 use tasker_types::{StepState, TaskId, TaskState};
 use tokio::{
     sync::{broadcast, mpsc, Mutex},
@@ -125,6 +126,26 @@ impl EngineConfig {
         f(&mut self.worker_pool);
         self
     }
+}
+
+/// The problems of a template's handler configurations, as the handlers in `handlers` judge
+/// them (a handler not registered there passes), each as
+/// `steps.<step>.handler.config[.<key>]: <what is wrong>`: what template registration and
+/// `tasker run` refuse a template for.
+pub fn handler_config_problems(handlers: &HandlerRegistry, template: &TaskTemplate) -> Vec<String> {
+    template
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let problem = handlers
+                .check_config(&step.handler.name, &step.handler.config)
+                .err()?;
+            Some(match problem.key.as_str() {
+                "config" => format!("steps.{}.handler.config: {}", step.name, problem.message),
+                _ => format!("steps.{}.handler.config.{problem}", step.name),
+            })
+        })
+        .collect()
 }
 
 /// Why an engine did not start.

@@ -7,7 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tasker_orchestrator::{
-    handler::HandlerRegistry, messages::TaskRequest, Engine, EngineConfig, EngineEvent,
+    engine::handler_config_problems, handler::HandlerRegistry, messages::TaskRequest, Engine,
+    EngineConfig, EngineEvent,
 };
 use tasker_store::{Store, TemplateRegisterParams};
 use tasker_template::TaskTemplate;
@@ -71,16 +72,7 @@ fn check_handlers(template: &TaskTemplate, handlers: &HandlerRegistry) -> anyhow
     }
     if missing.is_empty() {
         // The handlers are all here: their configs are checked as registration checks them.
-        let problems: Vec<String> = template
-            .steps
-            .iter()
-            .filter_map(|step| {
-                handlers
-                    .check_config(&step.handler.name, &step.handler.config)
-                    .err()
-                    .map(|problem| format!("step {}: handler config {problem}", step.name))
-            })
-            .collect();
+        let problems = handler_config_problems(handlers, template);
         if problems.is_empty() {
             return Ok(());
         }
@@ -286,7 +278,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("template ns/t: step nap: handler config ms: "),
+            err.starts_with("template ns/t: steps.nap.handler.config.ms: "),
             "{err}"
         );
     }
