@@ -1,9 +1,11 @@
 //! `GlobalBackpressureController`: one view of how loaded the system is, and one factor every
 //! pool responds to.
 //!
-//! Pressure is a weighted mean of five signals in `[0, 1]`: database-pool utilization, memory
-//! (resident size against a budget), queue depth (ready messages against a high-water mark),
-//! error rate and batch latency (against a target). It is smoothed (exponential moving
+//! Pressure comes from five signals in `[0, 1]`: database-pool utilization, memory (resident
+//! size against a budget), queue depth (ready messages against a high-water mark), error rate
+//! and batch latency (against a target). It is the larger of their weighted mean and the
+//! saturation of the highest one ([`instant_pressure`]), so that one exhausted resource can
+//! saturate the engine on its own, however calm the others are. It is smoothed (exponential moving
 //! average), then quantized into levels with hysteresis: the applied factor moves up a level
 //! only when the smoothed pressure clears the threshold halfway to the next level by half the
 //! band, down only when it falls half a band below the threshold halfway to the level below,
@@ -56,6 +58,28 @@ pub fn pool_pressure(utilization: f64) -> f64 {
     ((utilization - POOL_PRESSURE_KNEE) / (1.0 - POOL_PRESSURE_KNEE)).clamp(0.0, 1.0)
 }
 
+/// A single signal above this starts to press on its own, whatever its weight.
+pub const SIGNAL_SATURATION_KNEE: f64 = 0.8;
+
+/// The pressure of one observation: the weighted mean of `signals`, or, when it is higher, the
+/// saturation of the highest signal, which rises linearly from 0 at [`SIGNAL_SATURATION_KNEE`]
+/// to 1 when the signal is at 1. Below the knee the weights decide; a signal at its maximum (the
+/// database pool exhausted, memory at its budget, the queue at its high-water mark) is enough
+/// to saturate the engine, where a weighted mean alone would cap it at its weight.
+pub fn instant_pressure(signals: [f64; 5], weights: [f64; 5]) -> f64 {
+    let signals = signals.map(|v| v.clamp(0.0, 1.0));
+    let total: f64 = weights.iter().sum();
+    let mean = if total > 0.0 {
+        signals.iter().zip(weights).map(|(v, w)| v * w).sum::<f64>() / total
+    } else {
+        0.0
+    };
+    let highest = signals.iter().copied().fold(0.0, f64::max);
+    let saturation =
+        ((highest - SIGNAL_SATURATION_KNEE) / (1.0 - SIGNAL_SATURATION_KNEE)).clamp(0.0, 1.0);
+    mean.max(saturation)
+}
+
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackpressureConfig {
@@ -105,7 +129,7 @@ pub struct PressurePoint {
     pub at_ms: u64,
     /// The signals.
     pub signals: PressureSignals,
-    /// Their weighted mean.
+    /// The pressure they make ([`instant_pressure`]).
     pub instant: f64,
     /// After smoothing.
     pub smoothed: f64,
@@ -210,13 +234,7 @@ impl GlobalBackpressureController {
             signals.error_rate,
             signals.latency,
         ];
-        let total: f64 = self.config.signal_weights.iter().sum();
-        let weighted: f64 = values
-            .iter()
-            .zip(self.config.signal_weights)
-            .map(|(v, w)| v.clamp(0.0, 1.0) * w)
-            .sum();
-        let instant = if total > 0.0 { weighted / total } else { 0.0 };
+        let instant = instant_pressure(values, self.config.signal_weights);
         let alpha = self.config.smoothing.clamp(0.0, 1.0);
         self.smoothed = alpha * instant + (1.0 - alpha) * self.smoothed;
 
@@ -275,6 +293,41 @@ mod tests {
             min_dwell: Duration::from_secs(1),
             ..BackpressureConfig::default()
         }
+    }
+
+    #[test]
+    fn one_saturated_signal_saturates_the_engine_alone() {
+        let weights = BackpressureConfig::default().signal_weights;
+        for i in 0..5 {
+            let mut signals = [0.0; 5];
+            signals[i] = 1.0;
+            assert_eq!(instant_pressure(signals, weights), 1.0, "signal {i} alone");
+            signals[i] = 0.9;
+            assert!(
+                (instant_pressure(signals, weights) - 0.5).abs() < 1e-9,
+                "signal {i} at 0.9"
+            );
+            signals[i] = 0.5;
+            assert!(
+                (instant_pressure(signals, weights) - 0.5 * weights[i]).abs() < 1e-9,
+                "below the knee the weights decide"
+            );
+        }
+        // Held there, one signal drives the applied factor to saturation, level by level.
+        let mut c = GlobalBackpressureController::new(config());
+        let t0 = Instant::now();
+        let memory_full = PressureSignals {
+            db_pool: 0.0,
+            memory: 1.0,
+            queue_depth: 0.0,
+            error_rate: 0.0,
+            latency: 0.0,
+        };
+        let mut applied = 0.0;
+        for s in 0..200 {
+            applied = c.observe(memory_full, t0 + Duration::from_secs(s));
+        }
+        assert_eq!(applied, 1.0);
     }
 
     #[test]
