@@ -77,6 +77,13 @@ macro_rules! store_conformance {
         );
     };
     (@tests $factory:path; $($name:ident),+ $(,)?) => {
+        /// A conformance test written but left off the list above would never run: this
+        /// fails the suite instead.
+        #[test]
+        fn conformance_list_is_complete() {
+            $crate::conformance::assert_listed(&[$(stringify!($name)),+]);
+        }
+
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -89,6 +96,46 @@ macro_rules! store_conformance {
             }
         )+
     };
+}
+
+/// The sources of the conformance tests, read for [`assert_listed`].
+const SOURCES: [&str; 5] = [
+    include_str!("queue.rs"),
+    include_str!("results.rs"),
+    include_str!("step.rs"),
+    include_str!("task.rs"),
+    include_str!("template.rs"),
+];
+
+/// Every conformance test: each `pub async fn NAME(store: Arc<dyn Store>)` of this module's
+/// sources, in source order.
+pub fn written() -> Vec<&'static str> {
+    SOURCES
+        .iter()
+        .flat_map(|source| source.lines())
+        .filter_map(|line| {
+            let rest = line.strip_prefix("pub async fn ")?;
+            let (name, params) = rest.split_once('(')?;
+            params.starts_with("store: Arc<dyn Store>)").then_some(name)
+        })
+        .collect()
+}
+
+/// Asserts that `listed` (the names a backend's [`store_conformance!`](crate::store_conformance)
+/// expands) holds every test [`written`] here, and nothing else.
+///
+/// # Panics
+///
+/// Naming the tests left off the list, or listed but not written.
+pub fn assert_listed(listed: &[&str]) {
+    let written = written();
+    let missing: Vec<_> = written.iter().filter(|w| !listed.contains(w)).collect();
+    let unknown: Vec<_> = listed.iter().filter(|l| !written.contains(l)).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "conformance tests written but not in store_conformance!: {missing:?}; \
+         listed but not written: {unknown:?}"
+    );
 }
 
 /// Parses a template from YAML, panicking on problems (fixtures are trusted).
