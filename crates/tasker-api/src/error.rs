@@ -6,7 +6,9 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use tasker_orchestrator::{engine::RequestError, operator::OperatorError, remote::RemoteError};
+use tasker_orchestrator::{
+    engine::RequestError, pipeline::operator::OperatorError, pipeline::remote::RemoteError,
+};
 use tasker_store::StoreError;
 
 /// An error response.

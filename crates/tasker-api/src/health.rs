@@ -9,7 +9,9 @@ use axum::{
     Json,
 };
 use serde_json::{json, Value};
-use tasker_orchestrator::{circuit_breaker::CircuitState, health::ExecutorHealth, metrics};
+use tasker_orchestrator::{
+    runtime::circuit_breaker::CircuitState, runtime::health::ExecutorHealth, runtime::metrics,
+};
 
 use crate::{error::ApiError, AppState};
 
@@ -41,7 +43,7 @@ async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
     state
         .engine
         .store()
-        .queue_depth(tasker_orchestrator::messages::TASK_REQUESTS)
+        .queue_depth(tasker_orchestrator::pipeline::messages::TASK_REQUESTS)
         .await
         .map_err(|e| format!("storage: {e}"))?;
     let snapshot = state.engine.snapshot().await;
@@ -96,12 +98,12 @@ fn family(
     }
 }
 
-/// `GET /metrics`: Prometheus text format (the catalogue is in `tasker_orchestrator::metrics`).
+/// `GET /metrics`: Prometheus text format (the catalogue is in `tasker_orchestrator::runtime::metrics`).
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = state.engine.snapshot().await;
     let pools = &snapshot.pools;
     let label = |name: &str| format!("executor_type=\"{name}\"");
-    let per_pool = |f: &dyn Fn(&tasker_orchestrator::pool::PoolSnapshot) -> f64| {
+    let per_pool = |f: &dyn Fn(&tasker_orchestrator::runtime::pool::PoolSnapshot) -> f64| {
         pools
             .iter()
             .map(|(n, p)| (label(n), f(p)))

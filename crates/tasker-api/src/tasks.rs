@@ -13,7 +13,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tasker_orchestrator::{messages::TaskRequest, operator};
+use tasker_orchestrator::{pipeline::messages::TaskRequest, pipeline::operator};
 use tasker_store::{retry_while_unavailable, TaskCreated, TaskListParams};
 use tasker_types::{TaskId, TaskRow, TaskState};
 

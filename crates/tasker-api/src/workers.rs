@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tasker_orchestrator::{messages::StepOutcome, remote};
+use tasker_orchestrator::{pipeline::messages::StepOutcome, pipeline::remote};
 use tasker_types::StepId;
 
 use crate::{error::ApiError, extract::ApiJson, parse_id, AppState};

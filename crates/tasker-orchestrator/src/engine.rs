@@ -6,55 +6,31 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tasker_store::{Store, TaskCreated};
 use tasker_template::TaskTemplate;
-use tasker_types::{StepState, TaskId, TaskState};
 use tokio::{
     sync::{broadcast, mpsc, Mutex},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
-pub use crate::executor::RequestError;
+pub use crate::pipeline::executor::RequestError;
 use crate::{
-    backpressure::default_weight_permille,
-    coordinator::{
-        CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
-    },
-    executor::{
+    handler::HandlerRegistry,
+    pipeline::events::EngineEvent,
+    pipeline::executor::{
         create_each, create_task, create_tasks, ExecutorContext, ExecutorType,
         OrchestrationExecutor, StepEnqueuer, StepResultProcessor, TaskClaimer, TaskFinalizer,
         TaskRequestProcessor,
     },
-    handler::HandlerRegistry,
-    messages::{TaskRequest, LOCAL_STEPS},
-    pool::{ExecutorFactory, ExecutorPool, PoolConfig},
-    resources::{self, FailureMode, PoolBounds, ResourceReport},
-    wakeup::Wakeups,
-    worker::InProcessWorker,
+    pipeline::messages::{TaskRequest, LOCAL_STEPS},
+    pipeline::wakeup::Wakeups,
+    pipeline::worker::InProcessWorker,
+    runtime::backpressure::default_weight_permille,
+    runtime::coordinator::{
+        CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
+    },
+    runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
+    runtime::resources::{self, FailureMode, PoolBounds, ResourceReport},
 };
-
-/// Something observers may want to know. Advisory: a slow observer may miss events (the
-/// channel is bounded); the store is the truth.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskEvent {
-    /// A step reached a new state after an attempt.
-    StepFinished {
-        /// Its task.
-        task_id: TaskId,
-        /// Step name.
-        name: String,
-        /// New state.
-        state: StepState,
-        /// Attempts so far.
-        attempts: u32,
-    },
-    /// A task reached `Complete` or `Error`.
-    TaskFinished {
-        /// The task.
-        task_id: TaskId,
-        /// Its final state.
-        state: TaskState,
-    },
-}
 
 /// How to build an [`Engine`].
 #[derive(Debug, Clone)]
@@ -173,7 +149,7 @@ pub struct Engine {
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop_background: CancellationToken,
     resources: ResourceReport,
-    gauge: crate::backpressure::PressureGauge,
+    gauge: crate::runtime::backpressure::PressureGauge,
     handlers: Arc<HandlerRegistry>,
 }
 
@@ -329,7 +305,7 @@ impl Engine {
     }
 
     /// Observes step and task events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
         self.ctx.events.subscribe()
     }
 
@@ -356,7 +332,7 @@ impl Engine {
     }
 
     /// Creates the tasks of the requests that pass validation in one transaction and answers
-    /// each request on its own, in order (see [`crate::executor::create_each`]).
+    /// each request on its own, in order (see [`crate::pipeline::executor::create_each`]).
     ///
     /// # Errors
     ///
@@ -376,7 +352,7 @@ impl Engine {
     pub async fn enqueue_request(&self, request: &TaskRequest) -> Result<(), crate::ExecutorError> {
         self.ctx
             .publish(
-                crate::messages::TASK_REQUESTS,
+                crate::pipeline::messages::TASK_REQUESTS,
                 std::slice::from_ref(request),
                 Duration::ZERO,
             )

@@ -19,24 +19,12 @@
 //! Every message is acknowledged only after what it caused is durable, and every state change
 //! names its expected from-state, so a redelivered message or a second instance is harmless.
 
-pub mod backoff;
-pub mod backpressure;
-pub mod circuit_breaker;
-pub mod coordinator;
 pub mod engine;
-pub mod executor;
-pub mod health;
-pub mod messages;
-pub mod metrics;
-pub mod operator;
-pub mod pool;
-pub mod remote;
-pub mod resources;
-pub mod scaling;
-pub mod wakeup;
-pub mod worker;
+pub mod pipeline;
+pub mod runtime;
 
-pub use engine::{Engine, EngineConfig, TaskEvent as EngineEvent};
-pub use executor::{ExecutorError, ExecutorType, OrchestrationExecutor};
+pub use engine::{Engine, EngineConfig};
+pub use pipeline::events::EngineEvent;
+pub use pipeline::executor::{ExecutorError, ExecutorType, OrchestrationExecutor};
 /// Step handlers (re-exported from `tasker-worker`).
 pub use tasker_worker as handler;

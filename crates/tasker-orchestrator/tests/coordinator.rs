@@ -4,9 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use tasker_orchestrator::{
-    engine::EngineError, handler::HandlerRegistry, messages::TaskRequest, metrics,
-    pool::PoolConfig, resources::FailureMode, scaling::ScalingConfig, Engine, EngineConfig,
-    EngineEvent, ExecutorType,
+    engine::EngineError, handler::HandlerRegistry, pipeline::messages::TaskRequest,
+    runtime::metrics, runtime::pool::PoolConfig, runtime::resources::FailureMode,
+    runtime::scaling::ScalingConfig, Engine, EngineConfig, EngineEvent, ExecutorType,
 };
 use tasker_store::{Store, TemplateRegisterParams, TemplateStore};
 use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
@@ -158,12 +158,12 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
         );
         assert_eq!(
             pool.circuit_breaker,
-            tasker_orchestrator::circuit_breaker::CircuitState::Closed
+            tasker_orchestrator::runtime::circuit_breaker::CircuitState::Closed
         );
         assert!(
             pool.executors
                 .iter()
-                .all(|e| e.health == tasker_orchestrator::health::ExecutorHealth::Healthy),
+                .all(|e| e.health == tasker_orchestrator::runtime::health::ExecutorHealth::Healthy),
             "{name}"
         );
         assert_eq!(snapshot.series[name].len(), 1);

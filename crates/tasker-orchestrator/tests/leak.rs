@@ -16,8 +16,8 @@ use std::{
 use async_trait::async_trait;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tasker_orchestrator::{
-    backpressure::PressureGauge,
-    pool::{ExecutorFactory, ExecutorPool, PoolConfig},
+    runtime::backpressure::PressureGauge,
+    runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     ExecutorError, ExecutorType, OrchestrationExecutor,
 };
 use tokio::sync::Notify;

@@ -4,8 +4,8 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tasker_orchestrator::{
-    handler::HandlerRegistry, messages::TaskRequest, pool::PoolConfig, Engine, EngineConfig,
-    EngineEvent,
+    handler::HandlerRegistry, pipeline::messages::TaskRequest, runtime::pool::PoolConfig, Engine,
+    EngineConfig, EngineEvent,
 };
 use tasker_store::{Store, TemplateRegisterParams};
 use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
@@ -306,7 +306,7 @@ async fn postgres_notify_wakes_pools_of_another_process() {
     let other: Arc<dyn Store> = Arc::new(other);
     other
         .queue_enqueue_many(&tasker_store::QueueEnqueueManyParams {
-            queue: tasker_orchestrator::messages::TASK_REQUESTS.into(),
+            queue: tasker_orchestrator::pipeline::messages::TASK_REQUESTS.into(),
             payloads: vec![
                 serde_json::to_value(request("diamond", Some("remote".into()))).unwrap(),
             ],

@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tasker_orchestrator::{handler::HandlerRegistry, messages::TaskRequest, Engine, EngineEvent};
+use tasker_orchestrator::{
+    handler::HandlerRegistry, pipeline::messages::TaskRequest, Engine, EngineEvent,
+};
 use tasker_store::TemplateRegisterParams;
 use tasker_template::TaskTemplate;
 use tasker_types::TaskId;

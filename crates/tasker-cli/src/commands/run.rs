@@ -7,8 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tasker_orchestrator::{
-    engine::handler_config_problems, handler::HandlerRegistry, messages::TaskRequest, Engine,
-    EngineConfig, EngineEvent,
+    engine::handler_config_problems, handler::HandlerRegistry, pipeline::messages::TaskRequest,
+    Engine, EngineConfig, EngineEvent,
 };
 use tasker_store::{Store, TemplateRegisterParams};
 use tasker_template::TaskTemplate;

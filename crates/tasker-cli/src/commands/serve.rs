@@ -7,13 +7,13 @@ use clap::Args;
 use tasker_api::ApiConfig;
 use tasker_config::TaskerConfig;
 use tasker_orchestrator::{
-    backpressure::{default_weight_permille, BackpressureConfig},
-    circuit_breaker::CircuitBreakerConfig,
-    coordinator::CoordinatorConfig,
     handler::HandlerRegistry,
-    pool::PoolConfig,
-    resources::FailureMode,
-    scaling::ScalingConfig,
+    runtime::backpressure::{default_weight_permille, BackpressureConfig},
+    runtime::circuit_breaker::CircuitBreakerConfig,
+    runtime::coordinator::CoordinatorConfig,
+    runtime::pool::PoolConfig,
+    runtime::resources::FailureMode,
+    runtime::scaling::ScalingConfig,
     Engine, EngineConfig, ExecutorType,
 };
 

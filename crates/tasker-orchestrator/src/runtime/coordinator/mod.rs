@@ -2,7 +2,7 @@
 //! worker pool among them), and the monitor that, every scaling interval:
 //!
 //! 1. measures each pool's utilization (busy time over wall time) and queue depth and scales it
-//!    by [`crate::scaling::decide`], with cooldown, logging and counting every decision;
+//!    by [`crate::runtime::scaling::decide`], with cooldown, logging and counting every decision;
 //! 2. marks executors without a heartbeat unhealthy and replaces unhealthy executors;
 //! 3. feeds the [`GlobalBackpressureController`] (database pool, memory, queue depth, error
 //!    rate, latency), whose factor every pool loop reads;
@@ -21,12 +21,12 @@ use tasker_store::Store;
 use tokio::time::Instant;
 
 use crate::{
-    backpressure::{
+    runtime::backpressure::{
         BackpressureConfig, GlobalBackpressureController, PressurePoint, PressureSignals,
     },
-    metrics::{self, SeriesPoint},
-    pool::{ExecutorPool, PoolSnapshot, RemovalReport},
-    scaling::{self, ScalingConfig, ScalingDecision, ScalingInput},
+    runtime::metrics::{self, SeriesPoint},
+    runtime::pool::{ExecutorPool, PoolSnapshot, RemovalReport},
+    runtime::scaling::{self, ScalingConfig, ScalingDecision, ScalingInput},
 };
 
 /// Coordinator settings.
@@ -149,7 +149,7 @@ impl OrchestrationLoopCoordinator {
     }
 
     /// The controller's gauge, to hand to pools.
-    pub fn pressure_gauge(&self) -> crate::backpressure::PressureGauge {
+    pub fn pressure_gauge(&self) -> crate::runtime::backpressure::PressureGauge {
         self.backpressure.gauge()
     }
 
@@ -311,7 +311,9 @@ impl OrchestrationLoopCoordinator {
         }
         let ratio = |num: f64, den: f64| if den > 0.0 { (num / den).min(1.0) } else { 0.0 };
         let signals = PressureSignals {
-            db_pool: crate::backpressure::pool_pressure(store.connection_pool().utilization()),
+            db_pool: crate::runtime::backpressure::pool_pressure(
+                store.connection_pool().utilization(),
+            ),
             memory: signals::resident_bytes().map_or(0.0, |rss| {
                 ratio(rss as f64, self.config.memory_budget_bytes as f64)
             }),

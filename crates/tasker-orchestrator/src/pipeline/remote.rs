@@ -20,9 +20,9 @@ use tasker_store::{QueueAckParams, QueueNackParams, StepMessage, StoreError};
 use tasker_types::{StepId, StepState, TaskId};
 
 use crate::{
-    executor::{ExecutorContext, ExecutorError},
-    messages::{StepOutcome, StepResult, STEP_RESULTS},
-    worker::begin_attempt,
+    pipeline::executor::{ExecutorContext, ExecutorError},
+    pipeline::messages::{StepOutcome, StepResult, STEP_RESULTS},
+    pipeline::worker::begin_attempt,
 };
 
 /// A claim request.
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn no_engine_queue_can_be_named_as_a_namespace() {
-        use crate::messages::*;
+        use crate::pipeline::messages::*;
         for queue in [
             TASK_REQUESTS,
             TASK_WORK,

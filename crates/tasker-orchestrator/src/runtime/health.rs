@@ -7,9 +7,10 @@
 //! any -> Stopping (terminal)
 //! ```
 //!
-//! Every change goes through [`HealthStateMachine::transition_to`], which logs it and counts it
-//! in the metric `tasker_executor_health_transitions_total` (see [`crate::metrics`]). An
-//! `Unhealthy` executor is replaced by the coordinator's health monitor.
+//! Every change goes through [`HealthStateMachine::transition_to`], which validates and logs it;
+//! the pool that drives the machine counts it in the metric
+//! `tasker_executor_health_transitions_total`. An `Unhealthy` executor is replaced by the
+//! coordinator's health monitor. This module depends on nothing else of the runtime.
 
 use std::{collections::VecDeque, fmt, time::Duration};
 
@@ -152,7 +153,6 @@ impl HealthStateMachine {
         } else {
             tracing::info!(executor = %self.executor, from = %change.from, to = %to, reason, "executor health changed");
         }
-        crate::metrics::global().record_health_transition(change.from, to);
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }

@@ -26,11 +26,11 @@ use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backpressure::PressureGauge,
-    circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
-    executor::{ExecutorType, OrchestrationExecutor},
-    health::{ExecutorHealth, HealthStateMachine, HealthTransition},
-    metrics::{ExecutorMetrics, LatencySummary, MetricsTotals},
+    pipeline::executor::{ExecutorType, OrchestrationExecutor},
+    runtime::backpressure::PressureGauge,
+    runtime::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
+    runtime::health::{ExecutorHealth, HealthStateMachine, HealthTransition},
+    runtime::metrics::{ExecutorMetrics, LatencySummary, MetricsTotals},
 };
 
 /// Builds a new executor of the pool's type.
@@ -117,8 +117,11 @@ impl ExecutorState {
             _ => std::slice::from_ref(&to),
         };
         for &step in path {
-            if h.transition_to(step, reason).is_err() {
-                break;
+            let from = h.state();
+            match h.transition_to(step, reason) {
+                Ok(true) => crate::runtime::metrics::global().record_health_transition(from, step),
+                Ok(false) => {}
+                Err(_) => break,
             }
         }
     }
@@ -558,7 +561,7 @@ fn after_batch(
     state: &ExecutorState,
     shared: &PoolShared,
     config: &PoolConfig,
-    result: &Result<usize, crate::executor::ExecutorError>,
+    result: &Result<usize, crate::pipeline::executor::ExecutorError>,
 ) -> usize {
     match result {
         Ok(n) => {

@@ -11,7 +11,7 @@ use tasker_store::{
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{Claim, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
-use crate::messages::TASK_FINALIZE;
+use crate::pipeline::messages::TASK_FINALIZE;
 
 /// Most steps one task enqueues per claim; the rest follow on the next evaluation.
 const MAX_STEPS_PER_CLAIM: u32 = 10_000;

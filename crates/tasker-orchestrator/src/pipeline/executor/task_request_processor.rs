@@ -10,7 +10,7 @@ use tasker_template::TaskTemplate;
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
-use crate::messages::{TaskRef, TaskRequest, TASK_REQUESTS, TASK_WORK};
+use crate::pipeline::messages::{TaskRef, TaskRequest, TASK_REQUESTS, TASK_WORK};
 
 /// Why a task request was refused.
 #[derive(Debug, thiserror::Error)]

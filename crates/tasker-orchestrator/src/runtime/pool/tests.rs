@@ -3,8 +3,8 @@ use std::sync::atomic::AtomicUsize;
 use async_trait::async_trait;
 
 use super::*;
-use crate::executor::ExecutorError;
-use crate::{backpressure::PressureGauge, circuit_breaker::CircuitBreakerConfig};
+use crate::pipeline::executor::ExecutorError;
+use crate::{runtime::backpressure::PressureGauge, runtime::circuit_breaker::CircuitBreakerConfig};
 
 /// A scriptable executor: each batch takes `batch_time` (or never ends when `None`), and
 /// fails with a storage outage when `fail` is set.

@@ -10,8 +10,8 @@ use tasker_types::{StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
-    engine::TaskEvent as EngineEvent,
-    messages::{TaskRef, TASK_FINALIZE, TASK_WORK},
+    pipeline::events::EngineEvent,
+    pipeline::messages::{TaskRef, TASK_FINALIZE, TASK_WORK},
 };
 
 /// How long an evaluation request waits, per delivery so far, while a claimer is enqueuing the

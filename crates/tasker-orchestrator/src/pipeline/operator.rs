@@ -13,8 +13,8 @@ use tasker_store::{retry_while_unavailable, AsStoreError, StoreError, FOLLOW_UP_
 use tasker_types::{StepEvent, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
 use crate::{
-    executor::{ExecutorContext, ExecutorError},
-    messages::{TaskRef, TASK_FINALIZE},
+    pipeline::executor::{ExecutorContext, ExecutorError},
+    pipeline::messages::{TaskRef, TASK_FINALIZE},
 };
 
 /// Why an operator action was refused.

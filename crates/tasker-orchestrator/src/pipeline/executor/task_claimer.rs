@@ -13,7 +13,7 @@ use tasker_store::{TaskClaimParams, TaskReleaseParams};
 use tasker_types::QueueMessage;
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor, CLAIMS};
-use crate::messages::{TaskRef, TASK_WORK};
+use crate::pipeline::messages::{TaskRef, TASK_WORK};
 
 /// A claimed task, handed to the step enqueuers.
 #[derive(Debug, Clone)]

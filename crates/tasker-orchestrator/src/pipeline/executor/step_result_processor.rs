@@ -17,9 +17,9 @@ use tasker_types::{StepEvent, StepState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
-    backoff,
-    engine::TaskEvent as EngineEvent,
-    messages::{StepOutcome, StepResult, STEP_RESULTS, TASK_FINALIZE},
+    pipeline::backoff,
+    pipeline::events::EngineEvent,
+    pipeline::messages::{StepOutcome, StepResult, STEP_RESULTS, TASK_FINALIZE},
 };
 
 /// Applies worker results.

@@ -17,11 +17,11 @@ use tasker_store::{
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
 
 use crate::{
-    executor::{
+    handler::{HandlerRegistry, StepInput},
+    pipeline::executor::{
         apply_results, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor,
     },
-    handler::{HandlerRegistry, StepInput},
-    messages::{StepOutcome, StepResult},
+    pipeline::messages::{StepOutcome, StepResult},
 };
 
 /// A batch running longer than this applies its finished results before going on.
@@ -32,7 +32,7 @@ const FLUSH_AFTER: Duration = Duration::from_millis(500);
 pub struct InProcessWorker {
     pub(crate) ctx: ExecutorContext,
     pub(crate) handlers: Arc<HandlerRegistry>,
-    /// The queue it consumes ([`crate::messages::LOCAL_STEPS`]).
+    /// The queue it consumes ([`crate::pipeline::messages::LOCAL_STEPS`]).
     pub(crate) queue: String,
 }
 

@@ -2,7 +2,7 @@
 //!
 //! An executor only knows how to process one batch of its part of the pipeline. Everything
 //! around a batch (the loop, timing, heartbeats, wake-ups, stopping) belongs to the pool, so it
-//! is written once: see [`crate::pool`].
+//! is written once, in the runtime's pool (`runtime::pool`).
 
 mod step_enqueuer;
 mod step_result_processor;
@@ -31,7 +31,7 @@ pub use task_request_processor::{
     create_each, create_task, create_tasks, RequestError, TaskRequestProcessor,
 };
 
-use crate::{engine::TaskEvent as EngineEvent, wakeup::Wakeups};
+use crate::pipeline::{events::EngineEvent, wakeup::Wakeups};
 
 /// The five executor types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -77,11 +77,11 @@ impl ExecutorType {
     pub fn wakes_on(self) -> &'static str {
         match self {
             ExecutorType::InProcessWorker => "tasker.workers",
-            ExecutorType::TaskRequestProcessor => crate::messages::TASK_REQUESTS,
-            ExecutorType::TaskClaimer => crate::messages::TASK_WORK,
+            ExecutorType::TaskRequestProcessor => crate::pipeline::messages::TASK_REQUESTS,
+            ExecutorType::TaskClaimer => crate::pipeline::messages::TASK_WORK,
             ExecutorType::StepEnqueuer => CLAIMS,
-            ExecutorType::StepResultProcessor => crate::messages::STEP_RESULTS,
-            ExecutorType::TaskFinalizer => crate::messages::TASK_FINALIZE,
+            ExecutorType::StepResultProcessor => crate::pipeline::messages::STEP_RESULTS,
+            ExecutorType::TaskFinalizer => crate::pipeline::messages::TASK_FINALIZE,
         }
     }
 }
@@ -171,7 +171,7 @@ pub struct ExecutorContext {
     /// Deliveries before a message is dead-lettered.
     pub max_deliveries: u32,
     /// Where step messages go: the handlers the in-process workers run (none without local
-    /// workers) to [`crate::messages::LOCAL_STEPS`], the others to their namespace's queue.
+    /// workers) to [`crate::pipeline::messages::LOCAL_STEPS`], the others to their namespace's queue.
     pub routing: StepRouting,
 }
 

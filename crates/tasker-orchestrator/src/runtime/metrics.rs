@@ -33,7 +33,7 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::health::ExecutorHealth;
+use crate::runtime::health::ExecutorHealth;
 
 /// Largest latency tracked exactly: one hour, in microseconds.
 const MAX_LATENCY_MICROS: u64 = 3_600_000_000;

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::executor::ExecutorType;
+use crate::pipeline::executor::ExecutorType;
 
 /// What to do when the executor pools do not fit the database pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -29,7 +29,7 @@ use std::{
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::executor::ExecutorType;
+use crate::pipeline::executor::ExecutorType;
 
 /// The raw signals, each in `[0, 1]` (values outside are clamped).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
