@@ -13,7 +13,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tasker_orchestrator::{pipeline::messages::TaskRequest, pipeline::operator};
+use tasker_orchestrator::pipeline::messages::TaskRequest;
 use tasker_store::{retry_while_unavailable, TaskCreated, TaskListParams};
 use tasker_types::{TaskId, TaskRow, TaskState};
 
@@ -222,7 +222,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = TaskId(parse_id(&id, "task")?);
-    let task = operator::cancel_task(state.engine.context(), id).await?;
+    let task = state.engine.cancel_task(id).await?;
     Ok(Json(committed_view(&state, &task).await))
 }
 
@@ -232,7 +232,7 @@ pub(crate) async fn retry_step(
     Path((id, step)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let id = TaskId(parse_id(&id, "task")?);
-    let step = operator::retry_step(state.engine.context(), id, &step).await?;
+    let step = state.engine.retry_step(id, &step).await?;
     Ok(Json(views::step(&step)))
 }
 
@@ -252,6 +252,6 @@ pub(crate) async fn resolve_step(
 ) -> Result<Json<Value>, ApiError> {
     let id = TaskId(parse_id(&id, "task")?);
     let output = body.and_then(|b| b.output);
-    let step = operator::resolve_step(state.engine.context(), id, &step, output).await?;
+    let step = state.engine.resolve_step(id, &step, output).await?;
     Ok(Json(views::step(&step)))
 }

@@ -18,7 +18,7 @@ pub(crate) async fn claim(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<remote::ClaimRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let steps = remote::claim(state.engine.context(), &request).await?;
+    let steps = state.engine.claim_steps(&request).await?;
     Ok(Json(json!({"steps": steps})))
 }
 
@@ -62,13 +62,10 @@ pub(crate) async fn heartbeat(
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> Result<Json<Value>, ApiError> {
     let lease = Duration::from_millis(body.lease_ms.unwrap_or(30_000).max(1));
-    remote::heartbeat(
-        state.engine.context(),
-        step_id(&id)?,
-        &body.lease_token,
-        lease,
-    )
-    .await?;
+    state
+        .engine
+        .heartbeat_step(step_id(&id)?, &body.lease_token, lease)
+        .await?;
     Ok(Json(json!({"ok": true})))
 }
 
@@ -78,15 +75,16 @@ pub(crate) async fn complete(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Complete>,
 ) -> Result<Json<Value>, ApiError> {
-    remote::finish(
-        state.engine.context(),
-        step_id(&id)?,
-        &body.lease_token,
-        StepOutcome::Success {
-            output: body.output,
-        },
-    )
-    .await?;
+    state
+        .engine
+        .finish_step(
+            step_id(&id)?,
+            &body.lease_token,
+            StepOutcome::Success {
+                output: body.output,
+            },
+        )
+        .await?;
     Ok(Json(json!({"ok": true})))
 }
 
@@ -100,12 +98,9 @@ pub(crate) async fn fail(
         error: body.error,
         retryable: body.retryable,
     };
-    remote::finish(
-        state.engine.context(),
-        step_id(&id)?,
-        &body.lease_token,
-        outcome,
-    )
-    .await?;
+    state
+        .engine
+        .finish_step(step_id(&id)?, &body.lease_token, outcome)
+        .await?;
     Ok(Json(json!({"ok": true})))
 }

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tasker_store::{Store, TaskCreated};
 use tasker_template::TaskTemplate;
+use tasker_types::{StepId, StepRow, TaskId, TaskRow};
 use tokio::{
     sync::{broadcast, mpsc, Mutex},
     task::JoinHandle,
@@ -21,7 +22,10 @@ use crate::{
         OrchestrationExecutor, StepEnqueuer, StepResultProcessor, TaskClaimer, TaskFinalizer,
         TaskRequestProcessor,
     },
+    pipeline::messages::StepOutcome,
     pipeline::messages::{TaskRequest, LOCAL_STEPS},
+    pipeline::operator::{self, OperatorError},
+    pipeline::remote::{self, ClaimRequest, ClaimedStep, RemoteError},
     pipeline::wakeup::Wakeups,
     pipeline::worker::InProcessWorker,
     runtime::backpressure::default_weight_permille,
@@ -364,9 +368,78 @@ impl Engine {
         self.gauge.factor()
     }
 
-    /// What executors and the remote-worker functions share (the API layer uses it).
-    pub fn context(&self) -> &ExecutorContext {
-        &self.ctx
+    /// Cancels a task and its unfinished steps (see [`operator`]).
+    ///
+    /// # Errors
+    ///
+    /// [`OperatorError`]: the task finished already, or does not exist; store failures.
+    pub async fn cancel_task(&self, task_id: TaskId) -> Result<TaskRow, OperatorError> {
+        operator::cancel_task(&self.ctx, task_id).await
+    }
+
+    /// Runs a failed step again, its attempts starting over (see [`operator`]).
+    ///
+    /// # Errors
+    ///
+    /// [`OperatorError`]: the step is not in `Error`, or does not exist; store failures.
+    pub async fn retry_step(&self, task_id: TaskId, step: &str) -> Result<StepRow, OperatorError> {
+        operator::retry_step(&self.ctx, task_id, step).await
+    }
+
+    /// Resolves a failed step by hand, with `output` as its result when given (see
+    /// [`operator`]).
+    ///
+    /// # Errors
+    ///
+    /// [`OperatorError`]: the step is not in `Error`, or does not exist; store failures.
+    pub async fn resolve_step(
+        &self,
+        task_id: TaskId,
+        step: &str,
+        output: Option<serde_json::Value>,
+    ) -> Result<StepRow, OperatorError> {
+        operator::resolve_step(&self.ctx, task_id, step, output).await
+    }
+
+    /// Claims steps of a namespace for a remote worker, each with a lease (see [`remote`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError`]: a bad request; store failures.
+    pub async fn claim_steps(
+        &self,
+        request: &ClaimRequest,
+    ) -> Result<Vec<ClaimedStep>, RemoteError> {
+        remote::claim(&self.ctx, request).await
+    }
+
+    /// Extends a remote worker's lease on a step by `lease`.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError`]: the lease is no longer held, or was issued for another step.
+    pub async fn heartbeat_step(
+        &self,
+        step_id: StepId,
+        lease_token: &str,
+        lease: Duration,
+    ) -> Result<(), RemoteError> {
+        remote::heartbeat(&self.ctx, step_id, lease_token, lease).await
+    }
+
+    /// Reports a remote worker's outcome of a step's attempt.
+    ///
+    /// # Errors
+    ///
+    /// [`RemoteError`]: the lease is no longer held, or was issued for another step; nothing
+    /// changes then.
+    pub async fn finish_step(
+        &self,
+        step_id: StepId,
+        lease_token: &str,
+        outcome: StepOutcome,
+    ) -> Result<(), RemoteError> {
+        remote::finish(&self.ctx, step_id, lease_token, outcome).await
     }
 
     /// The pools, their health, the pressure history and recent scaling decisions.

@@ -1,4 +1,5 @@
-//! Tasker's orchestration executor system (DESIGN.md sections 3 and 4).
+//! Tasker's orchestration executor system: the pipeline that moves tasks, and the runtime that
+//! runs and watches the executors doing it. [`Engine`] is the one entry point.
 //!
 //! Orchestration work is done by executors of five types, each doing one part of the pipeline
 //! over the store's durable queues:
@@ -12,9 +13,11 @@
 //! task_finalize --TaskFinalizer--> Complete | Error | next enqueue | wait
 //! ```
 //!
-//! Executors of one type form an [`pool::ExecutorPool`]; the [`coordinator::OrchestrationLoopCoordinator`]
-//! owns one pool per type. An executor only implements `process_batch`; the pool's loop adds
-//! timing, heartbeats, wake-ups and stopping, once for all types.
+//! Executors of one type form an [`runtime::pool::ExecutorPool`]; the
+//! [`runtime::coordinator::OrchestrationLoopCoordinator`] owns one pool per type. An executor
+//! only implements `process_batch`; the pool's loop adds timing, heartbeats, wake-ups and
+//! stopping, once for all types. [`pipeline`] holds what a task is and how it moves;
+//! [`runtime`] holds how executors run, whatever their work, and never the other way round.
 //!
 //! Every message is acknowledged only after what it caused is durable, and every state change
 //! names its expected from-state, so a redelivered message or a second instance is harmless.

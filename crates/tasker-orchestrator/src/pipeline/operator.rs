@@ -61,7 +61,10 @@ const CAS_ATTEMPTS: usize = 5;
 ///
 /// [`OperatorError::Conflict`] when the task already finished (or is in `Error`, which only
 /// retry or resolve leave); [`OperatorError::NotFound`].
-pub async fn cancel_task(ctx: &ExecutorContext, task_id: TaskId) -> Result<TaskRow, OperatorError> {
+pub(crate) async fn cancel_task(
+    ctx: &ExecutorContext,
+    task_id: TaskId,
+) -> Result<TaskRow, OperatorError> {
     let mut task = None;
     for _ in 0..CAS_ATTEMPTS {
         let current = ctx.store.task_get(task_id).await?;
@@ -155,7 +158,7 @@ async fn step_for(
 ///
 /// [`OperatorError::Conflict`] unless the step is in `Error` (or this retry was interrupted
 /// before; it is then completed); [`OperatorError::NotFound`].
-pub async fn retry_step(
+pub(crate) async fn retry_step(
     ctx: &ExecutorContext,
     task_id: TaskId,
     name: &str,
@@ -171,7 +174,7 @@ pub async fn retry_step(
 ///
 /// [`OperatorError::Conflict`] unless the step is in `Error` (or this resolve was interrupted
 /// before; it is then completed); [`OperatorError::NotFound`].
-pub async fn resolve_step(
+pub(crate) async fn resolve_step(
     ctx: &ExecutorContext,
     task_id: TaskId,
     name: &str,

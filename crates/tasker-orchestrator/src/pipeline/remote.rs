@@ -126,7 +126,7 @@ const MAX_LEASE: Duration = Duration::from_secs(3600);
 /// # Errors
 ///
 /// [`RemoteError::Invalid`] for a bad request; store failures.
-pub async fn claim(
+pub(crate) async fn claim(
     ctx: &ExecutorContext,
     request: &ClaimRequest,
 ) -> Result<Vec<ClaimedStep>, RemoteError> {
@@ -239,7 +239,7 @@ async fn hold(
 /// # Errors
 ///
 /// [`RemoteError::LeaseLost`] when the lease is no longer held.
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     ctx: &ExecutorContext,
     step_id: StepId,
     token: &str,
@@ -256,7 +256,7 @@ pub async fn heartbeat(
 /// # Errors
 ///
 /// [`RemoteError::LeaseLost`] when the lease is no longer held; nothing changes then.
-pub async fn finish(
+pub(crate) async fn finish(
     ctx: &ExecutorContext,
     step_id: StepId,
     token: &str,

@@ -153,26 +153,26 @@ fn lease_lost_is_fine(result: tasker_store::Result<()>) -> Result<(), ExecutorEr
 #[derive(Debug, Clone)]
 pub struct ExecutorContext {
     /// The store.
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// In-process wake-ups.
-    pub wakeups: Wakeups,
+    pub(crate) wakeups: Wakeups,
     /// This instance's id, recorded in audit rows.
-    pub instance_id: String,
+    pub(crate) instance_id: String,
     /// Task and step events for observers (`tasker run`, tests).
-    pub events: broadcast::Sender<EngineEvent>,
+    pub(crate) events: broadcast::Sender<EngineEvent>,
     /// Claims from claimers to enqueuers.
-    pub claims_tx: mpsc::Sender<Claim>,
+    pub(crate) claims_tx: mpsc::Sender<Claim>,
     /// Shared receiving end of the claims channel.
-    pub claims_rx: Arc<Mutex<mpsc::Receiver<Claim>>>,
+    pub(crate) claims_rx: Arc<Mutex<mpsc::Receiver<Claim>>>,
     /// Lease on a claimed task (visibility timeout of `task_work`).
-    pub claim_lease: std::time::Duration,
+    pub(crate) claim_lease: std::time::Duration,
     /// Visibility timeout of the internal queues' messages.
-    pub visibility_timeout: std::time::Duration,
+    pub(crate) visibility_timeout: std::time::Duration,
     /// Deliveries before a message is dead-lettered.
-    pub max_deliveries: u32,
+    pub(crate) max_deliveries: u32,
     /// Where step messages go: the handlers the in-process workers run (none without local
     /// workers) to [`crate::pipeline::messages::LOCAL_STEPS`], the others to their namespace's queue.
-    pub routing: StepRouting,
+    pub(crate) routing: StepRouting,
 }
 
 impl ExecutorContext {
