@@ -1,4 +1,4 @@
-//! The task and step state machines of DESIGN.md section 2.
+//! The task and step state machines (docs/state_machines.md).
 //!
 //! Each machine has one pure `transition(state, event)` function. It is the only way the engine
 //! computes a next state; stores persist the result together with an audit row, and guard the

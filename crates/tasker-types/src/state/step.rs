@@ -138,7 +138,7 @@ mod tests {
         StepEvent::Retry,
     ];
 
-    /// The moves DESIGN.md section 2 lists, written out independently of `transition`.
+    /// The moves docs/state_machines.md lists, written out independently of `transition`.
     const LISTED_MOVES: &[(StepState, StepState)] = {
         use StepState::*;
         &[
@@ -218,7 +218,7 @@ mod tests {
                         prop_assert!(!was_final, "{state:?} is final but accepted {event:?}");
                         prop_assert!(
                             LISTED_MOVES.contains(&(state, next)),
-                            "{state:?} -> {next:?} on {event:?} is not a DESIGN.md move"
+                            "{state:?} -> {next:?} on {event:?} is not a move of docs/state_machines.md"
                         );
                         state = next;
                         was_final = state.is_final();

@@ -157,7 +157,7 @@ mod tests {
         TaskEvent::Retry,
     ];
 
-    /// The moves DESIGN.md section 2 lists, written out independently of `transition`.
+    /// The moves docs/state_machines.md lists, written out independently of `transition`.
     const LISTED_MOVES: &[(TaskState, TaskState)] = {
         use TaskState::*;
         &[
@@ -262,7 +262,7 @@ mod tests {
                 if let Ok(next) = state.transition(event) {
                     prop_assert!(
                         LISTED_MOVES.contains(&(state, next)),
-                        "{state:?} -> {next:?} on {event:?} is not a DESIGN.md move"
+                        "{state:?} -> {next:?} on {event:?} is not a move of docs/state_machines.md"
                     );
                     state = next;
                 }
