@@ -46,7 +46,7 @@ async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
         .queue_depth(tasker_orchestrator::pipeline::messages::TASK_REQUESTS)
         .await
         .map_err(|e| format!("storage: {e}"))?;
-    let snapshot = state.engine.snapshot().await;
+    let snapshot = state.engine.snapshot();
     let broken: Vec<String> = snapshot
         .pools
         .iter()
@@ -70,7 +70,7 @@ async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
 /// `GET /v1/health/pools`: every pool with executors, health, utilization, breakers and
 /// backpressure.
 pub(crate) async fn pools(State(state): State<AppState>) -> Json<Value> {
-    let snapshot = state.engine.snapshot().await;
+    let snapshot = state.engine.snapshot();
     Json(json!({
         "pools": snapshot.pools,
         "series": snapshot.series,
@@ -100,7 +100,7 @@ fn family(
 
 /// `GET /metrics`: Prometheus text format (the catalogue is in `tasker_orchestrator::runtime::metrics`).
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let snapshot = state.engine.snapshot().await;
+    let snapshot = state.engine.snapshot();
     let pools = &snapshot.pools;
     let label = |name: &str| format!("executor_type=\"{name}\"");
     let per_pool = |f: &dyn Fn(&tasker_orchestrator::runtime::pool::PoolSnapshot) -> f64| {

@@ -578,3 +578,18 @@ async fn the_bearer_scheme_is_case_insensitive() {
     }
     api.stop().await;
 }
+
+/// The health and metrics routes read the monitor's published snapshot: they answer while the
+/// coordinator is held (as a scale-down holds it for up to a pool's stop timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_routes_never_wait_on_the_coordinator() {
+    let api = Api::start(Backend::sqlite().await, ApiConfig::default()).await;
+    let held = api.engine.coordinator().await;
+    for uri in ["/health/ready", "/v1/health/pools", "/metrics"] {
+        let answer = tokio::time::timeout(Duration::from_secs(2), api.get(uri)).await;
+        let (status, body) = answer.unwrap_or_else(|_| panic!("{uri} waited on the coordinator"));
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    }
+    drop(held);
+    api.stop().await;
+}

@@ -8,7 +8,7 @@ use tasker_store::{Store, TaskCreated};
 use tasker_template::TaskTemplate;
 use tasker_types::{StepId, StepRow, TaskId, TaskRow};
 use tokio::{
-    sync::{broadcast, mpsc, Mutex},
+    sync::{broadcast, mpsc, watch, Mutex},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -149,6 +149,9 @@ const STOP_ORDER: [ExecutorType; 3] = [
 pub struct Engine {
     ctx: ExecutorContext,
     coordinator: Arc<Mutex<OrchestrationLoopCoordinator>>,
+    /// The coordinator's latest snapshot, published after every monitor round, so readers never
+    /// wait on the coordinator (a scale-down holds it for up to a pool's stop timeout).
+    snapshots: Arc<watch::Sender<Arc<CoordinatorSnapshot>>>,
     /// The monitor and the wake-up forwarder.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop_background: CancellationToken,
@@ -274,9 +277,11 @@ impl Engine {
             }
         }
 
+        let snapshots = Arc::new(watch::Sender::new(Arc::new(coordinator.snapshot())));
         let coordinator = Arc::new(Mutex::new(coordinator));
         background.push(tokio::spawn(run_monitor(
             Arc::downgrade(&coordinator),
+            snapshots.clone(),
             ctx.store.clone(),
             config.coordinator.scaling.interval,
             stop_background.clone(),
@@ -284,6 +289,7 @@ impl Engine {
         Ok(Self {
             ctx,
             coordinator,
+            snapshots,
             background: std::sync::Mutex::new(background),
             stop_background,
             resources,
@@ -442,18 +448,20 @@ impl Engine {
         remote::finish(&self.ctx, step_id, lease_token, outcome).await
     }
 
-    /// The pools, their health, the pressure history and recent scaling decisions.
-    pub async fn snapshot(&self) -> CoordinatorSnapshot {
-        self.coordinator.lock().await.snapshot()
+    /// The pools, their health, the pressure history and recent scaling decisions, as of the
+    /// last monitor round (at most one scaling interval old). Never waits: it reads what the
+    /// monitor published, not the coordinator.
+    pub fn snapshot(&self) -> Arc<CoordinatorSnapshot> {
+        self.snapshots.borrow().clone()
     }
 
-    /// Runs one monitor round now (tests and tools use it instead of waiting an interval).
+    /// Runs one monitor round now and publishes its snapshot (tests and tools use it instead
+    /// of waiting an interval).
     pub async fn monitor_tick(&self) {
-        self.coordinator
-            .lock()
-            .await
-            .tick(self.ctx.store.as_ref())
-            .await;
+        let mut coordinator = self.coordinator.lock().await;
+        coordinator.tick(self.ctx.store.as_ref()).await;
+        self.snapshots
+            .send_replace(Arc::new(coordinator.snapshot()));
     }
 
     /// The coordinator, locked (tools and tests inspect or drive pools with it; the monitor
@@ -568,9 +576,11 @@ fn validate_resources(
     Ok(report)
 }
 
-/// The monitor task. Holds the coordinator weakly: dropping the engine ends it.
+/// The monitor task. Holds the coordinator weakly: dropping the engine ends it. Publishes a
+/// snapshot after every round.
 async fn run_monitor(
     coordinator: std::sync::Weak<Mutex<OrchestrationLoopCoordinator>>,
+    snapshots: Arc<watch::Sender<Arc<CoordinatorSnapshot>>>,
     store: Arc<dyn Store>,
     interval: Duration,
     cancel: CancellationToken,
@@ -586,7 +596,9 @@ async fn run_monitor(
         let Some(coordinator) = coordinator.upgrade() else {
             break;
         };
-        coordinator.lock().await.tick(store.as_ref()).await;
+        let mut coordinator = coordinator.lock().await;
+        coordinator.tick(store.as_ref()).await;
+        snapshots.send_replace(Arc::new(coordinator.snapshot()));
     }
 }
 

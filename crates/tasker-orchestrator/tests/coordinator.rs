@@ -78,7 +78,7 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
         engine.enqueue_request(&request(i)).await.unwrap();
     }
     engine.monitor_tick().await;
-    let snapshot = engine.snapshot().await;
+    let snapshot = engine.snapshot();
     assert_eq!(
         snapshot.pools[name].executors.len(),
         1,
@@ -119,7 +119,7 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
     for _ in 0..5 {
         engine.monitor_tick().await;
     }
-    let snapshot = engine.snapshot().await;
+    let snapshot = engine.snapshot();
     assert_eq!(snapshot.pools[name].executors.len(), 0);
     assert!(metrics::global().scaling_decisions(name, "down") > downs_before);
     engine.shutdown().await;
@@ -144,7 +144,7 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
         }
     }
     engine.monitor_tick().await;
-    let snapshot = engine.snapshot().await;
+    let snapshot = engine.snapshot();
     assert_eq!(
         snapshot.pools.len(),
         6,
@@ -221,7 +221,7 @@ async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
         .map(|p| p.max_executors)
         .sum();
     assert_eq!(maxima, 8);
-    let snapshot = engine.snapshot().await;
+    let snapshot = engine.snapshot();
     assert_eq!(
         snapshot
             .pools
@@ -264,7 +264,7 @@ async fn an_idle_engine_reports_no_backpressure() {
     .unwrap();
     // The monitor observes once a second, in step with the pools' idle polls.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let snapshot = engine.snapshot().await;
+    let snapshot = engine.snapshot();
     assert!(
         snapshot.pressure_history.len() >= 4,
         "{:?}",

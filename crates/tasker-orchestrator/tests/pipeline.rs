@@ -219,7 +219,8 @@ async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
     assert_eq!(finished[&task.id], TaskState::Complete);
     let step = &store.step_list(task.id).await.unwrap()[0];
     assert_eq!(step.attempts, 1, "the lease held: no second attempt");
-    let snapshot = engine.snapshot().await;
+    engine.monitor_tick().await;
+    let snapshot = engine.snapshot();
     assert_eq!(
         snapshot.pools["in_process_worker"].replaced, 0,
         "a busy worker is not a dead one"
