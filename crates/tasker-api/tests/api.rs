@@ -420,7 +420,7 @@ async fn operators_cancel_retry_and_resolve() {
             event: tasker_types::StepEvent::ResolveManually,
             output: None,
             error: None,
-            retry_after: None,
+            backoff: None,
             instance_id: "crashed-operator".into(),
             attempt: None,
         })

@@ -185,7 +185,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                             event: StepEvent::Complete,
                             output: Some(json!({})),
                             error: None,
-                            retry_after: None,
+                            backoff: None,
                         })
                         .collect::<Vec<_>>()
                 })

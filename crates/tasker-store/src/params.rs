@@ -125,7 +125,7 @@ pub struct StepTransitionParams {
     pub error: Option<String>,
     /// Delay before the next attempt, for `Fail { will_retry: true }`; counted from the
     /// database clock.
-    pub retry_after: Option<Duration>,
+    pub backoff: Option<Duration>,
     /// Instance recorded in the audit row.
     pub instance_id: String,
     /// Only if the step is still in this attempt: fences a worker's result to the attempt it
@@ -209,7 +209,7 @@ pub struct StepResultApply {
     /// Error text of a failed attempt, also the audit reason.
     pub error: Option<String>,
     /// Delay before the next attempt, for `Fail { will_retry: true }` (database clock).
-    pub retry_after: Option<Duration>,
+    pub backoff: Option<Duration>,
 }
 
 /// [`crate::StepStore::step_apply_results`].
@@ -304,15 +304,16 @@ pub struct QueueAckParams {
     pub lease_token: String,
 }
 
-/// [`crate::QueueStore::queue_nack`] and [`crate::QueueStore::queue_extend`].
+/// A held delivery and a delay: what [`crate::QueueStore::queue_nack`],
+/// [`crate::QueueStore::queue_release`] and [`crate::QueueStore::queue_extend`] change.
 #[derive(Debug, Clone)]
-pub struct QueueNackParams {
+pub struct QueueLeaseParams {
     /// Message id.
     pub id: i64,
-    /// The lease token of the delivery being returned.
+    /// The lease token of the delivery.
     pub lease_token: String,
-    /// The message becomes visible again after this delay (nack), or stays leased for this
-    /// long (extend).
+    /// The message becomes visible again after this delay (nack, release), or stays leased
+    /// for this long (extend).
     pub delay: Duration,
 }
 

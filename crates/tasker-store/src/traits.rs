@@ -5,7 +5,7 @@ use tasker_types::{
 
 use crate::{
     QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
-    QueueNackParams, Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams,
+    QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams,
     StepStartManyParams, StepStarted, StepTransitionParams, StepViableManyParams, TaskClaimParams,
     TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
     TemplateGetParams, TemplateRegisterParams,
@@ -262,7 +262,7 @@ pub trait QueueStore: Send + Sync {
     /// # Errors
     ///
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
-    async fn queue_nack(&self, params: &QueueNackParams) -> Result<()>;
+    async fn queue_nack(&self, params: &QueueLeaseParams) -> Result<()>;
 
     /// Returns a delivered message unprocessed, visible again after `delay`: unlike a nack it
     /// does not count as a delivery (the consumer put it back without trying it).
@@ -270,14 +270,14 @@ pub trait QueueStore: Send + Sync {
     /// # Errors
     ///
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
-    async fn queue_release(&self, params: &QueueNackParams) -> Result<()>;
+    async fn queue_release(&self, params: &QueueLeaseParams) -> Result<()>;
 
     /// Extends a delivered message's lease to `visibility_timeout` from now (database clock).
     ///
     /// # Errors
     ///
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
-    async fn queue_extend(&self, params: &QueueNackParams) -> Result<()>;
+    async fn queue_extend(&self, params: &QueueLeaseParams) -> Result<()>;
 
     /// Message counts of one queue.
     ///

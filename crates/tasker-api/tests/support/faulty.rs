@@ -157,13 +157,13 @@ impl QueueStore for Faulty {
     async fn queue_ack(&self, p: &QueueAckParams) -> Result<()> {
         self.inner.queue_ack(p).await
     }
-    async fn queue_nack(&self, p: &QueueNackParams) -> Result<()> {
+    async fn queue_nack(&self, p: &QueueLeaseParams) -> Result<()> {
         self.inner.queue_nack(p).await
     }
-    async fn queue_release(&self, p: &QueueNackParams) -> Result<()> {
+    async fn queue_release(&self, p: &QueueLeaseParams) -> Result<()> {
         self.inner.queue_release(p).await
     }
-    async fn queue_extend(&self, p: &QueueNackParams) -> Result<()> {
+    async fn queue_extend(&self, p: &QueueLeaseParams) -> Result<()> {
         self.inner.queue_extend(p).await
     }
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tasker_store::{QueueAckParams, QueueNackParams, StepMessage, StoreError};
+use tasker_store::{QueueAckParams, QueueLeaseParams, StepMessage, StoreError};
 use tasker_types::{StepId, StepState, TaskId};
 
 use crate::{
@@ -212,7 +212,7 @@ async fn hold(
     }
     match ctx
         .store
-        .queue_extend(&QueueNackParams {
+        .queue_extend(&QueueLeaseParams {
             id: lease.message_id,
             lease_token: lease.token.clone(),
             delay: extend,

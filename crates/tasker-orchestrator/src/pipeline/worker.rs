@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures::{stream::FuturesUnordered, StreamExt};
 use tasker_store::{
-    retry_contended, QueueAckParams, QueueNackParams, StepMessage, StepStartManyParams,
+    retry_contended, QueueAckParams, QueueLeaseParams, StepMessage, StepStartManyParams,
     StepStarted, StoreError,
 };
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
@@ -156,7 +156,7 @@ impl InProcessWorker {
     /// Extends the leases of the batch's messages not yet acknowledged.
     async fn extend_leases(&self, messages: &[QueueMessage], unflushed: &[bool]) {
         for (message, _) in messages.iter().zip(unflushed).filter(|(_, &u)| u) {
-            let extend = QueueNackParams {
+            let extend = QueueLeaseParams {
                 id: message.id,
                 lease_token: message.lease_token.clone(),
                 delay: self.ctx.visibility_timeout,

@@ -46,6 +46,59 @@ pub struct PressureSignals {
     pub latency: f64,
 }
 
+impl PressureSignals {
+    /// The signals in one fixed order, the order of [`SignalWeights::as_array`].
+    fn as_array(&self) -> [f64; 5] {
+        [
+            self.db_pool,
+            self.memory,
+            self.queue_depth,
+            self.error_rate,
+            self.latency,
+        ]
+    }
+}
+
+/// How much each signal counts in the weighted mean (relative to their sum).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SignalWeights {
+    /// Weight of [`PressureSignals::db_pool`].
+    pub db_pool: f64,
+    /// Weight of [`PressureSignals::memory`].
+    pub memory: f64,
+    /// Weight of [`PressureSignals::queue_depth`].
+    pub queue_depth: f64,
+    /// Weight of [`PressureSignals::error_rate`].
+    pub error_rate: f64,
+    /// Weight of [`PressureSignals::latency`].
+    pub latency: f64,
+}
+
+impl SignalWeights {
+    /// The weights in the order of [`PressureSignals::as_array`].
+    fn as_array(&self) -> [f64; 5] {
+        [
+            self.db_pool,
+            self.memory,
+            self.queue_depth,
+            self.error_rate,
+            self.latency,
+        ]
+    }
+}
+
+impl Default for SignalWeights {
+    fn default() -> Self {
+        Self {
+            db_pool: 0.35,
+            memory: 0.2,
+            queue_depth: 0.25,
+            error_rate: 0.1,
+            latency: 0.1,
+        }
+    }
+}
+
 /// Share of the database pool in use below which the pool exerts no pressure.
 pub const POOL_PRESSURE_KNEE: f64 = 0.5;
 
@@ -66,8 +119,9 @@ pub const SIGNAL_SATURATION_KNEE: f64 = 0.8;
 /// to 1 when the signal is at 1. Below the knee the weights decide; a signal at its maximum (the
 /// database pool exhausted, memory at its budget, the queue at its high-water mark) is enough
 /// to saturate the engine, where a weighted mean alone would cap it at its weight.
-pub fn instant_pressure(signals: [f64; 5], weights: [f64; 5]) -> f64 {
-    let signals = signals.map(|v| v.clamp(0.0, 1.0));
+pub fn instant_pressure(signals: &PressureSignals, weights: &SignalWeights) -> f64 {
+    let signals = signals.as_array().map(|v| v.clamp(0.0, 1.0));
+    let weights = weights.as_array();
     let total: f64 = weights.iter().sum();
     let mean = if total > 0.0 {
         signals.iter().zip(weights).map(|(v, w)| v * w).sum::<f64>() / total
@@ -83,8 +137,8 @@ pub fn instant_pressure(signals: [f64; 5], weights: [f64; 5]) -> f64 {
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackpressureConfig {
-    /// Weights of db pool, memory, queue depth, error rate and latency, in that order.
-    pub signal_weights: [f64; 5],
+    /// How much each signal counts.
+    pub signal_weights: SignalWeights,
     /// Smoothing factor of the moving average (weight of the newest sample).
     pub smoothing: f64,
     /// Width of one level of the applied factor, in thousandths (250: factors 0, 0.25, 0.5,
@@ -101,7 +155,7 @@ pub struct BackpressureConfig {
 impl Default for BackpressureConfig {
     fn default() -> Self {
         Self {
-            signal_weights: [0.35, 0.2, 0.25, 0.1, 0.1],
+            signal_weights: SignalWeights::default(),
             smoothing: 0.3,
             level_step_permille: 250,
             hysteresis: 0.1,
@@ -227,14 +281,7 @@ impl GlobalBackpressureController {
 
     /// Takes one observation at `now` and returns the applied factor.
     pub fn observe(&mut self, signals: PressureSignals, now: Instant) -> f64 {
-        let values = [
-            signals.db_pool,
-            signals.memory,
-            signals.queue_depth,
-            signals.error_rate,
-            signals.latency,
-        ];
-        let instant = instant_pressure(values, self.config.signal_weights);
+        let instant = instant_pressure(&signals, &self.config.signal_weights);
         let alpha = self.config.smoothing.clamp(0.0, 1.0);
         self.smoothed = alpha * instant + (1.0 - alpha) * self.smoothed;
 
@@ -297,19 +344,31 @@ mod tests {
 
     #[test]
     fn one_saturated_signal_saturates_the_engine_alone() {
-        let weights = BackpressureConfig::default().signal_weights;
-        for i in 0..5 {
-            let mut signals = [0.0; 5];
-            signals[i] = 1.0;
-            assert_eq!(instant_pressure(signals, weights), 1.0, "signal {i} alone");
-            signals[i] = 0.9;
+        let weights = SignalWeights::default();
+        type Field = fn(&mut PressureSignals) -> &mut f64;
+        let setters: [(Field, f64); 5] = [
+            (|s| &mut s.db_pool, weights.db_pool),
+            (|s| &mut s.memory, weights.memory),
+            (|s| &mut s.queue_depth, weights.queue_depth),
+            (|s| &mut s.error_rate, weights.error_rate),
+            (|s| &mut s.latency, weights.latency),
+        ];
+        for (i, (field, weight)) in setters.into_iter().enumerate() {
+            let mut signals = PressureSignals::default();
+            *field(&mut signals) = 1.0;
+            assert_eq!(
+                instant_pressure(&signals, &weights),
+                1.0,
+                "signal {i} alone"
+            );
+            *field(&mut signals) = 0.9;
             assert!(
-                (instant_pressure(signals, weights) - 0.5).abs() < 1e-9,
+                (instant_pressure(&signals, &weights) - 0.5).abs() < 1e-9,
                 "signal {i} at 0.9"
             );
-            signals[i] = 0.5;
+            *field(&mut signals) = 0.5;
             assert!(
-                (instant_pressure(signals, weights) - 0.5 * weights[i]).abs() < 1e-9,
+                (instant_pressure(&signals, &weights) - 0.5 * weight).abs() < 1e-9,
                 "below the knee the weights decide"
             );
         }

@@ -43,7 +43,7 @@ macro_rules! __sql_store_imports {
         #[allow(unused_imports)]
         use ::tasker_store::{
             QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
-            QueueForwardParams, QueueNackParams, QueueStore, Result, ResultsApplied,
+            QueueForwardParams, QueueLeaseParams, QueueStore, Result, ResultsApplied,
             StepApplyResultsParams, StepEnqueueManyParams, StepMessage, StepResultApply,
             StepStartManyParams, StepStarted, StepStore, StepTransitionParams,
             StepViableManyParams, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated,

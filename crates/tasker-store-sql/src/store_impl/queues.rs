@@ -77,7 +77,7 @@ macro_rules! __sql_store_queues {
                 /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
                 /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
                 /// the constants above, never input.
-                async fn lease_update(&self, set: &str, params: &QueueNackParams) -> Result<()> {
+                async fn lease_update(&self, set: &str, params: &QueueLeaseParams) -> Result<()> {
                     self.count(1);
                     let done = sqlx::query(&format!(
                         "UPDATE queue_messages SET {set} = {} + $1 \
@@ -160,12 +160,12 @@ macro_rules! __sql_store_queues {
                     Ok(())
                 }
 
-                async fn queue_nack(&self, params: &QueueNackParams) -> Result<()> {
+                async fn queue_nack(&self, params: &QueueLeaseParams) -> Result<()> {
                     // Visible again after the delay, and no delivery holds it any more.
                     self.lease_update("lease_token = NULL, visible_at_ms", params).await
                 }
 
-                async fn queue_release(&self, params: &QueueNackParams) -> Result<()> {
+                async fn queue_release(&self, params: &QueueLeaseParams) -> Result<()> {
                     self.lease_update(
                         "lease_token = NULL, deliveries = deliveries - 1, visible_at_ms",
                         params,
@@ -173,7 +173,7 @@ macro_rules! __sql_store_queues {
                     .await
                 }
 
-                async fn queue_extend(&self, params: &QueueNackParams) -> Result<()> {
+                async fn queue_extend(&self, params: &QueueLeaseParams) -> Result<()> {
                     self.lease_update("visible_at_ms", params).await
                 }
 

@@ -78,7 +78,7 @@ macro_rules! __sql_store_steps {
                     .bind(params.event == StepEvent::Retry)
                     .bind(params.output.as_ref().map(Json))
                     .bind(params.error.as_deref())
-                    .bind(params.retry_after.map(duration_ms))
+                    .bind(params.backoff.map(duration_ms))
                     .bind(to.is_terminal())
                     .bind(params.step_id.0)
                     .bind(params.from.as_str())
@@ -276,7 +276,7 @@ macro_rules! __sql_store_steps {
                                 .push_bind(to.as_str())
                                 .push_bind(r.output.as_ref().map(Json))
                                 .push_bind(r.error.as_deref())
-                                .push_bind(r.retry_after.map(duration_ms))
+                                .push_bind(r.backoff.map(duration_ms))
                                 .push_bind(to.is_terminal());
                         });
                         qb.push(format!(

@@ -4,8 +4,8 @@ use serde_json::json;
 
 use crate::{
     conformance::{create_task, diamond, eventually},
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueNackParams, Store,
-    StoreError,
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueLeaseParams,
+    Store, StoreError,
 };
 
 fn dequeue(queue: &str, max: u32, visibility: Duration, max_deliveries: u32) -> QueueDequeueParams {
@@ -142,14 +142,14 @@ pub async fn queue_nack_with_delay(store: Arc<dyn Store>) {
     let s = store.as_ref();
     enqueue(s, "n", 2).await;
     let got = s.queue_dequeue(&dequeue("n", 2, LONG, 5)).await.unwrap();
-    s.queue_nack(&QueueNackParams {
+    s.queue_nack(&QueueLeaseParams {
         id: got[0].id,
         lease_token: got[0].lease_token.clone(),
         delay: Duration::ZERO,
     })
     .await
     .unwrap();
-    s.queue_nack(&QueueNackParams {
+    s.queue_nack(&QueueLeaseParams {
         id: got[1].id,
         lease_token: got[1].lease_token.clone(),
         delay: LONG,
@@ -160,7 +160,7 @@ pub async fn queue_nack_with_delay(store: Arc<dyn Store>) {
     assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), [got[0].id]);
     assert_eq!(again[0].deliveries, 2);
     let stale = s
-        .queue_nack(&QueueNackParams {
+        .queue_nack(&QueueLeaseParams {
             id: got[0].id,
             lease_token: got[0].lease_token.clone(),
             delay: Duration::ZERO,
@@ -187,7 +187,7 @@ pub async fn queue_dead_letters_after_max_deliveries(store: Arc<dyn Store>) {
         let got = s.queue_dequeue(&dequeue("dlq", 1, LONG, 2)).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].deliveries, delivery);
-        s.queue_nack(&QueueNackParams {
+        s.queue_nack(&QueueLeaseParams {
             id: got[0].id,
             lease_token: got[0].lease_token.clone(),
             delay: Duration::ZERO,
@@ -299,7 +299,7 @@ pub async fn queue_extend_keeps_a_lease(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let m = &got[0];
-    s.queue_extend(&QueueNackParams {
+    s.queue_extend(&QueueLeaseParams {
         id: m.id,
         lease_token: m.lease_token.clone(),
         delay: LONG,
@@ -315,7 +315,7 @@ pub async fn queue_extend_keeps_a_lease(store: Arc<dyn Store>) {
         }
     );
     let wrong = s
-        .queue_extend(&QueueNackParams {
+        .queue_extend(&QueueLeaseParams {
             id: m.id,
             lease_token: "nope".into(),
             delay: LONG,
@@ -332,7 +332,7 @@ pub async fn queue_release_does_not_count_a_delivery(store: Arc<dyn Store>) {
     for _ in 0..5 {
         let got = s.queue_dequeue(&dequeue("rel", 1, LONG, 2)).await.unwrap();
         assert_eq!(got[0].deliveries, 1, "released puts back do not add up");
-        s.queue_release(&QueueNackParams {
+        s.queue_release(&QueueLeaseParams {
             id: got[0].id,
             lease_token: got[0].lease_token.clone(),
             delay: Duration::ZERO,
@@ -342,7 +342,7 @@ pub async fn queue_release_does_not_count_a_delivery(store: Arc<dyn Store>) {
     }
     let got = s.queue_dequeue(&dequeue("rel", 1, LONG, 2)).await.unwrap();
     let stale = s
-        .queue_release(&QueueNackParams {
+        .queue_release(&QueueLeaseParams {
             id: got[0].id,
             lease_token: "nope".into(),
             delay: Duration::ZERO,
@@ -381,7 +381,7 @@ pub async fn queue_get_reads_the_held_delivery(store: Arc<dyn Store>) {
         s.queue_get(&wrong).await,
         Err(StoreError::LeaseLost { .. })
     ));
-    s.queue_release(&QueueNackParams {
+    s.queue_release(&QueueLeaseParams {
         id: got[0].id,
         lease_token: got[0].lease_token.clone(),
         delay: Duration::ZERO,

@@ -79,7 +79,7 @@ fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
         event: StepEvent::Complete,
         output: Some(json!({ "step": step_id.0 })),
         error: None,
-        retry_after: None,
+        backoff: None,
     }
 }
 
@@ -298,7 +298,7 @@ pub async fn step_apply_results_hands_the_rest_to_the_evaluator(store: Arc<dyn S
         event: StepEvent::Fail { will_retry: true },
         output: None,
         error: Some("boom".into()),
-        retry_after: Some(Duration::from_secs(3600)),
+        backoff: Some(Duration::from_secs(3600)),
         ..success(task.id, b)
     };
     let applied = s

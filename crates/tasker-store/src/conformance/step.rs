@@ -15,7 +15,7 @@ fn step_move(step: StepId, from: StepState, event: StepEvent) -> StepTransitionP
         event,
         output: None,
         error: None,
-        retry_after: None,
+        backoff: None,
         instance_id: "conformance".into(),
         attempt: None,
     }
@@ -133,7 +133,7 @@ pub async fn step_retry_and_error_paths(store: Arc<dyn Store>) {
             StepEvent::Fail { will_retry: true },
         );
         fail.error = Some("boom".into());
-        fail.retry_after = Some(delay);
+        fail.backoff = Some(delay);
         let failed = s.step_transition(&fail).await.unwrap();
         assert_eq!(failed.state, StepState::WaitingForRetry);
         assert_eq!(failed.last_error.as_deref(), Some("boom"));

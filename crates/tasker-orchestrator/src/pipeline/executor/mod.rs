@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tasker_store::{
-    QueueAckParams, QueueEnqueueManyParams, QueueNackParams, StepRouting, StepTransitionParams,
+    QueueAckParams, QueueEnqueueManyParams, QueueLeaseParams, StepRouting, StepTransitionParams,
     Store, StoreError, TaskTransitionParams,
 };
 use tasker_types::{
@@ -224,7 +224,7 @@ impl ExecutorContext {
     ) -> Result<(), ExecutorError> {
         lease_lost_is_fine(
             self.store
-                .queue_nack(&QueueNackParams {
+                .queue_nack(&QueueLeaseParams {
                     id: message.id,
                     lease_token: message.lease_token.clone(),
                     delay,
@@ -281,7 +281,7 @@ impl ExecutorContext {
             event,
             output: None,
             error: None,
-            retry_after: None,
+            backoff: None,
             instance_id: self.instance_id.clone(),
             attempt: None,
         }
@@ -314,7 +314,7 @@ impl ExecutorContext {
     ) -> Result<(), ExecutorError> {
         lease_lost_is_fine(
             self.store
-                .queue_release(&QueueNackParams {
+                .queue_release(&QueueLeaseParams {
                     id: message.id,
                     lease_token: message.lease_token.clone(),
                     delay,

@@ -50,7 +50,7 @@ async fn prepare(
         event: StepEvent::Complete,
         output: None,
         error: None,
-        retry_after: None,
+        backoff: None,
     };
     match &result.outcome {
         StepOutcome::Success { output } => apply.output = Some(output.clone()),
@@ -68,7 +68,7 @@ async fn prepare(
             apply.event = StepEvent::Fail { will_retry };
             apply.error = Some(error.clone());
             if will_retry {
-                apply.retry_after = Some(backoff::delay(
+                apply.backoff = Some(backoff::delay(
                     step.attempts,
                     Duration::from_millis(step.retry_base_ms),
                     Duration::from_millis(step.retry_max_ms),
