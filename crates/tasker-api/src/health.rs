@@ -11,6 +11,7 @@ use axum::{
 use serde_json::{json, Value};
 use tasker_orchestrator::{
     runtime::circuit_breaker::CircuitState, runtime::health::ExecutorHealth, runtime::metrics,
+    ExecutorType,
 };
 
 use crate::{error::ApiError, AppState};
@@ -57,7 +58,7 @@ async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
                         .iter()
                         .all(|e| e.health == ExecutorHealth::Unhealthy))
         })
-        .map(|(name, _)| name.clone())
+        .map(|(t, _)| t.to_string())
         .collect();
     if !broken.is_empty() {
         return Err(format!("pools not healthy: {}", broken.join(", ")));
@@ -102,7 +103,7 @@ fn family(
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = state.engine.snapshot();
     let pools = &snapshot.pools;
-    let label = |name: &str| format!("executor_type=\"{name}\"");
+    let label = |t: &ExecutorType| format!("executor_type=\"{t}\"");
     let per_pool = |f: &dyn Fn(&tasker_orchestrator::runtime::pool::PoolSnapshot) -> f64| {
         pools
             .iter()
@@ -221,7 +222,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             .into_iter()
             .map(|((pool, direction), n)| {
                 (
-                    format!("{},direction=\"{direction}\"", label(&pool)),
+                    format!("executor_type=\"{pool}\",direction=\"{direction}\""),
                     n as f64,
                 )
             }),

@@ -232,7 +232,7 @@ impl Engine {
             } else {
                 WorkSource::Queue(t.wakes_on().to_owned())
             };
-            coordinator.add_pool(t.as_str(), pool, source).await;
+            coordinator.add_pool(pool, source).await;
         }
         let handlers = Arc::new(handlers);
         if config.local_workers {
@@ -251,11 +251,7 @@ impl Engine {
                 gauge.clone(),
             );
             coordinator
-                .add_pool(
-                    ExecutorType::InProcessWorker.as_str(),
-                    pool,
-                    WorkSource::Queue(LOCAL_STEPS.to_owned()),
-                )
+                .add_pool(pool, WorkSource::Queue(LOCAL_STEPS.to_owned()))
                 .await;
         }
         tracing::info!(instance = %config.instance_id, backend = ctx.store.backend_name(), "engine started");
@@ -485,10 +481,9 @@ impl Engine {
         for task in background {
             let _ = task.await;
         }
-        let order: Vec<&str> = STOP_ORDER.iter().map(|t| t.as_str()).collect();
         let mut coordinator = self.coordinator.lock().await;
-        coordinator.stop(&order[..2]).await;
-        if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer.as_str()) {
+        coordinator.stop(&STOP_ORDER[..2]).await;
+        if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer) {
             enqueuers.stop_all().await;
         }
         let mut released = 0;

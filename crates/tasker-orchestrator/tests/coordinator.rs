@@ -62,8 +62,8 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
     let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
         .await
         .unwrap();
-    let name = ExecutorType::TaskRequestProcessor.as_str();
-    let ups_before = metrics::global().scaling_decisions(name, "up");
+    let name = ExecutorType::TaskRequestProcessor;
+    let ups_before = metrics::global().scaling_decisions(name.as_str(), "up");
 
     // Hold the request processors back (no executors) so the backlog is still there when the
     // monitor measures it.
@@ -80,11 +80,11 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
     engine.monitor_tick().await;
     let snapshot = engine.snapshot();
     assert_eq!(
-        snapshot.pools[name].executors.len(),
+        snapshot.pools[&name].executors.len(),
         1,
         "grew from 0 under a backlog of 200"
     );
-    assert!(metrics::global().scaling_decisions(name, "up") > ups_before);
+    assert!(metrics::global().scaling_decisions(name.as_str(), "up") > ups_before);
     let record = snapshot.scaling.iter().find(|r| r.pool == name).unwrap();
     assert_eq!(record.queue_depth, 200);
 
@@ -115,13 +115,13 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
         }
     }
     // Idle now: ticks bring the pool back to its minimum.
-    let downs_before = metrics::global().scaling_decisions(name, "down");
+    let downs_before = metrics::global().scaling_decisions(name.as_str(), "down");
     for _ in 0..5 {
         engine.monitor_tick().await;
     }
     let snapshot = engine.snapshot();
-    assert_eq!(snapshot.pools[name].executors.len(), 0);
-    assert!(metrics::global().scaling_decisions(name, "down") > downs_before);
+    assert_eq!(snapshot.pools[&name].executors.len(), 0);
+    assert!(metrics::global().scaling_decisions(name.as_str(), "down") > downs_before);
     engine.shutdown().await;
 }
 
@@ -168,7 +168,7 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
         );
         assert_eq!(snapshot.series[name].len(), 1);
     }
-    assert!(snapshot.pools["in_process_worker"].items >= 2);
+    assert!(snapshot.pools[&ExecutorType::InProcessWorker].items >= 2);
     assert_eq!(snapshot.pressure_history.len(), 1);
     assert_eq!(snapshot.backpressure, 0.0);
     engine.shutdown().await;

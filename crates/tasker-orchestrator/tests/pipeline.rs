@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tasker_orchestrator::{
     handler::HandlerRegistry, pipeline::messages::TaskRequest, runtime::pool::PoolConfig, Engine,
-    EngineConfig, EngineEvent,
+    EngineConfig, EngineEvent, ExecutorType,
 };
 use tasker_store::{Store, TemplateRegisterParams};
 use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
@@ -222,7 +222,8 @@ async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
     engine.monitor_tick().await;
     let snapshot = engine.snapshot();
     assert_eq!(
-        snapshot.pools["in_process_worker"].replaced, 0,
+        snapshot.pools[&ExecutorType::InProcessWorker].replaced,
+        0,
         "a busy worker is not a dead one"
     );
     engine.shutdown().await;

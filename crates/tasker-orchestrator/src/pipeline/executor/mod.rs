@@ -33,8 +33,10 @@ pub use task_request_processor::{
 
 use crate::pipeline::{events::EngineEvent, wakeup::Wakeups};
 
-/// The five executor types.
+/// The five executor types (and the in-process worker). Serialized as its
+/// [`ExecutorType::as_str`] name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExecutorType {
     /// Validates task requests and creates tasks.
     TaskRequestProcessor,
@@ -48,6 +50,12 @@ pub enum ExecutorType {
     TaskFinalizer,
     /// Not an orchestration executor: the in-process worker, driven by the same pool loop.
     InProcessWorker,
+}
+
+impl std::fmt::Display for ExecutorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ExecutorType {

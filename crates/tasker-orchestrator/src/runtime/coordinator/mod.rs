@@ -21,6 +21,7 @@ use tasker_store::Store;
 use tokio::time::Instant;
 
 use crate::{
+    pipeline::executor::ExecutorType,
     runtime::backpressure::{
         BackpressureConfig, GlobalBackpressureController, PressurePoint, PressureSignals,
     },
@@ -98,8 +99,8 @@ struct ManagedPool {
 pub struct ScalingRecord {
     /// Milliseconds since the coordinator started.
     pub at_ms: u64,
-    /// Pool name.
-    pub pool: String,
+    /// The pool.
+    pub pool: ExecutorType,
     /// What was decided.
     pub decision: ScalingDecision,
     /// Utilization that led to it.
@@ -111,10 +112,10 @@ pub struct ScalingRecord {
 /// Everything the health view shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct CoordinatorSnapshot {
-    /// Each pool, by name.
-    pub pools: BTreeMap<String, PoolSnapshot>,
+    /// Each pool, by its executors' type.
+    pub pools: BTreeMap<ExecutorType, PoolSnapshot>,
     /// Each pool's recent time series.
-    pub series: BTreeMap<String, Vec<SeriesPoint>>,
+    pub series: BTreeMap<ExecutorType, Vec<SeriesPoint>>,
     /// The applied backpressure factor.
     pub backpressure: f64,
     /// Recent pressure observations.
@@ -126,7 +127,7 @@ pub struct CoordinatorSnapshot {
 /// Owns the pools and runs the monitor's ticks.
 #[derive(Debug)]
 pub struct OrchestrationLoopCoordinator {
-    pools: BTreeMap<String, ManagedPool>,
+    pools: BTreeMap<ExecutorType, ManagedPool>,
     config: CoordinatorConfig,
     backpressure: GlobalBackpressureController,
     started: Instant,
@@ -153,19 +154,14 @@ impl OrchestrationLoopCoordinator {
         self.backpressure.gauge()
     }
 
-    /// Adds a pool named `name` whose waiting work is counted at `source`, and starts it at its
-    /// minimum size.
-    pub async fn add_pool(
-        &mut self,
-        name: impl Into<String>,
-        mut pool: ExecutorPool,
-        source: WorkSource,
-    ) {
+    /// Adds a pool, keyed by its executors' type, whose waiting work is counted at `source`,
+    /// and starts it at its minimum size.
+    pub async fn add_pool(&mut self, mut pool: ExecutorPool, source: WorkSource) {
         let min = pool.config().min_executors;
         pool.scale_to(min).await;
         let totals = pool.totals();
         self.pools.insert(
-            name.into(),
+            pool.executor_type(),
             ManagedPool {
                 pool,
                 source,
@@ -180,27 +176,27 @@ impl OrchestrationLoopCoordinator {
         );
     }
 
-    /// The pool named `name`.
-    pub fn pool(&self, name: &str) -> Option<&ExecutorPool> {
-        self.pools.get(name).map(|m| &m.pool)
+    /// The pool of `executor_type`.
+    pub fn pool(&self, executor_type: ExecutorType) -> Option<&ExecutorPool> {
+        self.pools.get(&executor_type).map(|m| &m.pool)
     }
 
-    /// The pool named `name`, mutably.
-    pub fn pool_mut(&mut self, name: &str) -> Option<&mut ExecutorPool> {
-        self.pools.get_mut(name).map(|m| &mut m.pool)
+    /// The pool of `executor_type`, mutably.
+    pub fn pool_mut(&mut self, executor_type: ExecutorType) -> Option<&mut ExecutorPool> {
+        self.pools.get_mut(&executor_type).map(|m| &mut m.pool)
     }
 
-    /// Stops the pools in the order given (names not listed last), each with two-phase removal.
-    pub async fn stop(&mut self, order: &[&str]) -> RemovalReport {
+    /// Stops the pools in the order given (those not listed last), each with two-phase removal.
+    pub async fn stop(&mut self, order: &[ExecutorType]) -> RemovalReport {
         let mut total = RemovalReport::default();
-        let rest: Vec<String> = self
+        let rest: Vec<ExecutorType> = self
             .pools
             .keys()
-            .filter(|k| !order.contains(&k.as_str()))
-            .cloned()
+            .filter(|k| !order.contains(k))
+            .copied()
             .collect();
-        for name in order.iter().map(|s| (*s).to_owned()).chain(rest) {
-            if let Some(m) = self.pools.get_mut(&name) {
+        for executor_type in order.iter().copied().chain(rest) {
+            if let Some(m) = self.pools.get_mut(&executor_type) {
                 let r = m.pool.stop_all().await;
                 total.graceful += r.graceful;
                 total.aborted += r.aborted;
@@ -254,7 +250,7 @@ impl OrchestrationLoopCoordinator {
                 since_last_change: m.last_change.map(|t| now.duration_since(t)),
             };
             let decision = scaling::decide(&input, &self.config.scaling);
-            metrics::global().record_scaling(name, decision.direction());
+            metrics::global().record_scaling(name.as_str(), decision.direction());
             let target = match decision {
                 ScalingDecision::Up(n) => Some(executors + n),
                 ScalingDecision::Down(n) => Some(executors.saturating_sub(n)),
@@ -272,7 +268,7 @@ impl OrchestrationLoopCoordinator {
                 }
                 self.scaling_log.push_back(ScalingRecord {
                     at_ms,
-                    pool: name.clone(),
+                    pool: *name,
                     decision,
                     utilization,
                     queue_depth,
@@ -346,12 +342,12 @@ impl OrchestrationLoopCoordinator {
             pools: self
                 .pools
                 .iter()
-                .map(|(n, m)| (n.clone(), m.pool.snapshot()))
+                .map(|(n, m)| (*n, m.pool.snapshot()))
                 .collect(),
             series: self
                 .pools
                 .iter()
-                .map(|(n, m)| (n.clone(), m.series.iter().copied().collect()))
+                .map(|(n, m)| (*n, m.series.iter().copied().collect()))
                 .collect(),
             backpressure: self.backpressure.applied(),
             pressure_history: self.backpressure.history().cloned().collect(),
