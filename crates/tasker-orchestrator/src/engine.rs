@@ -543,7 +543,8 @@ fn validate_resources(
     );
     for warning in &report.warnings {
         if store.capabilities().single_writer {
-            tracing::info!("{warning} (single-writer backend: not enforced)");
+            // The warning says why it is not enforced; nothing needs an operator.
+            tracing::info!("{warning}");
         } else {
             tracing::warn!("{warning}");
         }

@@ -15,6 +15,7 @@ use tasker_store::{
     StepStarted, StoreError,
 };
 use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState};
+use tracing::Instrument;
 
 use crate::{
     handler::{HandlerRegistry, StepInput},
@@ -100,8 +101,27 @@ impl InProcessWorker {
         Ok(messages.len())
     }
 
-    /// Runs one step's handler with the step's timeout.
+    /// Runs one step's handler with the step's timeout, in a span naming the task, step and
+    /// attempt.
     async fn run(&self, step: &StepRow, input: StepInput) -> StepOutcome {
+        let span = tracing::debug_span!(
+            "step.attempt",
+            task_id = %step.task_id,
+            step_id = %step.id,
+            step = %step.name,
+            attempt = step.attempts
+        );
+        let outcome = self.attempt(step, input).instrument(span.clone()).await;
+        span.in_scope(|| match &outcome {
+            StepOutcome::Success { .. } => tracing::debug!("attempt succeeded"),
+            StepOutcome::Failure { error, retryable } => {
+                tracing::debug!(%error, retryable, "attempt failed");
+            }
+        });
+        outcome
+    }
+
+    async fn attempt(&self, step: &StepRow, input: StepInput) -> StepOutcome {
         let Some(handler) = self.handlers.get(&step.handler) else {
             return StepOutcome::Failure {
                 error: format!("no handler named {:?} in this worker", step.handler),

@@ -24,6 +24,7 @@ use std::{
 use serde::Serialize;
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     pipeline::executor::{ExecutorType, OrchestrationExecutor},
@@ -318,14 +319,23 @@ impl ExecutorPool {
             .heartbeat_ms
             .store(self.shared.now_ms(), Ordering::Relaxed);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_loop(
-            Arc::downgrade(&executor),
-            state.clone(),
-            self.shared.clone(),
-            cancel.clone(),
-            self.wake.clone(),
-            self.config.clone(),
-        ));
+        // Everything an executor logs carries its kind and id.
+        let span = tracing::info_span!(
+            "executor",
+            executor.kind = self.executor_type.as_str(),
+            executor.id = self.next_id
+        );
+        let task = tokio::spawn(
+            run_loop(
+                Arc::downgrade(&executor),
+                state.clone(),
+                self.shared.clone(),
+                cancel.clone(),
+                self.wake.clone(),
+                self.config.clone(),
+            )
+            .instrument(span),
+        );
         tracing::debug!(
             executor_type = self.executor_type.as_str(),
             executor_id = self.next_id,
@@ -514,7 +524,9 @@ async fn run_loop(
         let found_work = if allowed {
             let batch = shared.gauge.batch_size(config.batch_size, weight);
             let started = Instant::now();
-            let work = strong.process_batch(batch);
+            let work = strong
+                .process_batch(batch)
+                .instrument(tracing::debug_span!("batch", batch.size = batch));
             let result = if config.heartbeat_during_batch {
                 tokio::pin!(work);
                 // Cheap (one atomic store) and well under any sensible heartbeat timeout.
