@@ -1,0 +1,81 @@
+//! Decoding `steps` rows, and the rows of started attempts with their handler's input.
+
+use tasker_store::Result;
+use tasker_types::{StepId, StepRow, TaskId};
+
+use crate::{corrupt, get_state, get_u32, get_u64, RowExt};
+
+/// The columns [`step`] reads, for `SELECT` and `RETURNING` lists.
+pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, state, attempts, \
+     max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, next_attempt_at_ms, timeout_ms, result, last_error, \
+     started_at_ms, finished_at_ms";
+
+/// `columns` (a comma-separated list such as [`STEP_COLUMNS`]) each qualified with `table`,
+/// for `RETURNING` lists of statements that join another relation.
+pub fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decodes a `steps` row.
+pub fn step(row: &impl RowExt) -> Result<StepRow> {
+    let timeout_ms = row.opt_int("timeout_ms")?;
+    Ok(StepRow {
+        id: StepId(row.int("id")?),
+        task_id: TaskId(row.int("task_id")?),
+        name: row.text("name")?,
+        handler: row.text("handler")?,
+        handler_config: row.json("handler_config")?,
+        state: get_state(row, "step state")?,
+        attempts: get_u32(row, "attempts")?,
+        max_attempts: get_u32(row, "max_attempts")?,
+        retry_base_ms: get_u64(row, "retry_base_ms")?,
+        retry_max_ms: get_u64(row, "retry_max_ms")?,
+        retry_jitter: row.flag("retry_jitter")?,
+        pending_parents: get_u32(row, "pending_parents")?,
+        next_attempt_at_ms: row.opt_int("next_attempt_at_ms")?,
+        timeout_ms: timeout_ms
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|e| corrupt("timeout_ms", e))?,
+        result: row.opt_json("result")?.map(|j| j.0),
+        last_error: row.opt_text("last_error")?,
+        started_at_ms: row.opt_int("started_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+    })
+}
+
+/// The columns after a started step's own in [`started_steps`]' rows: its task's context and
+/// one parent's name and output, for a `SELECT` whose steps are aliased `s`, tasks `t` and
+/// parents `p`.
+pub const STARTED_INPUT_COLUMNS: &str =
+    "t.context, p.name AS parent_name, p.result AS parent_result";
+
+/// Groups rows of started steps into each step with its handler's input. Each row holds the
+/// step's columns and [`STARTED_INPUT_COLUMNS`]: one row per parent (`parent_name` NULL for a
+/// step without any), ordered by step id, then parent position.
+///
+/// # Errors
+///
+/// [`StoreError::Corrupt`] for a row that does not decode.
+pub fn started_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepStarted>> {
+    let mut started: Vec<tasker_store::StepStarted> = Vec::new();
+    for row in rows {
+        let id = row.int("id")?;
+        if started.last().is_none_or(|s| s.step.id.0 != id) {
+            started.push(tasker_store::StepStarted {
+                step: step(row)?,
+                context: row.json("context")?,
+                parents: Vec::new(),
+            });
+        }
+        if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, started.last_mut()) {
+            last.parents
+                .push((name, row.opt_json("parent_result")?.map(|j| j.0)));
+        }
+    }
+    Ok(started)
+}
