@@ -210,7 +210,10 @@ impl OrchestrationLoopCoordinator {
         total
     }
 
-    /// One round of the monitor: scale, heal, measure pressure, record.
+    /// One round of the monitor, in three parts: [`Self::measure`] reads the pools, the
+    /// queues and the process (the only I/O), [`decide`] turns that into scaling decisions
+    /// and pressure signals (pure), [`Self::act`] applies them: scales, replaces unhealthy
+    /// executors, records the series and feeds the backpressure controller.
     ///
     /// # Cancel safety
     ///
@@ -218,19 +221,17 @@ impl OrchestrationLoopCoordinator {
     /// owned by the pool and stopped with it).
     pub async fn tick(&mut self, store: &dyn Store) {
         let now = Instant::now();
-        let at_ms = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
-        let (mut d_batches, mut d_errors, mut d_busy, mut ready) =
-            (0_u64, 0_u64, Duration::ZERO, 0_u64);
-        for (name, m) in &mut self.pools {
+        let measured = self.measure(store, now).await;
+        let decided = decide(&measured, &self.config);
+        self.act(measured, decided, now).await;
+    }
+
+    /// Reads what the round decides on: each pool's counters since the last round, its queue
+    /// depth, the database pool and the process's memory.
+    async fn measure(&self, store: &dyn Store, now: Instant) -> Measured {
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for (&executor_type, m) in &self.pools {
             let totals = m.pool.totals();
-            let wall = now.duration_since(m.last_at);
-            let executors = m.pool.len();
-            let busy = totals.busy.saturating_sub(m.last_busy);
-            let utilization = if wall.is_zero() || executors == 0 {
-                0.0
-            } else {
-                (busy.as_secs_f64() / (wall.as_secs_f64() * executors as f64)).min(1.0)
-            };
             let queue_depth = match &m.source {
                 WorkSource::Queue(q) => match store.queue_depth(q).await {
                     Ok(d) => d.ready,
@@ -241,96 +242,91 @@ impl OrchestrationLoopCoordinator {
                 },
                 WorkSource::Channel(len) => len(),
             };
-            let input = ScalingInput {
-                executors,
+            pools.push(PoolMeasure {
+                executor_type,
+                executors: m.pool.len(),
                 min_executors: m.pool.config().min_executors,
                 max_executors: m.pool.config().max_executors,
-                utilization,
+                wall: now.duration_since(m.last_at),
+                busy: totals.busy.saturating_sub(m.last_busy),
+                batches: totals.batches.saturating_sub(m.last_batches),
+                errors: totals.errors.saturating_sub(m.last_errors),
+                items: totals.items.saturating_sub(m.last_items),
                 queue_depth,
                 since_last_change: m.last_change.map(|t| now.duration_since(t)),
+                p99_ms: totals.latency_summary().p99_ms,
+                totals: Totals {
+                    busy: totals.busy,
+                    batches: totals.batches,
+                    errors: totals.errors,
+                    items: totals.items,
+                },
+            });
+        }
+        Measured {
+            pools,
+            db_pool_utilization: store.connection_pool().utilization(),
+            resident_bytes: signals::resident_bytes(),
+        }
+    }
+
+    /// Applies what [`decide`] concluded.
+    async fn act(&mut self, measured: Measured, decided: Decided, now: Instant) {
+        let at_ms = u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        for (measure, pool) in measured.pools.iter().zip(&decided.pools) {
+            let Some(m) = self.pools.get_mut(&measure.executor_type) else {
+                continue;
             };
-            let decision = scaling::decide(&input, &self.config.scaling);
-            metrics::global().record_scaling(name.as_str(), decision.direction());
-            let target = match decision {
-                ScalingDecision::Up(n) => Some(executors + n),
-                ScalingDecision::Down(n) => Some(executors.saturating_sub(n)),
-                ScalingDecision::Hold(reason) => {
-                    tracing::debug!(pool = %name, ?reason, utilization, queue_depth, "scaling: hold");
-                    None
+            let name = measure.executor_type;
+            let (utilization, queue_depth) = (pool.utilization, measure.queue_depth);
+            metrics::global().record_scaling(name.as_str(), pool.decision.direction());
+            match pool.target {
+                None => {
+                    tracing::debug!(pool = %name, reason = ?pool.decision, utilization, queue_depth, "scaling: hold");
                 }
-            };
-            if let Some(target) = target {
-                tracing::info!(pool = %name, from = executors, to = target, utilization, queue_depth, "scaling pool");
-                m.pool.scale_to(target).await;
-                m.last_change = Some(now);
-                if self.scaling_log.len() == SCALING_LOG {
-                    self.scaling_log.pop_front();
+                Some(target) => {
+                    tracing::info!(pool = %name, from = measure.executors, to = target, utilization, queue_depth, "scaling pool");
+                    m.pool.scale_to(target).await;
+                    m.last_change = Some(now);
+                    if self.scaling_log.len() == SCALING_LOG {
+                        self.scaling_log.pop_front();
+                    }
+                    self.scaling_log.push_back(ScalingRecord {
+                        at_ms,
+                        pool: name,
+                        decision: pool.decision,
+                        utilization,
+                        queue_depth,
+                    });
                 }
-                self.scaling_log.push_back(ScalingRecord {
-                    at_ms,
-                    pool: *name,
-                    decision,
-                    utilization,
-                    queue_depth,
-                });
             }
             m.pool
                 .replace_unhealthy(self.config.heartbeat_timeout)
                 .await;
 
-            let items = totals.items.saturating_sub(m.last_items);
-            let point = SeriesPoint {
-                at_ms,
-                throughput: if wall.is_zero() {
-                    0.0
-                } else {
-                    items as f64 / wall.as_secs_f64()
-                },
-                p99_ms: totals.latency_summary().p99_ms,
-                utilization,
-                executors: m.pool.len(),
-            };
             if m.series.len() == self.config.series_len.max(1) {
                 m.series.pop_front();
             }
-            m.series.push_back(point);
-
-            d_batches += totals.batches.saturating_sub(m.last_batches);
-            d_errors += totals.errors.saturating_sub(m.last_errors);
-            d_busy += busy;
-            ready += queue_depth;
-            m.last_busy = totals.busy;
-            m.last_batches = totals.batches;
-            m.last_errors = totals.errors;
-            m.last_items = totals.items;
+            m.series.push_back(SeriesPoint {
+                at_ms,
+                throughput: pool.throughput,
+                p99_ms: measure.p99_ms,
+                utilization,
+                executors: m.pool.len(),
+            });
+            m.last_busy = measure.totals.busy;
+            m.last_batches = measure.totals.batches;
+            m.last_errors = measure.totals.errors;
+            m.last_items = measure.totals.items;
             m.last_at = now;
         }
-        let ratio = |num: f64, den: f64| if den > 0.0 { (num / den).min(1.0) } else { 0.0 };
-        let signals = PressureSignals {
-            db_pool: crate::runtime::backpressure::pool_pressure(
-                store.connection_pool().utilization(),
-            ),
-            memory: signals::resident_bytes().map_or(0.0, |rss| {
-                ratio(rss as f64, self.config.memory_budget_bytes as f64)
-            }),
-            queue_depth: ratio(ready as f64, self.config.queue_high_watermark as f64),
-            error_rate: ratio(d_errors as f64, d_batches as f64),
-            latency: if d_batches == 0 {
-                0.0
-            } else {
-                ratio(
-                    d_busy.as_secs_f64() / d_batches as f64,
-                    self.config.latency_target.as_secs_f64(),
-                )
-            },
-        };
         let before = self.backpressure.applied();
-        let applied = self.backpressure.observe(signals, now);
+        let applied = self.backpressure.observe(decided.signals, now);
         if applied != before {
             tracing::info!(
                 from = before,
                 to = applied,
-                ?signals,
+                signals = ?decided.signals,
                 "backpressure factor changed"
             );
         }
@@ -353,5 +349,176 @@ impl OrchestrationLoopCoordinator {
             pressure_history: self.backpressure.history().cloned().collect(),
             scaling: self.scaling_log.iter().cloned().collect(),
         }
+    }
+}
+
+/// A pool's counters as of a monitor round.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    busy: Duration,
+    batches: u64,
+    errors: u64,
+    items: u64,
+}
+
+/// What a monitor round read of one pool; counts are since the previous round.
+#[derive(Debug, Clone, Copy)]
+struct PoolMeasure {
+    executor_type: ExecutorType,
+    executors: usize,
+    min_executors: usize,
+    max_executors: usize,
+    wall: Duration,
+    busy: Duration,
+    batches: u64,
+    errors: u64,
+    items: u64,
+    queue_depth: u64,
+    since_last_change: Option<Duration>,
+    p99_ms: f64,
+    totals: Totals,
+}
+
+/// Everything a monitor round read.
+#[derive(Debug, Clone)]
+struct Measured {
+    pools: Vec<PoolMeasure>,
+    db_pool_utilization: f64,
+    resident_bytes: Option<u64>,
+}
+
+/// What a round concluded for one pool, in the order of [`Measured::pools`].
+#[derive(Debug, Clone, Copy)]
+struct PoolDecision {
+    utilization: f64,
+    throughput: f64,
+    decision: ScalingDecision,
+    /// The size to scale to, when the decision changes it.
+    target: Option<usize>,
+}
+
+/// What a round concluded.
+#[derive(Debug, Clone)]
+struct Decided {
+    pools: Vec<PoolDecision>,
+    signals: PressureSignals,
+}
+
+/// The monitor's decisions, from its measurements alone: each pool's utilization (busy time
+/// over wall time across its executors) and scaling decision, and the backpressure signals.
+fn decide(measured: &Measured, config: &CoordinatorConfig) -> Decided {
+    let ratio = |num: f64, den: f64| if den > 0.0 { (num / den).min(1.0) } else { 0.0 };
+    let pools = measured
+        .pools
+        .iter()
+        .map(|p| {
+            let utilization = if p.wall.is_zero() || p.executors == 0 {
+                0.0
+            } else {
+                (p.busy.as_secs_f64() / (p.wall.as_secs_f64() * p.executors as f64)).min(1.0)
+            };
+            let decision = scaling::decide(
+                &ScalingInput {
+                    executors: p.executors,
+                    min_executors: p.min_executors,
+                    max_executors: p.max_executors,
+                    utilization,
+                    queue_depth: p.queue_depth,
+                    since_last_change: p.since_last_change,
+                },
+                &config.scaling,
+            );
+            let target = match decision {
+                ScalingDecision::Up(n) => Some(p.executors + n),
+                ScalingDecision::Down(n) => Some(p.executors.saturating_sub(n)),
+                ScalingDecision::Hold(_) => None,
+            };
+            PoolDecision {
+                utilization,
+                throughput: if p.wall.is_zero() {
+                    0.0
+                } else {
+                    p.items as f64 / p.wall.as_secs_f64()
+                },
+                decision,
+                target,
+            }
+        })
+        .collect();
+    let batches: u64 = measured.pools.iter().map(|p| p.batches).sum();
+    let errors: u64 = measured.pools.iter().map(|p| p.errors).sum();
+    let busy: Duration = measured.pools.iter().map(|p| p.busy).sum();
+    let ready: u64 = measured.pools.iter().map(|p| p.queue_depth).sum();
+    let signals = PressureSignals {
+        db_pool: crate::runtime::backpressure::pool_pressure(measured.db_pool_utilization),
+        memory: measured.resident_bytes.map_or(0.0, |rss| {
+            ratio(rss as f64, config.memory_budget_bytes as f64)
+        }),
+        queue_depth: ratio(ready as f64, config.queue_high_watermark as f64),
+        error_rate: ratio(errors as f64, batches as f64),
+        latency: if batches == 0 {
+            0.0
+        } else {
+            ratio(
+                busy.as_secs_f64() / batches as f64,
+                config.latency_target.as_secs_f64(),
+            )
+        },
+    };
+    Decided { pools, signals }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(executor_type: ExecutorType, busy_ms: u64, queue_depth: u64) -> PoolMeasure {
+        PoolMeasure {
+            executor_type,
+            executors: 2,
+            min_executors: 1,
+            max_executors: 4,
+            wall: Duration::from_secs(1),
+            busy: Duration::from_millis(busy_ms),
+            batches: 10,
+            errors: 0,
+            items: 50,
+            queue_depth,
+            since_last_change: None,
+            p99_ms: 1.0,
+            totals: Totals {
+                busy: Duration::ZERO,
+                batches: 0,
+                errors: 0,
+                items: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn decisions_follow_from_the_measurements_alone() {
+        let mut busy = measure(ExecutorType::StepResultProcessor, 2000, 1000);
+        busy.errors = 5;
+        let measured = Measured {
+            pools: vec![busy, measure(ExecutorType::TaskClaimer, 0, 0)],
+            db_pool_utilization: 0.2,
+            resident_bytes: Some(0),
+        };
+        let decided = decide(&measured, &CoordinatorConfig::default());
+        let (hot, idle) = (&decided.pools[0], &decided.pools[1]);
+        assert_eq!(hot.utilization, 1.0, "2 s busy over 1 s of 2 executors");
+        assert!(matches!(hot.decision, ScalingDecision::Up(_)), "{hot:?}");
+        assert!(hot.target.is_some_and(|t| t > 2));
+        assert_eq!(hot.throughput, 50.0);
+        assert_eq!(idle.utilization, 0.0);
+        assert!(
+            matches!(idle.decision, ScalingDecision::Down(_)),
+            "{idle:?}"
+        );
+        assert_eq!(decided.signals.db_pool, 0.0, "polling is not pressure");
+        assert_eq!(decided.signals.error_rate, 5.0 / 20.0);
+        assert_eq!(decided.signals.queue_depth, 1000.0 / 100_000.0);
+        // Mean batch latency: 2 s busy over 20 batches, against a 1 s target.
+        assert!((decided.signals.latency - 0.1).abs() < 1e-9);
     }
 }
