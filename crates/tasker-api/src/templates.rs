@@ -55,7 +55,9 @@ pub(crate) async fn register(
     let record = state
         .engine
         .store()
-        .template_register(&TemplateRegisterParams { template })
+        .template_register(&TemplateRegisterParams {
+            template: template.to_definition(),
+        })
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -51,13 +51,13 @@ async fn task_params(store: &dyn Store) -> TaskCreateParams {
     .expect("bench template");
     let record = store
         .template_register(&TemplateRegisterParams {
-            template: template.clone(),
+            template: template.to_definition(),
         })
         .await
         .expect("register");
     TaskCreateParams {
         template_id: record.id,
-        template,
+        steps: template.step_specs(),
         context: json!({}),
         idempotency_key: None,
         priority: 0,

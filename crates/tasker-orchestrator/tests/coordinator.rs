@@ -24,7 +24,9 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
         .unwrap();
     store
         .template_register(&TemplateRegisterParams {
-            template: TaskTemplate::from_yaml_str(LINEAR, "t").unwrap(),
+            template: TaskTemplate::from_yaml_str(LINEAR, "t")
+                .unwrap()
+                .to_definition(),
         })
         .await
         .unwrap();

@@ -31,7 +31,7 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
     for t in [DIAMOND, FLAKY] {
         store
             .template_register(&TemplateRegisterParams {
-                template: template(t),
+                template: template(t).to_definition(),
             })
             .await
             .unwrap();
@@ -200,7 +200,7 @@ async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
         - {name: wait, handler: {name: sleep, config: {ms: 1500}}}\n";
     store
         .template_register(&TemplateRegisterParams {
-            template: template(slow),
+            template: template(slow).to_definition(),
         })
         .await
         .unwrap();
@@ -290,7 +290,7 @@ async fn postgres_notify_wakes_pools_of_another_process() {
     for t in [DIAMOND, FLAKY] {
         store
             .template_register(&TemplateRegisterParams {
-                template: template(t),
+                template: template(t).to_definition(),
             })
             .await
             .unwrap();

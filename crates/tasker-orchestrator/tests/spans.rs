@@ -50,7 +50,9 @@ fn batch_and_attempt_spans_carry_their_fields() {
             let yaml = "namespace: demo\nname: one\nversion: 1.0.0\nsteps:\n- {name: only, handler: {name: fail, config: {times: 1}}, retry: {max_attempts: 2, base_ms: 1, max_ms: 1}}\n";
             store
                 .template_register(&TemplateRegisterParams {
-                    template: TaskTemplate::from_yaml_str(yaml, "t").unwrap(),
+                    template: TaskTemplate::from_yaml_str(yaml, "t")
+                        .unwrap()
+                        .to_definition(),
                 })
                 .await
                 .unwrap();

@@ -1,13 +1,15 @@
-//! [`StepPlan`]: the `steps` and `step_edges` rows a template's task is created with.
+//! [`StepPlan`]: the `steps` and `step_edges` rows a task is created with, from its
+//! [`StepSpec`]s.
 
 use tasker_store::Result;
+use tasker_types::StepSpec;
 
 use crate::{corrupt, NewTransition};
 
-/// One `steps` row to insert, derived from a template step.
+/// One `steps` row to insert, derived from a step spec.
 #[derive(Debug, Clone)]
 pub struct PlannedStep<'a> {
-    /// Index in the template.
+    /// Index in the task's steps.
     pub position: i64,
     /// Step name.
     pub name: &'a str,
@@ -36,40 +38,39 @@ impl PlannedStep<'_> {
     }
 }
 
-/// The rows `task_create` writes for a template, backend-neutral.
+/// The rows `task_create` writes for a task's steps, backend-neutral.
 #[derive(Debug)]
 pub struct StepPlan<'a> {
-    template: &'a tasker_template::TaskTemplate,
+    specs: &'a [StepSpec],
     /// One row per step, in template order.
     pub steps: Vec<PlannedStep<'a>>,
 }
 
-/// Template durations are far below `i64::MAX` milliseconds; saturate rather than wrap.
+/// Step durations are far below `i64::MAX` milliseconds; saturate rather than wrap.
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl<'a> StepPlan<'a> {
-    /// Plans the step rows of `template`.
-    pub fn new(template: &'a tasker_template::TaskTemplate) -> Self {
-        let steps = template
-            .steps
+    /// Plans the step rows of `specs`.
+    pub fn new(specs: &'a [StepSpec]) -> Self {
+        let steps = specs
             .iter()
             .zip(0_i64..)
             .map(|(s, position)| PlannedStep {
                 position,
                 name: &s.name,
-                handler: &s.handler.name,
-                handler_config: &s.handler.config,
-                max_attempts: i64::from(s.retry.max_attempts),
-                retry_base_ms: to_i64(s.retry.base_ms),
-                retry_max_ms: to_i64(s.retry.max_ms),
-                retry_jitter: s.retry.jitter,
+                handler: &s.handler,
+                handler_config: &s.handler_config,
+                max_attempts: i64::from(s.max_attempts),
+                retry_base_ms: to_i64(s.retry_base_ms),
+                retry_max_ms: to_i64(s.retry_max_ms),
+                retry_jitter: s.retry_jitter,
                 timeout_ms: s.timeout_ms.map(to_i64),
                 pending_parents: i64::try_from(s.depends_on.len()).unwrap_or(i64::MAX),
             })
             .collect();
-        Self { template, steps }
+        Self { specs, steps }
     }
 
     /// `(parent, child)` step ids, given the ids the step insert returned by name.
@@ -87,7 +88,7 @@ impl<'a> StepPlan<'a> {
                 .ok_or_else(|| corrupt("step insert", format!("no id for step {name:?}")))
         };
         let mut edges = Vec::new();
-        for step in &self.template.steps {
+        for step in self.specs {
             let child = id(&step.name)?;
             for parent in &step.depends_on {
                 edges.push((id(parent)?, child));

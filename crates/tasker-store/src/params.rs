@@ -3,14 +3,16 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::Value;
-use tasker_template::TaskTemplate;
-use tasker_types::{StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+use tasker_types::{
+    StepEvent, StepId, StepRow, StepSpec, StepState, TaskEvent, TaskId, TaskRow, TaskState,
+    TemplateDefinition,
+};
 
 /// [`crate::TemplateStore::template_register`].
 #[derive(Debug, Clone)]
 pub struct TemplateRegisterParams {
-    /// The validated template.
-    pub template: TaskTemplate,
+    /// The validated template's identity and definition.
+    pub template: TemplateDefinition,
 }
 
 /// [`crate::TemplateStore::template_get`].
@@ -29,8 +31,8 @@ pub struct TemplateGetParams {
 pub struct TaskCreateParams {
     /// Id of the registered template version.
     pub template_id: i64,
-    /// Its definition (the steps to create).
-    pub template: TaskTemplate,
+    /// The steps to create, in template order.
+    pub steps: Vec<StepSpec>,
     /// The task context, already validated against the template's schema.
     pub context: Value,
     /// Caller's key; a repeat with the same key and template returns the existing task.

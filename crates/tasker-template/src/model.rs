@@ -146,6 +146,38 @@ impl TaskTemplate {
         format!("{}/{}@{}", self.namespace, self.name, self.version)
     }
 
+    /// What the store registers for this template: its identity and its JSON definition.
+    ///
+    /// # Panics
+    ///
+    /// Never: a template is plain data that always serializes.
+    pub fn to_definition(&self) -> tasker_types::TemplateDefinition {
+        tasker_types::TemplateDefinition {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            version: self.version.to_string(),
+            definition: serde_json::to_value(self).expect("a template serializes"),
+        }
+    }
+
+    /// The steps a task of this template is created with, in template order.
+    pub fn step_specs(&self) -> Vec<tasker_types::StepSpec> {
+        self.steps
+            .iter()
+            .map(|s| tasker_types::StepSpec {
+                name: s.name.clone(),
+                handler: s.handler.name.clone(),
+                handler_config: s.handler.config.clone(),
+                max_attempts: s.retry.max_attempts,
+                retry_base_ms: s.retry.base_ms,
+                retry_max_ms: s.retry.max_ms,
+                retry_jitter: s.retry.jitter,
+                timeout_ms: s.timeout_ms,
+                depends_on: s.depends_on.clone(),
+            })
+            .collect()
+    }
+
     /// Index of the step called `name`, if any (the first one, should names repeat in a
     /// template that was not validated).
     pub fn step_index(&self, name: &str) -> Option<usize> {

@@ -7,10 +7,12 @@
 
 mod ids;
 mod rows;
+mod spec;
 pub mod state;
 
 pub use ids::{StepId, TaskId, UnixMillis};
 pub use rows::{DeadLetter, Entity, QueueMessage, StepRow, TaskRow, TemplateRecord, TransitionRow};
+pub use spec::{StepSpec, TemplateDefinition};
 pub use state::{
     step::{StepEvent, StepState},
     task::{TaskEvent, TaskState},

@@ -156,7 +156,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let template = TaskTemplate::from_yaml_str(&args.shape.template(), "bench")?;
     let steps_per_task = template.steps.len();
     store
-        .template_register(&TemplateRegisterParams { template })
+        .template_register(&TemplateRegisterParams {
+            template: template.to_definition(),
+        })
         .await?;
     // The same configuration `tasker serve` reads (tasker.toml, TASKER_ENV, TASKER_*).
     let environment = std::env::var("TASKER_ENV").unwrap_or_else(|_| "development".into());

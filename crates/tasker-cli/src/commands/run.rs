@@ -114,7 +114,7 @@ async fn run_task(
     let store = super::store::open(&url, 32).await?;
     store
         .template_register(&TemplateRegisterParams {
-            template: template.clone(),
+            template: template.to_definition(),
         })
         .await
         .context("registering the template")?;

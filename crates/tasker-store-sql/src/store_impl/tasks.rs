@@ -47,7 +47,7 @@ macro_rules! __sql_store_tasks {
                     batch: &[TaskCreateParams],
                 ) -> Result<Vec<TaskCreated>> {
                     let plans: Vec<$crate::StepPlan<'_>> =
-                        batch.iter().map(|p| $crate::StepPlan::new(&p.template)).collect();
+                        batch.iter().map(|p| $crate::StepPlan::new(&p.steps)).collect();
                     // 1. The tasks. A repeated idempotency key hits the unique index and is
                     // skipped (DO NOTHING); so is a request for an unknown template (the join).
                     // Rows are inserted in request order (ORDER BY), so ids increase with it.

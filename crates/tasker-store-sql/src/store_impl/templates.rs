@@ -12,8 +12,8 @@ macro_rules! __sql_store_templates {
             impl TemplateStore for $store {
                 async fn template_register(&self, params: &TemplateRegisterParams) -> Result<TemplateRecord> {
                     let t = &params.template;
-                    let definition = serde_json::to_value(t).map_err(|e| corrupt("template", e))?;
-                    let version = t.version.to_string();
+                    let definition = &t.definition;
+                    let version = &t.version;
                     let mut tx = self.begin_write().await?;
                     self.count(1);
                     let existing = sqlx::query(&format!(
@@ -28,7 +28,7 @@ macro_rules! __sql_store_templates {
                     .map_err(map_err)?;
                     if let Some(row) = existing {
                         let record = decode_template(&row)?;
-                        return if record.definition == definition {
+                        return if record.definition == *definition {
                             Ok(record)
                         } else {
                             Err(StoreError::conflict(format!(
@@ -46,7 +46,7 @@ macro_rules! __sql_store_templates {
                     .bind(&t.namespace)
                     .bind(&t.name)
                     .bind(&version)
-                    .bind(Json(&definition))
+                    .bind(Json(definition))
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(map_err)?;

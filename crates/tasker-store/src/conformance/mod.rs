@@ -171,14 +171,14 @@ pub async fn create_task(
 ) -> TaskRow {
     let record = store
         .template_register(&TemplateRegisterParams {
-            template: template.clone(),
+            template: template.to_definition(),
         })
         .await
         .expect("register template");
     store
         .task_create(&TaskCreateParams {
             template_id: record.id,
-            template: template.clone(),
+            steps: template.step_specs(),
             context: serde_json::json!({"n": 1}),
             idempotency_key: idempotency_key.map(str::to_owned),
             priority: 0,

@@ -401,13 +401,13 @@ pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     );
     let record = s
         .template_register(&TemplateRegisterParams {
-            template: t.clone(),
+            template: t.to_definition(),
         })
         .await
         .unwrap();
     let params = TaskCreateParams {
         template_id: record.id,
-        template: t,
+        steps: t.step_specs(),
         context: json!({}),
         idempotency_key: Some("once".into()),
         priority: 0,

@@ -64,13 +64,13 @@ pub async fn task_create_is_idempotent_per_key(store: Arc<dyn Store>) {
     let t = diamond();
     let rec = store
         .template_register(&TemplateRegisterParams {
-            template: t.clone(),
+            template: t.to_definition(),
         })
         .await
         .unwrap();
     let params = |key: Option<&str>| TaskCreateParams {
         template_id: rec.id,
-        template: t.clone(),
+        steps: t.step_specs(),
         context: serde_json::json!({}),
         idempotency_key: key.map(str::to_owned),
         priority: 0,
@@ -358,13 +358,13 @@ pub async fn task_create_many_is_all_or_nothing(store: Arc<dyn Store>) {
     let t = diamond();
     let rec = store
         .template_register(&TemplateRegisterParams {
-            template: t.clone(),
+            template: t.to_definition(),
         })
         .await
         .unwrap();
     let params = |template_id: i64, key: &str| TaskCreateParams {
         template_id,
-        template: t.clone(),
+        steps: t.step_specs(),
         context: serde_json::json!({ "key": key }),
         idempotency_key: Some(key.to_owned()),
         priority: 0,

@@ -7,7 +7,8 @@ fn versioned(version: &str, description: &str) -> TemplateRegisterParams {
         template: template(&format!(
             "namespace: shop\nname: order\nversion: {version}\ndescription: {description}\n\
              steps:\n- {{name: a, handler: noop}}\n"
-        )),
+        ))
+        .to_definition(),
     }
 }
 
@@ -72,9 +73,10 @@ pub async fn template_register_conflict(store: Arc<dyn Store>) {
     let first = store.template_register(&params).await.unwrap();
     let again = store.template_register(&params).await.unwrap();
     assert_eq!(first.id, again.id);
+    assert_eq!(first.definition, params.template.definition);
     let decoded: tasker_template::TaskTemplate =
         serde_json::from_value(first.definition.clone()).unwrap();
-    assert_eq!(decoded, params.template);
+    assert_eq!(decoded.to_definition(), params.template);
     let err = store
         .template_register(&versioned("1.0.0", "changed"))
         .await

@@ -171,7 +171,7 @@ async fn task_params(
         .map_err(|e| RequestError::InvalidContext(e.problems_lines().join("; ")))?;
     Ok(TaskCreateParams {
         template_id,
-        template,
+        steps: template.step_specs(),
         context: request.context.clone(),
         idempotency_key: request.idempotency_key.clone(),
         priority: request.priority,
