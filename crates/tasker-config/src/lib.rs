@@ -12,7 +12,7 @@
 //! Unknown keys are errors, and every error names its key. `docs/configuration.md` lists every
 //! key with its default.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -113,7 +113,8 @@ pub struct EngineSettings {
     /// `fail_fast`, `degraded` or `best_effort` when pools do not fit the database pool.
     pub failure_mode: String,
     /// Lease on claimed tasks.
-    pub claim_lease_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
 }
 
 impl Default for EngineSettings {
@@ -121,7 +122,7 @@ impl Default for EngineSettings {
         Self {
             local_workers: true,
             failure_mode: "fail_fast".into(),
-            claim_lease_ms: 30_000,
+            claim_lease: Duration::from_millis(30_000),
         }
     }
 }
@@ -131,7 +132,8 @@ impl Default for EngineSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// A delivered message not acknowledged within this is delivered again.
-    pub visibility_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub visibility_timeout: Duration,
     /// Deliveries before a message moves to the dead letters.
     pub max_deliveries: u32,
 }
@@ -139,7 +141,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            visibility_timeout_ms: 60_000,
+            visibility_timeout: Duration::from_millis(60_000),
             max_deliveries: 10,
         }
     }
@@ -152,23 +154,26 @@ pub struct CoordinatorSettings {
     /// Busy time over wall time the pools aim for, in (0, 1].
     pub target_utilization: f64,
     /// How often the monitor scales, heals and measures pressure.
-    pub scaling_interval_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub scaling_interval: Duration,
     /// Least time between two size changes of one pool.
-    pub cooldown_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
     /// Queue items per executor above which a pool grows.
     pub queue_depth_per_executor: u64,
     /// An executor silent this long is unhealthy and replaced.
-    pub heartbeat_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
         Self {
             target_utilization: 0.7,
-            scaling_interval_ms: 1_000,
-            cooldown_ms: 10_000,
+            scaling_interval: Duration::from_millis(1_000),
+            cooldown: Duration::from_millis(10_000),
             queue_depth_per_executor: 100,
-            heartbeat_timeout_ms: 60_000,
+            heartbeat_timeout: Duration::from_millis(60_000),
         }
     }
 }
@@ -182,13 +187,15 @@ pub struct BackpressureSettings {
     /// Hysteresis band around each level threshold.
     pub hysteresis: f64,
     /// Least time between two changes of the applied factor.
-    pub min_dwell_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub min_dwell: Duration,
     /// Resident memory at which the memory signal reads 1.
     pub memory_budget_bytes: u64,
     /// Ready messages at which the queue signal reads 1.
     pub queue_high_watermark: u64,
     /// Mean batch latency at which the latency signal reads 1.
-    pub latency_target_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub latency_target: Duration,
 }
 
 impl Default for BackpressureSettings {
@@ -196,10 +203,10 @@ impl Default for BackpressureSettings {
         Self {
             smoothing: 0.3,
             hysteresis: 0.1,
-            min_dwell_ms: 5_000,
+            min_dwell: Duration::from_millis(5_000),
             memory_budget_bytes: 2 * 1024 * 1024 * 1024,
             queue_high_watermark: 100_000,
-            latency_target_ms: 1_000,
+            latency_target: Duration::from_millis(1_000),
         }
     }
 }
@@ -230,15 +237,18 @@ pub struct PoolSettings {
     /// Items per batch.
     pub batch_size: u32,
     /// Fallback sleep after an empty batch (wake-ups usually come first).
-    pub polling_interval_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub polling_interval: Duration,
     /// How long a stopping executor may finish its batch before it is aborted.
-    pub stop_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
     /// Consecutive failed batches that make an executor unhealthy.
     pub unhealthy_after_errors: u32,
     /// Consecutive storage failures that open the circuit.
     pub breaker_failure_threshold: u32,
     /// How long an open circuit waits before a probe.
-    pub breaker_open_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_timeout: Duration,
     /// Successful probes that close it.
     pub breaker_success_threshold: u32,
 }
@@ -249,11 +259,11 @@ impl Default for PoolSettings {
             min_executors: 1,
             max_executors: 4,
             batch_size: 50,
-            polling_interval_ms: 100,
-            stop_timeout_ms: 5_000,
+            polling_interval: Duration::from_millis(100),
+            stop_timeout: Duration::from_millis(5_000),
             unhealthy_after_errors: 10,
             breaker_failure_threshold: 5,
-            breaker_open_timeout_ms: 5_000,
+            breaker_open_timeout: Duration::from_millis(5_000),
             breaker_success_threshold: 1,
         }
     }
@@ -267,11 +277,14 @@ pub struct PoolOverride {
     pub min_executors: Option<usize>,
     pub max_executors: Option<usize>,
     pub batch_size: Option<u32>,
-    pub polling_interval_ms: Option<u64>,
-    pub stop_timeout_ms: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub polling_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
     pub unhealthy_after_errors: Option<u32>,
     pub breaker_failure_threshold: Option<u32>,
-    pub breaker_open_timeout_ms: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub breaker_open_timeout: Option<Duration>,
     pub breaker_success_threshold: Option<u32>,
     /// How strongly this pool gives way to backpressure, 0–1000 (default per type).
     pub backpressure_weight_permille: Option<u32>,
@@ -307,15 +320,69 @@ impl PoolsConfig {
             min_executors,
             max_executors,
             batch_size,
-            polling_interval_ms,
-            stop_timeout_ms,
+            polling_interval,
+            stop_timeout,
             unhealthy_after_errors,
             breaker_failure_threshold,
-            breaker_open_timeout_ms,
+            breaker_open_timeout,
             breaker_success_threshold
         );
         (s, o.backpressure_weight_permille)
     }
+}
+
+/// Keys that held milliseconds and now hold a duration under a new name, `(old, new)`,
+/// relative to their table.
+const RENAMED: [(&str, &str); 10] = [
+    ("engine.claim_lease_ms", "engine.claim_lease"),
+    ("queues.visibility_timeout_ms", "queues.visibility_timeout"),
+    (
+        "coordinator.scaling_interval_ms",
+        "coordinator.scaling_interval",
+    ),
+    ("coordinator.cooldown_ms", "coordinator.cooldown"),
+    (
+        "coordinator.heartbeat_timeout_ms",
+        "coordinator.heartbeat_timeout",
+    ),
+    ("backpressure.min_dwell_ms", "backpressure.min_dwell"),
+    (
+        "backpressure.latency_target_ms",
+        "backpressure.latency_target",
+    ),
+    ("polling_interval_ms", "polling_interval"),
+    ("stop_timeout_ms", "stop_timeout"),
+    ("breaker_open_timeout_ms", "breaker_open_timeout"),
+];
+
+/// An old `*_ms` key fails naming its new key, rather than as merely unknown.
+fn refuse_renamed_keys(figment: &Figment) -> Result<(), ConfigError> {
+    let pool_tables = std::iter::once("default").chain(POOL_TYPES.iter().copied());
+    let pool_keys: Vec<(String, String)> = pool_tables
+        .flat_map(|table| {
+            RENAMED[7..].iter().map(move |(old, new)| {
+                (
+                    format!("pools.{table}.{old}"),
+                    format!("pools.{table}.{new}"),
+                )
+            })
+        })
+        .collect();
+    let keys = RENAMED[..7]
+        .iter()
+        .map(|(old, new)| ((*old).to_owned(), (*new).to_owned()))
+        .chain(pool_keys);
+    for (old, new) in keys {
+        if figment.find_value(&old).is_ok() {
+            return Err(ConfigError::Invalid {
+                key: old,
+                message: format!(
+                    "renamed: set {new} to a duration such as \"250ms\", \"5s\" or \"1m\""
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl TaskerConfig {
@@ -327,7 +394,9 @@ impl TaskerConfig {
     ///
     /// [`ConfigError`], naming the key.
     pub fn load(path: Option<&Path>, environment: &str) -> Result<Self, ConfigError> {
-        Self::figment(path, environment)?
+        let figment = Self::figment(path, environment)?;
+        refuse_renamed_keys(&figment)?;
+        figment
             .extract::<Self>()
             .map_err(Box::new)
             .map_err(ConfigError::Load)?
@@ -411,21 +480,18 @@ impl TaskerConfig {
             );
         }
         for (key, value) in [
+            ("queues.visibility_timeout", self.queues.visibility_timeout),
+            ("engine.claim_lease", self.engine.claim_lease),
             (
-                "queues.visibility_timeout_ms",
-                self.queues.visibility_timeout_ms,
-            ),
-            ("engine.claim_lease_ms", self.engine.claim_lease_ms),
-            (
-                "coordinator.scaling_interval_ms",
-                self.coordinator.scaling_interval_ms,
+                "coordinator.scaling_interval",
+                self.coordinator.scaling_interval,
             ),
             (
-                "coordinator.heartbeat_timeout_ms",
-                self.coordinator.heartbeat_timeout_ms,
+                "coordinator.heartbeat_timeout",
+                self.coordinator.heartbeat_timeout,
             ),
         ] {
-            if value == 0 {
+            if value.is_zero() {
                 return invalid(key, "must be greater than 0".into());
             }
         }
@@ -451,12 +517,13 @@ impl TaskerConfig {
             if p.batch_size == 0 {
                 return invalid(&key("batch_size"), "must be at least 1".into());
             }
-            if p.polling_interval_ms >= self.coordinator.heartbeat_timeout_ms {
+            if p.polling_interval >= self.coordinator.heartbeat_timeout {
                 return invalid(
-                    &key("polling_interval_ms"),
+                    &key("polling_interval"),
                     format!(
-                        "{} must be below coordinator.heartbeat_timeout_ms ({}), or idle executors look dead",
-                        p.polling_interval_ms, self.coordinator.heartbeat_timeout_ms
+                        "{} must be below coordinator.heartbeat_timeout ({}), or idle executors look dead",
+                        humantime_serde::re::humantime::format_duration(p.polling_interval),
+                        humantime_serde::re::humantime::format_duration(self.coordinator.heartbeat_timeout)
                     ),
                 );
             }

@@ -1,4 +1,5 @@
 use figment::Jail;
+use std::time::Duration;
 
 use super::*;
 
@@ -46,6 +47,25 @@ fn environment_tables_and_variables_layer_over_defaults() {
             (env.database.max_connections, env.pools.default.batch_size),
             (99, 7)
         );
+
+        // Durations read as "250ms", "5s", "1m", from the file and the environment alike.
+        let toml = "[default.engine]\nclaim_lease = \"45s\"\n[default.pools.step_enqueuer]\npolling_interval = \"250ms\"\n";
+        jail.set_env("TASKER_COORDINATOR__COOLDOWN", "2m");
+        let c = load_in(jail, toml, "development").unwrap();
+        assert_eq!(c.engine.claim_lease, Duration::from_secs(45));
+        assert_eq!(
+            c.pools.resolve("step_enqueuer").0.polling_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(c.coordinator.cooldown, Duration::from_secs(120));
+        let err = load_in(
+            jail,
+            "[default.engine]\nclaim_lease = \"soon\"\n",
+            "development",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("claim_lease"), "{err}");
         Ok(())
     });
 }
@@ -103,12 +123,32 @@ fn errors_name_the_key() {
         assert!(err.contains("engine.failure_mode"), "{err}");
         let err = load_in(
             jail,
-            "[default.pools.default]\npolling_interval_ms = 90000\n",
+            "[default.pools.default]\npolling_interval = \"90s\"\n",
             "development",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("heartbeat_timeout_ms"), "{err}");
+        assert!(err.contains("pools.default.polling_interval"), "{err}");
+        assert!(err.contains("coordinator.heartbeat_timeout (1m)"), "{err}");
+        // The millisecond keys of earlier versions name their replacement.
+        for (toml, old, new) in [
+            (
+                "[default.engine]\nclaim_lease_ms = 5000\n",
+                "engine.claim_lease_ms",
+                "engine.claim_lease",
+            ),
+            (
+                "[production.pools.task_claimer]\nstop_timeout_ms = 5\n",
+                "pools.task_claimer.stop_timeout_ms",
+                "pools.task_claimer.stop_timeout",
+            ),
+        ] {
+            let err = load_in(jail, toml, "production").unwrap_err().to_string();
+            assert!(
+                err.contains(old) && err.contains(&format!("set {new} to a duration")),
+                "{err}"
+            );
+        }
         let err = TaskerConfig::load(None, "staging").unwrap_err().to_string();
         assert!(err.contains("TASKER_ENV"), "{err}");
         let err = TaskerConfig::load(Some(Path::new("nope.toml")), "test")

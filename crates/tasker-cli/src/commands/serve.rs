@@ -1,6 +1,6 @@
 //! `tasker serve`: the orchestrator, the REST API and in-process workers in one process.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
@@ -64,10 +64,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .block_on(serve(config))
 }
 
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
 /// The engine's settings from the configuration.
 pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
     let pool = |t: ExecutorType| {
@@ -76,11 +72,11 @@ pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
             min_executors: p.min_executors,
             max_executors: p.max_executors,
             batch_size: p.batch_size,
-            polling_interval: ms(p.polling_interval_ms),
-            stop_timeout: ms(p.stop_timeout_ms),
+            polling_interval: p.polling_interval,
+            stop_timeout: p.stop_timeout,
             circuit_breaker: CircuitBreakerConfig {
                 failure_threshold: p.breaker_failure_threshold,
-                open_timeout: ms(p.breaker_open_timeout_ms),
+                open_timeout: p.breaker_open_timeout,
                 success_threshold: p.breaker_success_threshold,
             },
             backpressure_weight_permille: weight.unwrap_or_else(|| default_weight_permille(t)),
@@ -102,19 +98,19 @@ pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
             scaling: ScalingConfig {
                 target_utilization: c.target_utilization,
                 queue_depth_per_executor: c.queue_depth_per_executor,
-                cooldown: ms(c.cooldown_ms),
-                interval: ms(c.scaling_interval_ms),
+                cooldown: c.cooldown,
+                interval: c.scaling_interval,
             },
-            heartbeat_timeout: ms(c.heartbeat_timeout_ms),
+            heartbeat_timeout: c.heartbeat_timeout,
             backpressure: BackpressureConfig {
                 smoothing: b.smoothing,
                 hysteresis: b.hysteresis,
-                min_dwell: ms(b.min_dwell_ms),
+                min_dwell: b.min_dwell,
                 ..BackpressureConfig::default()
             },
             memory_budget_bytes: b.memory_budget_bytes,
             queue_high_watermark: b.queue_high_watermark,
-            latency_target: ms(b.latency_target_ms),
+            latency_target: b.latency_target,
             ..CoordinatorConfig::default()
         },
         failure_mode: match config.engine.failure_mode.as_str() {
@@ -122,8 +118,8 @@ pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
             "best_effort" => FailureMode::BestEffort,
             _ => FailureMode::FailFast,
         },
-        claim_lease: ms(config.engine.claim_lease_ms),
-        visibility_timeout: ms(config.queues.visibility_timeout_ms),
+        claim_lease: config.engine.claim_lease,
+        visibility_timeout: config.queues.visibility_timeout,
         max_deliveries: config.queues.max_deliveries,
         ..EngineConfig::default()
     }
