@@ -9,7 +9,6 @@
 //!   skewed clocks still agree.
 //! - Migrations run under sqlx's advisory lock, so instances starting together apply them once.
 
-mod apply;
 mod connect;
 mod decode;
 mod notify;

@@ -83,14 +83,6 @@ impl SqliteStore {
         Ok(statements)
     }
 
-    /// Statements are cheap in process: every batch takes the shared multi-statement path.
-    async fn apply_completions(
-        &self,
-        _params: &tasker_store::StepApplyResultsParams,
-    ) -> tasker_store::Result<Option<tasker_store::ResultsApplied>> {
-        Ok(None)
-    }
-
     /// The single writer already serializes every write transaction: nothing to lock.
     async fn lock_tasks(
         _conn: &mut sqlx::SqliteConnection,

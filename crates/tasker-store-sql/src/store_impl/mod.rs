@@ -21,9 +21,7 @@
 //! (`StepStore::step_start_many` for a non-empty list: PostgreSQL does it in one statement),
 //! and `async fn write_effects(&mut $conn, &[NewTransition], &Outbox, &[QueueAckParams]) ->
 //! Result<u64>` (append audit rows, publish messages visible at once and announce them,
-//! delete consumed deliveries; returns the statements sent), and `async fn
-//! apply_completions(&self, &StepApplyResultsParams) -> Result<Option<ResultsApplied>>` (a
-//! backend's own way to apply a batch, `None` to take the shared path).
+//! delete consumed deliveries; returns the statements sent).
 
 mod queues;
 mod steps;

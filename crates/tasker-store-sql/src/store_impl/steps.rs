@@ -240,9 +240,6 @@ macro_rules! __sql_store_steps {
                     &self,
                     params: &StepApplyResultsParams,
                 ) -> Result<ResultsApplied> {
-                    if let Some(applied) = self.apply_completions(params).await? {
-                        return Ok(applied);
-                    }
                     // Set-based: a fixed number of statements per batch, whatever its size.
                     let mut order: Vec<&StepResultApply> = params.results.iter().collect();
                     order.sort_by_key(|r| (r.task_id.0, r.step_id.0));
