@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tasker_store::{QueueAckParams, QueueLeaseParams, StepMessage, StoreError};
-use tasker_types::{StepId, StepState, TaskId};
+use tasker_types::{StepId, StepRow, StepState, TaskId};
 
 use crate::{
     pipeline::executor::{ExecutorContext, ExecutorError},
@@ -187,51 +187,45 @@ pub(crate) async fn claim(
 
 /// Proves the lease is held, that it was issued for `step_id`, and that the step is still in
 /// the attempt the lease was issued for; extends it on the way. A token of another step is
-/// refused before anything moves.
+/// refused before anything moves. Returns the lease and the step as read.
 async fn hold(
     ctx: &ExecutorContext,
     step_id: StepId,
     token: &str,
     extend: Duration,
-) -> Result<Lease, RemoteError> {
+) -> Result<(Lease, StepRow), RemoteError> {
+    // A delivery that is gone, or a step that is, means the lease is no longer held.
+    let lost = |e: StoreError| match e {
+        StoreError::LeaseLost { .. } | StoreError::NotFound { .. } => {
+            RemoteError::LeaseLost(step_id)
+        }
+        e => e.into(),
+    };
     let lease = Lease::decode(token)?;
     let held = QueueAckParams {
         id: lease.message_id,
         lease_token: lease.token.clone(),
     };
-    let message = match ctx.store.queue_get(&held).await {
-        Ok(m) => m,
-        Err(StoreError::LeaseLost { .. }) => return Err(RemoteError::LeaseLost(step_id)),
-        Err(e) => return Err(e.into()),
-    };
+    let message = ctx.store.queue_get(&held).await.map_err(lost)?;
     // The delivery's lease token is shared by the messages of one claim, so the message itself
     // must name the step.
     match serde_json::from_value::<StepMessage>(message.payload) {
         Ok(m) if m.step_id == step_id => {}
         _ => return Err(RemoteError::WrongStep(step_id)),
     }
-    match ctx
-        .store
+    ctx.store
         .queue_extend(&QueueLeaseParams {
             id: lease.message_id,
             lease_token: lease.token.clone(),
             delay: extend,
         })
         .await
-    {
-        Ok(()) => {}
-        Err(StoreError::LeaseLost { .. }) => return Err(RemoteError::LeaseLost(step_id)),
-        Err(e) => return Err(e.into()),
-    }
-    let step = match ctx.store.step_get(step_id).await {
-        Ok(s) => s,
-        Err(StoreError::NotFound { .. }) => return Err(RemoteError::LeaseLost(step_id)),
-        Err(e) => return Err(e.into()),
-    };
+        .map_err(lost)?;
+    let step = ctx.store.step_get(step_id).await.map_err(lost)?;
     if step.state != StepState::InProgress || step.attempts != lease.attempt {
         return Err(RemoteError::LeaseLost(step_id));
     }
-    Ok(lease)
+    Ok((lease, step))
 }
 
 /// Extends the lease by `lease`.
@@ -263,8 +257,7 @@ pub(crate) async fn finish(
     outcome: StepOutcome,
 ) -> Result<(), RemoteError> {
     // A short extension covers the writes below.
-    let lease = hold(ctx, step_id, token, Duration::from_secs(30)).await?;
-    let step = ctx.store.step_get(step_id).await?;
+    let (lease, step) = hold(ctx, step_id, token, Duration::from_secs(30)).await?;
     let result = StepResult {
         task_id: step.task_id,
         step_id,
