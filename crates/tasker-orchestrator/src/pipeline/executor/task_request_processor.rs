@@ -73,11 +73,7 @@ pub async fn create_tasks(
     for request in requests {
         params.push(task_params(ctx, request, &mut templates).await?);
     }
-    let created = retry_contended(|| ctx.store.task_create_many(&params)).await?;
-    for task in &created {
-        after_create(ctx, task).await?;
-    }
-    Ok(created)
+    insert(ctx, &params).await
 }
 
 /// Creates the tasks of the requests that pass validation, in one transaction, and answers
@@ -108,10 +104,7 @@ pub async fn create_each(
             Err(refused) => answers.push(Some(Err(refused))),
         }
     }
-    let created = retry_contended(|| ctx.store.task_create_many(&params)).await?;
-    for task in &created {
-        after_create(ctx, task).await?;
-    }
+    let created = insert(ctx, &params).await?;
     let mut created = created.into_iter();
     Ok(answers
         .into_iter()
@@ -125,6 +118,19 @@ pub async fn create_each(
             }),
         })
         .collect())
+}
+
+/// Creates the validated tasks in one transaction (run again if it lost a conflict), then moves
+/// each on ([`after_create`]).
+async fn insert(
+    ctx: &ExecutorContext,
+    params: &[TaskCreateParams],
+) -> Result<Vec<TaskCreated>, RequestError> {
+    let created = retry_contended(|| ctx.store.task_create_many(params)).await?;
+    for task in &created {
+        after_create(ctx, task).await?;
+    }
+    Ok(created)
 }
 
 /// Templates already read during one call, by `(namespace, name, version)`.
