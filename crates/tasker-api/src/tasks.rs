@@ -1,8 +1,8 @@
 //! Task routes.
 //!
 //! A write that committed is answered as done: the reads that build the answer ride out a
-//! storage outage (`ApiConfig::follow_up_patience`), and when storage stays away the answer is built
-//! from what the write returned. A client retrying a 5xx therefore never repeats a write that
+//! storage outage (`ApiConfig::follow_up_patience`), and when storage stays away the answer
+//! is built from what the write returned. A client retrying a 5xx therefore never repeats a write that
 //! took effect.
 
 use axum::{
@@ -29,7 +29,7 @@ const SATURATED: f64 = 1.0;
 /// Most requests in one `POST /v1/tasks/batch`.
 pub(crate) const MAX_BATCH: usize = 1000;
 
-async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
+async fn task_view(state: &AppState, id: TaskId) -> Result<Value, tasker_store::StoreError> {
     let store = state.engine.store();
     let task = store.task_get(id).await?;
     let steps = store.step_list(id).await?;
@@ -40,14 +40,8 @@ async fn task_view(state: &AppState, id: TaskId) -> Result<Value, ApiError> {
 /// The view of a task a committed write returned: read back while storage allows, else the
 /// row the write returned (without its steps, which the answer then says).
 async fn committed_view(state: &AppState, task: &TaskRow) -> Value {
-    match retry_while_unavailable(state.config.follow_up_patience, || async {
-        let store = state.engine.store();
-        let (steps, edges) = (
-            store.step_list(task.id).await?,
-            store.step_edges(task.id).await?,
-        );
-        let task = store.task_get(task.id).await?;
-        Ok::<_, tasker_store::StoreError>(views::task(&task, &steps, &edges))
+    match retry_while_unavailable(state.config.follow_up_patience, || {
+        task_view(state, task.id)
     })
     .await
     {
