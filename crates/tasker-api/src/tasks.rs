@@ -2,8 +2,8 @@
 //!
 //! A write that committed is answered as done: the reads that build the answer ride out a
 //! storage outage (`ApiConfig::follow_up_patience`), and when storage stays away the answer
-//! is built from what the write returned. A client retrying a 5xx therefore never repeats a write that
-//! took effect.
+//! is built from what the write returned. A client retrying a 5xx therefore never repeats a
+//! write that took effect.
 
 use axum::{
     extract::{Path, Query, State},

@@ -331,9 +331,8 @@ impl PoolsConfig {
     }
 }
 
-/// Keys that held milliseconds and now hold a duration under a new name, `(old, new)`,
-/// relative to their table.
-const RENAMED: [(&str, &str); 10] = [
+/// Keys that held milliseconds and now hold a duration under a new name, `(old, new)`.
+const RENAMED: [(&str, &str); 7] = [
     ("engine.claim_lease_ms", "engine.claim_lease"),
     ("queues.visibility_timeout_ms", "queues.visibility_timeout"),
     (
@@ -350,6 +349,10 @@ const RENAMED: [(&str, &str); 10] = [
         "backpressure.latency_target_ms",
         "backpressure.latency_target",
     ),
+];
+
+/// The same, for the keys of every `[pools.<type>]` table.
+const RENAMED_POOL_KEYS: [(&str, &str); 3] = [
     ("polling_interval_ms", "polling_interval"),
     ("stop_timeout_ms", "stop_timeout"),
     ("breaker_open_timeout_ms", "breaker_open_timeout"),
@@ -360,7 +363,7 @@ fn refuse_renamed_keys(figment: &Figment) -> Result<(), ConfigError> {
     let pool_tables = std::iter::once("default").chain(POOL_TYPES.iter().copied());
     let pool_keys: Vec<(String, String)> = pool_tables
         .flat_map(|table| {
-            RENAMED[7..].iter().map(move |(old, new)| {
+            RENAMED_POOL_KEYS.iter().map(move |(old, new)| {
                 (
                     format!("pools.{table}.{old}"),
                     format!("pools.{table}.{new}"),
@@ -368,7 +371,7 @@ fn refuse_renamed_keys(figment: &Figment) -> Result<(), ConfigError> {
             })
         })
         .collect();
-    let keys = RENAMED[..7]
+    let keys = RENAMED
         .iter()
         .map(|(old, new)| ((*old).to_owned(), (*new).to_owned()))
         .chain(pool_keys);
