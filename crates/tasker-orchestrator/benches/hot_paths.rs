@@ -9,10 +9,8 @@
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tasker_orchestrator::{
-    pipeline::backoff, pipeline::executor::verdict, runtime::metrics::ExecutorMetrics,
-};
-use tasker_types::{StepEvent, StepId, StepRow, StepState, TaskId};
+use tasker_orchestrator::{pipeline::backoff, runtime::metrics::ExecutorMetrics};
+use tasker_types::{settle::verdict, StepEvent, StepId, StepRow, StepState, TaskId};
 
 const RECORDS_PER_THREAD: u64 = 20_000;
 

@@ -7,6 +7,7 @@
 
 mod ids;
 mod rows;
+pub mod settle;
 mod spec;
 pub mod state;
 

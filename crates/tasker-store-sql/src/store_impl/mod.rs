@@ -50,8 +50,8 @@ macro_rules! __sql_store_imports {
         };
         #[allow(unused_imports)]
         use ::tasker_types::{
-            DeadLetter, Entity, QueueMessage, StepEvent, StepId, StepRow, StepState, TaskEvent,
-            TaskId, TaskRow, TaskState, TemplateRecord, TransitionRow,
+            settle, DeadLetter, Entity, QueueMessage, StepEvent, StepId, StepRow, StepState,
+            TaskEvent, TaskId, TaskRow, TaskState, TemplateRecord, TransitionRow,
         };
         #[allow(unused_imports)]
         use $crate::{

@@ -1,4 +1,6 @@
-//! Steps: transitions with readiness bookkeeping, viable steps, the enqueue outbox.
+//! Steps: transitions with their readiness counters, viable steps, the enqueue outbox, and result
+//! batches, which keep the counters that `tasker_types::settle` reads and apply the effects it
+//! returns; the rules themselves live there.
 
 /// Expands one part of [`impl_sql_store!`](crate::impl_sql_store); not for direct use.
 #[doc(hidden)]
@@ -7,6 +9,56 @@ macro_rules! __sql_store_steps {
     (store = $store:ty, db = $db:ty, conn = $conn:ty, reader = $reader:ident, writer = $writer:ident $(,)?) => {
         const _: () = {
             $crate::__sql_store_imports!();
+
+            impl $store {
+                /// Enqueues the children settlement chose, each only while still `Pending`,
+                /// with their audit rows and step messages. Returns the statements sent.
+                async fn enqueue_children<'p>(
+                    conn: &mut $conn,
+                    children: &[StepId],
+                    namespaces: &HashMap<TaskId, String>,
+                    params: &'p StepApplyResultsParams,
+                    transitions: &mut Vec<NewTransition<'p>>,
+                    outbox: &mut std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+                ) -> Result<u64> {
+                    let mut statements = 0;
+                    let to = StepState::Pending.transition(StepEvent::Enqueue)?;
+                    for chunk in children.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE steps SET state = ");
+                        qb.push_bind(to.as_str())
+                            .push(" WHERE state = ")
+                            .push_bind(StepState::Pending.as_str())
+                            .push(" AND id IN (");
+                        let mut list = qb.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id.0);
+                        }
+                        qb.push(") RETURNING id, task_id, handler");
+                        statements += 1;
+                        for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
+                            let task_id = TaskId(row.try_get("task_id").map_err(map_err)?);
+                            let step_id = StepId(row.try_get("id").map_err(map_err)?);
+                            let handler: String = row.try_get("handler").map_err(map_err)?;
+                            transitions.push(NewTransition {
+                                entity: Entity::Step,
+                                task_id,
+                                step_id: Some(step_id),
+                                from_state: Some(StepState::Pending.as_str()),
+                                to_state: to.as_str(),
+                                event: StepEvent::Enqueue.name(),
+                                reason: None,
+                                instance_id: &params.instance_id,
+                            });
+                            let namespace = namespaces.get(&task_id).map_or("", String::as_str);
+                            outbox
+                                .entry(params.routing.queue(namespace, &handler).to_owned())
+                                .or_default()
+                                .push(serde_json::json!(StepMessage { task_id, step_id }));
+                        }
+                    }
+                    Ok(statements)
+                }
+            }
 
             #[async_trait::async_trait]
             impl StepStore for $store {
@@ -289,9 +341,10 @@ macro_rules! __sql_store_steps {
                     }
                     // Stale results and duplicates moved nothing: whoever moved their step
                     // settled its task then.
-                    let mut per_task: std::collections::BTreeMap<i64, (i64, bool)> =
+                    let mut settled: Vec<settle::Moved> = Vec::with_capacity(moved.len());
+                    let mut done_per_task: std::collections::BTreeMap<i64, i64> =
                         std::collections::BTreeMap::new();
-                    let mut completed: Vec<(TaskId, i64)> = Vec::new();
+                    let mut completed: Vec<i64> = Vec::new();
                     for (r, to) in &targets {
                         let Some(step) = moved.remove(&r.step_id.0) else { continue };
                         transitions.push(NewTransition {
@@ -304,118 +357,78 @@ macro_rules! __sql_store_steps {
                             reason: r.error.as_deref(),
                             instance_id: &params.instance_id,
                         });
-                        let entry = per_task.entry(r.task_id.0).or_default();
+                        settled.push(settle::Moved { task_id: r.task_id, step_id: r.step_id, to: *to });
+                        let done = done_per_task.entry(r.task_id.0).or_default();
                         if to.satisfies_dependents() {
-                            entry.0 += 1;
-                            completed.push((r.task_id, r.step_id.0));
-                        } else {
-                            entry.1 = true;
+                            *done += 1;
+                            completed.push(r.step_id.0);
                         }
                         applied.steps.push(step);
                     }
-                    if per_task.is_empty() {
+                    if settled.is_empty() {
                         let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
                         self.count(n);
                         tx.commit().await.map_err(map_err)?;
                         return Ok(applied);
                     }
 
-                    // 2. Their tasks count the completed steps.
+                    // 2. The counters settlement reads: their tasks count the finished steps...
                     let mut qb = QueryBuilder::<$db>::new("UPDATE tasks SET updated_at_ms = ");
                     qb.push(now_ms!()).push(", unfinished_steps = unfinished_steps - v.column2 FROM (");
-                    qb.push_values(&per_task, |mut b, (task, (done, _))| {
+                    qb.push_values(&done_per_task, |mut b, (task, done)| {
                         b.push_bind(*task).push_bind(*done);
                     });
                     qb.push(") AS v WHERE tasks.id = v.column1 \
                              RETURNING tasks.id, tasks.state, tasks.namespace, tasks.unfinished_steps");
                     self.count(1);
-                    let mut tasks: HashMap<i64, (TaskState, String, i64)> = HashMap::new();
+                    let mut counts: Vec<settle::TaskCount> = Vec::new();
+                    let mut namespaces: HashMap<TaskId, String> = HashMap::new();
                     for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                        let task_id = TaskId(row.try_get("id").map_err(map_err)?);
                         let state: String = row.try_get("state").map_err(map_err)?;
-                        tasks.insert(
-                            row.try_get("id").map_err(map_err)?,
-                            (
-                                state.parse().map_err(|e| $crate::corrupt("task state", e))?,
-                                row.try_get("namespace").map_err(map_err)?,
-                                row.try_get("unfinished_steps").map_err(map_err)?,
-                            ),
+                        counts.push(settle::TaskCount {
+                            task_id,
+                            state: state.parse().map_err(|e| $crate::corrupt("task state", e))?,
+                            unfinished_steps: row.try_get("unfinished_steps").map_err(map_err)?,
+                        });
+                        namespaces.insert(task_id, row.try_get("namespace").map_err(map_err)?);
+                    }
+                    // ...and the children of the completed steps count their finished parents.
+                    let mut children: Vec<StepRow> = Vec::new();
+                    for chunk in completed.chunks(INSERT_CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "UPDATE steps SET pending_parents = pending_parents - c.n \
+                             FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN (",
                         );
-                    }
-                    let running = |task: i64| {
-                        tasks.get(&task).is_some_and(|t| t.0 == TaskState::StepsInProcess)
-                    };
-
-                    // 3. Children count their completed parents; in a running task those left with
-                    // no unfinished parent are enqueued by the same statement.
-                    let (in_running, elsewhere): (Vec<_>, Vec<_>) =
-                        completed.iter().partition(|(task, _)| running(task.0));
-                    let mut enqueued_in: std::collections::HashSet<i64> = std::collections::HashSet::new();
-                    for (parents, enqueue) in [(in_running, true), (elsewhere, false)] {
-                        for chunk in parents.chunks(INSERT_CHUNK) {
-                            let mut qb = QueryBuilder::<$db>::new(
-                                "UPDATE steps SET pending_parents = pending_parents - c.n, state = CASE WHEN ",
-                            );
-                            qb.push_bind(enqueue).push(
-                                " AND pending_parents = c.n AND state = 'Pending' \
-                                 AND attempts < max_attempts THEN 'Enqueued' ELSE state END \
-                                 FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN (",
-                            );
-                            let mut list = qb.separated(", ");
-                            for (_, parent) in chunk {
-                                list.push_bind(*parent);
-                            }
-                            qb.push(") GROUP BY child_id) AS c WHERE steps.id = c.child_id \
-                                     RETURNING steps.id, steps.task_id, steps.state, steps.handler");
-                            self.count(1);
-                            for child in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
-                                let state: String = child.try_get("state").map_err(map_err)?;
-                                if !enqueue || state != StepState::Enqueued.as_str() {
-                                    continue;
-                                }
-                                let task_id = TaskId(child.try_get("task_id").map_err(map_err)?);
-                                let child_id = StepId(child.try_get("id").map_err(map_err)?);
-                                let handler: String = child.try_get("handler").map_err(map_err)?;
-                                let namespace = tasks.get(&task_id.0).map_or("", |t| t.1.as_str());
-                                transitions.push(NewTransition {
-                                    entity: Entity::Step,
-                                    task_id,
-                                    step_id: Some(child_id),
-                                    from_state: Some(StepState::Pending.as_str()),
-                                    to_state: StepState::Enqueued.as_str(),
-                                    event: StepEvent::Enqueue.name(),
-                                    reason: None,
-                                    instance_id: &params.instance_id,
-                                });
-                                outbox
-                                    .entry(params.routing.queue(namespace, &handler).to_owned())
-                                    .or_default()
-                                    .push(serde_json::json!(StepMessage { task_id, step_id: child_id }));
-                                enqueued_in.insert(task_id.0);
-                            }
+                        let mut list = qb.separated(", ");
+                        for parent in chunk {
+                            list.push_bind(*parent);
+                        }
+                        qb.push(format!(
+                            ") GROUP BY child_id) AS c WHERE steps.id = c.child_id RETURNING {}",
+                            qualified("steps", STEP_COLUMNS)
+                        ));
+                        self.count(1);
+                        for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                            children.push(decode_step(&row)?);
                         }
                     }
 
-                    // 4. Each task: finished, still busy, or left to the evaluator.
-                    let mut finish = Vec::new();
-                    let mut maybe_idle = Vec::new();
-                    let mut evaluate = Vec::new();
-                    for (&task, &(done, failed)) in &per_task {
-                        let Some((state, _, unfinished)) = tasks.get(&task) else { continue };
-                        if *state != TaskState::StepsInProcess {
-                            // Whoever moves the task on decides; tell the evaluator unless it has
-                            // nothing left to decide.
-                            if !state.is_terminal() {
-                                evaluate.push(task);
-                            }
-                        } else if failed {
-                            evaluate.push(task);
-                        } else if *unfinished == 0 {
-                            finish.push(task);
-                        } else if done > 0 && !enqueued_in.contains(&task) {
-                            maybe_idle.push(task);
-                        }
-                    }
-                    if !maybe_idle.is_empty() {
+                    // 3. Settlement decides; the rest applies its effects, each guarded by the
+                    // state it was decided on.
+                    let effects = settle::settle(&settled, &counts, &children);
+                    let n = Self::enqueue_children(
+                        &mut tx,
+                        &effects.enqueue,
+                        &namespaces,
+                        params,
+                        &mut transitions,
+                        &mut outbox,
+                    )
+                    .await?;
+                    self.count(n);
+                    let mut evaluate: Vec<TaskId> = effects.evaluate;
+                    if !effects.evaluate_if_idle.is_empty() {
                         // Literal states: exactly `steps_running_idx`'s predicate, so even a
                         // generic plan may use that partial index.
                         let mut qb = QueryBuilder::<$db>::new(
@@ -423,8 +436,8 @@ macro_rules! __sql_store_steps {
                              WHERE state IN ('Enqueued', 'InProgress') AND task_id IN (",
                         );
                         let mut list = qb.separated(", ");
-                        for task in &maybe_idle {
-                            list.push_bind(*task);
+                        for task in &effects.evaluate_if_idle {
+                            list.push_bind(task.0);
                         }
                         qb.push(")");
                         self.count(1);
@@ -436,23 +449,31 @@ macro_rules! __sql_store_steps {
                             .iter()
                             .map(|r| r.try_get::<i64, _>("task_id").map_err(map_err))
                             .collect::<Result<std::collections::HashSet<_>>>()?;
-                        evaluate.extend(maybe_idle.into_iter().filter(|t| !busy.contains(t)));
+                        evaluate.extend(
+                            effects.evaluate_if_idle.into_iter().filter(|t| !busy.contains(&t.0)),
+                        );
                     }
-                    if !finish.is_empty() {
-                        let mut qb = QueryBuilder::<$db>::new("UPDATE tasks SET state = 'Complete', updated_at_ms = ");
-                        qb.push(now_ms!()).push(", finished_at_ms = ").push(now_ms!()).push(" WHERE id IN (");
+                    if !effects.complete.is_empty() {
+                        let (from, _) = settle::COMPLETE_FROM_RUNNING[0];
+                        let (last_from, last_event) = settle::COMPLETE_FROM_RUNNING[1];
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE tasks SET state = ");
+                        qb.push_bind(last_from.transition(last_event)?.as_str())
+                            .push(", updated_at_ms = ")
+                            .push(now_ms!())
+                            .push(", finished_at_ms = ")
+                            .push(now_ms!())
+                            .push(" WHERE state = ")
+                            .push_bind(from.as_str())
+                            .push(" AND id IN (");
                         let mut list = qb.separated(", ");
-                        for task in &finish {
-                            list.push_bind(*task);
+                        for task in &effects.complete {
+                            list.push_bind(task.0);
                         }
                         qb.push(format!(") RETURNING {TASK_COLUMNS}"));
                         self.count(1);
                         for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                             let done = decode_task(&row)?;
-                            for (from, event) in [
-                                (TaskState::StepsInProcess, TaskEvent::StepResultReceived),
-                                (TaskState::EvaluatingResults, TaskEvent::Complete),
-                            ] {
+                            for (from, event) in settle::COMPLETE_FROM_RUNNING {
                                 transitions.push(NewTransition {
                                     entity: Entity::Task,
                                     task_id: done.id,
@@ -467,14 +488,14 @@ macro_rules! __sql_store_steps {
                             applied.finished.push(done);
                         }
                     }
-                    for task in evaluate {
+                    for task_id in evaluate {
                         outbox
                             .entry(params.evaluate_queue.clone())
                             .or_default()
-                            .push(serde_json::json!(TaskMessage { task_id: TaskId(task) }));
+                            .push(serde_json::json!(TaskMessage { task_id }));
                     }
 
-                    // 5. The audit rows, the messages, the consumed deliveries.
+                    // 4. The audit rows, the messages, the consumed deliveries.
                     let n = Self::write_effects(&mut tx, &transitions, &outbox, &params.consumed).await?;
                     self.count(n);
                     tx.commit().await.map_err(map_err)?;

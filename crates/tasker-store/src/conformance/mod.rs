@@ -57,6 +57,7 @@ macro_rules! store_conformance {
             task_list_filters_and_pages,
             step_readiness_follows_completed_parents,
             step_retry_and_error_paths,
+            step_viable_query_agrees_with_settlement,
             step_transition_is_compare_and_swap,
             step_enqueue_many_publishes_in_one_transaction,
             step_start_many_begins_attempts_with_their_input,

@@ -1,6 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
-use tasker_types::{StepEvent, StepId, StepRow, StepState, TaskId};
+use tasker_types::{settle, StepEvent, StepId, StepRow, StepState, TaskId};
 
 use crate::{
     conformance::{create_task, diamond, template},
@@ -103,6 +103,117 @@ pub async fn step_readiness_follows_completed_parents(store: Arc<dyn Store>) {
             ("right".to_owned(), Some(serde_json::json!(2)))
         ]
     );
+}
+
+/// The viable-steps query is the index-shaped form of [`settle::is_viable`]: over steps in
+/// every state (retries due and not due, attempts spent, parents finished and not), it returns
+/// exactly the steps that function accepts, in position order.
+pub async fn step_viable_query_agrees_with_settlement(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: viable\nversion: 1.0.0\nsteps:\n\
+         - {name: pending, handler: noop}\n- {name: enqueued, handler: noop}\n\
+         - {name: running, handler: noop}\n- {name: complete, handler: noop}\n\
+         - {name: retry_due, handler: noop}\n- {name: retry_later, handler: noop}\n\
+         - {name: error, handler: noop}\n\
+         - {name: spent, handler: noop, retry: {max_attempts: 1}}\n\
+         - {name: after_complete, handler: noop, depends_on: [complete]}\n\
+         - {name: after_pending, handler: noop, depends_on: [pending]}\n\
+         - {name: after_both, handler: noop, depends_on: [complete, retry_due]}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    // Each step's moves from Pending, and the backoff of its failure.
+    let retry = StepEvent::Fail { will_retry: true };
+    let plan: [(&str, &[(StepState, StepEvent)], Duration); 7] = [
+        (
+            "enqueued",
+            &[(StepState::Pending, StepEvent::Enqueue)],
+            Duration::ZERO,
+        ),
+        (
+            "running",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+            ],
+            Duration::ZERO,
+        ),
+        (
+            "complete",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+                (StepState::InProgress, StepEvent::Complete),
+            ],
+            Duration::ZERO,
+        ),
+        (
+            "retry_due",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+                (StepState::InProgress, retry),
+            ],
+            Duration::ZERO,
+        ),
+        (
+            "retry_later",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+                (StepState::InProgress, retry),
+            ],
+            Duration::from_secs(3600),
+        ),
+        (
+            "error",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+                (StepState::InProgress, StepEvent::Fail { will_retry: false }),
+            ],
+            Duration::ZERO,
+        ),
+        (
+            "spent",
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+                (StepState::InProgress, retry),
+            ],
+            Duration::ZERO,
+        ),
+    ];
+    for (name, moves, backoff) in plan {
+        let step = by_name(s, task.id, name).await;
+        for &(from, event) in moves {
+            let mut params = step_move(step.id, from, event);
+            if matches!(event, StepEvent::Fail { will_retry: true }) {
+                params.backoff = Some(backoff);
+            }
+            s.step_transition(&params).await.unwrap();
+        }
+    }
+    // The database and this test share a machine; a minute's margin either way keeps "due now"
+    // due and "due in an hour" not.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        + 60_000;
+    let expected: Vec<String> = s
+        .step_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|step| settle::is_viable(step, now))
+        .map(|step| step.name)
+        .collect();
+    assert_eq!(expected, ["pending", "retry_due", "after_complete"]);
+    assert_eq!(viable(s, task.id).await, expected);
 }
 
 /// A retryable failure waits for its retry time (a step due now is viable again, one due in an

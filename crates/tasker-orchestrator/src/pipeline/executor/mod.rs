@@ -26,7 +26,7 @@ pub use step_enqueuer::StepEnqueuer;
 pub(crate) use step_result_processor::apply_results;
 pub use step_result_processor::StepResultProcessor;
 pub use task_claimer::{Claim, TaskClaimer};
-pub use task_finalizer::{verdict, TaskFinalizer, Verdict};
+pub use task_finalizer::TaskFinalizer;
 pub use task_request_processor::{
     create_each, create_task, create_tasks, RequestError, TaskRequestProcessor,
 };

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tasker_store::{
     retry_contended, QueueAckParams, StepApplyResultsParams, StepResultApply, StoreError,
 };
-use tasker_types::{StepEvent, StepState};
+use tasker_types::{settle, StepEvent, StepState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
@@ -64,10 +64,9 @@ async fn prepare(
                 tracing::debug!(step_id = %step.id, state = %step.state, attempt = result.attempt, "ignoring stale step result");
                 return Ok(None);
             }
-            let will_retry = *retryable && step.attempts < step.max_attempts;
-            apply.event = StepEvent::Fail { will_retry };
+            apply.event = settle::failure_event(&step, *retryable);
             apply.error = Some(error.clone());
-            if will_retry {
+            if apply.event == (StepEvent::Fail { will_retry: true }) {
                 apply.backoff = Some(backoff::delay(
                     step.attempts,
                     Duration::from_millis(step.retry_base_ms),

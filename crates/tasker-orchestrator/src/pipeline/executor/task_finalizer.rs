@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tasker_store::StoreError;
-use tasker_types::{StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState};
+use tasker_types::{
+    settle::{verdict, Verdict},
+    StepRow, StepState, TaskEvent, TaskId, TaskRow, TaskState,
+};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::{
@@ -21,60 +24,6 @@ const BUSY_RETRY: Duration = Duration::from_millis(50);
 /// Deliveries of one evaluation request that found the task still before enqueueing (about
 /// 0.75 s of waiting), after which its `task_work` is presumed lost and queued again.
 const RECOVER_AFTER_DELIVERIES: u32 = 6;
-
-/// What the steps of a task say about it. Pure, so it is tested directly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every step is complete (or resolved).
-    Complete,
-    /// A step failed permanently and nothing runs any more.
-    Fail,
-    /// A step failed permanently; others still run.
-    Block,
-    /// Some steps can be enqueued now.
-    Enqueue,
-    /// Steps are running.
-    AwaitSteps,
-    /// Only retries remain; the earliest is due at this time (database clock, ms).
-    AwaitRetry(i64),
-}
-
-/// Judges a task by its steps.
-pub fn verdict(steps: &[StepRow]) -> Verdict {
-    let running = steps
-        .iter()
-        .any(|s| matches!(s.state, StepState::Enqueued | StepState::InProgress));
-    if steps.iter().all(|s| s.state.satisfies_dependents()) {
-        return Verdict::Complete;
-    }
-    if steps.iter().any(|s| s.state == StepState::Error) {
-        return if running {
-            Verdict::Block
-        } else {
-            Verdict::Fail
-        };
-    }
-    let ready = steps.iter().any(|s| {
-        s.state == StepState::Pending && s.pending_parents == 0 && s.attempts < s.max_attempts
-    });
-    if ready {
-        return Verdict::Enqueue;
-    }
-    if running {
-        return Verdict::AwaitSteps;
-    }
-    match steps
-        .iter()
-        .filter(|s| s.state == StepState::WaitingForRetry)
-        .filter_map(|s| s.next_attempt_at_ms)
-        .min()
-    {
-        Some(due) => Verdict::AwaitRetry(due),
-        // Pending steps behind unfinished parents with nothing running cannot happen while
-        // the counters hold; fail loudly rather than wait forever.
-        None => Verdict::Fail,
-    }
-}
 
 /// Evaluates and finalizes tasks.
 #[derive(Debug)]
@@ -130,14 +79,11 @@ impl TaskFinalizer {
         }
         let steps = store.step_list(task_id).await?;
         let verdict = verdict(&steps);
-        let (event, reason) = match verdict {
-            Verdict::Complete => (TaskEvent::Complete, None),
-            Verdict::Fail => (TaskEvent::Fail, failure_reason(&steps)),
-            Verdict::Block => (TaskEvent::Block, failure_reason(&steps)),
-            Verdict::Enqueue => (TaskEvent::BeginEnqueue, None),
-            Verdict::AwaitSteps => (TaskEvent::AwaitSteps, None),
-            Verdict::AwaitRetry(_) => (TaskEvent::AwaitRetry, None),
+        let reason = match verdict {
+            Verdict::Fail | Verdict::Block => failure_reason(&steps),
+            _ => None,
         };
+        let event = verdict.event();
         let Some(moved) = self
             .ctx
             .task_move(task_id, TaskState::EvaluatingResults, event, reason)
@@ -209,83 +155,5 @@ impl OrchestrationExecutor for TaskFinalizer {
             }
         }
         Ok(messages.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tasker_types::{StepId, TaskId};
-
-    use super::*;
-
-    fn step(state: StepState, pending_parents: u32, next_attempt_at_ms: Option<i64>) -> StepRow {
-        StepRow {
-            id: StepId(1),
-            task_id: TaskId(1),
-            name: "s".into(),
-            handler: "noop".into(),
-            handler_config: serde_json::Value::Null,
-            state,
-            attempts: 0,
-            max_attempts: 3,
-            retry_base_ms: 1,
-            retry_max_ms: 1,
-            retry_jitter: false,
-            pending_parents,
-            next_attempt_at_ms,
-            timeout_ms: None,
-            result: None,
-            last_error: None,
-            started_at_ms: None,
-            finished_at_ms: None,
-        }
-    }
-
-    #[test]
-    fn all_complete_or_resolved_completes() {
-        let steps = [
-            step(StepState::Complete, 0, None),
-            step(StepState::ResolvedManually, 0, None),
-        ];
-        assert_eq!(verdict(&steps), Verdict::Complete);
-    }
-
-    #[test]
-    fn a_permanent_failure_blocks_while_others_run_then_fails() {
-        let running = [
-            step(StepState::Error, 0, None),
-            step(StepState::InProgress, 0, None),
-        ];
-        assert_eq!(verdict(&running), Verdict::Block);
-        let idle = [
-            step(StepState::Error, 0, None),
-            step(StepState::Pending, 0, None),
-        ];
-        assert_eq!(verdict(&idle), Verdict::Fail);
-    }
-
-    #[test]
-    fn ready_steps_come_before_waiting() {
-        let steps = [
-            step(StepState::Complete, 0, None),
-            step(StepState::Pending, 0, None),
-            step(StepState::Enqueued, 0, None),
-        ];
-        assert_eq!(verdict(&steps), Verdict::Enqueue);
-        let blocked = [
-            step(StepState::Enqueued, 0, None),
-            step(StepState::Pending, 1, None),
-        ];
-        assert_eq!(verdict(&blocked), Verdict::AwaitSteps);
-    }
-
-    #[test]
-    fn only_retries_left_waits_for_the_earliest() {
-        let steps = [
-            step(StepState::WaitingForRetry, 0, Some(500)),
-            step(StepState::WaitingForRetry, 0, Some(200)),
-            step(StepState::Pending, 1, None),
-        ];
-        assert_eq!(verdict(&steps), Verdict::AwaitRetry(200));
     }
 }
