@@ -638,5 +638,99 @@ async fn health_pools_and_metrics() {
     let text = metrics.as_str().unwrap();
     assert!(text.contains("# TYPE tasker_executor_batches_total counter"));
     assert!(text.contains("tasker_executor_batches_total{executor_type=\"task_finalizer\"}"));
-    assert!(text.contains("tasker_backpressure_factor 0"));
+    assert!(text.contains("# TYPE tasker_executor_batch_duration_seconds histogram"));
+    assert!(text.contains("tasker_backpressure_factor 0\n"));
+}
+
+/// The value of the sample `series` (name and labels, as rendered) in a Prometheus exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// After a task has run, `/metrics` shows batch latency as a histogram with cumulative
+/// buckets (no quantile summaries), and its counters and gauges agree with the pools view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_batch_latency_buckets_after_work_has_run() {
+    let api = api(ApiConfig::default()).await;
+    api.register(SHOP).await;
+    let (status, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "shop", "name": "order", "context": {"order_id": 7}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    api.wait_for(task["id"].as_i64().unwrap(), "Complete").await;
+
+    // The last batches of the task may still be recording when its state is read: wait until
+    // a published snapshot and the exposition agree on every pool's items.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (text, pools) = loop {
+        api.engine.monitor_tick().await;
+        let (_, pools) = api.get("/v1/health/pools").await;
+        let (status, metrics) = api.get("/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let text = metrics.as_str().unwrap().to_owned();
+        let agree = pools["pools"].as_object().unwrap().iter().all(|(name, p)| {
+            sample(
+                &text,
+                &format!("tasker_executor_items_total{{executor_type=\"{name}\"}}"),
+            ) == p["items"].as_f64()
+        });
+        if agree {
+            break (text, pools);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "items never agreed:\n{text}\n{pools}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!text.contains("quantile="), "{text}");
+    let worker = "executor_type=\"in_process_worker\"";
+    assert!(
+        sample(&text, &format!("tasker_executor_items_total{{{worker}}}")) >= Some(2.0),
+        "both steps ran: {text}"
+    );
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&format!(
+                "tasker_executor_batch_duration_seconds_bucket{{{worker},le=\""
+            ))?;
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(buckets.len(), 16, "15 bounds and +Inf: {text}");
+    assert_eq!(buckets[0].0, "0.0005");
+    assert_eq!(buckets[14].0, "30");
+    assert_eq!(buckets[15].0, "+Inf");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "cumulative: {buckets:?}"
+    );
+    let count = sample(
+        &text,
+        &format!("tasker_executor_batch_duration_seconds_count{{{worker}}}"),
+    )
+    .unwrap();
+    assert!(count >= 1.0);
+    assert_eq!(buckets[15].1, count);
+    // Gauges come from the same published snapshot as the pools view.
+    assert_eq!(
+        sample(&text, &format!("tasker_pool_executors{{{worker}}}")),
+        Some(
+            pools["pools"]["in_process_worker"]["executors"]
+                .as_array()
+                .unwrap()
+                .len() as f64
+        )
+    );
+    assert_eq!(
+        sample(&text, &format!("tasker_circuit_breaker_state{{{worker}}}")),
+        Some(0.0)
+    );
+    assert!(sample(&text, &format!("tasker_pool_utilization_ratio{{{worker}}}")).is_some());
 }

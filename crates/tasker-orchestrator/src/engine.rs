@@ -1,6 +1,6 @@
 //! `Engine`: an embedded orchestrator: resource validation, the five pools and the in-process
-//! worker pool under the coordinator and its monitor, task submission, an event stream, and
-//! graceful shutdown.
+//! worker pool under the coordinator and its monitor, its own metrics recorder, task
+//! submission, an event stream, and graceful shutdown.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -32,6 +32,7 @@ use crate::{
     runtime::coordinator::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
+    runtime::metrics::EngineMetrics,
     runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     runtime::resources::{self, FailureMode, PoolBounds, ResourceReport},
 };
@@ -158,6 +159,8 @@ pub struct Engine {
     resources: ResourceReport,
     gauge: crate::runtime::backpressure::PressureGauge,
     handlers: Arc<HandlerRegistry>,
+    /// This engine's recorder: its pools' handles point into it, and `/metrics` renders it.
+    metrics: EngineMetrics,
 }
 
 impl Engine {
@@ -198,6 +201,7 @@ impl Engine {
                 }),
             },
         };
+        let metrics = EngineMetrics::new();
         let mut coordinator = OrchestrationLoopCoordinator::new(config.coordinator.clone());
         let gauge = coordinator.pressure_gauge();
         for (&t, pool_config) in &config.pools {
@@ -223,6 +227,7 @@ impl Engine {
                 pool_config.clone(),
                 ctx.wakeups.for_queue(t.wakes_on()),
                 gauge.clone(),
+                metrics.pool(t),
             );
             let source = if t == ExecutorType::StepEnqueuer {
                 let tx = ctx.claims_tx.clone();
@@ -249,6 +254,7 @@ impl Engine {
                 config.worker_pool.clone(),
                 ctx.wakeups.for_queue(LOCAL_STEPS),
                 gauge.clone(),
+                metrics.pool(ExecutorType::InProcessWorker),
             );
             coordinator
                 .add_pool(pool, WorkSource::Queue(LOCAL_STEPS.to_owned()))
@@ -273,11 +279,14 @@ impl Engine {
             }
         }
 
-        let snapshots = Arc::new(watch::Sender::new(Arc::new(coordinator.snapshot())));
+        let first = coordinator.snapshot();
+        set_gauges(&first, &metrics);
+        let snapshots = Arc::new(watch::Sender::new(Arc::new(first)));
         let coordinator = Arc::new(Mutex::new(coordinator));
         background.push(tokio::spawn(run_monitor(
             Arc::downgrade(&coordinator),
             snapshots.clone(),
+            metrics.clone(),
             ctx.store.clone(),
             config.coordinator.scaling.interval,
             stop_background.clone(),
@@ -291,7 +300,13 @@ impl Engine {
             resources,
             gauge,
             handlers,
+            metrics,
         })
+    }
+
+    /// This engine's metrics: its own Prometheus recorder, shared with no other engine.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// The handlers this process has (whether or not it runs steps itself): what template
@@ -456,8 +471,7 @@ impl Engine {
     pub async fn monitor_tick(&self) {
         let mut coordinator = self.coordinator.lock().await;
         coordinator.tick(self.ctx.store.as_ref()).await;
-        self.snapshots
-            .send_replace(Arc::new(coordinator.snapshot()));
+        publish(&coordinator, &self.snapshots, &self.metrics);
     }
 
     /// The coordinator, locked (tools and tests inspect or drive pools with it; the monitor
@@ -572,11 +586,40 @@ fn validate_resources(
     Ok(report)
 }
 
+/// Publishes the coordinator's state: its snapshot to readers, its gauges to the engine's
+/// recorder. Also drains the recorder's waiting latency samples into their buckets, so an
+/// engine nobody scrapes does not grow.
+fn publish(
+    coordinator: &OrchestrationLoopCoordinator,
+    snapshots: &watch::Sender<Arc<CoordinatorSnapshot>>,
+    metrics: &EngineMetrics,
+) {
+    let snapshot = coordinator.snapshot();
+    set_gauges(&snapshot, metrics);
+    metrics.run_upkeep();
+    snapshots.send_replace(Arc::new(snapshot));
+}
+
+/// Sets the engine's gauges (executors, utilization, breaker state per pool; backpressure)
+/// from a coordinator snapshot, so `/metrics` and `/v1/health/pools` agree.
+fn set_gauges(snapshot: &CoordinatorSnapshot, metrics: &EngineMetrics) {
+    for (&t, pool) in &snapshot.pools {
+        let utilization = snapshot
+            .series
+            .get(&t)
+            .and_then(|s| s.last())
+            .map(|p| p.utilization);
+        metrics.set_pool_gauges(t, pool.executors.len(), pool.circuit_breaker, utilization);
+    }
+    metrics.set_backpressure(snapshot.backpressure);
+}
+
 /// The monitor task. Holds the coordinator weakly: dropping the engine ends it. Publishes a
 /// snapshot after every round.
 async fn run_monitor(
     coordinator: std::sync::Weak<Mutex<OrchestrationLoopCoordinator>>,
     snapshots: Arc<watch::Sender<Arc<CoordinatorSnapshot>>>,
+    metrics: EngineMetrics,
     store: Arc<dyn Store>,
     interval: Duration,
     cancel: CancellationToken,
@@ -594,7 +637,7 @@ async fn run_monitor(
         };
         let mut coordinator = coordinator.lock().await;
         coordinator.tick(store.as_ref()).await;
-        snapshots.send_replace(Arc::new(coordinator.snapshot()));
+        publish(&coordinator, &snapshots, &metrics);
     }
 }
 

@@ -5,8 +5,8 @@ use std::{sync::Arc, time::Duration};
 
 use tasker_orchestrator::{
     engine::EngineError, handler::HandlerRegistry, pipeline::messages::TaskRequest,
-    runtime::metrics, runtime::pool::PoolConfig, runtime::resources::FailureMode,
-    runtime::scaling::ScalingConfig, Engine, EngineConfig, EngineEvent, ExecutorType,
+    runtime::pool::PoolConfig, runtime::resources::FailureMode, runtime::scaling::ScalingConfig,
+    Engine, EngineConfig, EngineEvent, ExecutorType,
 };
 use tasker_store::{Store, TemplateRegisterParams, TemplateStore};
 use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
@@ -31,6 +31,24 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
         .await
         .unwrap();
     (Arc::new(store), dir)
+}
+
+/// The value of one sample (`name{labels}`, as rendered) in `engine`'s Prometheus exposition.
+fn sample(engine: &Engine, series: &str) -> f64 {
+    let text = engine.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// The scaling decisions `engine` has exported for `pool` in `direction`.
+fn decisions(engine: &Engine, pool: ExecutorType, direction: &str) -> f64 {
+    sample(
+        engine,
+        &format!(
+            r#"tasker_pool_scaling_decisions_total{{executor_type="{pool}",direction="{direction}"}}"#
+        ),
+    )
 }
 
 fn request(i: usize) -> TaskRequest {
@@ -65,7 +83,8 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
         .await
         .unwrap();
     let name = ExecutorType::TaskRequestProcessor;
-    let ups_before = metrics::global().scaling_decisions(name.as_str(), "up");
+    // The engine's own recorder: nothing counted before its first round.
+    assert_eq!(decisions(&engine, name, "up"), 0.0);
 
     // Hold the request processors back (no executors) so the backlog is still there when the
     // monitor measures it.
@@ -86,7 +105,7 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
         1,
         "grew from 0 under a backlog of 200"
     );
-    assert!(metrics::global().scaling_decisions(name.as_str(), "up") > ups_before);
+    assert_eq!(decisions(&engine, name, "up"), 1.0);
     let record = snapshot.scaling.iter().find(|r| r.pool == name).unwrap();
     assert_eq!(record.queue_depth, 200);
 
@@ -117,13 +136,19 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
         }
     }
     // Idle now: ticks bring the pool back to its minimum.
-    let downs_before = metrics::global().scaling_decisions(name.as_str(), "down");
+    assert_eq!(decisions(&engine, name, "down"), 0.0);
     for _ in 0..5 {
         engine.monitor_tick().await;
     }
     let snapshot = engine.snapshot();
     assert_eq!(snapshot.pools[&name].executors.len(), 0);
-    assert!(metrics::global().scaling_decisions(name.as_str(), "down") > downs_before);
+    assert!(decisions(&engine, name, "down") >= 1.0);
+    // One decision per pool per round: six rounds so far.
+    let rounds: f64 = ["up", "down", "hold"]
+        .into_iter()
+        .map(|d| decisions(&engine, name, d))
+        .sum();
+    assert_eq!(rounds, 6.0);
     engine.shutdown().await;
 }
 
@@ -174,6 +199,79 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
     assert_eq!(snapshot.pressure_history.len(), 1);
     assert_eq!(snapshot.backpressure, 0.0);
     engine.shutdown().await;
+}
+
+/// Each engine renders its own recorder: work and monitor rounds on one move none of the
+/// other's counters, and the gauges follow the published snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_in_one_process_keep_separate_metrics() {
+    let manual = || {
+        let mut config = EngineConfig::default();
+        // The test drives the monitors by hand.
+        config.coordinator.scaling.interval = Duration::from_secs(3600);
+        config
+    };
+    let (store_a, _dir_a) = sqlite().await;
+    let (store_b, _dir_b) = sqlite().await;
+    let a = Engine::start(store_a, manual(), HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let b = Engine::start(store_b, manual(), HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let mut events = a.subscribe();
+    for i in 0..3 {
+        a.enqueue_request(&request(i)).await.unwrap();
+    }
+    let mut finished = 0;
+    while finished < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(event, EngineEvent::TaskFinished { .. }) {
+            finished += 1;
+        }
+    }
+    a.monitor_tick().await;
+    a.monitor_tick().await;
+
+    let items = |engine: &Engine, pool: ExecutorType| {
+        sample(
+            engine,
+            &format!(r#"tasker_executor_items_total{{executor_type="{pool}"}}"#),
+        )
+    };
+    let requests = ExecutorType::TaskRequestProcessor;
+    assert_eq!(items(&a, requests), 3.0, "each request once");
+    assert!(
+        items(&a, ExecutorType::InProcessWorker) >= 6.0,
+        "two steps a task"
+    );
+    let pools = ExecutorType::ALL
+        .into_iter()
+        .chain([ExecutorType::InProcessWorker]);
+    for pool in pools {
+        assert_eq!(items(&b, pool), 0.0, "{pool}: b had no work");
+        let rounds = |engine: &Engine| -> f64 {
+            ["up", "down", "hold"]
+                .into_iter()
+                .map(|d| decisions(engine, pool, d))
+                .sum()
+        };
+        assert_eq!((rounds(&a), rounds(&b)), (2.0, 0.0), "{pool}");
+        // The gauge is what the published snapshot says.
+        assert_eq!(
+            sample(
+                &a,
+                &format!(r#"tasker_pool_executors{{executor_type="{pool}"}}"#)
+            ),
+            a.snapshot().pools[&pool].executors.len() as f64,
+            "{pool}"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

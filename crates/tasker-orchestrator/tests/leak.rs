@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tasker_orchestrator::{
     runtime::backpressure::PressureGauge,
+    runtime::metrics::PoolMetrics,
     runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     ExecutorError, ExecutorType, OrchestrationExecutor,
 };
@@ -100,6 +101,7 @@ fn a_thousand_start_stop_cycles_return_live_allocations_to_baseline() {
             config,
             Arc::new(Notify::new()),
             PressureGauge::default(),
+            PoolMetrics::detached(),
         );
         // Warm up: the runtime's timer and task slabs and the pool's retired histogram allocate
         // once.

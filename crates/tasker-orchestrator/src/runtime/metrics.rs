@@ -1,12 +1,12 @@
-//! Executor metrics: counters, latency histograms, a recent time series and a snapshot API.
+//! Executor metrics: each engine's own Prometheus recorder and the handles registered on it,
+//! the per-executor totals the monitor and the health view read, and the recent time series.
 //!
 //! | name | type | labels | unit |
 //! |---|---|---|---|
 //! | `tasker_executor_batches_total` | counter | `executor_type` | batches |
 //! | `tasker_executor_items_total` | counter | `executor_type` | items (messages, claims) |
 //! | `tasker_executor_errors_total` | counter | `executor_type` | failed batches |
-//! | `tasker_executor_busy_seconds_total` | counter | `executor_type` | seconds inside `process_batch` |
-//! | `tasker_executor_batch_duration_seconds` | summary (p50, p95, p99, max) | `executor_type` | seconds |
+//! | `tasker_executor_batch_duration_seconds` | histogram (`_bucket{le}`, `_sum`, `_count`; [`BATCH_DURATION_BUCKETS`]) | `executor_type` | seconds; `_sum` is the time spent inside `process_batch` |
 //! | `tasker_executor_health_transitions_total` | counter | `from`, `to` | transitions |
 //! | `tasker_pool_scaling_decisions_total` | counter | `executor_type`, `direction` | decisions |
 //! | `tasker_pool_executors` | gauge | `executor_type` | executors |
@@ -14,36 +14,328 @@
 //! | `tasker_circuit_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `executor_type` | state |
 //! | `tasker_backpressure_factor` | gauge | — | 0..1 |
 //!
+//! # Per engine
+//!
+//! [`EngineMetrics`] owns a `PrometheusRecorder` that is never installed as the process's global
+//! recorder: two engines in one process (tests, tools) keep separate figures, and `/metrics`
+//! renders the engine's own handle. Counters and the histogram are registered on it up front
+//! ([`PoolMetrics`] per pool, the health-transition counters per engine), so recording is a
+//! handle update with no lookup. Gauges are set from the coordinator's snapshot when the monitor
+//! publishes it, once per pool per round.
+//!
+//! # Two records of a batch
+//!
+//! The facade's handles can only be written, never read, yet the monitor reads each pool's
+//! totals every round (scaling, backpressure) and the health view shows p50/p95/p99, which
+//! buckets only approximate. So an executor keeps its own atomics and latency histogram
+//! ([`ExecutorMetrics`]) for the engine to read, and updates the exported handles for
+//! Prometheus to scrape. Both are written in the same call, so once it returns they agree.
+//!
 //! # Locks
 //!
 //! Counters are atomics. Each executor records batch latencies into its *own* histogram behind
 //! its own mutex: only that executor's loop and an occasional snapshot ever take it, so no lock
 //! is shared between executors on the hot path. A snapshot merges the histograms of a pool.
-//! The `metrics/lock_choice` group of `benches/hot_paths.rs` measures this against one set of
-//! metrics shared by every executor.
+//! The exported handles are per pool, lock-free atomics and a lock-free sample buffer shared by
+//! the pool's executors, drained into buckets at every monitor round and every render.
+//! The `metrics/lock_choice` group of `benches/hot_paths.rs` measures the per-executor
+//! histograms against one set of metrics shared by every executor.
 
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, OnceLock, PoisonError,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
 
 use hdrhistogram::Histogram;
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use serde::Serialize;
 
-use crate::runtime::health::ExecutorHealth;
+use crate::{
+    pipeline::executor::ExecutorType, runtime::circuit_breaker::CircuitState,
+    runtime::health::ExecutorHealth, runtime::scaling::ScalingDecision,
+};
 
 /// Largest latency tracked exactly: one hour, in microseconds.
 const MAX_LATENCY_MICROS: u64 = 3_600_000_000;
+
+/// Upper bounds, in seconds, of the `tasker_executor_batch_duration_seconds` buckets: from an
+/// in-memory batch (half a millisecond) to a batch of slow handlers.
+pub const BATCH_DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const BATCHES: &str = "tasker_executor_batches_total";
+const ITEMS: &str = "tasker_executor_items_total";
+const ERRORS: &str = "tasker_executor_errors_total";
+const BATCH_DURATION: &str = "tasker_executor_batch_duration_seconds";
+const HEALTH_TRANSITIONS: &str = "tasker_executor_health_transitions_total";
+const SCALING_DECISIONS: &str = "tasker_pool_scaling_decisions_total";
+const POOL_EXECUTORS: &str = "tasker_pool_executors";
+const POOL_UTILIZATION: &str = "tasker_pool_utilization_ratio";
+const BREAKER_STATE: &str = "tasker_circuit_breaker_state";
+const BACKPRESSURE: &str = "tasker_backpressure_factor";
+
+/// Every metric with its kind and HELP text, for the recorder's descriptions.
+const CATALOGUE: [(&str, Kind, &str); 10] = [
+    (BATCHES, Kind::Counter, "Batches run."),
+    (ITEMS, Kind::Counter, "Items processed."),
+    (ERRORS, Kind::Counter, "Failed batches."),
+    (BATCH_DURATION, Kind::Histogram, "Batch latency."),
+    (
+        HEALTH_TRANSITIONS,
+        Kind::Counter,
+        "Executor health changes.",
+    ),
+    (SCALING_DECISIONS, Kind::Counter, "Scaling decisions."),
+    (POOL_EXECUTORS, Kind::Gauge, "Executors in the pool."),
+    (
+        POOL_UTILIZATION,
+        Kind::Gauge,
+        "Busy time over wall time in the last monitor interval.",
+    ),
+    (BREAKER_STATE, Kind::Gauge, "0 closed, 1 half-open, 2 open."),
+    (BACKPRESSURE, Kind::Gauge, "Applied backpressure, 0 to 1."),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Metadata handed to the recorder on registration (the Prometheus recorder ignores it).
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|&(k, v)| Label::new(k, v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn health_index(h: ExecutorHealth) -> usize {
+    match h {
+        ExecutorHealth::Starting => 0,
+        ExecutorHealth::Healthy => 1,
+        ExecutorHealth::Degraded => 2,
+        ExecutorHealth::Unhealthy => 3,
+        ExecutorHealth::Stopping => 4,
+    }
+}
+
+fn health_label(h: ExecutorHealth) -> &'static str {
+    match h {
+        ExecutorHealth::Starting => "Starting",
+        ExecutorHealth::Healthy => "Healthy",
+        ExecutorHealth::Degraded => "Degraded",
+        ExecutorHealth::Unhealthy => "Unhealthy",
+        ExecutorHealth::Stopping => "Stopping",
+    }
+}
+
+/// One counter per `(from, to)` health transition, indexed by [`health_index`]. Only legal
+/// transitions are registered (and so exported, from zero); the others stay no-op handles the
+/// state machine never reaches.
+type HealthCounters = [[Counter; 5]; 5];
+
+/// The metrics of one engine: its own Prometheus recorder (never installed globally) and the
+/// handle that renders it.
+#[derive(Debug, Clone)]
+pub struct EngineMetrics {
+    inner: Arc<EngineRecorder>,
+}
+
+#[derive(Debug)]
+struct EngineRecorder {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    health: Arc<HealthCounters>,
+    backpressure: Gauge,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EngineMetrics {
+    /// A recorder of its own, with the batch-duration histogram's buckets and every metric's
+    /// description.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(BATCH_DURATION.to_owned()),
+                &BATCH_DURATION_BUCKETS,
+            )
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        for (name, kind, help) in CATALOGUE {
+            let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
+            }
+        }
+        let health = std::array::from_fn(|from| {
+            std::array::from_fn(|to| {
+                let (from, to) = (ExecutorHealth::ALL[from], ExecutorHealth::ALL[to]);
+                if from.can_become(to) {
+                    recorder.register_counter(
+                        &key(
+                            HEALTH_TRANSITIONS,
+                            &[("from", health_label(from)), ("to", health_label(to))],
+                        ),
+                        &METADATA,
+                    )
+                } else {
+                    Counter::noop()
+                }
+            })
+        });
+        let backpressure = recorder.register_gauge(&key(BACKPRESSURE, &[]), &METADATA);
+        Self {
+            inner: Arc::new(EngineRecorder {
+                handle: recorder.handle(),
+                recorder,
+                health: Arc::new(health),
+                backpressure,
+            }),
+        }
+    }
+
+    /// Registers the metrics of the pool of `executor_type` and returns their handles.
+    pub fn pool(&self, executor_type: ExecutorType) -> PoolMetrics {
+        let r = &self.inner.recorder;
+        let pool = [("executor_type", executor_type.as_str())];
+        let scaling = |direction| {
+            r.register_counter(
+                &key(SCALING_DECISIONS, &[pool[0], ("direction", direction)]),
+                &METADATA,
+            )
+        };
+        PoolMetrics {
+            batches: r.register_counter(&key(BATCHES, &pool), &METADATA),
+            items: r.register_counter(&key(ITEMS, &pool), &METADATA),
+            errors: r.register_counter(&key(ERRORS, &pool), &METADATA),
+            batch_duration: r.register_histogram(&key(BATCH_DURATION, &pool), &METADATA),
+            scaling: [scaling("up"), scaling("down"), scaling("hold")],
+            health: self.inner.health.clone(),
+        }
+    }
+
+    /// Sets the gauges of the pool of `executor_type`; `utilization` is absent until the
+    /// monitor has measured a full round. Called when the monitor publishes its snapshot, so
+    /// the lookup here is once per pool per round.
+    pub fn set_pool_gauges(
+        &self,
+        executor_type: ExecutorType,
+        executors: usize,
+        breaker: CircuitState,
+        utilization: Option<f64>,
+    ) {
+        let r = &self.inner.recorder;
+        let pool = [("executor_type", executor_type.as_str())];
+        r.register_gauge(&key(POOL_EXECUTORS, &pool), &METADATA)
+            .set(executors as f64);
+        r.register_gauge(&key(BREAKER_STATE, &pool), &METADATA)
+            .set(f64::from(breaker.as_gauge()));
+        if let Some(utilization) = utilization {
+            r.register_gauge(&key(POOL_UTILIZATION, &pool), &METADATA)
+                .set(utilization);
+        }
+    }
+
+    /// Sets the applied backpressure factor.
+    pub fn set_backpressure(&self, factor: f64) {
+        self.inner.backpressure.set(factor);
+    }
+
+    /// Moves the latency samples waiting in the recorder into their buckets. Samples wait
+    /// there until drained, so the monitor calls this every round: an engine nobody scrapes
+    /// must not grow.
+    pub fn run_upkeep(&self) {
+        self.inner.handle.run_upkeep();
+    }
+
+    /// Every metric of this engine in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.inner.handle.render()
+    }
+}
+
+/// The handles of one pool's metrics on its engine's recorder, shared by the pool's executors.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    batches: Counter,
+    items: Counter,
+    errors: Counter,
+    batch_duration: metrics::Histogram,
+    /// Up, down, hold.
+    scaling: [Counter; 3],
+    health: Arc<HealthCounters>,
+}
+
+impl PoolMetrics {
+    /// Handles that record nowhere, for a pool outside any engine (tests, benchmarks): its
+    /// [`ExecutorMetrics`] still keep the totals the pool reports.
+    pub fn detached() -> Self {
+        Self {
+            batches: Counter::noop(),
+            items: Counter::noop(),
+            errors: Counter::noop(),
+            batch_duration: metrics::Histogram::noop(),
+            scaling: [Counter::noop(), Counter::noop(), Counter::noop()],
+            health: Arc::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| Counter::noop())
+            })),
+        }
+    }
+
+    fn record_batch(&self, elapsed: Duration, items: u64, failed: bool) {
+        self.batches.increment(1);
+        self.items.increment(items);
+        if failed {
+            self.errors.increment(1);
+        }
+        self.batch_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Counts one scaling decision of the pool. Decisions happen once per scaling interval.
+    pub fn record_scaling(&self, decision: ScalingDecision) {
+        let direction = match decision {
+            ScalingDecision::Up(_) => 0,
+            ScalingDecision::Down(_) => 1,
+            ScalingDecision::Hold(_) => 2,
+        };
+        self.scaling[direction].increment(1);
+    }
+
+    /// Counts one health transition of one of the pool's executors.
+    pub fn record_health_transition(&self, from: ExecutorHealth, to: ExecutorHealth) {
+        self.health[health_index(from)][health_index(to)].increment(1);
+    }
+}
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
         .expect("constant histogram bounds are valid")
 }
 
-/// The metrics of one executor, written only by its own loop.
+/// The metrics of one executor, written only by its own loop: totals the engine reads, and the
+/// pool's exported handles (see "Two records of a batch" above).
 #[derive(Debug)]
 pub struct ExecutorMetrics {
     batches: AtomicU64,
@@ -51,26 +343,34 @@ pub struct ExecutorMetrics {
     errors: AtomicU64,
     busy_nanos: AtomicU64,
     latency: Mutex<Histogram<u64>>,
+    export: PoolMetrics,
 }
 
 impl Default for ExecutorMetrics {
+    /// Totals only, exported nowhere.
     fn default() -> Self {
+        Self::new(PoolMetrics::detached())
+    }
+}
+
+impl ExecutorMetrics {
+    /// Metrics of an executor of the pool whose handles are `export`.
+    pub fn new(export: PoolMetrics) -> Self {
         Self {
             batches: AtomicU64::new(0),
             items: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
             latency: Mutex::new(new_histogram()),
+            export,
         }
     }
-}
 
-impl ExecutorMetrics {
     /// Records one batch that took `elapsed` and processed `items` (or failed).
     pub fn record_batch(&self, elapsed: Duration, items: usize, failed: bool) {
+        let items = u64::try_from(items).unwrap_or(u64::MAX);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.items
-            .fetch_add(u64::try_from(items).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.items.fetch_add(items, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -86,9 +386,16 @@ impl ExecutorMetrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .saturating_record(micros);
+        self.export.record_batch(elapsed, items, failed);
+    }
+
+    /// Counts one health transition of this executor.
+    pub fn record_health_transition(&self, from: ExecutorHealth, to: ExecutorHealth) {
+        self.export.record_health_transition(from, to);
     }
 
     /// Adds `totals` into these metrics (a pool keeps its removed executors' figures this way).
+    /// Only the totals: the exported handles counted those batches when they ran.
     pub fn absorb(&self, totals: &MetricsTotals) {
         self.batches.fetch_add(totals.batches, Ordering::Relaxed);
         self.items.fetch_add(totals.items, Ordering::Relaxed);
@@ -169,72 +476,6 @@ impl MetricsTotals {
     }
 }
 
-/// Process-wide counters that are not per executor.
-#[derive(Debug, Default)]
-pub struct GlobalMetrics {
-    health: [[AtomicU64; 5]; 5],
-    scaling: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
-}
-
-fn health_index(h: ExecutorHealth) -> usize {
-    match h {
-        ExecutorHealth::Starting => 0,
-        ExecutorHealth::Healthy => 1,
-        ExecutorHealth::Degraded => 2,
-        ExecutorHealth::Unhealthy => 3,
-        ExecutorHealth::Stopping => 4,
-    }
-}
-
-impl GlobalMetrics {
-    /// Counts one health transition.
-    pub fn record_health_transition(&self, from: ExecutorHealth, to: ExecutorHealth) {
-        self.health[health_index(from)][health_index(to)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Health transitions counted so far from `from` to `to`.
-    pub fn health_transitions(&self, from: ExecutorHealth, to: ExecutorHealth) -> u64 {
-        self.health[health_index(from)][health_index(to)].load(Ordering::Relaxed)
-    }
-
-    /// Counts one scaling decision (`up`, `down` or `hold`) of a pool. Decisions happen once
-    /// per scaling interval per pool, far from any hot path.
-    pub fn record_scaling(&self, pool: &str, direction: &'static str) {
-        *self
-            .scaling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((pool.to_owned(), direction))
-            .or_default() += 1;
-    }
-
-    /// Every scaling counter: `((pool, direction), count)`.
-    pub fn scaling_decisions_all(&self) -> Vec<((String, &'static str), u64)> {
-        self.scaling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    }
-
-    /// Scaling decisions counted for `pool` in `direction`.
-    pub fn scaling_decisions(&self, pool: &str, direction: &'static str) -> u64 {
-        self.scaling
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(pool.to_owned(), direction))
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-/// The process-wide counters.
-pub fn global() -> &'static GlobalMetrics {
-    static GLOBAL: OnceLock<GlobalMetrics> = OnceLock::new();
-    GLOBAL.get_or_init(GlobalMetrics::default)
-}
-
 /// One point of a pool's recent time series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SeriesPoint {
@@ -283,6 +524,124 @@ mod tests {
             .map(|t| (0..10_000_u64).map(|i| 1 + (i % 1000) + t).sum::<u64>())
             .sum();
         assert_eq!(totals.busy, Duration::from_micros(expected_busy));
+    }
+
+    /// The value of the sample `series` (name and labels, as rendered) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn two_engines_keep_separate_counters() {
+        let (a, b) = (EngineMetrics::new(), EngineMetrics::new());
+        let on_a = ExecutorMetrics::new(a.pool(ExecutorType::TaskClaimer));
+        let _on_b = ExecutorMetrics::new(b.pool(ExecutorType::TaskClaimer));
+        for _ in 0..3 {
+            on_a.record_batch(Duration::from_millis(2), 5, false);
+        }
+        on_a.record_health_transition(ExecutorHealth::Starting, ExecutorHealth::Healthy);
+        a.pool(ExecutorType::TaskClaimer)
+            .record_scaling(ScalingDecision::Up(1));
+        let (text_a, text_b) = (a.render(), b.render());
+        for (series, on_a, on_b) in [
+            (
+                r#"tasker_executor_batches_total{executor_type="task_claimer"}"#,
+                3.0,
+                0.0,
+            ),
+            (
+                r#"tasker_executor_items_total{executor_type="task_claimer"}"#,
+                15.0,
+                0.0,
+            ),
+            (
+                r#"tasker_executor_batch_duration_seconds_count{executor_type="task_claimer"}"#,
+                3.0,
+                0.0,
+            ),
+            (
+                r#"tasker_executor_health_transitions_total{from="Starting",to="Healthy"}"#,
+                1.0,
+                0.0,
+            ),
+            (
+                r#"tasker_pool_scaling_decisions_total{executor_type="task_claimer",direction="up"}"#,
+                1.0,
+                0.0,
+            ),
+        ] {
+            assert_eq!(sample(&text_a, series), Some(on_a), "{series} in\n{text_a}");
+            assert_eq!(sample(&text_b, series), Some(on_b), "{series} in\n{text_b}");
+        }
+    }
+
+    #[test]
+    fn batch_latency_is_a_histogram_with_buckets_and_matches_the_totals() {
+        let m = EngineMetrics::new();
+        let e = ExecutorMetrics::new(m.pool(ExecutorType::TaskClaimer));
+        e.record_batch(Duration::from_micros(800), 1, false);
+        e.record_batch(Duration::from_millis(20), 1, false);
+        e.record_batch(Duration::from_secs(2), 0, true);
+        // Samples drained by upkeep stay counted at the next render.
+        m.run_upkeep();
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE tasker_executor_batch_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(!text.contains("quantile="), "no summaries: {text}");
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"tasker_executor_batch_duration_seconds_bucket{{executor_type="task_claimer",le="{le}"}}"#
+                ),
+            )
+        };
+        // Cumulative: each bucket counts the batches at or under its bound.
+        let expected = |bound: f64| match bound {
+            b if b < 0.0008 => 0.0,
+            b if b < 0.02 => 1.0,
+            b if b < 2.0 => 2.0,
+            _ => 3.0,
+        };
+        for bound in BATCH_DURATION_BUCKETS {
+            assert_eq!(
+                bucket(&bound.to_string()),
+                Some(expected(bound)),
+                "le={bound}"
+            );
+        }
+        assert_eq!(bucket("+Inf"), Some(3.0));
+        let pool = r#"{executor_type="task_claimer"}"#;
+        let sum = sample(
+            &text,
+            &format!("tasker_executor_batch_duration_seconds_sum{pool}"),
+        )
+        .unwrap();
+        let mut totals = MetricsTotals::default();
+        e.merge_into(&mut totals);
+        assert!((sum - totals.busy.as_secs_f64()).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            sample(&text, &format!("tasker_executor_errors_total{pool}")),
+            Some(1.0)
+        );
+        assert_eq!(totals.batches, 3);
+    }
+
+    #[test]
+    fn only_legal_health_transitions_are_exported() {
+        let text = EngineMetrics::new().render();
+        for from in ExecutorHealth::ALL {
+            for to in ExecutorHealth::ALL {
+                let series = format!(
+                    r#"tasker_executor_health_transitions_total{{from="{from}",to="{to}"}}"#
+                );
+                let expected = from.can_become(to).then_some(0.0);
+                assert_eq!(sample(&text, &series), expected, "{series}");
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::{
     runtime::backpressure::{
         BackpressureConfig, GlobalBackpressureController, PressurePoint, PressureSignals,
     },
-    runtime::metrics::{self, SeriesPoint},
+    runtime::metrics::SeriesPoint,
     runtime::pool::{ExecutorPool, PoolSnapshot, RemovalReport},
     runtime::scaling::{self, ScalingConfig, ScalingDecision, ScalingInput},
 };
@@ -279,7 +279,7 @@ impl OrchestrationLoopCoordinator {
             };
             let name = measure.executor_type;
             let (utilization, queue_depth) = (pool.utilization, measure.queue_depth);
-            metrics::global().record_scaling(name.as_str(), pool.decision.direction());
+            m.pool.metrics().record_scaling(pool.decision);
             match pool.target {
                 None => {
                     tracing::debug!(pool = %name, reason = ?pool.decision, utilization, queue_depth, "scaling: hold");

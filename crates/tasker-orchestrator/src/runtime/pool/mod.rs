@@ -31,7 +31,7 @@ use crate::{
     runtime::backpressure::PressureGauge,
     runtime::circuit_breaker::{CircuitBreaker, CircuitBreakerConfig, CircuitState},
     runtime::health::{ExecutorHealth, HealthStateMachine, HealthTransition},
-    runtime::metrics::{ExecutorMetrics, LatencySummary, MetricsTotals},
+    runtime::metrics::{ExecutorMetrics, LatencySummary, MetricsTotals, PoolMetrics},
 };
 
 /// Builds a new executor of the pool's type.
@@ -90,9 +90,9 @@ pub struct ExecutorState {
 }
 
 impl ExecutorState {
-    fn new(name: String) -> Self {
+    fn new(name: String, metrics: ExecutorMetrics) -> Self {
         Self {
-            metrics: ExecutorMetrics::default(),
+            metrics,
             health: Mutex::new(HealthStateMachine::new(name)),
             heartbeat_ms: AtomicU64::new(0),
             consecutive_errors: AtomicU32::new(0),
@@ -120,7 +120,7 @@ impl ExecutorState {
         for &step in path {
             let from = h.state();
             match h.transition_to(step, reason) {
-                Ok(true) => crate::runtime::metrics::global().record_health_transition(from, step),
+                Ok(true) => self.metrics.record_health_transition(from, step),
                 Ok(false) => {}
                 Err(_) => break,
             }
@@ -224,7 +224,9 @@ pub struct ExecutorPool {
     executors: Vec<RunningExecutor>,
     next_id: u64,
     replaced: u64,
-    /// Metrics of executors already removed, so pool totals never go backwards.
+    /// The pool's handles on its engine's recorder, shared by its executors.
+    metrics: PoolMetrics,
+    /// Totals of executors already removed, so pool totals never go backwards.
     retired: ExecutorMetrics,
 }
 
@@ -239,14 +241,15 @@ impl std::fmt::Debug for ExecutorPool {
 }
 
 impl ExecutorPool {
-    /// An empty pool. Its loops wait on `wake` between empty batches and read backpressure
-    /// from `gauge`.
+    /// An empty pool. Its loops wait on `wake` between empty batches, read backpressure from
+    /// `gauge` and export what they do through `metrics`.
     pub fn new(
         executor_type: ExecutorType,
         factory: ExecutorFactory,
         config: PoolConfig,
         wake: Arc<Notify>,
         gauge: PressureGauge,
+        metrics: PoolMetrics,
     ) -> Self {
         let shared = Arc::new(PoolShared {
             breaker: Mutex::new(CircuitBreaker::new(config.circuit_breaker)),
@@ -262,6 +265,8 @@ impl ExecutorPool {
             executors: Vec::new(),
             next_id: 0,
             replaced: 0,
+            metrics,
+            // Only ever absorbs totals: its executors exported their batches as they ran.
             retired: ExecutorMetrics::default(),
         }
     }
@@ -301,6 +306,11 @@ impl ExecutorPool {
             .count()
     }
 
+    /// The pool's exported metrics.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
+    }
+
     /// Circuit breaker state.
     pub fn circuit_state(&self) -> CircuitState {
         self.shared.breaker().state()
@@ -310,11 +320,10 @@ impl ExecutorPool {
     pub fn add_executor(&mut self) {
         let executor = (self.factory)();
         self.next_id += 1;
-        let state = Arc::new(ExecutorState::new(format!(
-            "{}-{}",
-            self.executor_type.as_str(),
-            self.next_id
-        )));
+        let state = Arc::new(ExecutorState::new(
+            format!("{}-{}", self.executor_type.as_str(), self.next_id),
+            ExecutorMetrics::new(self.metrics.clone()),
+        ));
         state
             .heartbeat_ms
             .store(self.shared.now_ms(), Ordering::Relaxed);

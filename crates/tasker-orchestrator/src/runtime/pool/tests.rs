@@ -64,6 +64,7 @@ fn failing_pool(
             config,
             Arc::new(Notify::new()),
             PressureGauge::default(),
+            PoolMetrics::detached(),
         ),
         batches,
     )
@@ -273,6 +274,7 @@ async fn backpressure_shrinks_batches_by_the_pool_weight() {
         config,
         Arc::new(Notify::new()),
         gauge.clone(),
+        PoolMetrics::detached(),
     );
     p.add_executor();
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -319,6 +321,7 @@ async fn a_partial_batch_waits_for_a_wakeup_instead_of_polling_again() {
         config,
         wake.clone(),
         PressureGauge::default(),
+        PoolMetrics::detached(),
     );
     p.add_executor();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -371,6 +374,7 @@ async fn an_executor_that_stops_wanting_work_ends_its_loop() {
         config(1, 1),
         Arc::new(Notify::new()),
         PressureGauge::default(),
+        PoolMetrics::detached(),
     );
     p.add_executor();
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -387,4 +391,59 @@ async fn an_executor_that_stops_wanting_work_ends_its_loop() {
             aborted: 0
         }
     );
+}
+
+/// The pool's totals and its exported metrics are written by the same call: after executors
+/// ran and were removed both still agree, and their health changes were exported.
+#[tokio::test(start_paused = true)]
+async fn exported_metrics_agree_with_the_pool_totals_across_removals() {
+    let engine = crate::runtime::metrics::EngineMetrics::new();
+    let factory: ExecutorFactory = Arc::new(|| {
+        Arc::new(Fake {
+            batch_time: Some(Duration::from_millis(1)),
+            batches: Arc::new(AtomicUsize::new(0)),
+            fail: false,
+        }) as Arc<dyn OrchestrationExecutor>
+    });
+    let mut p = ExecutorPool::new(
+        ExecutorType::TaskClaimer,
+        factory,
+        config(0, 2),
+        Arc::new(Notify::new()),
+        PressureGauge::default(),
+        engine.pool(ExecutorType::TaskClaimer),
+    );
+    p.add_executor();
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.stop_all().await;
+    let totals = p.totals();
+    assert!(totals.batches >= 4, "{totals:?}");
+    let text = engine.render();
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let pool = r#"{executor_type="task_claimer"}"#;
+    assert_eq!(
+        sample(&format!("tasker_executor_batches_total{pool}")),
+        totals.batches as f64
+    );
+    assert_eq!(
+        sample(&format!(
+            "tasker_executor_batch_duration_seconds_count{pool}"
+        )),
+        totals.batches as f64
+    );
+    assert_eq!(sample(&format!("tasker_executor_errors_total{pool}")), 0.0);
+    for (from, to) in [("Starting", "Healthy"), ("Healthy", "Stopping")] {
+        assert_eq!(
+            sample(&format!(
+                r#"tasker_executor_health_transitions_total{{from="{from}",to="{to}"}}"#
+            )),
+            2.0,
+            "{from} -> {to}"
+        );
+    }
 }
