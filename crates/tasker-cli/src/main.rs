@@ -5,6 +5,7 @@
 //! command ran and found a problem (an invalid template, say), 2 a usage error.
 
 mod commands;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -41,14 +42,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` and `run` install diagnostics themselves, once they know where traces go, and
+    // flush them before returning; the other commands only log.
+    if !matches!(cli.command, Command::Serve(_) | Command::Run(_)) {
+        if let Err(err) = telemetry::Telemetry::init(None) {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Templates(cmd) => commands::templates::run(cmd),
         Command::Run(args) => commands::run::run(args),

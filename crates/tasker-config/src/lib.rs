@@ -57,6 +57,8 @@ pub struct TaskerConfig {
     /// Executor pools: `default` for all, then per executor type (`task_claimer`, …,
     /// `in_process_worker`), each key overriding the default.
     pub pools: PoolsConfig,
+    /// Export of traces.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[database]`.
@@ -209,6 +211,16 @@ impl Default for BackpressureSettings {
             latency_target: Duration::from_millis(1_000),
         }
     }
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP receiver (`http://host:4318`); spans go to its `/v1/traces`.
+    /// Empty: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` decides, and
+    /// without them nothing is exported.
+    pub otlp_endpoint: String,
 }
 
 /// `[pools]`: `default`, then per executor type; each key set on a type overrides `default`.
@@ -500,6 +512,16 @@ impl TaskerConfig {
         }
         if self.queues.max_deliveries == 0 {
             return invalid("queues.max_deliveries", "must be at least 1".into());
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return invalid(
+                "telemetry.otlp_endpoint",
+                format!("{endpoint:?} is not an http:// URL such as \"http://localhost:4318\""),
+            );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());

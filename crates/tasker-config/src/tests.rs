@@ -166,3 +166,56 @@ fn errors_name_the_key() {
         Ok(())
     });
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_takes_an_endpoint_from_file_or_environment() {
+    Jail::expect_with(|jail| {
+        assert_eq!(
+            TaskerConfig::load(None, "development")
+                .unwrap()
+                .telemetry
+                .otlp_endpoint,
+            ""
+        );
+        // The OpenTelemetry variable is the CLI's fallback, not a configuration source.
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert_eq!(
+            TaskerConfig::load(None, "development")
+                .unwrap()
+                .telemetry
+                .otlp_endpoint,
+            ""
+        );
+        let toml = "[default.telemetry]\notlp_endpoint = \"http://jaeger:4318\"\n";
+        let c = load_in(jail, toml, "production").unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, "http://jaeger:4318");
+        jail.set_env("TASKER_TELEMETRY__OTLP_ENDPOINT", "http://tempo:4318");
+        let c = TaskerConfig::load(None, "production").unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, "http://tempo:4318");
+        Ok(())
+    });
+}
+
+#[test]
+fn telemetry_errors_name_the_key() {
+    Jail::expect_with(|jail| {
+        let err = load_in(
+            jail,
+            "[default.telemetry]\notlp_endpoint = \"jaeger:4318\"\n",
+            "development",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
+        assert!(err.contains("is not an http:// URL"), "{err}");
+        let err = load_in(
+            jail,
+            "[default.telemetry]\notlp_endpont = \"http://jaeger:4318\"\n",
+            "development",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("otlp_endpont"), "{err}");
+        Ok(())
+    });
+}

@@ -25,6 +25,7 @@
 pub mod engine;
 pub mod pipeline;
 pub mod runtime;
+pub mod telemetry;
 
 pub use engine::{Engine, EngineConfig};
 pub use pipeline::events::EngineEvent;

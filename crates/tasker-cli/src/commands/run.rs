@@ -1,6 +1,6 @@
 //! `tasker run`: one task from a template file, on an embedded engine, to the end.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{hash::BuildHasher, io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
@@ -47,11 +47,24 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     check_handlers(&template, &handlers)?;
     let context: Value =
         serde_json::from_str(&args.context).context("--context is not valid JSON")?;
-    tokio::runtime::Builder::new_multi_thread()
+    // `run` reads no configuration file: the OpenTelemetry variables decide.
+    let endpoint = crate::telemetry::traces_endpoint("", |name| std::env::var(name).ok());
+    let telemetry = crate::telemetry::Telemetry::init(endpoint.as_deref())?;
+    if args.database_url.is_none() {
+        // A fresh database numbers its tasks from 1 on every run: a seed of this process's
+        // own keeps each run's trace apart from the last one's.
+        tasker_orchestrator::telemetry::set_trace_seed(
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
+        );
+    }
+    let ran = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run_task(args, template, context, handlers))
+        .block_on(run_task(args, template, context, handlers));
+    // After the engine stopped: every attempt's span has ended.
+    telemetry.shutdown();
+    ran
 }
 
 /// Fails naming every handler the template uses that `handlers` lacks, with the steps using

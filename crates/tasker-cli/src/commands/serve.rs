@@ -57,11 +57,18 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Ok(token) = std::env::var("TASKER_API_TOKEN") {
         config.server.auth_token = token;
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let endpoint = crate::telemetry::traces_endpoint(&config.telemetry.otlp_endpoint, |name| {
+        std::env::var(name).ok()
+    });
+    let telemetry = crate::telemetry::Telemetry::init(endpoint.as_deref())?;
+    let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(config))
+        .block_on(serve(config));
+    // After the engine stopped: every attempt's span has ended.
+    telemetry.shutdown();
+    served
 }
 
 /// The engine's settings from the configuration.
