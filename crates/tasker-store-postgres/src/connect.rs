@@ -1,4 +1,4 @@
-use std::{str::FromStr, sync::atomic::AtomicU64, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tasker_store::{Result, StoreError};
@@ -77,7 +77,6 @@ impl PgStore {
         Ok(Self {
             pool,
             lease_pool,
-            statements: AtomicU64::new(0),
             listeners: crate::notify::Listeners::default(),
         })
     }

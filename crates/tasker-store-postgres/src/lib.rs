@@ -16,8 +16,6 @@ mod queue;
 mod start;
 pub mod test_database;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_trait::async_trait;
 use sqlx::PgPool;
 use tasker_store::{Capabilities, Store};
@@ -52,30 +50,24 @@ pub struct PgStore {
     pool: PgPool,
     /// Connections with `synchronous_commit = off`, for lease changes only (see `connect`).
     lease_pool: PgPool,
-    statements: AtomicU64,
     /// The `LISTEN` tasks behind [`Store::wakeup_subscribe`], stopped by [`Store::close`].
     listeners: notify::Listeners,
 }
 
 impl PgStore {
-    /// Counts `n` statements sent to the database (for `statements_executed`).
-    fn count(&self, n: u64) {
-        self.statements.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// `NOTIFY`s the queue's name on [`notify::CHANNEL`]; delivered when the transaction
     /// commits.
     async fn announce_enqueued(
         conn: &mut sqlx::PgConnection,
         queue: &str,
-    ) -> tasker_store::Result<u64> {
+    ) -> tasker_store::Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(notify::CHANNEL)
             .bind(queue)
             .execute(conn)
             .await
             .map_err(decode::map_err)?;
-        Ok(1)
+        Ok(())
     }
 
     /// Appends audit rows, publishes messages (and `NOTIFY`s their queues) and deletes
@@ -86,9 +78,9 @@ impl PgStore {
         transitions: &[tasker_store_sql::NewTransition<'_>],
         outbox: &tasker_store_sql::Outbox,
         consumed: &[tasker_store::QueueAckParams],
-    ) -> tasker_store::Result<u64> {
+    ) -> tasker_store::Result<()> {
         if transitions.is_empty() && outbox.is_empty() && consumed.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let (queues, payloads): (Vec<&str>, Vec<sqlx::types::Json<&serde_json::Value>>) = outbox
             .iter()
@@ -133,21 +125,21 @@ impl PgStore {
         .fetch_all(conn)
         .await
         .map_err(decode::map_err)?;
-        Ok(1)
+        Ok(())
     }
 
     /// Locks the tasks' rows for the rest of the transaction, in id order, so transactions
-    /// that lock several tasks cannot deadlock. Returns the statements sent.
-    async fn lock_tasks(conn: &mut sqlx::PgConnection, ids: &[i64]) -> tasker_store::Result<u64> {
+    /// that lock several tasks cannot deadlock.
+    async fn lock_tasks(conn: &mut sqlx::PgConnection, ids: &[i64]) -> tasker_store::Result<()> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         sqlx::query("SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(ids)
             .execute(conn)
             .await
             .map_err(decode::map_err)?;
-        Ok(1)
+        Ok(())
     }
 
     /// Opens a write transaction.
@@ -192,10 +184,6 @@ impl Store for PgStore {
         &self,
     ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.listeners.subscribe(&self.pool).await.map(Some)
-    }
-
-    fn statements_executed(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
     }
 
     /// Stops the wake-up listeners first (their receivers end), waiting up to 5 s, so the

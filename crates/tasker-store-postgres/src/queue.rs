@@ -19,7 +19,6 @@ impl PgStore {
         &self,
         params: &QueueDequeueParams,
     ) -> Result<Vec<QueueMessage>> {
-        self.count(1);
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
             "UPDATE queue_messages SET deliveries = deliveries + 1, lease_token = $1, \
@@ -49,7 +48,6 @@ impl PgStore {
     /// deliveries they had (the lease that found them was not one).
     async fn bury(&self, dead: &[QueueMessage]) -> Result<()> {
         let ids: Vec<i64> = dead.iter().map(|m| m.id).collect();
-        self.count(1);
         sqlx::query(&format!(
             "WITH dead AS ( \
                DELETE FROM queue_messages WHERE id = ANY($1) \

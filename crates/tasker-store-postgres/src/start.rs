@@ -15,7 +15,6 @@ impl PgStore {
         params: &StepStartManyParams,
     ) -> Result<Vec<StepStarted>> {
         let ids: Vec<i64> = params.step_ids.iter().map(|id| id.0).collect();
-        self.count(1);
         let rows = sqlx::query(&format!(
             "WITH started AS ( \
                UPDATE steps SET state = $3, attempts = attempts + 1, \

@@ -1,4 +1,4 @@
-use std::{path::PathBuf, str::FromStr, sync::atomic::AtomicU64, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tasker_store::{Result, StoreError};
@@ -90,11 +90,7 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self {
-            writer,
-            reader,
-            statements: AtomicU64::new(0),
-        })
+        Ok(Self { writer, reader })
     }
 }
 

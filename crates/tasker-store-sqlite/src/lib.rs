@@ -17,8 +17,6 @@ mod decode;
 mod queue;
 mod start;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 use tasker_store::{Capabilities, Store};
@@ -48,21 +46,15 @@ tasker_store_sql::impl_sql_store!(
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    statements: AtomicU64,
 }
 
 impl SqliteStore {
-    /// Counts `n` statements sent to the database (for `statements_executed`).
-    fn count(&self, n: u64) {
-        self.statements.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// One process per file: nothing to announce beyond the in-process wake-ups.
     async fn announce_enqueued(
         _conn: &mut sqlx::SqliteConnection,
         _queue: &str,
-    ) -> tasker_store::Result<u64> {
-        Ok(0)
+    ) -> tasker_store::Result<()> {
+        Ok(())
     }
 
     /// Appends audit rows, publishes messages and deletes consumed deliveries: a multi-row
@@ -72,23 +64,20 @@ impl SqliteStore {
         transitions: &[tasker_store_sql::NewTransition<'_>],
         outbox: &tasker_store_sql::Outbox,
         consumed: &[tasker_store::QueueAckParams],
-    ) -> tasker_store::Result<u64> {
-        let mut statements = Self::insert_transitions(conn, transitions).await?;
+    ) -> tasker_store::Result<()> {
+        Self::insert_transitions(conn, transitions).await?;
         for (queue, payloads) in outbox {
-            statements += Self::insert_messages(conn, queue, payloads, std::time::Duration::ZERO)
-                .await?
-                .1;
+            Self::insert_messages(conn, queue, payloads, std::time::Duration::ZERO).await?;
         }
-        statements += Self::delete_consumed(conn, consumed).await?;
-        Ok(statements)
+        Self::delete_consumed(conn, consumed).await
     }
 
     /// The single writer already serializes every write transaction: nothing to lock.
     async fn lock_tasks(
         _conn: &mut sqlx::SqliteConnection,
         _ids: &[i64],
-    ) -> tasker_store::Result<u64> {
-        Ok(0)
+    ) -> tasker_store::Result<()> {
+        Ok(())
     }
 
     /// Opens a write transaction on the single writer, taking the write lock up front.
@@ -129,10 +118,6 @@ impl Store for SqliteStore {
         &self,
     ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         Ok(None)
-    }
-
-    fn statements_executed(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {

@@ -19,7 +19,6 @@ impl SqliteStore {
         &self,
         params: &QueueDequeueParams,
     ) -> Result<Vec<QueueMessage>> {
-        self.count(1);
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
             "UPDATE queue_messages SET deliveries = deliveries + 1, lease_token = $1, \
@@ -52,7 +51,6 @@ impl SqliteStore {
         let mut tx = self.begin_write().await?;
         for chunk in ids.chunks(INSERT_CHUNK) {
             for mut statement in bury_statements(chunk) {
-                self.count(1);
                 statement.build().execute(&mut *tx).await.map_err(map_err)?;
             }
         }

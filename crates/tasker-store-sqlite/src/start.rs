@@ -30,7 +30,6 @@ impl SqliteStore {
                 list.push_bind(id.0);
             }
             qb.push(") RETURNING id, task_id");
-            self.count(1);
             for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                 moved.push((
                     row.try_get("id").map_err(map_err)?,
@@ -55,8 +54,7 @@ impl SqliteStore {
                 instance_id: &params.instance_id,
             })
             .collect();
-        let n = Self::insert_transitions(&mut tx, &transitions).await?;
-        self.count(n);
+        Self::insert_transitions(&mut tx, &transitions).await?;
         let mut started = Vec::with_capacity(moved.len());
         for chunk in moved.chunks(INSERT_CHUNK) {
             let mut qb = QueryBuilder::<sqlx::Sqlite>::new(format!(
@@ -72,7 +70,6 @@ impl SqliteStore {
                 list.push_bind(*id);
             }
             qb.push(") ORDER BY s.id, p.position");
-            self.count(1);
             let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
             started.extend(started_steps(&rows)?);
         }

@@ -28,6 +28,7 @@
 mod error;
 mod params;
 mod retry;
+pub mod statements;
 mod traits;
 
 #[cfg(feature = "conformance")]

@@ -319,6 +319,15 @@ pub struct QueueLeaseParams {
     pub delay: Duration,
 }
 
+/// [`crate::QueueStore::queue_extend_many`].
+#[derive(Debug, Clone)]
+pub struct QueueExtendManyParams {
+    /// The held deliveries.
+    pub leases: Vec<QueueAckParams>,
+    /// Each stays leased for this long from now.
+    pub visibility_timeout: Duration,
+}
+
 /// Depth of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct QueueDepth {

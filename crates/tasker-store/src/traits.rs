@@ -4,11 +4,11 @@ use tasker_types::{
 };
 
 use crate::{
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
-    QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams,
-    StepStartManyParams, StepStarted, StepTransitionParams, StepViableManyParams, TaskClaimParams,
-    TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
-    TemplateGetParams, TemplateRegisterParams,
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
+    QueueForwardParams, QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams,
+    StepEnqueueManyParams, StepStartManyParams, StepStarted, StepTransitionParams,
+    StepViableManyParams, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
+    TaskReleaseParams, TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -279,6 +279,15 @@ pub trait QueueStore: Send + Sync {
     /// [`crate::StoreError::LeaseLost`] when the lease token is not the current delivery's.
     async fn queue_extend(&self, params: &QueueLeaseParams) -> Result<()>;
 
+    /// Extends several held deliveries' leases to `visibility_timeout` from now, in one round
+    /// trip whatever their number. Returns the ids whose lease was lost (their token is no
+    /// longer the current delivery's); the others were extended.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors; then no lease was extended.
+    async fn queue_extend_many(&self, params: &QueueExtendManyParams) -> Result<Vec<i64>>;
+
     /// Message counts of one queue.
     ///
     /// # Errors
@@ -328,9 +337,6 @@ pub trait Store:
     ///
     /// Infrastructure errors while subscribing.
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
-
-    /// Statements sent to the database so far (not counting BEGIN/COMMIT/ROLLBACK).
-    fn statements_executed(&self) -> u64;
 
     /// Closes the connection pools; later calls fail with `Unavailable`.
     async fn close(&self);

@@ -166,6 +166,9 @@ impl QueueStore for Faulty {
     async fn queue_extend(&self, p: &QueueLeaseParams) -> Result<()> {
         self.inner.queue_extend(p).await
     }
+    async fn queue_extend_many(&self, p: &QueueExtendManyParams) -> Result<Vec<i64>> {
+        self.inner.queue_extend_many(p).await
+    }
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
         if self.hang_probe.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
@@ -198,9 +201,6 @@ impl Store for Faulty {
     }
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.inner.wakeup_subscribe().await
-    }
-    fn statements_executed(&self) -> u64 {
-        self.inner.statements_executed()
     }
     async fn close(&self) {
         self.inner.close().await

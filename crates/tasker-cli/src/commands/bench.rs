@@ -190,7 +190,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let mut events = engine.subscribe();
-    let statements_before = store.statements_executed();
+    // Counted from the driver's statement events (see `tasker_store::statements`).
+    tasker_store::statements::start_counting();
+    let statements_before = tasker_store::statements::executed();
     let mut rss_samples = Vec::new();
     let started = Instant::now();
     match args.mode {
@@ -242,7 +244,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let statements = store.statements_executed() - statements_before;
+    let statements = tasker_store::statements::executed() - statements_before;
     engine.shutdown().await;
     store.close().await;
 

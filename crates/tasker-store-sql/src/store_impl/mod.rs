@@ -14,14 +14,14 @@
 //! `async fn begin_write(&self) -> Result<sqlx::Transaction<'_, $db>>`,
 //! `async fn dequeue_leased(&self, &QueueDequeueParams) -> Result<Vec<QueueMessage>>` and
 //! `async fn announce_enqueued(&mut $conn, queue: &str) -> Result<u64>` (tell other processes
-//! that `queue` has new work, in the enqueueing transaction; returns the statements sent) and
+//! that `queue` has new work, in the enqueueing transaction; ) and
 //! `async fn lock_tasks(&mut $conn, ids: &[i64]) -> Result<u64>` (lock task rows in id order
 //! for the rest of the transaction where writers run concurrently; returns the statements
 //! sent) and `async fn start_steps(&self, &StepStartManyParams) -> Result<Vec<StepStarted>>`
 //! (`StepStore::step_start_many` for a non-empty list: PostgreSQL does it in one statement),
 //! and `async fn write_effects(&mut $conn, &[NewTransition], &Outbox, &[QueueAckParams]) ->
 //! Result<u64>` (append audit rows, publish messages visible at once and announce them,
-//! delete consumed deliveries; returns the statements sent).
+//! delete consumed deliveries; ).
 
 mod queues;
 mod steps;
@@ -41,9 +41,9 @@ macro_rules! __sql_store_imports {
         #[allow(unused_imports)]
         use ::tasker_store::{
             QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
-            QueueForwardParams, QueueLeaseParams, QueueStore, Result, ResultsApplied,
-            StepApplyResultsParams, StepEnqueueManyParams, StepMessage, StepResultApply,
-            StepStartManyParams, StepStarted, StepStore, StepTransitionParams,
+            QueueExtendManyParams, QueueForwardParams, QueueLeaseParams, QueueStore, Result,
+            ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams, StepMessage,
+            StepResultApply, StepStartManyParams, StepStarted, StepStore, StepTransitionParams,
             StepViableManyParams, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated,
             TaskListParams, TaskMessage, TaskReleaseParams, TaskStore, TaskTransitionParams,
             TemplateGetParams, TemplateRegisterParams, TemplateStore, TransitionLog,

@@ -9,16 +9,15 @@ macro_rules! __sql_store_queues {
             $crate::__sql_store_imports!();
 
             impl $store {
-                /// Inserts messages in multi-row statements. Returns their ids and the statements sent.
+                /// Inserts messages in multi-row statements. Returns their ids.
                 pub(crate) async fn insert_messages(
                     conn: &mut $conn,
                     queue: &str,
                     payloads: &[serde_json::Value],
                     delay: Duration,
-                ) -> Result<(Vec<i64>, u64)> {
+                ) -> Result<Vec<i64>> {
                     let delay = duration_ms(delay);
                     let mut ids = Vec::with_capacity(payloads.len());
-                    let mut statements = 0;
                     for chunk in payloads.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new(
                             "INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) ",
@@ -32,7 +31,6 @@ macro_rules! __sql_store_queues {
                         });
                         qb.push(" RETURNING id");
                         let rows = qb.build().fetch_all(&mut *conn).await.map_err(map_err)?;
-                        statements += 1;
                         for row in &rows {
                             ids.push(row.try_get("id").map_err(map_err)?);
                         }
@@ -40,20 +38,19 @@ macro_rules! __sql_store_queues {
                     // RETURNING order is not promised; ids are increasing in insert order.
                     ids.sort_unstable();
                     if !ids.is_empty() && delay == 0 {
-                        statements += Self::announce_enqueued(conn, queue).await?;
+                        Self::announce_enqueued(conn, queue).await?;
                     }
-                    Ok((ids, statements))
+                    Ok(ids)
                 }
             }
 
             impl $store {
                 /// Deletes consumed deliveries, each only while its lease token is current.
-                /// Returns the statements sent.
+                ///
                 pub(crate) async fn delete_consumed(
                     conn: &mut $conn,
                     consumed: &[QueueAckParams],
-                ) -> Result<u64> {
-                    let mut statements = 0;
+                ) -> Result<()> {
                     for chunk in consumed.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new("DELETE FROM queue_messages WHERE ");
                         for (i, ack) in chunk.iter().enumerate() {
@@ -67,9 +64,8 @@ macro_rules! __sql_store_queues {
                                 .push(")");
                         }
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
-                        statements += 1;
                     }
-                    Ok(statements)
+                    Ok(())
                 }
             }
 
@@ -78,7 +74,6 @@ macro_rules! __sql_store_queues {
                 /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of
                 /// the constants above, never input.
                 async fn lease_update(&self, set: &str, params: &QueueLeaseParams) -> Result<()> {
-                    self.count(1);
                     let done = sqlx::query(&format!(
                         "UPDATE queue_messages SET {set} = {} + $1 \
                          WHERE id = $2 AND lease_token = $3",
@@ -111,20 +106,17 @@ macro_rules! __sql_store_queues {
                         return Ok(Vec::new());
                     }
                     let mut tx = self.begin_write().await?;
-                    let (ids, n) =
+                    let ids =
                         Self::insert_messages(&mut tx, &params.queue, &params.payloads, params.delay).await?;
-                    self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     Ok(ids)
                 }
 
                 async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
                     let mut tx = self.begin_write().await?;
-                    let (ids, n) =
+                    let ids =
                         Self::insert_messages(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;
-                    self.count(n);
-                    let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
-                    self.count(n);
+                    Self::delete_consumed(&mut tx, &params.consumed).await?;
                     tx.commit().await.map_err(map_err)?;
                     Ok(ids)
                 }
@@ -134,7 +126,6 @@ macro_rules! __sql_store_queues {
                 }
 
                 async fn queue_get(&self, params: &QueueAckParams) -> Result<QueueMessage> {
-                    self.count(1);
                     let row = sqlx::query(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE id = $1 AND lease_token = $2"
                     ))
@@ -147,7 +138,6 @@ macro_rules! __sql_store_queues {
                 }
 
                 async fn queue_ack(&self, params: &QueueAckParams) -> Result<()> {
-                    self.count(1);
                     let done = sqlx::query("DELETE FROM queue_messages WHERE id = $1 AND lease_token = $2")
                         .bind(params.id)
                         .bind(&params.lease_token)
@@ -177,8 +167,40 @@ macro_rules! __sql_store_queues {
                     self.lease_update("visible_at_ms", params).await
                 }
 
+                async fn queue_extend_many(&self, params: &QueueExtendManyParams) -> Result<Vec<i64>> {
+                    let mut extended = std::collections::HashSet::with_capacity(params.leases.len());
+                    let mut tx = self.begin_write().await?;
+                    for chunk in params.leases.chunks(INSERT_CHUNK / 2) {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE queue_messages SET visible_at_ms = ");
+                        qb.push(now_ms!())
+                            .push(" + ")
+                            .push_bind(duration_ms(params.visibility_timeout))
+                            .push(" WHERE ");
+                        for (i, lease) in chunk.iter().enumerate() {
+                            if i > 0 {
+                                qb.push(" OR ");
+                            }
+                            qb.push("(id = ")
+                                .push_bind(lease.id)
+                                .push(" AND lease_token = ")
+                                .push_bind(&lease.lease_token)
+                                .push(")");
+                        }
+                        qb.push(" RETURNING id");
+                        for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
+                            extended.insert(row.try_get::<i64, _>("id").map_err(map_err)?);
+                        }
+                    }
+                    tx.commit().await.map_err(map_err)?;
+                    Ok(params
+                        .leases
+                        .iter()
+                        .map(|l| l.id)
+                        .filter(|id| !extended.contains(id))
+                        .collect())
+                }
+
                 async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
-                    self.count(1);
                     let row = sqlx::query(&format!(
                         "SELECT \
                            (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms <= {now}) \
@@ -196,7 +218,6 @@ macro_rules! __sql_store_queues {
                 }
 
                 async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>> {
-                    self.count(1);
                     let rows = sqlx::query(
                         "SELECT id, queue, payload, deliveries, dead_at_ms FROM dead_letters \
                          WHERE queue = $1 ORDER BY id",

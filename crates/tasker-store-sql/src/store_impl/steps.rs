@@ -12,7 +12,7 @@ macro_rules! __sql_store_steps {
 
             impl $store {
                 /// Enqueues the children settlement chose, each only while still `Pending`,
-                /// with their audit rows and step messages. Returns the statements sent.
+                /// with their audit rows and step messages.
                 async fn enqueue_children<'p>(
                     conn: &mut $conn,
                     children: &[StepId],
@@ -20,8 +20,7 @@ macro_rules! __sql_store_steps {
                     params: &'p StepApplyResultsParams,
                     transitions: &mut Vec<NewTransition<'p>>,
                     outbox: &mut std::collections::BTreeMap<String, Vec<serde_json::Value>>,
-                ) -> Result<u64> {
-                    let mut statements = 0;
+                ) -> Result<()> {
                     let to = StepState::Pending.transition(StepEvent::Enqueue)?;
                     for chunk in children.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new("UPDATE steps SET state = ");
@@ -34,7 +33,6 @@ macro_rules! __sql_store_steps {
                             list.push_bind(id.0);
                         }
                         qb.push(") RETURNING id, task_id, handler");
-                        statements += 1;
                         for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
                             let task_id = TaskId(row.try_get("task_id").map_err(map_err)?);
                             let step_id = StepId(row.try_get("id").map_err(map_err)?);
@@ -56,14 +54,13 @@ macro_rules! __sql_store_steps {
                                 .push(serde_json::json!(StepMessage { task_id, step_id }));
                         }
                     }
-                    Ok(statements)
+                    Ok(())
                 }
             }
 
             #[async_trait::async_trait]
             impl StepStore for $store {
                 async fn step_list(&self, task_id: TaskId) -> Result<Vec<StepRow>> {
-                    self.count(1);
                     let rows = sqlx::query(&format!(
                         "SELECT {STEP_COLUMNS} FROM steps WHERE task_id = $1 ORDER BY position"
                     ))
@@ -75,7 +72,6 @@ macro_rules! __sql_store_steps {
                 }
 
                 async fn step_get(&self, id: StepId) -> Result<StepRow> {
-                    self.count(1);
                     let row = sqlx::query(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE id = $1"))
                         .bind(id.0)
                         .fetch_optional(&self.$reader)
@@ -89,7 +85,6 @@ macro_rules! __sql_store_steps {
                 }
 
                 async fn step_edges(&self, task_id: TaskId) -> Result<Vec<(StepId, StepId)>> {
-                    self.count(1);
                     let rows = sqlx::query(
                         "SELECT parent_id, child_id FROM step_edges WHERE task_id = $1 \
                          ORDER BY parent_id, child_id",
@@ -111,7 +106,6 @@ macro_rules! __sql_store_steps {
                 async fn step_transition(&self, params: &StepTransitionParams) -> Result<StepRow> {
                     let to = params.from.transition(params.event)?;
                     let mut tx = self.begin_write().await?;
-                    self.count(1);
                     let row = sqlx::query(&format!(
                         "UPDATE steps SET state = $1, \
                          attempts = CASE WHEN $2 THEN attempts + 1 WHEN $3 THEN 0 ELSE attempts END, \
@@ -139,7 +133,6 @@ macro_rules! __sql_store_steps {
                     .await
                     .map_err(map_err)?;
                     let Some(row) = row else {
-                        self.count(1);
                         let current: Option<String> =
                             sqlx::query_scalar("SELECT state FROM steps WHERE id = $1")
                                 .bind(params.step_id.0)
@@ -155,7 +148,6 @@ macro_rules! __sql_store_steps {
                     };
                     let step = decode_step(&row)?;
                     if to.satisfies_dependents() {
-                        self.count(1);
                         sqlx::query(
                             "UPDATE steps SET pending_parents = pending_parents - 1 \
                              WHERE id IN (SELECT child_id FROM step_edges WHERE parent_id = $1)",
@@ -164,7 +156,6 @@ macro_rules! __sql_store_steps {
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
-                        self.count(1);
                         sqlx::query(
                             "UPDATE tasks SET unfinished_steps = unfinished_steps - 1 WHERE id = $1",
                         )
@@ -173,7 +164,7 @@ macro_rules! __sql_store_steps {
                         .await
                         .map_err(map_err)?;
                     }
-                    let n = Self::insert_transitions(
+                    Self::insert_transitions(
                         &mut tx,
                         &[NewTransition {
                             entity: Entity::Step,
@@ -187,13 +178,11 @@ macro_rules! __sql_store_steps {
                         }],
                     )
                     .await?;
-                    self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     Ok(step)
                 }
 
                 async fn step_viable_many(&self, params: &StepViableManyParams) -> Result<Vec<StepRow>> {
-                    self.count(1);
                     // The first two predicates are exactly `steps_viable_idx`'s, so the planner reads the
                     // partial index: the ready steps of this task, nothing else.
                     let rows = sqlx::query(&format!(
@@ -241,7 +230,6 @@ macro_rules! __sql_store_steps {
                             list.push_bind(*id);
                         }
                         qb.push(") RETURNING id");
-                        self.count(1);
                         let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
                         for row in &rows {
                             enqueued.push((StepId(row.try_get("id").map_err(map_err)?), from));
@@ -263,8 +251,7 @@ macro_rules! __sql_store_steps {
                             instance_id: &params.instance_id,
                         })
                         .collect();
-                    let n = Self::insert_transitions(&mut tx, &transitions).await?;
-                    self.count(n);
+                    Self::insert_transitions(&mut tx, &transitions).await?;
                     let payloads = enqueued
                         .iter()
                         .map(|&(step_id, _)| {
@@ -275,8 +262,7 @@ macro_rules! __sql_store_steps {
                             .map_err(|e| $crate::corrupt("step message", e))
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    let n = Self::insert_messages(&mut tx, &params.queue, &payloads, Duration::ZERO).await?;
-                    self.count(n.1);
+                    Self::insert_messages(&mut tx, &params.queue, &payloads, Duration::ZERO).await?;
                     tx.commit().await.map_err(map_err)?;
                     Ok(enqueued.into_iter().map(|(id, _)| id).collect())
                 }
@@ -307,8 +293,7 @@ macro_rules! __sql_store_steps {
                     let mut tx = self.begin_write().await?;
                     let mut task_ids: Vec<i64> = targets.iter().map(|(r, _)| r.task_id.0).collect();
                     task_ids.dedup();
-                    let n = Self::lock_tasks(&mut tx, &task_ids).await?;
-                    self.count(n);
+                    Self::lock_tasks(&mut tx, &task_ids).await?;
 
                     // 1. Each step moves, only while it runs the result's attempt.
                     let mut moved: HashMap<i64, StepRow> = HashMap::with_capacity(targets.len());
@@ -333,7 +318,6 @@ macro_rules! __sql_store_steps {
                              AND steps.attempts = v.column2 RETURNING {}",
                             qualified("steps", STEP_COLUMNS)
                         ));
-                        self.count(1);
                         for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                             let step = decode_step(&row)?;
                             moved.insert(step.id.0, step);
@@ -366,8 +350,7 @@ macro_rules! __sql_store_steps {
                         applied.steps.push(step);
                     }
                     if settled.is_empty() {
-                        let n = Self::delete_consumed(&mut tx, &params.consumed).await?;
-                        self.count(n);
+                        Self::delete_consumed(&mut tx, &params.consumed).await?;
                         tx.commit().await.map_err(map_err)?;
                         return Ok(applied);
                     }
@@ -380,7 +363,6 @@ macro_rules! __sql_store_steps {
                     });
                     qb.push(") AS v WHERE tasks.id = v.column1 \
                              RETURNING tasks.id, tasks.state, tasks.namespace, tasks.unfinished_steps");
-                    self.count(1);
                     let mut counts: Vec<settle::TaskCount> = Vec::new();
                     let mut namespaces: HashMap<TaskId, String> = HashMap::new();
                     for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
@@ -408,7 +390,6 @@ macro_rules! __sql_store_steps {
                             ") GROUP BY child_id) AS c WHERE steps.id = c.child_id RETURNING {}",
                             qualified("steps", STEP_COLUMNS)
                         ));
-                        self.count(1);
                         for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                             children.push(decode_step(&row)?);
                         }
@@ -417,7 +398,7 @@ macro_rules! __sql_store_steps {
                     // 3. Settlement decides; the rest applies its effects, each guarded by the
                     // state it was decided on.
                     let effects = settle::settle(&settled, &counts, &children);
-                    let n = Self::enqueue_children(
+                    Self::enqueue_children(
                         &mut tx,
                         &effects.enqueue,
                         &namespaces,
@@ -426,7 +407,6 @@ macro_rules! __sql_store_steps {
                         &mut outbox,
                     )
                     .await?;
-                    self.count(n);
                     let mut evaluate: Vec<TaskId> = effects.evaluate;
                     if !effects.evaluate_if_idle.is_empty() {
                         // Literal states: exactly `steps_running_idx`'s predicate, so even a
@@ -440,7 +420,6 @@ macro_rules! __sql_store_steps {
                             list.push_bind(task.0);
                         }
                         qb.push(")");
-                        self.count(1);
                         let busy = qb
                             .build()
                             .fetch_all(&mut *tx)
@@ -470,7 +449,6 @@ macro_rules! __sql_store_steps {
                             list.push_bind(task.0);
                         }
                         qb.push(format!(") RETURNING {TASK_COLUMNS}"));
-                        self.count(1);
                         for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                             let done = decode_task(&row)?;
                             for (from, event) in settle::COMPLETE_FROM_RUNNING {
@@ -496,8 +474,7 @@ macro_rules! __sql_store_steps {
                     }
 
                     // 4. The audit rows, the messages, the consumed deliveries.
-                    let n = Self::write_effects(&mut tx, &transitions, &outbox, &params.consumed).await?;
-                    self.count(n);
+                    Self::write_effects(&mut tx, &transitions, &outbox, &params.consumed).await?;
                     tx.commit().await.map_err(map_err)?;
                     applied.queues = outbox.into_keys().collect();
                     Ok(applied)

@@ -9,12 +9,11 @@ macro_rules! __sql_store_tasks {
             $crate::__sql_store_imports!();
 
             impl $store {
-                /// Appends audit rows in multi-row inserts. Returns the statements sent.
+                /// Appends audit rows in multi-row inserts.
                 pub(crate) async fn insert_transitions(
                     conn: &mut $conn,
                     rows: &[NewTransition<'_>],
-                ) -> Result<u64> {
-                    let mut statements = 0;
+                ) -> Result<()> {
                     for chunk in rows.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new(
                             "INSERT INTO transitions (entity, task_id, step_id, from_state, to_state, event, \
@@ -32,9 +31,8 @@ macro_rules! __sql_store_tasks {
                                 .push(now_ms!());
                         });
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
-                        statements += 1;
                     }
-                    Ok(statements)
+                    Ok(())
                 }
 
                 /// Creates tasks inside the caller's write transaction (see
@@ -87,7 +85,6 @@ macro_rules! __sql_store_tasks {
                             ") AS v JOIN templates t ON t.id = v.column2 WHERE true ORDER BY v.column1 \
                              ON CONFLICT (template_id, idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
                         ));
-                        self.count(1);
                         for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
                             rows.push(decode_task(&row)?);
                         }
@@ -111,7 +108,6 @@ macro_rules! __sql_store_tasks {
                         }
                         let existing = match &p.idempotency_key {
                             Some(key) => {
-                                self.count(1);
                                 sqlx::query(&format!(
                                     "SELECT {TASK_COLUMNS} FROM tasks \
                                      WHERE template_id = $1 AND idempotency_key = $2"
@@ -175,7 +171,6 @@ macro_rules! __sql_store_tasks {
                                 .push_bind(s.pending_parents);
                         });
                         qb.push(" RETURNING id, task_id, name");
-                        self.count(1);
                         for row in qb.build().fetch_all(&mut *conn).await.map_err(map_err)? {
                             ids.insert(
                                 (row.try_get("task_id").map_err(map_err)?, row.try_get("name").map_err(map_err)?),
@@ -230,11 +225,9 @@ macro_rules! __sql_store_tasks {
                         qb.push_values(chunk, |mut b, (task, parent, child)| {
                             b.push_bind(task.0).push_bind(parent.0).push_bind(child.0);
                         });
-                        self.count(1);
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
                     }
-                    let n = Self::write_effects(&mut *conn, &transitions, &outbox, &[]).await?;
-                    self.count(n);
+                    Self::write_effects(&mut *conn, &transitions, &outbox, &[]).await?;
                     Ok(created)
                 }
 
@@ -263,7 +256,6 @@ macro_rules! __sql_store_tasks {
                 }
 
                 async fn task_get(&self, id: TaskId) -> Result<TaskRow> {
-                    self.count(1);
                     let mut conn = self.$reader.acquire().await.map_err(map_err)?;
                     Self::task_fetch(&mut conn, id)
                         .await?
@@ -296,7 +288,6 @@ macro_rules! __sql_store_tasks {
                     }
                     qb.push(" ORDER BY id DESC LIMIT ")
                         .push_bind(i64::from(params.limit));
-                    self.count(1);
                     let rows = qb.build().fetch_all(&self.$reader).await.map_err(map_err)?;
                     rows.iter().map(decode_task).collect()
                 }
@@ -304,7 +295,6 @@ macro_rules! __sql_store_tasks {
                 async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow> {
                     let to = params.from.transition(params.event)?;
                     let mut tx = self.begin_write().await?;
-                    self.count(1);
                     let row = sqlx::query(&format!(
                         "UPDATE tasks SET state = $1, updated_at_ms = {now}, \
                          finished_at_ms = CASE WHEN $2 THEN {now} ELSE NULL END \
@@ -319,7 +309,6 @@ macro_rules! __sql_store_tasks {
                     .await
                     .map_err(map_err)?;
                     let Some(row) = row else {
-                        self.count(1);
                         let current = Self::task_fetch(&mut tx, params.task_id).await?;
                         return Err($crate::stale_or_missing(
                             "task",
@@ -329,7 +318,7 @@ macro_rules! __sql_store_tasks {
                         ));
                     };
                     let task = decode_task(&row)?;
-                    let n = Self::insert_transitions(
+                    Self::insert_transitions(
                         &mut tx,
                         &[NewTransition {
                             entity: Entity::Task,
@@ -343,13 +332,11 @@ macro_rules! __sql_store_tasks {
                         }],
                     )
                     .await?;
-                    self.count(n);
                     tx.commit().await.map_err(map_err)?;
                     Ok(task)
                 }
 
                 async fn task_claim(&self, params: &TaskClaimParams) -> Result<bool> {
-                    self.count(1);
                     let done = sqlx::query(&format!(
                         "UPDATE tasks SET claimed_by = $1, claim_expires_at_ms = {now} + $2 \
                          WHERE id = $3 AND (claimed_by IS NULL OR claimed_by = $1 \
@@ -366,7 +353,6 @@ macro_rules! __sql_store_tasks {
                 }
 
                 async fn task_release(&self, params: &TaskReleaseParams) -> Result<bool> {
-                    self.count(1);
                     let done = sqlx::query(
                         "UPDATE tasks SET claimed_by = NULL, claim_expires_at_ms = NULL \
                          WHERE id = $1 AND claimed_by = $2",
@@ -383,7 +369,6 @@ macro_rules! __sql_store_tasks {
             #[async_trait::async_trait]
             impl TransitionLog for $store {
                 async fn transition_list(&self, task_id: TaskId) -> Result<Vec<TransitionRow>> {
-                    self.count(1);
                     let rows = sqlx::query(&format!(
                         "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE task_id = $1 ORDER BY id"
                     ))

@@ -15,7 +15,6 @@ macro_rules! __sql_store_templates {
                     let definition = &t.definition;
                     let version = &t.version;
                     let mut tx = self.begin_write().await?;
-                    self.count(1);
                     let existing = sqlx::query(&format!(
                         "SELECT {TEMPLATE_COLUMNS} FROM templates \
                          WHERE namespace = $1 AND name = $2 AND version = $3"
@@ -37,7 +36,6 @@ macro_rules! __sql_store_templates {
                             )))
                         };
                     }
-                    self.count(1);
                     let row = sqlx::query(&format!(
                         "INSERT INTO templates (namespace, name, version, definition, created_at_ms) \
                          VALUES ($1, $2, $3, $4, {}) RETURNING {TEMPLATE_COLUMNS}",
@@ -55,7 +53,6 @@ macro_rules! __sql_store_templates {
                 }
 
                 async fn template_get(&self, params: &TemplateGetParams) -> Result<TemplateRecord> {
-                    self.count(1);
                     let rows = sqlx::query(&format!(
                         "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE namespace = $1 AND name = $2 \
                          AND ($3 IS NULL OR version = $3)"
@@ -82,7 +79,6 @@ macro_rules! __sql_store_templates {
                 }
 
                 async fn template_list(&self) -> Result<Vec<TemplateRecord>> {
-                    self.count(1);
                     let rows = sqlx::query(&format!(
                         "SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY namespace, name, id"
                     ))

@@ -7,6 +7,7 @@
 
 mod queue;
 mod results;
+pub mod statements;
 mod step;
 mod task;
 mod template;
@@ -69,12 +70,12 @@ macro_rules! store_conformance {
             queue_visibility_timeout_redelivers,
             queue_nack_with_delay,
             queue_extend_keeps_a_lease,
+            queue_extend_many_keeps_held_leases,
             queue_get_reads_the_held_delivery,
             queue_release_does_not_count_a_delivery,
             queue_dead_letters_after_max_deliveries,
             queue_concurrent_dequeuers_receive_each_message_once,
             queue_enqueue_announces_wakeups,
-            statements_are_counted,
         );
     };
     (@tests $factory:path; $($name:ident),+ $(,)?) => {

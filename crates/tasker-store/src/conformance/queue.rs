@@ -3,9 +3,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use serde_json::json;
 
 use crate::{
-    conformance::{create_task, diamond, eventually},
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueLeaseParams,
-    Store, StoreError,
+    conformance::eventually, QueueAckParams, QueueDepth, QueueDequeueParams,
+    QueueEnqueueManyParams, QueueExtendManyParams, QueueLeaseParams, Store, StoreError,
 };
 
 fn dequeue(queue: &str, max: u32, visibility: Duration, max_deliveries: u32) -> QueueDequeueParams {
@@ -261,17 +260,6 @@ pub async fn queue_concurrent_dequeuers_receive_each_message_once(store: Arc<dyn
     );
 }
 
-/// The store counts the statements it sends: creating a task and reading it adds some, and a
-/// read adds exactly one.
-pub async fn statements_are_counted(store: Arc<dyn Store>) {
-    let before = store.statements_executed();
-    let task = create_task(store.as_ref(), &diamond(), None).await;
-    let after_create = store.statements_executed();
-    assert!(after_create > before);
-    store.task_get(task.id).await.unwrap();
-    assert_eq!(store.statements_executed(), after_create + 1);
-}
-
 /// A backend that announces across processes (`listen_notify`) delivers the queue's name to a
 /// subscriber when messages are enqueued without delay; one that cannot returns no subscription.
 pub async fn queue_enqueue_announces_wakeups(store: Arc<dyn Store>) {
@@ -323,6 +311,49 @@ pub async fn queue_extend_keeps_a_lease(store: Arc<dyn Store>) {
         .await
         .unwrap_err();
     assert!(matches!(wrong, StoreError::LeaseLost { .. }), "{wrong}");
+}
+
+/// Extending many leases at once keeps every held message invisible past its first timeout
+/// and names the ones whose token is not the current delivery's; those time out as usual.
+pub async fn queue_extend_many_keeps_held_leases(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "ext_many", 3).await;
+    let got = s
+        .queue_dequeue(&dequeue("ext_many", 3, Duration::from_millis(300), 5))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let mut leases: Vec<QueueAckParams> = got
+        .iter()
+        .map(|m| QueueAckParams {
+            id: m.id,
+            lease_token: m.lease_token.clone(),
+        })
+        .collect();
+    leases[2].lease_token = "stale".into();
+    let lost = s
+        .queue_extend_many(&QueueExtendManyParams {
+            leases,
+            visibility_timeout: LONG,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [got[2].id]);
+    let depth = eventually(
+        Duration::from_secs(10),
+        "the stale lease to time out",
+        || async {
+            let depth = s.queue_depth("ext_many").await.unwrap();
+            (depth.ready == 1).then_some(depth)
+        },
+    )
+    .await;
+    assert_eq!(depth.invisible, 2, "the extended leases still hold");
+    let again = s
+        .queue_dequeue(&dequeue("ext_many", 3, LONG, 5))
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(|m| m.id).collect::<Vec<_>>(), [got[2].id]);
 }
 
 /// A released message is visible again without spending a delivery; a nacked one spends it.

@@ -123,8 +123,9 @@ pub async fn step_viable_query_agrees_with_settlement(store: Arc<dyn Store>) {
     );
     let task = create_task(s, &t, None).await;
     // Each step's moves from Pending, and the backoff of its failure.
-    let retry = StepEvent::Fail { will_retry: true };
-    let plan: [(&str, &[(StepState, StepEvent)], Duration); 7] = [
+    type Moves = &'static [(StepState, StepEvent)];
+    const RETRY: StepEvent = StepEvent::Fail { will_retry: true };
+    let plan: [(&str, Moves, Duration); 7] = [
         (
             "enqueued",
             &[(StepState::Pending, StepEvent::Enqueue)],
@@ -152,7 +153,7 @@ pub async fn step_viable_query_agrees_with_settlement(store: Arc<dyn Store>) {
             &[
                 (StepState::Pending, StepEvent::Enqueue),
                 (StepState::Enqueued, StepEvent::Start),
-                (StepState::InProgress, retry),
+                (StepState::InProgress, RETRY),
             ],
             Duration::ZERO,
         ),
@@ -161,7 +162,7 @@ pub async fn step_viable_query_agrees_with_settlement(store: Arc<dyn Store>) {
             &[
                 (StepState::Pending, StepEvent::Enqueue),
                 (StepState::Enqueued, StepEvent::Start),
-                (StepState::InProgress, retry),
+                (StepState::InProgress, RETRY),
             ],
             Duration::from_secs(3600),
         ),
@@ -179,7 +180,7 @@ pub async fn step_viable_query_agrees_with_settlement(store: Arc<dyn Store>) {
             &[
                 (StepState::Pending, StepEvent::Enqueue),
                 (StepState::Enqueued, StepEvent::Start),
-                (StepState::InProgress, retry),
+                (StepState::InProgress, RETRY),
             ],
             Duration::ZERO,
         ),

@@ -1,0 +1,19 @@
+//! The store these tests run against: a throw-away PostgreSQL database, dropped afterwards.
+
+use std::sync::Arc;
+
+use tasker_store::conformance::TestStore;
+use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+
+pub(crate) async fn postgres_store() -> TestStore {
+    let db = TestDatabase::create().await.expect("create test database");
+    let store = PgStore::connect(PgStoreOptions::new(&db.url))
+        .await
+        .expect("connect postgres store");
+    TestStore {
+        store: Arc::new(store),
+        cleanup: Some(Box::pin(async move {
+            db.drop_database().await.expect("drop test database");
+        })),
+    }
+}
