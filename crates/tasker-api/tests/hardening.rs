@@ -580,16 +580,34 @@ async fn the_bearer_scheme_is_case_insensitive() {
 }
 
 /// The health and metrics routes read the monitor's published snapshot: they answer while the
-/// coordinator is held (as a scale-down holds it for up to a pool's stop timeout).
+/// monitor is busy with the coordinator (as a scale-down keeps it for up to a pool's stop
+/// timeout), and the monitor takes the next command once it is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_routes_never_wait_on_the_coordinator() {
     let api = Api::start(Backend::sqlite().await, ApiConfig::default()).await;
-    let held = api.engine.coordinator().await;
+    let (busy_tx, busy_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = api.engine.clone();
+    let held = tokio::spawn(async move {
+        engine
+            .with_coordinator(move |_| {
+                Box::pin(async move {
+                    let _ = busy_tx.send(());
+                    let _ = release_rx.await;
+                })
+            })
+            .await
+    });
+    busy_rx.await.expect("the monitor took the job");
     for uri in ["/health/ready", "/v1/health/pools", "/metrics"] {
         let answer = tokio::time::timeout(Duration::from_secs(2), api.get(uri)).await;
         let (status, body) = answer.unwrap_or_else(|_| panic!("{uri} waited on the coordinator"));
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
     }
-    drop(held);
+    release_tx.send(()).unwrap();
+    assert_eq!(held.await.unwrap(), Some(()));
+    tokio::time::timeout(Duration::from_secs(5), api.engine.monitor_tick())
+        .await
+        .expect("the monitor serves commands again");
     api.stop().await;
 }

@@ -8,7 +8,7 @@ use tasker_store::{Store, TaskCreated};
 use tasker_template::TaskTemplate;
 use tasker_types::{StepId, StepRow, TaskId, TaskRow};
 use tokio::{
-    sync::{broadcast, mpsc, watch, Mutex},
+    sync::{broadcast, mpsc, Mutex},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ use crate::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
     runtime::metrics::EngineMetrics,
+    runtime::monitor::{self, MonitorHandle},
     runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     runtime::resources::{self, FailureMode, PoolBounds, ResourceReport},
 };
@@ -149,10 +150,8 @@ const STOP_ORDER: [ExecutorType; 3] = [
 #[derive(Debug)]
 pub struct Engine {
     ctx: ExecutorContext,
-    coordinator: Arc<Mutex<OrchestrationLoopCoordinator>>,
-    /// The coordinator's latest snapshot, published after every monitor round, so readers never
-    /// wait on the coordinator (a scale-down holds it for up to a pool's stop timeout).
-    snapshots: Arc<watch::Sender<Arc<CoordinatorSnapshot>>>,
+    /// The monitor owns the coordinator; this reaches it and reads its published snapshots.
+    monitor: MonitorHandle,
     /// The monitor and the wake-up forwarder.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop_background: CancellationToken,
@@ -279,22 +278,16 @@ impl Engine {
             }
         }
 
-        let first = coordinator.snapshot();
-        set_gauges(&first, &metrics);
-        let snapshots = Arc::new(watch::Sender::new(Arc::new(first)));
-        let coordinator = Arc::new(Mutex::new(coordinator));
-        background.push(tokio::spawn(run_monitor(
-            Arc::downgrade(&coordinator),
-            snapshots.clone(),
-            metrics.clone(),
+        let (monitor, monitor_task) = monitor::spawn(
+            coordinator,
             ctx.store.clone(),
+            metrics.clone(),
             config.coordinator.scaling.interval,
-            stop_background.clone(),
-        )));
+        );
+        background.push(monitor_task);
         Ok(Self {
             ctx,
-            coordinator,
-            snapshots,
+            monitor,
             background: std::sync::Mutex::new(background),
             stop_background,
             resources,
@@ -463,21 +456,27 @@ impl Engine {
     /// last monitor round (at most one scaling interval old). Never waits: it reads what the
     /// monitor published, not the coordinator.
     pub fn snapshot(&self) -> Arc<CoordinatorSnapshot> {
-        self.snapshots.borrow().clone()
+        self.monitor.snapshot()
     }
 
-    /// Runs one monitor round now and publishes its snapshot (tests and tools use it instead
-    /// of waiting an interval).
+    /// Runs one monitor round now and returns once its snapshot is published (tests and tools
+    /// use it instead of waiting an interval). Does nothing after shutdown.
     pub async fn monitor_tick(&self) {
-        let mut coordinator = self.coordinator.lock().await;
-        coordinator.tick(self.ctx.store.as_ref()).await;
-        publish(&coordinator, &self.snapshots, &self.metrics);
+        self.monitor.round().await;
     }
 
-    /// The coordinator, locked (tools and tests inspect or drive pools with it; the monitor
-    /// waits meanwhile).
-    pub async fn coordinator(&self) -> tokio::sync::MutexGuard<'_, OrchestrationLoopCoordinator> {
-        self.coordinator.lock().await
+    /// Runs `job` on the coordinator between monitor rounds (tools and tests drive pools with
+    /// it) and returns its answer; `None` after shutdown.
+    pub async fn with_coordinator<R: Send + 'static>(
+        &self,
+        job: impl for<'a> FnOnce(
+                &'a mut OrchestrationLoopCoordinator,
+            )
+                -> std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send + 'a>>
+            + Send
+            + 'static,
+    ) -> Option<R> {
+        self.monitor.with_coordinator(job).await
     }
 
     /// Stops intake first (request processors, claimers, enqueuers), then lets the work in
@@ -485,6 +484,10 @@ impl Engine {
     /// or is aborted after its pool's stop timeout. Claims taken but not yet enqueued are
     /// released at once rather than left to their lease. Safe to call twice.
     pub async fn shutdown(&self) {
+        // Taken back from the monitor, which stops; a second call finds nothing to take.
+        let Some(mut coordinator) = self.monitor.release().await else {
+            return;
+        };
         self.stop_background.cancel();
         let background = std::mem::take(
             &mut *self
@@ -495,7 +498,6 @@ impl Engine {
         for task in background {
             let _ = task.await;
         }
-        let mut coordinator = self.coordinator.lock().await;
         coordinator.stop(&STOP_ORDER[..2]).await;
         if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer) {
             enqueuers.stop_all().await;
@@ -584,61 +586,6 @@ fn validate_resources(
         "resources validated"
     );
     Ok(report)
-}
-
-/// Publishes the coordinator's state: its snapshot to readers, its gauges to the engine's
-/// recorder. Also drains the recorder's waiting latency samples into their buckets, so an
-/// engine nobody scrapes does not grow.
-fn publish(
-    coordinator: &OrchestrationLoopCoordinator,
-    snapshots: &watch::Sender<Arc<CoordinatorSnapshot>>,
-    metrics: &EngineMetrics,
-) {
-    let snapshot = coordinator.snapshot();
-    set_gauges(&snapshot, metrics);
-    metrics.run_upkeep();
-    snapshots.send_replace(Arc::new(snapshot));
-}
-
-/// Sets the engine's gauges (executors, utilization, breaker state per pool; backpressure)
-/// from a coordinator snapshot, so `/metrics` and `/v1/health/pools` agree.
-fn set_gauges(snapshot: &CoordinatorSnapshot, metrics: &EngineMetrics) {
-    for (&t, pool) in &snapshot.pools {
-        let utilization = snapshot
-            .series
-            .get(&t)
-            .and_then(|s| s.last())
-            .map(|p| p.utilization);
-        metrics.set_pool_gauges(t, pool.executors.len(), pool.circuit_breaker, utilization);
-    }
-    metrics.set_backpressure(snapshot.backpressure);
-}
-
-/// The monitor task. Holds the coordinator weakly: dropping the engine ends it. Publishes a
-/// snapshot after every round.
-async fn run_monitor(
-    coordinator: std::sync::Weak<Mutex<OrchestrationLoopCoordinator>>,
-    snapshots: Arc<watch::Sender<Arc<CoordinatorSnapshot>>>,
-    metrics: EngineMetrics,
-    store: Arc<dyn Store>,
-    interval: Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let Some(coordinator) = coordinator.upgrade() else {
-            break;
-        };
-        let mut coordinator = coordinator.lock().await;
-        coordinator.tick(store.as_ref()).await;
-        publish(&coordinator, &snapshots, &metrics);
-    }
 }
 
 /// Turns announcements from other processes into local wake-ups.

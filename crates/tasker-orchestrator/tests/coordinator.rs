@@ -88,12 +88,16 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
 
     // Hold the request processors back (no executors) so the backlog is still there when the
     // monitor measures it.
-    {
-        let mut c = engine.coordinator().await;
-        let pool = c.pool_mut(name).unwrap();
-        pool.set_bounds(0, 3);
-        pool.scale_to(0).await;
-    }
+    engine
+        .with_coordinator(move |c| {
+            Box::pin(async move {
+                let pool = c.pool_mut(name).unwrap();
+                pool.set_bounds(0, 3);
+                pool.scale_to(0).await;
+            })
+        })
+        .await
+        .expect("the monitor runs");
     let mut events = engine.subscribe();
     for i in 0..200 {
         engine.enqueue_request(&request(i)).await.unwrap();

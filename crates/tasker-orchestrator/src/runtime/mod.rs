@@ -8,6 +8,7 @@ pub mod circuit_breaker;
 pub mod coordinator;
 pub mod health;
 pub mod metrics;
+pub mod monitor;
 pub mod pool;
 pub mod resources;
 pub mod scaling;
