@@ -11,6 +11,13 @@
 //!
 //! Unknown keys are errors, and every error names its key. `docs/configuration.md` lists every
 //! key with its default.
+//!
+//! # One set of defaults
+//!
+//! The engine's own types hold the defaults ([`EngineConfig::default`] and what it is made
+//! of); every section here takes its defaults from them, and [`TaskerConfig::engine_config`]
+//! turns a configuration into the engine's types. The failure mode deserializes straight into
+//! the engine's [`FailureMode`], and a pool's settings resolve into its [`PoolConfig`].
 
 use std::{path::Path, time::Duration};
 
@@ -19,6 +26,13 @@ use figment::{
     Figment, Profile,
 };
 use serde::{Deserialize, Serialize};
+use tasker_orchestrator::{
+    runtime::{
+        backpressure::BackpressureConfig, coordinator::CoordinatorConfig, pool::PoolConfig,
+        resources::FailureMode, scaling::ScalingConfig,
+    },
+    EngineConfig, ExecutorType,
+};
 
 /// Why configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +127,7 @@ pub struct EngineSettings {
     /// Run steps whose handler this process has.
     pub local_workers: bool,
     /// `fail_fast`, `degraded` or `best_effort` when pools do not fit the database pool.
-    pub failure_mode: String,
+    pub failure_mode: FailureMode,
     /// Lease on claimed tasks.
     #[serde(with = "humantime_serde")]
     pub claim_lease: Duration,
@@ -121,10 +135,11 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
+        let engine = EngineConfig::default();
         Self {
-            local_workers: true,
-            failure_mode: "fail_fast".into(),
-            claim_lease: Duration::from_millis(30_000),
+            local_workers: engine.local_workers,
+            failure_mode: engine.failure_mode,
+            claim_lease: engine.claim_lease,
         }
     }
 }
@@ -142,9 +157,10 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
+        let engine = EngineConfig::default();
         Self {
-            visibility_timeout: Duration::from_millis(60_000),
-            max_deliveries: 10,
+            visibility_timeout: engine.visibility_timeout,
+            max_deliveries: engine.max_deliveries,
         }
     }
 }
@@ -170,12 +186,13 @@ pub struct CoordinatorSettings {
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
+        let c = CoordinatorConfig::default();
         Self {
-            target_utilization: 0.7,
-            scaling_interval: Duration::from_millis(1_000),
-            cooldown: Duration::from_millis(10_000),
-            queue_depth_per_executor: 100,
-            heartbeat_timeout: Duration::from_millis(60_000),
+            target_utilization: c.scaling.target_utilization,
+            scaling_interval: c.scaling.interval,
+            cooldown: c.scaling.cooldown,
+            queue_depth_per_executor: c.scaling.queue_depth_per_executor,
+            heartbeat_timeout: c.heartbeat_timeout,
         }
     }
 }
@@ -202,13 +219,14 @@ pub struct BackpressureSettings {
 
 impl Default for BackpressureSettings {
     fn default() -> Self {
+        let c = CoordinatorConfig::default();
         Self {
-            smoothing: 0.3,
-            hysteresis: 0.1,
-            min_dwell: Duration::from_millis(5_000),
-            memory_budget_bytes: 2 * 1024 * 1024 * 1024,
-            queue_high_watermark: 100_000,
-            latency_target: Duration::from_millis(1_000),
+            smoothing: c.backpressure.smoothing,
+            hysteresis: c.backpressure.hysteresis,
+            min_dwell: c.backpressure.min_dwell,
+            memory_budget_bytes: c.memory_budget_bytes,
+            queue_high_watermark: c.queue_high_watermark,
+            latency_target: c.latency_target,
         }
     }
 }
@@ -223,13 +241,14 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
 }
 
-/// `[pools]`: `default`, then per executor type; each key set on a type overrides `default`.
+/// `[pools]`: `default`, then per executor type; each key set on a type overrides `default`,
+/// and each key set nowhere keeps the engine's default for that type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
 pub struct PoolsConfig {
     /// Applied to every pool.
-    pub default: PoolSettings,
+    pub default: PoolOverride,
     pub task_request_processor: PoolOverride,
     pub task_claimer: PoolOverride,
     pub step_enqueuer: PoolOverride,
@@ -238,68 +257,57 @@ pub struct PoolsConfig {
     pub in_process_worker: PoolOverride,
 }
 
-/// One pool's settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoolSettings {
-    /// Fewest executors.
-    pub min_executors: usize,
-    /// Most executors.
-    pub max_executors: usize,
-    /// Items per batch.
-    pub batch_size: u32,
-    /// Fallback sleep after an empty batch (wake-ups usually come first).
-    #[serde(with = "humantime_serde")]
-    pub polling_interval: Duration,
-    /// How long a stopping executor may finish its batch before it is aborted.
-    #[serde(with = "humantime_serde")]
-    pub stop_timeout: Duration,
-    /// Consecutive failed batches that make an executor unhealthy.
-    pub unhealthy_after_errors: u32,
-    /// Consecutive storage failures that open the circuit.
-    pub breaker_failure_threshold: u32,
-    /// How long an open circuit waits before a probe.
-    #[serde(with = "humantime_serde")]
-    pub breaker_open_timeout: Duration,
-    /// Successful probes that close it.
-    pub breaker_success_threshold: u32,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            min_executors: 1,
-            max_executors: 4,
-            batch_size: 50,
-            polling_interval: Duration::from_millis(100),
-            stop_timeout: Duration::from_millis(5_000),
-            unhealthy_after_errors: 10,
-            breaker_failure_threshold: 5,
-            breaker_open_timeout: Duration::from_millis(5_000),
-            breaker_success_threshold: 1,
-        }
-    }
-}
-
-/// Per-type overrides of [`PoolSettings`]; absent keys keep the default's value.
+/// One `[pools.*]` table: the keys it sets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-#[allow(missing_docs)]
 pub struct PoolOverride {
+    /// Fewest executors.
     pub min_executors: Option<usize>,
+    /// Most executors.
     pub max_executors: Option<usize>,
+    /// Items per batch.
     pub batch_size: Option<u32>,
+    /// Fallback sleep after an empty batch (wake-ups usually come first).
     #[serde(default, with = "humantime_serde")]
     pub polling_interval: Option<Duration>,
+    /// How long a stopping executor may finish its batch before it is aborted.
     #[serde(default, with = "humantime_serde")]
     pub stop_timeout: Option<Duration>,
+    /// Consecutive failed batches that make an executor unhealthy.
     pub unhealthy_after_errors: Option<u32>,
+    /// Consecutive storage failures that open the circuit.
     pub breaker_failure_threshold: Option<u32>,
+    /// How long an open circuit waits before a probe.
     #[serde(default, with = "humantime_serde")]
     pub breaker_open_timeout: Option<Duration>,
+    /// Successful probes that close it.
     pub breaker_success_threshold: Option<u32>,
-    /// How strongly this pool gives way to backpressure, 0–1000 (default per type).
+    /// How strongly the pool gives way to backpressure, 0–1000 (default per type).
     pub backpressure_weight_permille: Option<u32>,
+}
+
+impl PoolOverride {
+    /// `pool` with the keys this table sets.
+    fn apply(&self, mut pool: PoolConfig) -> PoolConfig {
+        macro_rules! take {
+            ($($key:ident => $($field:ident).+),+ $(,)?) => {
+                $(if let Some(v) = self.$key { pool.$($field).+ = v; })+
+            };
+        }
+        take!(
+            min_executors => min_executors,
+            max_executors => max_executors,
+            batch_size => batch_size,
+            polling_interval => polling_interval,
+            stop_timeout => stop_timeout,
+            unhealthy_after_errors => unhealthy_after_errors,
+            breaker_failure_threshold => circuit_breaker.failure_threshold,
+            breaker_open_timeout => circuit_breaker.open_timeout,
+            breaker_success_threshold => circuit_breaker.success_threshold,
+            backpressure_weight_permille => backpressure_weight_permille,
+        );
+        pool
+    }
 }
 
 /// Executor types a `[pools.<type>]` table may name.
@@ -313,33 +321,36 @@ pub const POOL_TYPES: &[&str] = &[
 ];
 
 impl PoolsConfig {
-    /// The effective settings of pool `name` and its backpressure weight override.
-    pub fn resolve(&self, name: &str) -> (PoolSettings, Option<u32>) {
-        let mut s = self.default.clone();
-        let o = match name {
-            "task_request_processor" => &self.task_request_processor,
-            "task_claimer" => &self.task_claimer,
-            "step_enqueuer" => &self.step_enqueuer,
-            "step_result_processor" => &self.step_result_processor,
-            "task_finalizer" => &self.task_finalizer,
-            "in_process_worker" => &self.in_process_worker,
-            _ => return (s, None),
+    /// The effective settings of pool `name`: the engine's default for its type, then
+    /// `[pools.default]`, then `[pools.<name>]`. `"default"` alone resolves against the
+    /// engine's generic pool default.
+    pub fn resolve(&self, name: &str) -> PoolConfig {
+        let engine = EngineConfig::default();
+        let (base, own) = match name {
+            "task_request_processor" => (
+                engine.pools[&ExecutorType::TaskRequestProcessor].clone(),
+                &self.task_request_processor,
+            ),
+            "task_claimer" => (
+                engine.pools[&ExecutorType::TaskClaimer].clone(),
+                &self.task_claimer,
+            ),
+            "step_enqueuer" => (
+                engine.pools[&ExecutorType::StepEnqueuer].clone(),
+                &self.step_enqueuer,
+            ),
+            "step_result_processor" => (
+                engine.pools[&ExecutorType::StepResultProcessor].clone(),
+                &self.step_result_processor,
+            ),
+            "task_finalizer" => (
+                engine.pools[&ExecutorType::TaskFinalizer].clone(),
+                &self.task_finalizer,
+            ),
+            "in_process_worker" => (engine.worker_pool, &self.in_process_worker),
+            _ => return self.default.apply(PoolConfig::default()),
         };
-        macro_rules! take {
-            ($($field:ident),+) => { $(if let Some(v) = o.$field { s.$field = v; })+ };
-        }
-        take!(
-            min_executors,
-            max_executors,
-            batch_size,
-            polling_interval,
-            stop_timeout,
-            unhealthy_after_errors,
-            breaker_failure_threshold,
-            breaker_open_timeout,
-            breaker_success_threshold
-        );
-        (s, o.backpressure_weight_permille)
+        own.apply(self.default.apply(base))
     }
 }
 
@@ -456,6 +467,45 @@ impl TaskerConfig {
             .select(Profile::new(environment)))
     }
 
+    /// The engine's settings from this configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        let c = &self.coordinator;
+        let b = &self.backpressure;
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            pools: ExecutorType::ALL
+                .into_iter()
+                .map(|t| (t, self.pools.resolve(t.as_str())))
+                .collect(),
+            worker_pool: self.pools.resolve(ExecutorType::InProcessWorker.as_str()),
+            local_workers: self.engine.local_workers,
+            coordinator: CoordinatorConfig {
+                scaling: ScalingConfig {
+                    target_utilization: c.target_utilization,
+                    queue_depth_per_executor: c.queue_depth_per_executor,
+                    cooldown: c.cooldown,
+                    interval: c.scaling_interval,
+                },
+                heartbeat_timeout: c.heartbeat_timeout,
+                backpressure: BackpressureConfig {
+                    smoothing: b.smoothing,
+                    hysteresis: b.hysteresis,
+                    min_dwell: b.min_dwell,
+                    ..defaults.coordinator.backpressure.clone()
+                },
+                memory_budget_bytes: b.memory_budget_bytes,
+                queue_high_watermark: b.queue_high_watermark,
+                latency_target: b.latency_target,
+                ..defaults.coordinator.clone()
+            },
+            failure_mode: self.engine.failure_mode,
+            claim_lease: self.engine.claim_lease,
+            visibility_timeout: self.queues.visibility_timeout,
+            max_deliveries: self.queues.max_deliveries,
+            ..defaults
+        }
+    }
+
     /// Checks ranges and cross-field rules.
     ///
     /// # Errors
@@ -468,18 +518,6 @@ impl TaskerConfig {
                 message,
             })
         };
-        if !matches!(
-            self.engine.failure_mode.as_str(),
-            "fail_fast" | "degraded" | "best_effort"
-        ) {
-            return invalid(
-                "engine.failure_mode",
-                format!(
-                    "{:?} is not one of fail_fast, degraded, best_effort",
-                    self.engine.failure_mode
-                ),
-            );
-        }
         if !(self.coordinator.target_utilization > 0.0
             && self.coordinator.target_utilization <= 1.0)
         {
@@ -528,7 +566,7 @@ impl TaskerConfig {
         }
         // `default` first, so a bad default is reported under its own key.
         for name in std::iter::once(&"default").chain(POOL_TYPES) {
-            let (p, weight) = self.pools.resolve(name);
+            let p = self.pools.resolve(name);
             let key = |field: &str| format!("pools.{name}.{field}");
             if p.min_executors > p.max_executors {
                 return invalid(
@@ -552,13 +590,14 @@ impl TaskerConfig {
                     ),
                 );
             }
-            if p.breaker_failure_threshold == 0 || p.breaker_success_threshold == 0 {
+            if p.circuit_breaker.failure_threshold == 0 || p.circuit_breaker.success_threshold == 0
+            {
                 return invalid(
                     &key("breaker_failure_threshold"),
                     "breaker thresholds must be at least 1".into(),
                 );
             }
-            if weight.is_some_and(|w| w > 1000) {
+            if p.backpressure_weight_permille > 1000 {
                 return invalid(
                     &key("backpressure_weight_permille"),
                     "must be at most 1000".into(),

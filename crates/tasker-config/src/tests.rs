@@ -8,6 +8,43 @@ fn load_in(jail: &mut Jail, toml: &str, environment: &str) -> Result<TaskerConfi
     TaskerConfig::load(None, environment)
 }
 
+/// The engine's defaults are the only ones: a configuration that sets nothing gives the
+/// engine exactly its own defaults, pool by pool (the worker pool's included).
+#[test]
+fn an_empty_configuration_is_the_engines_defaults() {
+    let engine = TaskerConfig::default().engine_config();
+    let defaults = EngineConfig::default();
+    assert_eq!(
+        EngineConfig {
+            instance_id: defaults.instance_id.clone(),
+            ..engine
+        },
+        defaults
+    );
+}
+
+/// Keys set nowhere keep the engine's default for the pool's type; `[pools.default]` applies
+/// to every pool; `[pools.<type>]` wins over it.
+#[test]
+fn pool_settings_layer_over_the_engines_defaults_per_type() {
+    let mut pools = PoolsConfig::default();
+    pools.default.max_executors = Some(6);
+    pools.task_claimer.max_executors = Some(2);
+    pools.in_process_worker.batch_size = Some(9);
+    let engine = EngineConfig::default();
+    let claimer = pools.resolve("task_claimer");
+    assert_eq!(claimer.max_executors, 2);
+    assert_eq!(
+        claimer.backpressure_weight_permille,
+        engine.pools[&ExecutorType::TaskClaimer].backpressure_weight_permille
+    );
+    let worker = pools.resolve("in_process_worker");
+    assert_eq!(worker.max_executors, 6);
+    assert_eq!(worker.batch_size, 9);
+    assert_eq!(worker.min_executors, engine.worker_pool.min_executors);
+    assert!(worker.heartbeat_during_batch);
+}
+
 #[test]
 fn defaults_need_no_file() {
     Jail::expect_with(|_| {
@@ -34,9 +71,9 @@ fn environment_tables_and_variables_layer_over_defaults() {
         "#;
         let dev = load_in(jail, toml, "development").unwrap();
         assert_eq!(dev.database.max_connections, 40);
-        assert_eq!(dev.pools.resolve("task_claimer").0.max_executors, 2);
-        assert_eq!(dev.pools.resolve("task_claimer").0.batch_size, 25);
-        assert_eq!(dev.pools.resolve("task_finalizer").0.max_executors, 4);
+        assert_eq!(dev.pools.resolve("task_claimer").max_executors, 2);
+        assert_eq!(dev.pools.resolve("task_claimer").batch_size, 25);
+        assert_eq!(dev.pools.resolve("task_finalizer").max_executors, 4);
         let prod = TaskerConfig::load(None, "production").unwrap();
         assert_eq!(prod.database.max_connections, 80);
 
@@ -45,7 +82,7 @@ fn environment_tables_and_variables_layer_over_defaults() {
         let env = TaskerConfig::load(None, "production").unwrap();
         assert_eq!(
             (env.database.max_connections, env.pools.default.batch_size),
-            (99, 7)
+            (99, Some(7))
         );
 
         // Durations read as "250ms", "5s", "1m", from the file and the environment alike.
@@ -54,7 +91,7 @@ fn environment_tables_and_variables_layer_over_defaults() {
         let c = load_in(jail, toml, "development").unwrap();
         assert_eq!(c.engine.claim_lease, Duration::from_secs(45));
         assert_eq!(
-            c.pools.resolve("step_enqueuer").0.polling_interval,
+            c.pools.resolve("step_enqueuer").polling_interval,
             Duration::from_millis(250)
         );
         assert_eq!(c.coordinator.cooldown, Duration::from_secs(120));
@@ -120,7 +157,11 @@ fn errors_name_the_key() {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("engine.failure_mode"), "{err}");
+        assert!(err.contains("failure_mode"), "{err}");
+        assert!(
+            err.contains("fail_fast"),
+            "names the accepted values: {err}"
+        );
         let err = load_in(
             jail,
             "[default.pools.default]\npolling_interval = \"90s\"\n",

@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// How to build an [`Engine`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Recorded in audit rows.
     pub instance_id: String,

@@ -165,7 +165,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = tasker_config::TaskerConfig::load(None, &environment)?;
     let engine = Engine::start(
         store.clone(),
-        super::serve::engine_config(&config),
+        config.engine_config(),
         HandlerRegistry::with_builtins(),
     )
     .await

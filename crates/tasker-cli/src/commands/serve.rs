@@ -6,16 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use tasker_api::ApiConfig;
 use tasker_config::TaskerConfig;
-use tasker_orchestrator::{
-    handler::HandlerRegistry,
-    runtime::backpressure::{default_weight_permille, BackpressureConfig},
-    runtime::circuit_breaker::CircuitBreakerConfig,
-    runtime::coordinator::CoordinatorConfig,
-    runtime::pool::PoolConfig,
-    runtime::resources::FailureMode,
-    runtime::scaling::ScalingConfig,
-    Engine, EngineConfig, ExecutorType,
-};
+use tasker_orchestrator::{handler::HandlerRegistry, Engine};
 
 /// `tasker serve` arguments. Flags override the configuration file and `TASKER_*` variables.
 #[derive(Debug, Args)]
@@ -71,67 +62,6 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     served
 }
 
-/// The engine's settings from the configuration.
-pub(crate) fn engine_config(config: &TaskerConfig) -> EngineConfig {
-    let pool = |t: ExecutorType| {
-        let (p, weight) = config.pools.resolve(t.as_str());
-        PoolConfig {
-            min_executors: p.min_executors,
-            max_executors: p.max_executors,
-            batch_size: p.batch_size,
-            polling_interval: p.polling_interval,
-            stop_timeout: p.stop_timeout,
-            circuit_breaker: CircuitBreakerConfig {
-                failure_threshold: p.breaker_failure_threshold,
-                open_timeout: p.breaker_open_timeout,
-                success_threshold: p.breaker_success_threshold,
-            },
-            backpressure_weight_permille: weight.unwrap_or_else(|| default_weight_permille(t)),
-            unhealthy_after_errors: p.unhealthy_after_errors,
-            // Workers run user handlers bounded by the steps' timeouts, not by the heartbeat.
-            heartbeat_during_batch: t == ExecutorType::InProcessWorker,
-        }
-    };
-    let c = &config.coordinator;
-    let b = &config.backpressure;
-    EngineConfig {
-        pools: ExecutorType::ALL
-            .into_iter()
-            .map(|t| (t, pool(t)))
-            .collect(),
-        worker_pool: pool(ExecutorType::InProcessWorker),
-        local_workers: config.engine.local_workers,
-        coordinator: CoordinatorConfig {
-            scaling: ScalingConfig {
-                target_utilization: c.target_utilization,
-                queue_depth_per_executor: c.queue_depth_per_executor,
-                cooldown: c.cooldown,
-                interval: c.scaling_interval,
-            },
-            heartbeat_timeout: c.heartbeat_timeout,
-            backpressure: BackpressureConfig {
-                smoothing: b.smoothing,
-                hysteresis: b.hysteresis,
-                min_dwell: b.min_dwell,
-                ..BackpressureConfig::default()
-            },
-            memory_budget_bytes: b.memory_budget_bytes,
-            queue_high_watermark: b.queue_high_watermark,
-            latency_target: b.latency_target,
-            ..CoordinatorConfig::default()
-        },
-        failure_mode: match config.engine.failure_mode.as_str() {
-            "degraded" => FailureMode::Degraded,
-            "best_effort" => FailureMode::BestEffort,
-            _ => FailureMode::FailFast,
-        },
-        claim_lease: config.engine.claim_lease,
-        visibility_timeout: config.queues.visibility_timeout,
-        max_deliveries: config.queues.max_deliveries,
-        ..EngineConfig::default()
-    }
-}
-
 async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     let bind: SocketAddr = config.server.bind.parse().with_context(|| {
         format!(
@@ -160,7 +90,7 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(
         Engine::start(
             store.clone(),
-            engine_config(&config),
+            config.engine_config(),
             HandlerRegistry::with_builtins(),
         )
         .await

@@ -38,7 +38,7 @@ use crate::{
 pub type ExecutorFactory = Arc<dyn Fn() -> Arc<dyn OrchestrationExecutor> + Send + Sync>;
 
 /// Settings of one pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// Fewest executors.
     pub min_executors: usize,
