@@ -1,21 +1,18 @@
 //! The whole pipeline, end to end, on both backends: tasks go from request to `Complete` (or
 //! `Error`) through the five executor pools and in-process workers.
 
+mod support;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use support::{postgres, register};
 use tasker_orchestrator::{
     handler::HandlerRegistry, pipeline::messages::TaskRequest, runtime::pool::PoolConfig, Engine,
     EngineConfig, EngineEvent, ExecutorType,
 };
-use tasker_store::{Store, TemplateRegisterParams};
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
-use tasker_template::TaskTemplate;
+use tasker_store::Store;
+use tasker_store_postgres::{PgStore, PgStoreOptions};
 use tasker_types::{Entity, TaskId, TaskState};
-
-fn template(yaml: &str) -> TaskTemplate {
-    TaskTemplate::from_yaml_str(yaml, "test").unwrap()
-}
 
 const DIAMOND: &str = "namespace: demo\nname: diamond\nversion: 1.0.0\nsteps:\n\
     - {name: start, handler: noop}\n- {name: left, handler: noop, depends_on: [start]}\n\
@@ -29,12 +26,7 @@ const FLAKY: &str = "namespace: demo\nname: flaky\nversion: 1.0.0\nsteps:\n\
 
 async fn engine(store: Arc<dyn Store>) -> Engine {
     for t in [DIAMOND, FLAKY] {
-        store
-            .template_register(&TemplateRegisterParams {
-                template: template(t).to_definition(),
-            })
-            .await
-            .unwrap();
+        register(store.as_ref(), t).await;
     }
     let config = EngineConfig {
         ..EngineConfig::default()
@@ -198,12 +190,7 @@ async fn queued_requests_are_processed(store: Arc<dyn Store>) {
 async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
     let slow = "namespace: demo\nname: slow\nversion: 1.0.0\nsteps:\n\
         - {name: wait, handler: {name: sleep, config: {ms: 1500}}}\n";
-    store
-        .template_register(&TemplateRegisterParams {
-            template: template(slow).to_definition(),
-        })
-        .await
-        .unwrap();
+    register(store.as_ref(), slow).await;
     let mut config = EngineConfig {
         visibility_timeout: Duration::from_millis(300),
         ..EngineConfig::default()
@@ -229,47 +216,6 @@ async fn long_steps_keep_their_lease(store: Arc<dyn Store>) {
     engine.shutdown().await;
 }
 
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
-        .await
-        .unwrap();
-    (Arc::new(store), dir)
-}
-
-async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
-    let db = TestDatabase::create().await.unwrap();
-    let store = PgStore::connect(PgStoreOptions::new(&db.url))
-        .await
-        .unwrap();
-    (Arc::new(store), db)
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),+) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (store, _dir) = super::sqlite().await;
-                    super::$name(store).await;
-                }
-            )+
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (store, db) = super::postgres().await;
-                    super::$name(store.clone()).await;
-                    store.close().await;
-                    db.drop_database().await.unwrap();
-                }
-            )+
-        }
-    };
-}
-
 on_both_backends!(
     thousand_diamonds_complete,
     retries_then_errors,
@@ -288,12 +234,7 @@ async fn postgres_notify_wakes_pools_of_another_process() {
     }
     .with_pools(|p: &mut PoolConfig| p.polling_interval = Duration::from_secs(60));
     for t in [DIAMOND, FLAKY] {
-        store
-            .template_register(&TemplateRegisterParams {
-                template: template(t).to_definition(),
-            })
-            .await
-            .unwrap();
+        register(store.as_ref(), t).await;
     }
     let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
         .await

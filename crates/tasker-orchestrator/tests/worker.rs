@@ -2,6 +2,8 @@
 //! their own, so a slow handler keeps its lease and does not hold back the results of the fast
 //! ones, and a handler that panics fails its step instead of taking the worker down.
 
+mod support;
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -12,15 +14,13 @@ use std::{
 
 use async_trait::async_trait;
 use serde_json::Value;
+use support::register;
 use tasker_orchestrator::{
     handler::{HandlerRegistry, StepFailure, StepHandler, StepInput},
     pipeline::messages::{TaskRequest, LOCAL_STEPS},
     Engine, EngineConfig, ExecutorType,
 };
-use tasker_store::{Store, TemplateRegisterParams};
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
-use tasker_template::TaskTemplate;
+use tasker_store::Store;
 use tasker_types::{StepRow, StepState, TaskId, TaskState};
 use tokio::sync::watch;
 
@@ -107,17 +107,6 @@ fn registry(gate: &Arc<Gate>) -> HandlerRegistry {
     handlers.register("alongside_gate", Arc::new(AlongsideGate(gate.clone())));
     handlers.register("panics", Arc::new(Panics));
     handlers
-}
-
-async fn register(store: &Arc<dyn Store>, yaml: &str) {
-    store
-        .template_register(&TemplateRegisterParams {
-            template: TaskTemplate::from_yaml_str(yaml, "test")
-                .unwrap()
-                .to_definition(),
-        })
-        .await
-        .unwrap();
 }
 
 /// An engine with `workers` in-process worker executors that poll often, so a message whose
@@ -211,7 +200,7 @@ async fn events_of(store: &Arc<dyn Store>, step: &StepRow, event: &str) -> usize
 /// one attempt.
 async fn held_steps_keep_their_leases(store: Arc<dyn Store>) {
     register(
-        &store,
+        store.as_ref(),
         "namespace: workers\nname: held\nversion: 1.0.0\nsteps:\n\
          - {name: a, handler: gate}\n- {name: b, handler: gate}\n- {name: c, handler: gate}\n",
     )
@@ -262,7 +251,7 @@ async fn held_steps_keep_their_leases(store: Arc<dyn Store>) {
 /// step then completes too, once.
 async fn fast_results_do_not_wait_for_a_slow_handler(store: Arc<dyn Store>) {
     register(
-        &store,
+        store.as_ref(),
         "namespace: workers\nname: mixed\nversion: 1.0.0\nsteps:\n\
          - {name: slow, handler: gate}\n- {name: fast_a, handler: alongside_gate}\n\
          - {name: fast_b, handler: alongside_gate}\n- {name: fast_c, handler: alongside_gate}\n",
@@ -307,13 +296,13 @@ async fn fast_results_do_not_wait_for_a_slow_handler(store: Arc<dyn Store>) {
 /// policy, then `Error`), and the one worker executor goes on to run the next task.
 async fn a_panicking_handler_fails_its_step(store: Arc<dyn Store>) {
     register(
-        &store,
+        store.as_ref(),
         "namespace: workers\nname: panics\nversion: 1.0.0\nsteps:\n\
          - {name: boom, handler: panics, retry: {max_attempts: 2, base_ms: 1, max_ms: 1, jitter: false}}\n",
     )
     .await;
     register(
-        &store,
+        store.as_ref(),
         "namespace: workers\nname: after\nversion: 1.0.0\nsteps:\n\
          - {name: one, handler: noop}\n- {name: two, handler: noop, depends_on: [one]}\n",
     )
@@ -351,47 +340,6 @@ async fn a_panicking_handler_fails_its_step(store: Arc<dyn Store>) {
         "every message acknowledged"
     );
     engine.shutdown().await;
-}
-
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
-        .await
-        .unwrap();
-    (Arc::new(store), dir)
-}
-
-async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
-    let db = TestDatabase::create().await.unwrap();
-    let store = PgStore::connect(PgStoreOptions::new(&db.url))
-        .await
-        .unwrap();
-    (Arc::new(store), db)
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),+) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (store, _dir) = super::sqlite().await;
-                    super::$name(store).await;
-                }
-            )+
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (store, db) = super::postgres().await;
-                    super::$name(store.clone()).await;
-                    store.close().await;
-                    db.drop_database().await.unwrap();
-                }
-            )+
-        }
-    };
 }
 
 on_both_backends!(

@@ -53,16 +53,7 @@ macro_rules! __sql_store_queues {
                 ) -> Result<()> {
                     for chunk in consumed.chunks(INSERT_CHUNK) {
                         let mut qb = QueryBuilder::<$db>::new("DELETE FROM queue_messages WHERE ");
-                        for (i, ack) in chunk.iter().enumerate() {
-                            if i > 0 {
-                                qb.push(" OR ");
-                            }
-                            qb.push("(id = ")
-                                .push_bind(ack.id)
-                                .push(" AND lease_token = ")
-                                .push_bind(&ack.lease_token)
-                                .push(")");
-                        }
+                        push_held(&mut qb, chunk);
                         qb.build().execute(&mut *conn).await.map_err(map_err)?;
                     }
                     Ok(())
@@ -89,6 +80,20 @@ macro_rules! __sql_store_queues {
                         return Err(lease_lost(params.id));
                     }
                     Ok(())
+                }
+            }
+
+            /// `(id = … AND lease_token = …) OR …`: the deliveries still held by these tokens.
+            fn push_held<'a>(qb: &mut QueryBuilder<'a, $db>, held: &'a [QueueAckParams]) {
+                for (i, ack) in held.iter().enumerate() {
+                    if i > 0 {
+                        qb.push(" OR ");
+                    }
+                    qb.push("(id = ")
+                        .push_bind(ack.id)
+                        .push(" AND lease_token = ")
+                        .push_bind(&ack.lease_token)
+                        .push(")");
                 }
             }
 
@@ -176,16 +181,7 @@ macro_rules! __sql_store_queues {
                             .push(" + ")
                             .push_bind(duration_ms(params.visibility_timeout))
                             .push(" WHERE ");
-                        for (i, lease) in chunk.iter().enumerate() {
-                            if i > 0 {
-                                qb.push(" OR ");
-                            }
-                            qb.push("(id = ")
-                                .push_bind(lease.id)
-                                .push(" AND lease_token = ")
-                                .push_bind(&lease.lease_token)
-                                .push(")");
-                        }
+                        push_held(&mut qb, chunk);
                         qb.push(" RETURNING id");
                         for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
                             extended.insert(row.try_get::<i64, _>("id").map_err(map_err)?);
