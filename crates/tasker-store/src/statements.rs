@@ -10,9 +10,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tracing::{field::Field, Subscriber};
+use tracing::{field::Field, subscriber::Interest, Subscriber};
 use tracing_subscriber::{
-    filter::dynamic_filter_fn,
+    filter::{dynamic_filter_fn, LevelFilter},
     layer::{Context, Filter, Layer},
 };
 
@@ -41,8 +41,20 @@ where
     Counter.with_filter(statement_events())
 }
 
+/// Decided once per callsite wherever it can be: every callsite but sqlx's statement events is
+/// never of interest, so this layer adds no per-event cost to the rest of the program's
+/// logging. Statement events are asked about each time, since counting starts later.
 fn statement_events<S>() -> impl Filter<S> + Send + Sync {
     dynamic_filter_fn(|meta, _| meta.target() == SQLX_QUERY && COUNTING.load(Ordering::Relaxed))
+        .with_callsite_filter(|meta| {
+            if meta.target() == SQLX_QUERY {
+                Interest::sometimes()
+            } else {
+                Interest::never()
+            }
+        })
+        // sqlx reports statements at DEBUG unless told otherwise.
+        .with_max_level_hint(LevelFilter::DEBUG)
 }
 
 struct Counter;
