@@ -159,9 +159,8 @@ async fn a_backlog_scales_the_request_pool_up_and_idleness_scales_it_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_view_shows_every_pool_with_real_figures() {
     let (store, _dir) = sqlite().await;
-    let config = EngineConfig {
-        ..EngineConfig::default()
-    };
+    // Fixed pool sizes: a round that scaled a pool up would show its new executor `Starting`.
+    let config = EngineConfig::default().with_pools(|p| p.max_executors = p.min_executors);
     let engine = Engine::start(store, config, HandlerRegistry::with_builtins())
         .await
         .unwrap();
@@ -195,7 +194,8 @@ async fn the_health_view_shows_every_pool_with_real_figures() {
             pool.executors
                 .iter()
                 .all(|e| e.health == tasker_orchestrator::runtime::health::ExecutorHealth::Healthy),
-            "{name}"
+            "{name}: {:?}",
+            pool.executors
         );
         assert_eq!(snapshot.series[name].len(), 1);
     }
