@@ -325,32 +325,31 @@ impl PoolsConfig {
     /// `[pools.default]`, then `[pools.<name>]`. `"default"` alone resolves against the
     /// engine's generic pool default.
     pub fn resolve(&self, name: &str) -> PoolConfig {
-        let engine = EngineConfig::default();
-        let (base, own) = match name {
-            "task_request_processor" => (
-                engine.pools[&ExecutorType::TaskRequestProcessor].clone(),
-                &self.task_request_processor,
-            ),
-            "task_claimer" => (
-                engine.pools[&ExecutorType::TaskClaimer].clone(),
-                &self.task_claimer,
-            ),
-            "step_enqueuer" => (
-                engine.pools[&ExecutorType::StepEnqueuer].clone(),
-                &self.step_enqueuer,
-            ),
-            "step_result_processor" => (
-                engine.pools[&ExecutorType::StepResultProcessor].clone(),
-                &self.step_result_processor,
-            ),
-            "task_finalizer" => (
-                engine.pools[&ExecutorType::TaskFinalizer].clone(),
-                &self.task_finalizer,
-            ),
-            "in_process_worker" => (engine.worker_pool, &self.in_process_worker),
-            _ => return self.default.apply(PoolConfig::default()),
+        let Some(t) = ExecutorType::ALL
+            .into_iter()
+            .chain([ExecutorType::InProcessWorker])
+            .find(|t| t.as_str() == name)
+        else {
+            return self.default.apply(PoolConfig::default());
         };
-        own.apply(self.default.apply(base))
+        let engine = EngineConfig::default();
+        let base = match engine.pools.get(&t) {
+            Some(pool) => pool.clone(),
+            None => engine.worker_pool,
+        };
+        self.of(t).apply(self.default.apply(base))
+    }
+
+    /// The `[pools.<type>]` table of `t`.
+    fn of(&self, t: ExecutorType) -> &PoolOverride {
+        match t {
+            ExecutorType::TaskRequestProcessor => &self.task_request_processor,
+            ExecutorType::TaskClaimer => &self.task_claimer,
+            ExecutorType::StepEnqueuer => &self.step_enqueuer,
+            ExecutorType::StepResultProcessor => &self.step_result_processor,
+            ExecutorType::TaskFinalizer => &self.task_finalizer,
+            ExecutorType::InProcessWorker => &self.in_process_worker,
+        }
     }
 }
 
