@@ -52,14 +52,7 @@ fn decisions(engine: &Engine, pool: ExecutorType, direction: &str) -> f64 {
 }
 
 fn request(i: usize) -> TaskRequest {
-    TaskRequest {
-        namespace: "demo".into(),
-        name: "linear".into(),
-        version: None,
-        context: serde_json::json!({"i": i}),
-        idempotency_key: None,
-        priority: 0,
-    }
+    TaskRequest::new("demo", "linear", serde_json::json!({"i": i}))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,12 +43,8 @@ async fn engine(store: Arc<dyn Store>) -> Engine {
 
 fn request(name: &str, key: Option<String>) -> TaskRequest {
     TaskRequest {
-        namespace: "demo".into(),
-        name: name.into(),
-        version: None,
-        context: serde_json::json!({}),
         idempotency_key: key,
-        priority: 0,
+        ..TaskRequest::new("demo", name, serde_json::json!({}))
     }
 }
 

@@ -65,14 +65,7 @@ fn batch_and_attempt_spans_carry_their_fields() {
             .unwrap();
             let mut events = engine.subscribe();
             let task = engine
-                .submit(&TaskRequest {
-                    namespace: "demo".into(),
-                    name: "one".into(),
-                    version: None,
-                    context: serde_json::json!({}),
-                    idempotency_key: None,
-                    priority: 0,
-                })
+                .submit(&TaskRequest::new("demo", "one", serde_json::json!({})))
                 .await
                 .unwrap()
                 .task;

@@ -133,14 +133,7 @@ async fn engine(
 
 async fn submit(engine: &Engine, name: &str) -> TaskId {
     engine
-        .submit(&TaskRequest {
-            namespace: "workers".into(),
-            name: name.into(),
-            version: None,
-            context: serde_json::json!({}),
-            idempotency_key: None,
-            priority: 0,
-        })
+        .submit(&TaskRequest::new("workers", name, serde_json::json!({})))
         .await
         .unwrap()
         .task

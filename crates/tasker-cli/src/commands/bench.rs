@@ -180,14 +180,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         bar
     });
-    let request = TaskRequest {
-        namespace: "bench".into(),
-        name: args.shape.name().into(),
-        version: None,
-        context: json!({}),
-        idempotency_key: None,
-        priority: 0,
-    };
+    let request = TaskRequest::new("bench", args.shape.name(), json!({}));
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let mut events = engine.subscribe();
     // Counted from the driver's statement events (see `tasker_store::statements`).

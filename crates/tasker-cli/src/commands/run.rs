@@ -167,12 +167,8 @@ async fn drive(
     let mut events = engine.subscribe();
     let created = engine
         .submit(&TaskRequest {
-            namespace: template.namespace.clone(),
-            name: template.name.clone(),
             version: Some(template.version.to_string()),
-            context,
-            idempotency_key: None,
-            priority: 0,
+            ..TaskRequest::new(template.namespace.clone(), template.name.clone(), context)
         })
         .await?;
     let task_id = created.task.id;

@@ -56,14 +56,7 @@ async fn run_tasks(count: usize) -> Vec<(TaskId, BTreeMap<String, u32>)> {
     let mut tasks = Vec::new();
     for _ in 0..count {
         let task = engine
-            .submit(&TaskRequest {
-                namespace: "otel".into(),
-                name: "diamond".into(),
-                version: None,
-                context: serde_json::json!({}),
-                idempotency_key: None,
-                priority: 0,
-            })
+            .submit(&TaskRequest::new("otel", "diamond", serde_json::json!({})))
             .await
             .unwrap()
             .task;

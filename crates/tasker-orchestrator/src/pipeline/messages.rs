@@ -36,6 +36,25 @@ pub struct TaskRequest {
     pub priority: i32,
 }
 
+impl TaskRequest {
+    /// A request for the latest version of `namespace/name` with `context`, no idempotency
+    /// key, at the default priority.
+    pub fn new(
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        context: serde_json::Value,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            version: None,
+            context,
+            idempotency_key: None,
+            priority: 0,
+        }
+    }
+}
+
 /// A task that needs attention (`task_work` and `task_finalize` payloads). The store publishes
 /// these too, when a step result leaves a task to evaluate.
 pub type TaskRef = tasker_store::TaskMessage;
