@@ -3,19 +3,16 @@
 //! the server has no handler for, and watch the task reach `Complete`. On SQLite and on
 //! PostgreSQL.
 
+mod support;
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
-    path::PathBuf,
+    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{http_text, root};
 
 /// A running `tasker serve`, killed on drop.
 struct Server {
@@ -63,23 +60,10 @@ fn http(
     body: &str,
     token: Option<&str>,
 ) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{auth}connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, payload) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (status, payload) = http_text(addr, method, path, content_type, body, token);
     (
         status,
-        serde_json::from_str(payload).unwrap_or(Value::String(payload.to_owned())),
+        serde_json::from_str(&payload).unwrap_or(Value::String(payload)),
     )
 }
 

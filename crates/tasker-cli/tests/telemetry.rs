@@ -2,14 +2,17 @@
 //! `[telemetry] otlp_endpoint`, send their spans over OTLP/HTTP before they exit, to a stand-in
 //! receiver on the loopback interface.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
+
+use support::{http_text, root};
 
 /// One request as received: request line, lower-cased headers, body.
 #[derive(Debug)]
@@ -95,10 +98,6 @@ fn trace_exports(received: &[Request]) -> Vec<u8> {
     body
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 #[test]
 fn run_exports_its_step_attempts_over_otlp_http_before_exiting() {
     let (address, requests) = receiver();
@@ -135,18 +134,7 @@ fn run_exports_its_step_attempts_over_otlp_http_before_exiting() {
 
 /// One HTTP/1.1 request to the server; returns the status and the body.
 fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, payload) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, payload.to_owned())
+    http_text(addr, method, path, content_type, body, None)
 }
 
 #[test]
