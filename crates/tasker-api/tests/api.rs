@@ -11,7 +11,7 @@ use axum::{
 use serde_json::{json, Value};
 use tasker_api::{router, ApiConfig};
 use tasker_orchestrator::{handler::HandlerRegistry, Engine, EngineConfig};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tower::ServiceExt;
 
 struct Api {
@@ -22,7 +22,8 @@ struct Api {
 
 async fn api(config: ApiConfig) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+    let store = SqliteStoreOptions::new(dir.path().join("t.db"))
+        .open()
         .await
         .unwrap();
     let engine = Arc::new(

@@ -18,8 +18,8 @@ use support::faulty::Faulty;
 use tasker_api::{router, ApiConfig};
 use tasker_orchestrator::{handler::HandlerRegistry, Engine, EngineConfig};
 use tasker_store::Store;
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tower::ServiceExt;
 
 /// A store of either backend, with what must be cleaned up after it.
@@ -32,7 +32,8 @@ struct Backend {
 impl Backend {
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+        let store = SqliteStoreOptions::new(dir.path().join("t.db"))
+            .open()
             .await
             .unwrap();
         Self {
@@ -44,9 +45,7 @@ impl Backend {
 
     async fn postgres() -> Self {
         let db = TestDatabase::create().await.unwrap();
-        let store = PgStore::connect(PgStoreOptions::new(&db.url))
-            .await
-            .unwrap();
+        let store = PgStoreOptions::new(&db.url).connect().await.unwrap();
         Self {
             store: Arc::new(store),
             _dir: None,

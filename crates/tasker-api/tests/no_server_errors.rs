@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tasker_api::{router, ApiConfig};
 use tasker_orchestrator::{handler::HandlerRegistry, Engine, EngineConfig};
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
 use tower::ServiceExt;
 
 /// Percent-encodes every byte outside RFC 3986's unreserved set, so any string fits in a path
@@ -95,11 +95,7 @@ fn no_input_makes_a_server_error_on_postgres() {
         .unwrap();
     let (router, engine, db, store) = runtime.block_on(async {
         let db = TestDatabase::create().await.unwrap();
-        let store = Arc::new(
-            PgStore::connect(PgStoreOptions::new(&db.url))
-                .await
-                .unwrap(),
-        );
+        let store = Arc::new(PgStoreOptions::new(&db.url).connect().await.unwrap());
         let engine = Arc::new(
             Engine::start(
                 store.clone(),

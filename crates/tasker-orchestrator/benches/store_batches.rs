@@ -18,8 +18,8 @@ use tasker_store::{
     StepApplyResultsParams, StepResultApply, StepRouting, StepStartManyParams, Store,
     TaskCreateParams, TemplateRegisterParams,
 };
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
 use tasker_types::{QueueMessage, StepEvent, StepId};
 
@@ -218,10 +218,8 @@ fn store_batches(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite: Arc<dyn Store> = Arc::new(
-        rt.block_on(SqliteStore::open(SqliteStoreOptions::new(
-            dir.path().join("bench.db"),
-        )))
-        .expect("open SQLite"),
+        rt.block_on(SqliteStoreOptions::new(dir.path().join("bench.db")).open())
+            .expect("open SQLite"),
     );
     bench_backend(c, &rt, &sqlite);
     rt.block_on(sqlite.close());
@@ -229,7 +227,7 @@ fn store_batches(c: &mut Criterion) {
     match rt.block_on(TestDatabase::create()) {
         Ok(db) => {
             let pg: Arc<dyn Store> = Arc::new(
-                rt.block_on(PgStore::connect(PgStoreOptions::new(&db.url)))
+                rt.block_on(PgStoreOptions::new(&db.url).connect())
                     .expect("connect PostgreSQL"),
             );
             bench_backend(c, &rt, &pg);

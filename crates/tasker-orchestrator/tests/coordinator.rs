@@ -9,8 +9,8 @@ use tasker_orchestrator::{
     Engine, EngineConfig, EngineEvent, ExecutorType,
 };
 use tasker_store::{Store, TemplateRegisterParams, TemplateStore};
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
 use tasker_types::TaskState;
 
@@ -19,7 +19,8 @@ const LINEAR: &str = "namespace: demo\nname: linear\nversion: 1.0.0\nsteps:\n\
 
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+    let store = SqliteStoreOptions::new(dir.path().join("t.db"))
+        .open()
         .await
         .unwrap();
     store
@@ -278,7 +279,7 @@ async fn resource_validation_fails_fast_or_degrades_on_a_small_database_pool() {
         max_connections: 10,
         ..PgStoreOptions::new(&db.url)
     };
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(small).await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(small.connect().await.unwrap());
 
     let fail_fast = EngineConfig {
         failure_mode: FailureMode::FailFast,

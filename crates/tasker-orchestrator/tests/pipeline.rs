@@ -11,7 +11,7 @@ use tasker_orchestrator::{
     EngineConfig, EngineEvent, ExecutorType,
 };
 use tasker_store::Store;
-use tasker_store_postgres::{PgStore, PgStoreOptions};
+use tasker_store_postgres::PgStoreOptions;
 use tasker_types::{Entity, TaskId, TaskState};
 
 const DIAMOND: &str = "namespace: demo\nname: diamond\nversion: 1.0.0\nsteps:\n\
@@ -239,9 +239,7 @@ async fn postgres_notify_wakes_pools_of_another_process() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut events = engine.subscribe();
 
-    let other = PgStore::connect(PgStoreOptions::new(&db.url))
-        .await
-        .unwrap();
+    let other = PgStoreOptions::new(&db.url).connect().await.unwrap();
     let other: Arc<dyn Store> = Arc::new(other);
     other
         .queue_enqueue_many(&tasker_store::QueueEnqueueManyParams {
@@ -275,11 +273,8 @@ async fn postgres_notify_wakes_pools_of_another_process() {
 async fn two_instances_share_the_work_without_doubling_it() {
     let (store, db) = postgres().await;
     let first = engine(store.clone()).await;
-    let second_store: Arc<dyn Store> = Arc::new(
-        PgStore::connect(PgStoreOptions::new(&db.url))
-            .await
-            .unwrap(),
-    );
+    let second_store: Arc<dyn Store> =
+        Arc::new(PgStoreOptions::new(&db.url).connect().await.unwrap());
     let second = engine(second_store.clone()).await;
     let mut events = first.subscribe();
     let mut ids = Vec::new();

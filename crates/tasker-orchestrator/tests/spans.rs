@@ -10,7 +10,7 @@ use tasker_orchestrator::{
     handler::HandlerRegistry, pipeline::messages::TaskRequest, Engine, EngineConfig, EngineEvent,
 };
 use tasker_store::{TemplateRegisterParams, TemplateStore};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
 
 /// A log sink the test reads back.
@@ -44,7 +44,7 @@ fn batch_and_attempt_spans_carry_their_fields() {
     tracing::subscriber::with_default(subscriber, || {
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+            let store = SqliteStoreOptions::new(dir.path().join("t.db")).open()
                 .await
                 .unwrap();
             let yaml = "namespace: demo\nname: one\nversion: 1.0.0\nsteps:\n- {name: only, handler: {name: fail, config: {times: 1}}, retry: {max_attempts: 2, base_ms: 1, max_ms: 1}}\n";

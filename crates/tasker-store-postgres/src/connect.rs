@@ -3,7 +3,9 @@ use std::{str::FromStr, time::Duration};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tasker_store::{Result, StoreError};
 
-use crate::{decode::map_err, PgStore};
+use tasker_store_sql::SqlStore;
+
+use crate::{decode::map_err, PgBackend, PgStore};
 
 /// The embedded migrations, applied on connect. Version numbers match the SQLite backend's.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -35,9 +37,7 @@ impl PgStoreOptions {
             acquire_timeout: Duration::from_secs(5),
         }
     }
-}
 
-impl PgStore {
     /// Connects and applies migrations.
     ///
     /// # Errors
@@ -48,14 +48,14 @@ impl PgStore {
     /// # Cancel safety
     ///
     /// Cancel safe: migrations run in transactions under an advisory lock.
-    pub async fn connect(options: PgStoreOptions) -> Result<Self> {
+    pub async fn connect(self) -> Result<PgStore> {
         // A quarter of the connections (at least one) serve lease changes, the rest everything
         // else; together they stay within `max_connections` (two at the least).
-        let leasing = (options.max_connections / 4).max(1);
+        let leasing = (self.max_connections / 4).max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.saturating_sub(leasing).max(1))
-            .acquire_timeout(options.acquire_timeout)
-            .connect(&options.url)
+            .max_connections(self.max_connections.saturating_sub(leasing).max(1))
+            .acquire_timeout(self.acquire_timeout)
+            .connect(&self.url)
             .await
             .map_err(map_err)?;
         migrator().run(&pool).await.map_err(|e| StoreError::Other {
@@ -65,20 +65,20 @@ impl PgStore {
         // Lease changes (dequeues, attempt starts) need not wait for the WAL flush: one lost in
         // a crash leaves its message to be delivered again, and any later synchronous commit
         // (a result, a new task) flushes it first, since the WAL is written in order.
-        let lease_options = PgConnectOptions::from_str(&options.url)
+        let lease_options = PgConnectOptions::from_str(&self.url)
             .map_err(map_err)?
             .options([("synchronous_commit", "off")]);
         let lease_pool = PgPoolOptions::new()
             .max_connections(leasing)
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(self.acquire_timeout)
             .connect_with(lease_options)
             .await
             .map_err(map_err)?;
-        Ok(Self {
+        Ok(SqlStore::new(PgBackend {
             pool,
             lease_pool,
             listeners: crate::notify::Listeners::default(),
-        })
+        }))
     }
 }
 

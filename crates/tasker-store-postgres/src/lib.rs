@@ -16,57 +16,133 @@ mod queue;
 mod start;
 pub mod test_database;
 
-use async_trait::async_trait;
-use sqlx::PgPool;
-use tasker_store::{Capabilities, Store};
+use sqlx::{pool::PoolConnection, postgres::PgRow, PgConnection, PgPool, Postgres, Transaction};
+use tasker_store::{
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
+    StepStartManyParams, StepStarted, StoreError,
+};
+use tasker_store_sql::{Backend, NewTransition, Outbox, Sql, SqlStore, Value};
+use tasker_types::QueueMessage;
 
 pub use connect::PgStoreOptions;
 pub use decode::map_err as normalize_error;
+
+use decode::map_err;
 
 /// `now` on the database clock, in milliseconds, as an SQL expression: when the current
 /// statement started. Stable within a statement, unlike `clock_timestamp()`, so comparisons
 /// with it can bound an index scan: with the volatile clock, EXPLAIN showed the dequeue
 /// filtering every message of its queue, leased ones included.
-macro_rules! now_ms {
-    () => {
-        "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT"
-    };
-}
-pub(crate) use now_ms;
-
-use decode::map_err;
-
-tasker_store_sql::impl_sql_store!(
-    store = PgStore,
-    db = sqlx::Postgres,
-    conn = sqlx::PgConnection,
-    reader = pool,
-    writer = pool
-);
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT";
 
 /// A Tasker store on a PostgreSQL database.
+pub type PgStore = SqlStore<PgBackend>;
+
+/// PostgreSQL under [`SqlStore`]: its pools and the statements it sends its own way.
 #[derive(Debug)]
-pub struct PgStore {
+pub struct PgBackend {
     pool: PgPool,
     /// Connections with `synchronous_commit = off`, for lease changes only (see `connect`).
     lease_pool: PgPool,
-    /// The `LISTEN` tasks behind [`Store::wakeup_subscribe`], stopped by [`Store::close`].
+    /// The `LISTEN` tasks behind `Store::wakeup_subscribe`, stopped by `Store::close`.
     listeners: notify::Listeners,
 }
 
-impl PgStore {
+impl PgBackend {
+    /// The connection pool, for companions that need their own connection (LISTEN).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// `sql` as a sqlx query on this backend.
+fn query<'q>(sql: &'q Sql<'_>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sql.values()
+        .iter()
+        .fold(sqlx::query(sql.text()), |q, value| match *value {
+            Value::Int(v) => q.bind(v),
+            Value::Text(v) => q.bind(v),
+            Value::Bool(v) => q.bind(v),
+            Value::Json(v) => q.bind(v.map(sqlx::types::Json)),
+        })
+}
+
+impl Backend for PgBackend {
+    type Db = Postgres;
+    type Row = PgRow;
+
+    const NAME: &'static str = "postgres";
+    const NOW_MS: &'static str = NOW_MS;
+
+    fn map_err(err: sqlx::Error) -> StoreError {
+        map_err(err)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            listen_notify: true,
+            skip_locked: true,
+            single_writer: false,
+            multi_instance: true,
+        }
+    }
+
+    fn connection_pool(&self) -> ConnectionPoolStats {
+        let (main, lease) = (
+            tasker_store_sql::pool_stats(&self.pool),
+            tasker_store_sql::pool_stats(&self.lease_pool),
+        );
+        ConnectionPoolStats {
+            max_connections: main.max_connections + lease.max_connections,
+            open: main.open + lease.open,
+            idle: main.idle + lease.idle,
+        }
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'_, Postgres>> {
+        self.pool.begin().await.map_err(map_err)
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Postgres>> {
+        self.pool.acquire().await.map_err(map_err)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Postgres>> {
+        self.pool.acquire().await.map_err(map_err)
+    }
+
+    async fn fetch_all(conn: &mut PgConnection, sql: &Sql<'_>) -> Result<Vec<PgRow>> {
+        query(sql).fetch_all(conn).await.map_err(map_err)
+    }
+
+    async fn execute(conn: &mut PgConnection, sql: &Sql<'_>) -> Result<u64> {
+        let done = query(sql).execute(conn).await.map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Locks the tasks' rows for the rest of the transaction, in id order, so transactions
+    /// that lock several tasks cannot deadlock.
+    async fn lock_tasks(conn: &mut PgConnection, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .execute(conn)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     /// `NOTIFY`s the queue's name on [`notify::CHANNEL`]; delivered when the transaction
     /// commits.
-    async fn announce_enqueued(
-        conn: &mut sqlx::PgConnection,
-        queue: &str,
-    ) -> tasker_store::Result<()> {
+    async fn announce_enqueued(conn: &mut PgConnection, queue: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(notify::CHANNEL)
             .bind(queue)
             .execute(conn)
             .await
-            .map_err(decode::map_err)?;
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -74,11 +150,11 @@ impl PgStore {
     /// consumed deliveries in one statement, so a transaction's effects cost one round trip.
     /// Rows are inserted in the given order, so ids follow it.
     async fn write_effects(
-        conn: &mut sqlx::PgConnection,
-        transitions: &[tasker_store_sql::NewTransition<'_>],
-        outbox: &tasker_store_sql::Outbox,
-        consumed: &[tasker_store::QueueAckParams],
-    ) -> tasker_store::Result<()> {
+        conn: &mut PgConnection,
+        transitions: &[NewTransition<'_>],
+        outbox: &Outbox,
+        consumed: &[QueueAckParams],
+    ) -> Result<()> {
         if transitions.is_empty() && outbox.is_empty() && consumed.is_empty() {
             return Ok(());
         }
@@ -107,7 +183,7 @@ impl PgStore {
                DELETE FROM queue_messages m USING unnest($11::bigint[], $12::text[]) AS c(id, token) \
                WHERE m.id = c.id AND m.lease_token = c.token) \
              SELECT pg_notify($13, q) FROM (SELECT DISTINCT queue AS q FROM outbox) AS announced",
-            now = now_ms!()
+            now = NOW_MS
         ))
         .bind(transitions.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
         .bind(transitions.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
@@ -124,65 +200,19 @@ impl PgStore {
         .bind(notify::CHANNEL)
         .fetch_all(conn)
         .await
-        .map_err(decode::map_err)?;
+        .map_err(map_err)?;
         Ok(())
     }
 
-    /// Locks the tasks' rows for the rest of the transaction, in id order, so transactions
-    /// that lock several tasks cannot deadlock.
-    async fn lock_tasks(conn: &mut sqlx::PgConnection, ids: &[i64]) -> tasker_store::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query("SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(ids)
-            .execute(conn)
-            .await
-            .map_err(decode::map_err)?;
-        Ok(())
+    async fn dequeue_leased(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
+        self.dequeue(params).await
     }
 
-    /// Opens a write transaction.
-    async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
-        self.pool.begin().await.map_err(decode::map_err)
+    async fn start_steps(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
+        self.start(params).await
     }
 
-    /// The connection pool, for companions that need their own connection (LISTEN).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-
-#[async_trait]
-impl Store for PgStore {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            listen_notify: true,
-            skip_locked: true,
-            single_writer: false,
-            multi_instance: true,
-        }
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
-        let (main, lease) = (
-            tasker_store_sql::pool_stats(&self.pool),
-            tasker_store_sql::pool_stats(&self.lease_pool),
-        );
-        tasker_store::ConnectionPoolStats {
-            max_connections: main.max_connections + lease.max_connections,
-            open: main.open + lease.open,
-            idle: main.idle + lease.idle,
-        }
-    }
-
-    async fn wakeup_subscribe(
-        &self,
-    ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+    async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.listeners.subscribe(&self.pool).await.map(Some)
     }
 

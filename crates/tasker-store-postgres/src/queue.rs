@@ -4,9 +4,9 @@ use tasker_store::{QueueDequeueParams, Result};
 use tasker_store_sql::{duration_ms, leased_messages, MESSAGE_COLUMNS};
 use tasker_types::QueueMessage;
 
-use crate::{decode::map_err, now_ms, PgStore};
+use crate::{decode::map_err, PgBackend, NOW_MS};
 
-impl PgStore {
+impl PgBackend {
     /// Leases up to `max` visible messages (see `QueueStore::queue_dequeue`).
     ///
     /// One statement. Concurrent consumers skip each other's locked rows, so no delivery is
@@ -15,10 +15,7 @@ impl PgStore {
     /// rare statement; should that fail, their lease expires and the next dequeue tries again.
     /// Filtering them out in the first statement instead would make every dequeue scan the
     /// whole visible backlog for them (EXPLAIN showed a sequential scan).
-    pub(crate) async fn dequeue_leased(
-        &self,
-        params: &QueueDequeueParams,
-    ) -> Result<Vec<QueueMessage>> {
+    pub(crate) async fn dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
             "UPDATE queue_messages SET deliveries = deliveries + 1, lease_token = $1, \
@@ -28,7 +25,7 @@ impl PgStore {
                           ORDER BY visible_at_ms, id LIMIT $4 \
                           FOR UPDATE SKIP LOCKED) \
              RETURNING {MESSAGE_COLUMNS}",
-            now = now_ms!()
+            now = NOW_MS
         ))
         .bind(&token)
         .bind(duration_ms(params.visibility_timeout))
@@ -54,7 +51,7 @@ impl PgStore {
                RETURNING id, queue, payload, deliveries, enqueued_at_ms) \
              INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
              SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, {now} FROM dead",
-            now = now_ms!()
+            now = NOW_MS
         ))
         .bind(&ids)
         .execute(&self.lease_pool)

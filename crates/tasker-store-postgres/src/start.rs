@@ -4,16 +4,13 @@ use tasker_store::{Result, StepStartManyParams, StepStarted};
 use tasker_store_sql::{qualified, started_steps, STARTED_INPUT_COLUMNS, STEP_COLUMNS};
 use tasker_types::{Entity, StepEvent, StepState};
 
-use crate::{decode::map_err, now_ms, PgStore};
+use crate::{decode::map_err, PgBackend, NOW_MS};
 
-impl PgStore {
+impl PgBackend {
     /// Moves the `Enqueued` steps among `params.step_ids` to `InProgress`, writes their audit
     /// rows and reads their handlers' input: one statement (data-modifying CTEs), so one round
     /// trip and one commit.
-    pub(crate) async fn start_steps(
-        &self,
-        params: &StepStartManyParams,
-    ) -> Result<Vec<StepStarted>> {
+    pub(crate) async fn start(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
         let ids: Vec<i64> = params.step_ids.iter().map(|id| id.0).collect();
         let rows = sqlx::query(&format!(
             "WITH started AS ( \
@@ -30,7 +27,7 @@ impl PgStore {
              LEFT JOIN steps p ON p.id = e.parent_id \
              ORDER BY s.id, p.position",
             qualified("s", STEP_COLUMNS),
-            now = now_ms!()
+            now = NOW_MS
         ))
         .bind(&ids)
         .bind(StepState::Enqueued.as_str())

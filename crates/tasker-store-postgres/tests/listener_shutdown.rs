@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use tasker_store::Store;
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
 use tokio::time::{sleep, timeout, Instant};
 
 /// Polls `check` every 50 ms until it holds, for up to 5 s.
@@ -26,9 +26,7 @@ async fn within_5s(mut check: impl AsyncFnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_stops_the_wakeup_listener() {
     let db = TestDatabase::create().await.unwrap();
-    let store = PgStore::connect(PgStoreOptions::new(&db.url))
-        .await
-        .unwrap();
+    let store = PgStoreOptions::new(&db.url).connect().await.unwrap();
     let mut admin = PgConnection::connect(&db.url).await.unwrap();
     let mut wakeups = store
         .wakeup_subscribe()

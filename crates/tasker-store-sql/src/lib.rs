@@ -1,5 +1,6 @@
-//! What Tasker's SQL backends share, so that each backend crate holds only its SQL and its
-//! connection handling: decoding rows into `tasker-types` values through the small [`RowExt`]
+//! What Tasker's SQL backends share: the store itself, [`SqlStore`], generic over a
+//! [`Backend`] that each backend crate implements with its connections and the few statements
+//! it sends its own way; decoding rows into `tasker-types` values through the small [`RowExt`]
 //! trait, the column lists those decoders expect, and the normalization of sqlx errors into
 //! [`StoreError`] kinds.
 //!
@@ -9,7 +10,7 @@
 //! One module per aggregate decodes its rows (`template`, `task`, `step`, `transition`,
 //! `queue`); `plan` turns a template into the rows of a new task; `row` is the typed column
 //! access they share, `error` the error normalization, `migrate` and `pool` the migration
-//! runner and pool statistics. `store_impl` is the store itself, expanded per backend.
+//! runner and pool statistics; `store` holds the store, one module per aggregate.
 
 mod error;
 mod migrate;
@@ -18,7 +19,7 @@ mod pool;
 mod queue;
 mod row;
 mod step;
-mod store_impl;
+mod store;
 mod task;
 mod template;
 mod transition;
@@ -30,6 +31,7 @@ pub use pool::*;
 pub use queue::*;
 pub use row::*;
 pub use step::*;
+pub use store::*;
 pub use task::*;
 pub use template::*;
 pub use transition::*;

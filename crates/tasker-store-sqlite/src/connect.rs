@@ -3,7 +3,9 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tasker_store::{Result, StoreError};
 
-use crate::{decode::map_err, SqliteStore};
+use tasker_store_sql::SqlStore;
+
+use crate::{decode::map_err, SqliteBackend, SqliteStore};
 
 /// The embedded migrations, applied on open. Version numbers match the PostgreSQL backend's.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -49,9 +51,7 @@ impl SqliteStoreOptions {
         let path = path.split('?').next().unwrap_or(path);
         Ok(Self::new(path))
     }
-}
 
-impl SqliteStore {
     /// Opens (creating if needed) the database file, switches it to WAL and applies migrations.
     ///
     /// # Errors
@@ -63,15 +63,15 @@ impl SqliteStore {
     ///
     /// Not cancel safe: a cancelled open may leave a migration half applied (it is re-run in a
     /// transaction on the next open).
-    pub async fn open(options: SqliteStoreOptions) -> Result<Self> {
+    pub async fn open(self) -> Result<SqliteStore> {
         let connect = SqliteConnectOptions::from_str("sqlite://")
             .map_err(map_err)?
-            .filename(&options.path)
+            .filename(&self.path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(options.busy_timeout);
+            .busy_timeout(self.busy_timeout);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -82,15 +82,15 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Other {
-                message: format!("migrating {}", options.path.display()),
+                message: format!("migrating {}", self.path.display()),
                 source: Some(Box::new(e)),
             })?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(options.read_connections.max(1))
+            .max_connections(self.read_connections.max(1))
             .connect_with(connect.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self { writer, reader })
+        Ok(SqlStore::new(SqliteBackend { writer, reader }))
     }
 }
 

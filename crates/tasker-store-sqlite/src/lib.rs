@@ -17,80 +17,61 @@ mod decode;
 mod queue;
 mod start;
 
-use async_trait::async_trait;
-use sqlx::sqlite::SqlitePool;
-use tasker_store::{Capabilities, Store};
+use sqlx::{
+    pool::PoolConnection,
+    sqlite::{SqlitePool, SqliteRow},
+    Sqlite, SqliteConnection, Transaction,
+};
+use tasker_store::{
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
+    StepStartManyParams, StepStarted, StoreError,
+};
+use tasker_store_sql::{Backend, NewTransition, Outbox, Sql, SqlStore, Value};
+use tasker_types::QueueMessage;
 
 pub use connect::SqliteStoreOptions;
 
-/// `now` on the database clock, in milliseconds, as an SQL expression.
-macro_rules! now_ms {
-    () => {
-        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
-    };
-}
-pub(crate) use now_ms;
-
 use decode::map_err;
 
-tasker_store_sql::impl_sql_store!(
-    store = SqliteStore,
-    db = sqlx::Sqlite,
-    conn = sqlx::SqliteConnection,
-    reader = reader,
-    writer = writer
-);
+/// `now` on the database clock, in milliseconds, as an SQL expression.
+const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 /// A Tasker store on one SQLite file.
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// SQLite under [`SqlStore`]: its single writer, its readers and the statements it sends its
+/// own way.
 #[derive(Debug)]
-pub struct SqliteStore {
+pub struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
-impl SqliteStore {
-    /// One process per file: nothing to announce beyond the in-process wake-ups.
-    async fn announce_enqueued(
-        _conn: &mut sqlx::SqliteConnection,
-        _queue: &str,
-    ) -> tasker_store::Result<()> {
-        Ok(())
-    }
-
-    /// Appends audit rows, publishes messages and deletes consumed deliveries: a multi-row
-    /// statement each (statements are cheap in process).
-    async fn write_effects(
-        conn: &mut sqlx::SqliteConnection,
-        transitions: &[tasker_store_sql::NewTransition<'_>],
-        outbox: &tasker_store_sql::Outbox,
-        consumed: &[tasker_store::QueueAckParams],
-    ) -> tasker_store::Result<()> {
-        Self::insert_transitions(conn, transitions).await?;
-        for (queue, payloads) in outbox {
-            Self::insert_messages(conn, queue, payloads, std::time::Duration::ZERO).await?;
-        }
-        Self::delete_consumed(conn, consumed).await
-    }
-
-    /// The single writer already serializes every write transaction: nothing to lock.
-    async fn lock_tasks(
-        _conn: &mut sqlx::SqliteConnection,
-        _ids: &[i64],
-    ) -> tasker_store::Result<()> {
-        Ok(())
-    }
-
-    /// Opens a write transaction on the single writer, taking the write lock up front.
-    async fn begin_write(&self) -> tasker_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(decode::map_err)
-    }
+/// `sql` as a sqlx query on this backend.
+fn query<'q>(
+    sql: &'q Sql<'_>,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    sql.values()
+        .iter()
+        .fold(sqlx::query(sql.text()), |q, value| match *value {
+            Value::Int(v) => q.bind(v),
+            Value::Text(v) => q.bind(v),
+            Value::Bool(v) => q.bind(v),
+            Value::Json(v) => q.bind(v.map(sqlx::types::Json)),
+        })
 }
 
-#[async_trait]
-impl Store for SqliteStore {
+impl Backend for SqliteBackend {
+    type Db = Sqlite;
+    type Row = SqliteRow;
+
+    const NAME: &'static str = "sqlite";
+    const NOW_MS: &'static str = NOW_MS;
+
+    fn map_err(err: sqlx::Error) -> StoreError {
+        map_err(err)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             listen_notify: false,
@@ -100,23 +81,81 @@ impl Store for SqliteStore {
         }
     }
 
-    fn backend_name(&self) -> &'static str {
-        "sqlite"
-    }
-
-    fn connection_pool(&self) -> tasker_store::ConnectionPoolStats {
+    fn connection_pool(&self) -> ConnectionPoolStats {
         let r = tasker_store_sql::pool_stats(&self.reader);
         let w = tasker_store_sql::pool_stats(&self.writer);
-        tasker_store::ConnectionPoolStats {
+        ConnectionPoolStats {
             max_connections: r.max_connections.saturating_add(w.max_connections),
             open: r.open.saturating_add(w.open),
             idle: r.idle.saturating_add(w.idle),
         }
     }
 
-    async fn wakeup_subscribe(
-        &self,
-    ) -> tasker_store::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+    /// Opens a write transaction on the single writer, taking the write lock up front.
+    async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Sqlite>> {
+        self.reader.acquire().await.map_err(map_err)
+    }
+
+    async fn write(&self) -> Result<PoolConnection<Sqlite>> {
+        self.writer.acquire().await.map_err(map_err)
+    }
+
+    async fn fetch_all(conn: &mut SqliteConnection, sql: &Sql<'_>) -> Result<Vec<SqliteRow>> {
+        query(sql).fetch_all(conn).await.map_err(map_err)
+    }
+
+    async fn execute(conn: &mut SqliteConnection, sql: &Sql<'_>) -> Result<u64> {
+        let done = query(sql).execute(conn).await.map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    /// The single writer already serializes every write transaction: nothing to lock.
+    async fn lock_tasks(_conn: &mut SqliteConnection, _ids: &[i64]) -> Result<()> {
+        Ok(())
+    }
+
+    /// One process per file: nothing to announce beyond the in-process wake-ups.
+    async fn announce_enqueued(_conn: &mut SqliteConnection, _queue: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// A multi-row statement each for the audit rows, each queue's messages and the consumed
+    /// deliveries (statements are cheap in process).
+    async fn write_effects(
+        conn: &mut SqliteConnection,
+        transitions: &[NewTransition<'_>],
+        outbox: &Outbox,
+        consumed: &[QueueAckParams],
+    ) -> Result<()> {
+        tasker_store_sql::insert_transitions::<Self>(conn, transitions).await?;
+        for (queue, payloads) in outbox {
+            tasker_store_sql::insert_messages::<Self>(
+                conn,
+                queue,
+                payloads,
+                std::time::Duration::ZERO,
+            )
+            .await?;
+        }
+        tasker_store_sql::delete_consumed::<Self>(conn, consumed).await
+    }
+
+    async fn dequeue_leased(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
+        self.dequeue(params).await
+    }
+
+    async fn start_steps(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
+        self.start(params).await
+    }
+
+    async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         Ok(None)
     }
 

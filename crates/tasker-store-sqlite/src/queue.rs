@@ -1,13 +1,14 @@
 //! Dequeue: the one queue operation whose SQL differs between the backends.
 
-use sqlx::{QueryBuilder, Sqlite};
 use tasker_store::{QueueDequeueParams, Result};
-use tasker_store_sql::{duration_ms, leased_messages, INSERT_CHUNK, MESSAGE_COLUMNS};
+use tasker_store_sql::{
+    commit, duration_ms, leased_messages, Backend, Sql, INSERT_CHUNK, MESSAGE_COLUMNS,
+};
 use tasker_types::QueueMessage;
 
-use crate::{decode::map_err, now_ms, SqliteStore};
+use crate::{decode::map_err, SqliteBackend, NOW_MS};
 
-impl SqliteStore {
+impl SqliteBackend {
     /// Leases up to `max` visible messages (see `QueueStore::queue_dequeue`).
     ///
     /// One statement on the single writer, so it cannot interleave with another consumer and
@@ -15,10 +16,7 @@ impl SqliteStore {
     /// too (leased, so no other consumer sees them meanwhile) and are moved to the dead letters
     /// by a second, rare transaction; should that fail, their lease expires and the next
     /// dequeue tries again.
-    pub(crate) async fn dequeue_leased(
-        &self,
-        params: &QueueDequeueParams,
-    ) -> Result<Vec<QueueMessage>> {
+    pub(crate) async fn dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
             "UPDATE queue_messages SET deliveries = deliveries + 1, lease_token = $1, \
@@ -27,7 +25,7 @@ impl SqliteStore {
                           WHERE queue = $3 AND visible_at_ms <= {now} \
                           ORDER BY visible_at_ms, id LIMIT $4) \
              RETURNING {MESSAGE_COLUMNS}",
-            now = now_ms!()
+            now = NOW_MS
         ))
         .bind(&token)
         .bind(duration_ms(params.visibility_timeout))
@@ -50,31 +48,26 @@ impl SqliteStore {
         let ids: Vec<i64> = dead.iter().map(|m| m.id).collect();
         let mut tx = self.begin_write().await?;
         for chunk in ids.chunks(INSERT_CHUNK) {
-            for mut statement in bury_statements(chunk) {
-                statement.build().execute(&mut *tx).await.map_err(map_err)?;
+            for statement in bury_statements(chunk) {
+                Self::execute(&mut tx, &statement).await?;
             }
         }
-        tx.commit().await.map_err(map_err)?;
+        commit::<Self>(tx).await?;
         Ok(())
     }
 }
 
 /// The statements burying the messages `ids`: copy them to the dead letters, then delete them
 /// from their queue.
-fn bury_statements(ids: &[i64]) -> [QueryBuilder<'static, Sqlite>; 2] {
-    let mut copy = QueryBuilder::new(concat!(
+fn bury_statements(ids: &[i64]) -> [Sql<'static>; 2] {
+    let mut copy = Sql::new(format!(
         "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
-         SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, ",
-        now_ms!(),
-        " FROM queue_messages WHERE id IN ("
+         SELECT id, queue, payload, deliveries - 1, enqueued_at_ms, {NOW_MS} \
+         FROM queue_messages WHERE id IN ("
     ));
-    let mut delete = QueryBuilder::new("DELETE FROM queue_messages WHERE id IN (");
+    let mut delete = Sql::new("DELETE FROM queue_messages WHERE id IN (");
     for statement in [&mut copy, &mut delete] {
-        let mut list = statement.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        statement.push(")");
+        statement.push_list(ids.iter().copied()).push(")");
     }
     [copy, delete]
 }
@@ -87,10 +80,10 @@ mod tests {
     fn bury_binds_its_ids_rather_than_writing_them_into_the_sql() {
         let ids = [987_654_321_i64, 123_456_789];
         for statement in bury_statements(&ids) {
-            let sql = statement.sql();
+            let sql = statement.text();
             assert!(ids.iter().all(|id| !sql.contains(&id.to_string())), "{sql}");
-            assert_eq!(sql.matches('?').count(), ids.len(), "{sql}");
-            assert!(sql.ends_with("IN (?, ?)"), "{sql}");
+            assert_eq!(statement.values().len(), ids.len(), "{sql}");
+            assert!(sql.ends_with("IN ($1, $2)"), "{sql}");
         }
     }
 }

@@ -1,40 +1,30 @@
 //! Starting attempts: the statements `StepStore::step_start_many` sends on SQLite.
 
-use sqlx::{QueryBuilder, Row};
 use tasker_store::{Result, StepStartManyParams, StepStarted};
 use tasker_store_sql::{
-    qualified, started_steps, NewTransition, INSERT_CHUNK, STARTED_INPUT_COLUMNS, STEP_COLUMNS,
+    commit, insert_transitions, qualified, started_steps, Backend, NewTransition, RowExt, Sql,
+    INSERT_CHUNK, STARTED_INPUT_COLUMNS, STEP_COLUMNS,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepState, TaskId};
 
-use crate::{decode::map_err, now_ms, SqliteStore};
+use crate::{SqliteBackend, NOW_MS};
 
-impl SqliteStore {
+impl SqliteBackend {
     /// Moves the `Enqueued` steps among `params.step_ids` to `InProgress`, writes their audit
     /// rows and reads their handlers' input, in one transaction on the single writer.
-    pub(crate) async fn start_steps(
-        &self,
-        params: &StepStartManyParams,
-    ) -> Result<Vec<StepStarted>> {
+    pub(crate) async fn start(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
         let mut tx = self.begin_write().await?;
         let mut moved: Vec<(i64, i64)> = Vec::with_capacity(params.step_ids.len());
         for chunk in params.step_ids.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::<sqlx::Sqlite>::new(format!(
+            let mut sql = Sql::new(format!(
                 "UPDATE steps SET state = 'InProgress', attempts = attempts + 1, \
-                 started_at_ms = COALESCE(started_at_ms, {now}), next_attempt_at_ms = NULL \
-                 WHERE state = 'Enqueued' AND id IN (",
-                now = now_ms!()
+                 started_at_ms = COALESCE(started_at_ms, {NOW_MS}), next_attempt_at_ms = NULL \
+                 WHERE state = 'Enqueued' AND id IN ("
             ));
-            let mut list = qb.separated(", ");
-            for id in chunk {
-                list.push_bind(id.0);
-            }
-            qb.push(") RETURNING id, task_id");
-            for row in qb.build().fetch_all(&mut *tx).await.map_err(map_err)? {
-                moved.push((
-                    row.try_get("id").map_err(map_err)?,
-                    row.try_get("task_id").map_err(map_err)?,
-                ));
+            sql.push_list(chunk.iter().map(|id| id.0))
+                .push(") RETURNING id, task_id");
+            for row in Self::fetch_all(&mut tx, &sql).await? {
+                moved.push((row.int("id")?, row.int("task_id")?));
             }
         }
         if moved.is_empty() {
@@ -54,10 +44,10 @@ impl SqliteStore {
                 instance_id: &params.instance_id,
             })
             .collect();
-        Self::insert_transitions(&mut tx, &transitions).await?;
+        insert_transitions::<Self>(&mut tx, &transitions).await?;
         let mut started = Vec::with_capacity(moved.len());
         for chunk in moved.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::<sqlx::Sqlite>::new(format!(
+            let mut sql = Sql::new(format!(
                 "SELECT {}, {STARTED_INPUT_COLUMNS} FROM steps s \
                  JOIN tasks t ON t.id = s.task_id \
                  LEFT JOIN step_edges e ON e.child_id = s.id \
@@ -65,15 +55,11 @@ impl SqliteStore {
                  WHERE s.id IN (",
                 qualified("s", STEP_COLUMNS)
             ));
-            let mut list = qb.separated(", ");
-            for (id, _) in chunk {
-                list.push_bind(*id);
-            }
-            qb.push(") ORDER BY s.id, p.position");
-            let rows = qb.build().fetch_all(&mut *tx).await.map_err(map_err)?;
-            started.extend(started_steps(&rows)?);
+            sql.push_list(chunk.iter().map(|&(id, _)| id))
+                .push(") ORDER BY s.id, p.position");
+            started.extend(started_steps(&Self::fetch_all(&mut tx, &sql).await?)?);
         }
-        tx.commit().await.map_err(map_err)?;
+        commit::<Self>(tx).await?;
         Ok(started)
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::json;
 use tasker_store::{QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueStore, Store};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tracing::{
     field::{Field, Visit},
     span, Event, Metadata, Subscriber,
@@ -69,7 +69,8 @@ async fn a_large_batch_of_dead_letters_is_buried_with_bound_ids() {
     let statements = Statements::default();
     tracing::subscriber::set_global_default(statements.clone()).expect("the only subscriber");
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("tasker.db")))
+    let store = SqliteStoreOptions::new(dir.path().join("tasker.db"))
+        .open()
         .await
         .unwrap();
     // More than one statement's worth of ids (1,000 a statement).

@@ -4,23 +4,25 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tasker_store::Store;
-use tasker_store_postgres::{PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_postgres::PgStoreOptions;
+use tasker_store_sqlite::SqliteStoreOptions;
 
 /// Opens `postgres://…` with the PostgreSQL backend (a pool of `max_connections`) and
 /// `sqlite:PATH` with SQLite.
 pub(crate) async fn open(url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::connect(PgStoreOptions {
+        let store = PgStoreOptions {
             max_connections,
             ..PgStoreOptions::new(url)
-        })
+        }
+        .connect()
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;
         Ok(Arc::new(store))
     } else if url.starts_with("sqlite:") {
         let options = SqliteStoreOptions::from_url(url)?;
-        let store = SqliteStore::open(options)
+        let store = options
+            .open()
             .await
             .with_context(|| format!("opening {url}"))?;
         Ok(Arc::new(store))

@@ -13,7 +13,7 @@ use tasker_orchestrator::{
     Engine, EngineConfig, EngineEvent,
 };
 use tasker_store::{StepStore, TemplateRegisterParams, TemplateStore};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
 use tasker_types::TaskId;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -32,7 +32,8 @@ const TEMPLATE: &str = "namespace: otel\nname: diamond\nversion: 1.0.0\nsteps:\n
 async fn run_tasks(count: usize) -> Vec<(TaskId, BTreeMap<String, u32>)> {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
-        SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+        SqliteStoreOptions::new(dir.path().join("t.db"))
+            .open()
             .await
             .unwrap(),
     );

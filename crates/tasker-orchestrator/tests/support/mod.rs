@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use tasker_store::{Store, TemplateRegisterParams};
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
 
 /// A store on a temporary SQLite file, removed with the directory.
 pub async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("t.db")))
+    let store = SqliteStoreOptions::new(dir.path().join("t.db"))
+        .open()
         .await
         .unwrap();
     (Arc::new(store), dir)
@@ -22,9 +23,7 @@ pub async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 /// A store on a throw-away PostgreSQL database.
 pub async fn postgres() -> (Arc<dyn Store>, TestDatabase) {
     let db = TestDatabase::create().await.unwrap();
-    let store = PgStore::connect(PgStoreOptions::new(&db.url))
-        .await
-        .unwrap();
+    let store = PgStoreOptions::new(&db.url).connect().await.unwrap();
     (Arc::new(store), db)
 }
 

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use tasker_store::conformance::TestStore;
-use tasker_store_postgres::{test_database::TestDatabase, PgStore, PgStoreOptions};
+use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
 
 pub(crate) async fn postgres_store() -> TestStore {
     let db = TestDatabase::create().await.expect("create test database");
-    let store = PgStore::connect(PgStoreOptions::new(&db.url))
+    let store = PgStoreOptions::new(&db.url)
+        .connect()
         .await
         .expect("connect postgres store");
     TestStore {

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use tasker_store::conformance::TestStore;
-use tasker_store_sqlite::{SqliteStore, SqliteStoreOptions};
+use tasker_store_sqlite::SqliteStoreOptions;
 
 pub(crate) async fn sqlite_store() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(SqliteStoreOptions::new(dir.path().join("tasker.db")))
+    let store = SqliteStoreOptions::new(dir.path().join("tasker.db"))
+        .open()
         .await
         .expect("open sqlite store");
     TestStore {

@@ -1,0 +1,182 @@
+//! [`SqlStore`]: the store both SQL backends share, generic over a [`Backend`], one module per
+//! aggregate ([`templates`], [`tasks`], [`steps`], [`queues`]).
+//!
+//! The backends run the same SQL (SQLite accepts PostgreSQL's `$N` placeholders, `RETURNING`
+//! and `ON CONFLICT … DO NOTHING`). What differs is what [`Backend`] asks for: the clock
+//! expression, how a write transaction begins (SQLite: `BEGIN IMMEDIATE` on its single
+//! writer), the pools, sending a [`Sql`] statement, and the few operations each does its own
+//! way (dequeueing with `FOR UPDATE SKIP LOCKED`, one-statement effects on PostgreSQL). The
+//! compiler checks each backend against the trait, and navigation lands in real code.
+
+mod queues;
+mod sql;
+mod steps;
+mod tasks;
+mod templates;
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use sqlx::{pool::PoolConnection, Database, Transaction};
+use tasker_store::{
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
+    StepStartManyParams, StepStarted, Store, StoreError,
+};
+use tasker_types::QueueMessage;
+
+pub use queues::{delete_consumed, insert_messages};
+pub use sql::{Sql, Tuple, Value};
+pub use tasks::insert_transitions;
+
+use crate::{NewTransition, Outbox, RowExt};
+
+/// A backend's connection type.
+pub type Conn<B> = <<B as Backend>::Db as Database>::Connection;
+
+/// What a SQL database must supply for [`SqlStore`] to run on it.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The sqlx database.
+    type Db: Database<Row = Self::Row>;
+    /// Its rows, read through [`RowExt`].
+    type Row: RowExt + Send + Sync;
+
+    /// `sqlite` or `postgres`.
+    const NAME: &'static str;
+    /// `now` on the database clock in milliseconds, as an SQL expression.
+    const NOW_MS: &'static str;
+
+    /// Normalizes an error of this database.
+    fn map_err(err: sqlx::Error) -> StoreError;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Size and use of the connection pools.
+    fn connection_pool(&self) -> ConnectionPoolStats;
+
+    /// Opens a write transaction.
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'_, Self::Db>>> + Send;
+
+    /// A connection for reads outside a transaction.
+    fn read(&self) -> impl Future<Output = Result<PoolConnection<Self::Db>>> + Send;
+
+    /// A connection for single-statement writes outside a transaction.
+    fn write(&self) -> impl Future<Output = Result<PoolConnection<Self::Db>>> + Send;
+
+    /// Sends `sql`; returns its rows.
+    fn fetch_all(
+        conn: &mut Conn<Self>,
+        sql: &Sql<'_>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
+
+    /// Sends `sql`; returns the rows it changed.
+    fn execute(conn: &mut Conn<Self>, sql: &Sql<'_>) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Locks the tasks' rows, in id order, for the rest of the transaction, where writers run
+    /// concurrently.
+    fn lock_tasks(conn: &mut Conn<Self>, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Tells other processes, when the transaction commits, that `queue` has new work.
+    fn announce_enqueued(
+        conn: &mut Conn<Self>,
+        queue: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Appends audit rows, publishes messages visible at once (announcing their queues) and
+    /// deletes consumed deliveries, each only while its lease token is current.
+    fn write_effects(
+        conn: &mut Conn<Self>,
+        transitions: &[NewTransition<'_>],
+        outbox: &Outbox,
+        consumed: &[QueueAckParams],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// `QueueStore::queue_dequeue`.
+    fn dequeue_leased(
+        &self,
+        params: &QueueDequeueParams,
+    ) -> impl Future<Output = Result<Vec<QueueMessage>>> + Send;
+
+    /// `StepStore::step_start_many` for a non-empty list.
+    fn start_steps(
+        &self,
+        params: &StepStartManyParams,
+    ) -> impl Future<Output = Result<Vec<StepStarted>>> + Send;
+
+    /// `Store::wakeup_subscribe`.
+    fn wakeup_subscribe(
+        &self,
+    ) -> impl Future<Output = Result<Option<tokio::sync::mpsc::Receiver<String>>>> + Send;
+
+    /// `Store::close`.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A Tasker store on a SQL database: every store trait, over the backend `B`.
+#[derive(Debug)]
+pub struct SqlStore<B> {
+    backend: B,
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// A store on a connected, migrated backend.
+    pub fn new(backend: B) -> Self {
+        Self { backend }
+    }
+
+    /// The backend, for what only it offers.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'_, B::Db>> {
+        self.backend.begin_write().await
+    }
+
+    async fn read(&self) -> Result<PoolConnection<B::Db>> {
+        self.backend.read().await
+    }
+}
+
+/// Commits a write transaction.
+pub async fn commit<B: Backend>(tx: Transaction<'_, B::Db>) -> Result<()> {
+    tx.commit().await.map_err(B::map_err)
+}
+
+/// Sends `sql`; returns its first row, if any.
+pub async fn fetch_optional<B: Backend>(
+    conn: &mut Conn<B>,
+    sql: &Sql<'_>,
+) -> Result<Option<B::Row>> {
+    Ok(B::fetch_all(conn, sql).await?.into_iter().next())
+}
+
+/// Sends `sql`; returns its one row.
+pub async fn fetch_one<B: Backend>(conn: &mut Conn<B>, sql: &Sql<'_>) -> Result<B::Row> {
+    fetch_optional::<B>(conn, sql)
+        .await?
+        .ok_or_else(|| crate::corrupt("statement", format!("no row from {}", sql.text())))
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn connection_pool(&self) -> ConnectionPoolStats {
+        self.backend.connection_pool()
+    }
+
+    async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        self.backend.wakeup_subscribe().await
+    }
+
+    async fn close(&self) {
+        self.backend.close().await;
+    }
+}

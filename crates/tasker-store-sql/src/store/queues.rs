@@ -1,0 +1,235 @@
+//! Durable queues: enqueue, lease, ack, nack, release, extend, depth, dead letters.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tasker_store::{
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
+    QueueForwardParams, QueueLeaseParams, QueueStore, Result, StoreError,
+};
+use tasker_types::{DeadLetter, QueueMessage};
+
+use super::{commit, fetch_one, fetch_optional, Backend, Conn, Sql, SqlStore};
+use crate::{
+    dead_letter, duration_ms, message, queue_depth, RowExt, INSERT_CHUNK, MESSAGE_COLUMNS,
+};
+
+/// Inserts messages, visible after `delay`, in multi-row statements, announcing the queue when
+/// they are visible at once. Returns their ids in insert order.
+pub async fn insert_messages<B: Backend>(
+    conn: &mut Conn<B>,
+    queue: &str,
+    payloads: &[serde_json::Value],
+    delay: Duration,
+) -> Result<Vec<i64>> {
+    let delay = duration_ms(delay);
+    let mut ids = Vec::with_capacity(payloads.len());
+    for chunk in payloads.chunks(INSERT_CHUNK) {
+        let mut sql =
+            Sql::new("INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) ");
+        let queue = sql.placeholder(queue);
+        let visible = format!("{} + {}", B::NOW_MS, sql.placeholder(delay));
+        sql.push_values(chunk, |b, payload| {
+            b.push(&queue).bind(payload).push(B::NOW_MS).push(&visible);
+        });
+        sql.push(" RETURNING id");
+        for row in B::fetch_all(conn, &sql).await? {
+            ids.push(row.int("id")?);
+        }
+    }
+    // RETURNING order is not promised; ids are increasing in insert order.
+    ids.sort_unstable();
+    if !ids.is_empty() && delay == 0 {
+        B::announce_enqueued(conn, queue).await?;
+    }
+    Ok(ids)
+}
+
+/// Deletes consumed deliveries, each only while its lease token is current.
+pub async fn delete_consumed<B: Backend>(
+    conn: &mut Conn<B>,
+    consumed: &[QueueAckParams],
+) -> Result<()> {
+    for chunk in consumed.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new("DELETE FROM queue_messages WHERE ");
+        push_held(&mut sql, chunk);
+        B::execute(conn, &sql).await?;
+    }
+    Ok(())
+}
+
+/// `(id = … AND lease_token = …) OR …`: the deliveries still held by these tokens.
+fn push_held<'a>(sql: &mut Sql<'a>, held: &'a [QueueAckParams]) {
+    for (i, ack) in held.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(id = ")
+            .push_bind(ack.id)
+            .push(" AND lease_token = ")
+            .push_bind(&ack.lease_token)
+            .push(")");
+    }
+}
+
+fn lease_lost(id: i64) -> StoreError {
+    StoreError::LeaseLost {
+        entity: "message",
+        id,
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
+    /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of the constants
+    /// of the callers below, never input.
+    async fn lease_update(&self, set: &str, params: &QueueLeaseParams) -> Result<()> {
+        let done = B::execute(
+            &mut *self.backend().write().await?,
+            &Sql::new(format!(
+                "UPDATE queue_messages SET {set} = {} + $1 WHERE id = $2 AND lease_token = $3",
+                B::NOW_MS
+            ))
+            .bind(duration_ms(params.delay))
+            .bind(params.id)
+            .bind(&params.lease_token),
+        )
+        .await?;
+        if done == 0 {
+            return Err(lease_lost(params.id));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: Backend> QueueStore for SqlStore<B> {
+    async fn queue_enqueue_many(&self, params: &QueueEnqueueManyParams) -> Result<Vec<i64>> {
+        if params.payloads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let ids =
+            insert_messages::<B>(&mut tx, &params.queue, &params.payloads, params.delay).await?;
+        commit::<B>(tx).await?;
+        Ok(ids)
+    }
+
+    async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
+        let mut tx = self.begin_write().await?;
+        let ids =
+            insert_messages::<B>(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;
+        delete_consumed::<B>(&mut tx, &params.consumed).await?;
+        commit::<B>(tx).await?;
+        Ok(ids)
+    }
+
+    async fn queue_dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
+        self.backend().dequeue_leased(params).await
+    }
+
+    async fn queue_get(&self, params: &QueueAckParams) -> Result<QueueMessage> {
+        let row = fetch_optional::<B>(
+            &mut *self.read().await?,
+            &Sql::new(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE id = $1 AND lease_token = $2"
+            ))
+            .bind(params.id)
+            .bind(&params.lease_token),
+        )
+        .await?;
+        row.as_ref()
+            .map(message)
+            .transpose()?
+            .ok_or_else(|| lease_lost(params.id))
+    }
+
+    async fn queue_ack(&self, params: &QueueAckParams) -> Result<()> {
+        let done = B::execute(
+            &mut *self.backend().write().await?,
+            &Sql::new("DELETE FROM queue_messages WHERE id = $1 AND lease_token = $2")
+                .bind(params.id)
+                .bind(&params.lease_token),
+        )
+        .await?;
+        if done == 0 {
+            return Err(lease_lost(params.id));
+        }
+        Ok(())
+    }
+
+    async fn queue_nack(&self, params: &QueueLeaseParams) -> Result<()> {
+        // Visible again after the delay, and no delivery holds it any more.
+        self.lease_update("lease_token = NULL, visible_at_ms", params)
+            .await
+    }
+
+    async fn queue_release(&self, params: &QueueLeaseParams) -> Result<()> {
+        self.lease_update(
+            "lease_token = NULL, deliveries = deliveries - 1, visible_at_ms",
+            params,
+        )
+        .await
+    }
+
+    async fn queue_extend(&self, params: &QueueLeaseParams) -> Result<()> {
+        self.lease_update("visible_at_ms", params).await
+    }
+
+    async fn queue_extend_many(&self, params: &QueueExtendManyParams) -> Result<Vec<i64>> {
+        let mut extended = HashSet::with_capacity(params.leases.len());
+        let mut tx = self.begin_write().await?;
+        for chunk in params.leases.chunks(INSERT_CHUNK / 2) {
+            let mut sql = Sql::new(format!(
+                "UPDATE queue_messages SET visible_at_ms = {} + ",
+                B::NOW_MS
+            ));
+            sql.push_bind(duration_ms(params.visibility_timeout))
+                .push(" WHERE ");
+            push_held(&mut sql, chunk);
+            sql.push(" RETURNING id");
+            for row in B::fetch_all(&mut tx, &sql).await? {
+                extended.insert(row.int("id")?);
+            }
+        }
+        commit::<B>(tx).await?;
+        Ok(params
+            .leases
+            .iter()
+            .map(|l| l.id)
+            .filter(|id| !extended.contains(id))
+            .collect())
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
+        let row = fetch_one::<B>(
+            &mut *self.read().await?,
+            &Sql::new(format!(
+                "SELECT \
+                   (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms <= {now}) \
+                     AS ready, \
+                   (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms > {now}) \
+                     AS invisible, \
+                   (SELECT COUNT(*) FROM dead_letters WHERE queue = $1) AS dead",
+                now = B::NOW_MS
+            ))
+            .bind(queue),
+        )
+        .await?;
+        queue_depth(&row)
+    }
+
+    async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>> {
+        let rows = B::fetch_all(
+            &mut *self.read().await?,
+            &Sql::new(
+                "SELECT id, queue, payload, deliveries, dead_at_ms FROM dead_letters \
+                 WHERE queue = $1 ORDER BY id",
+            )
+            .bind(queue),
+        )
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+}
