@@ -13,6 +13,7 @@ mod connect;
 mod decode;
 mod notify;
 mod queue;
+mod results;
 mod start;
 pub mod test_database;
 
@@ -21,7 +22,10 @@ use tasker_store::{
     Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
     StepStartManyParams, StepStarted, StoreError,
 };
-use tasker_store_sql::{Backend, NewTransition, Outbox, Sql, SqlStore, Value};
+use tasker_store_sql::{
+    Backend, Counted, EffectsApplied, EffectsPlan, NewTransition, Outbox, Sql, SqlStore, StepMove,
+    Value,
+};
 use tasker_types::QueueMessage;
 
 pub use connect::PgStoreOptions;
@@ -202,6 +206,17 @@ impl Backend for PgBackend {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) -> Result<Counted> {
+        results::move_steps(conn, moves).await
+    }
+
+    async fn apply_effects(
+        conn: &mut PgConnection,
+        plan: &EffectsPlan<'_>,
+    ) -> Result<EffectsApplied> {
+        results::apply_effects(conn, plan).await
     }
 
     async fn dequeue_leased(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {

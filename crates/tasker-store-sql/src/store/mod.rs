@@ -9,6 +9,7 @@
 //! compiler checks each backend against the trait, and navigation lands in real code.
 
 mod queues;
+mod results;
 mod sql;
 mod steps;
 mod tasks;
@@ -25,6 +26,7 @@ use tasker_store::{
 use tasker_types::QueueMessage;
 
 pub use queues::{delete_consumed, insert_messages};
+pub use results::{apply_effects, move_steps, Counted, EffectsApplied, EffectsPlan, StepMove};
 pub use sql::{Sql, Tuple, Value};
 pub use tasks::insert_transitions;
 
@@ -34,7 +36,7 @@ use crate::{NewTransition, Outbox, RowExt};
 pub type Conn<B> = <<B as Backend>::Db as Database>::Connection;
 
 /// What a SQL database must supply for [`SqlStore`] to run on it.
-pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// The sqlx database.
     type Db: Database<Row = Self::Row>;
     /// Its rows, read through [`RowExt`].
@@ -90,6 +92,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         outbox: &Outbox,
         consumed: &[QueueAckParams],
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Moves the steps of a result batch, each only while it runs the result's attempt, and
+    /// counts those that finished on their tasks and their children: the counters settlement
+    /// reads. By default, [`move_steps`] in a few statements.
+    fn move_steps(
+        conn: &mut Conn<Self>,
+        moves: &[StepMove<'_>],
+    ) -> impl Future<Output = Result<Counted>> + Send {
+        move_steps::<Self>(conn, moves)
+    }
+
+    /// Applies what settlement chose for a result batch, each change guarded by the state it
+    /// was decided on, with the audit rows and messages. By default, [`apply_effects`] in a
+    /// few statements.
+    fn apply_effects(
+        conn: &mut Conn<Self>,
+        plan: &EffectsPlan<'_>,
+    ) -> impl Future<Output = Result<EffectsApplied>> + Send {
+        apply_effects::<Self>(conn, plan)
+    }
 
     /// `QueueStore::queue_dequeue`.
     fn dequeue_leased(

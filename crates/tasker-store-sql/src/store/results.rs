@@ -1,0 +1,397 @@
+//! Applying a batch of step results: the store keeps the counters that `tasker_types::settle`
+//! reads and applies the effects it returns, each guarded by the state it was decided on. The
+//! rules themselves live in `settle`.
+//!
+//! A batch takes two round trips of work, whatever its size: [`Backend::move_steps`] moves
+//! the steps and counts them on their tasks and children; settlement decides; then
+//! [`Backend::apply_effects`] applies its effects with the audit rows and messages. The
+//! functions here are those operations as a few portable statements each, which a backend
+//! uses unless it does one in a single statement (PostgreSQL, with data-modifying CTEs).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use tasker_store::{QueueAckParams, Result, ResultsApplied, StepApplyResultsParams};
+use tasker_store::{StepMessage, StepResultApply, TaskMessage};
+use tasker_types::{settle, Entity, StepEvent, StepId, StepRow, StepState, TaskId, TaskRow};
+
+use super::{commit, delete_consumed, Backend, Conn, Sql, SqlStore};
+use crate::{
+    corrupt, duration_ms, qualified, step as decode_step, task as decode_task, NewTransition,
+    Outbox, RowExt, INSERT_CHUNK, STEP_COLUMNS, TASK_COLUMNS,
+};
+
+/// One result to apply: its step moves to `to` only while it runs `attempt`.
+#[derive(Debug, Clone)]
+pub struct StepMove<'a> {
+    /// The step's task.
+    pub task_id: TaskId,
+    /// The step.
+    pub step_id: StepId,
+    /// The attempt the result is for.
+    pub attempt: i64,
+    /// Where the step moves.
+    pub to: StepState,
+    /// The handler's output, kept on success.
+    pub output: Option<&'a serde_json::Value>,
+    /// The failure, kept on failure.
+    pub error: Option<&'a str>,
+    /// The wait before a retry, for a retryable failure.
+    pub backoff_ms: Option<i64>,
+}
+
+/// What moving a batch changed, read back for settlement.
+#[derive(Debug, Clone, Default)]
+pub struct Counted {
+    /// The steps that moved (stale and duplicate results move none).
+    pub moved: Vec<StepRow>,
+    /// Their tasks, with the finished steps counted.
+    pub tasks: Vec<settle::TaskCount>,
+    /// Their tasks' namespaces, for routing.
+    pub namespaces: HashMap<TaskId, String>,
+    /// The children of the steps that finished for their dependents, with their parents
+    /// counted.
+    pub children: Vec<StepRow>,
+}
+
+/// The changes settlement chose, ready to write: each applied only while the state it was
+/// decided on holds.
+#[derive(Debug, Clone)]
+pub struct EffectsPlan<'a> {
+    /// Children to enqueue while still `Pending`, each with its queue and message.
+    pub enqueue: Vec<(StepId, String, serde_json::Value)>,
+    /// Running tasks to complete along [`settle::COMPLETE_FROM_RUNNING`].
+    pub complete: Vec<TaskId>,
+    /// Tasks to announce on `evaluate_queue` unless a step of theirs is `Enqueued` or
+    /// `InProgress`, each with its message.
+    pub evaluate_if_idle: Vec<(TaskId, serde_json::Value)>,
+    /// The queue of the evaluator's messages.
+    pub evaluate_queue: &'a str,
+    /// Audit rows to write whatever happens (the moved steps').
+    pub transitions: Vec<NewTransition<'a>>,
+    /// Messages to publish whatever happens.
+    pub outbox: Outbox,
+    /// Deliveries to delete, each only while its lease token is current.
+    pub consumed: &'a [QueueAckParams],
+    /// Instance recorded in the audit rows.
+    pub instance_id: &'a str,
+}
+
+/// What [`Backend::apply_effects`] did.
+#[derive(Debug, Clone, Default)]
+pub struct EffectsApplied {
+    /// The tasks it completed.
+    pub finished: Vec<TaskRow>,
+    /// The queues that received messages.
+    pub queues: Vec<String>,
+}
+
+/// `StepStore::step_apply_results`.
+pub(super) async fn apply_results<B: Backend>(
+    store: &SqlStore<B>,
+    params: &StepApplyResultsParams,
+) -> Result<ResultsApplied> {
+    let mut order: Vec<&StepResultApply> = params.results.iter().collect();
+    order.sort_by_key(|r| (r.task_id.0, r.step_id.0));
+    order.dedup_by_key(|r| r.step_id);
+    let moves = order
+        .iter()
+        .map(|r| {
+            Ok(StepMove {
+                task_id: r.task_id,
+                step_id: r.step_id,
+                attempt: i64::from(r.attempt),
+                to: StepState::InProgress.transition(r.event)?,
+                output: r.output.as_ref(),
+                error: r.error.as_deref(),
+                backoff_ms: r.backoff.map(duration_ms),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut tx = store.backend().begin_write().await?;
+    let mut counted = B::move_steps(&mut tx, &moves).await?;
+    counted.moved.sort_unstable_by_key(|s| (s.task_id.0, s.id.0));
+
+    // Stale results and duplicates moved nothing: whoever moved their step settled its task
+    // then.
+    let moved: HashSet<StepId> = counted.moved.iter().map(|s| s.id).collect();
+    let mut settled: Vec<settle::Moved> = Vec::with_capacity(moved.len());
+    let mut transitions: Vec<NewTransition<'_>> = Vec::with_capacity(moved.len());
+    for (r, m) in order.iter().zip(&moves) {
+        if !moved.contains(&m.step_id) {
+            continue;
+        }
+        transitions.push(NewTransition {
+            entity: Entity::Step,
+            task_id: m.task_id,
+            step_id: Some(m.step_id),
+            from_state: Some(StepState::InProgress.as_str()),
+            to_state: m.to.as_str(),
+            event: r.event.name(),
+            reason: m.error,
+            instance_id: &params.instance_id,
+        });
+        settled.push(settle::Moved {
+            task_id: m.task_id,
+            step_id: m.step_id,
+            to: m.to,
+        });
+    }
+    let mut applied = ResultsApplied {
+        steps: counted.moved,
+        ..ResultsApplied::default()
+    };
+    if settled.is_empty() {
+        delete_consumed::<B>(&mut tx, &params.consumed).await?;
+        commit::<B>(tx).await?;
+        return Ok(applied);
+    }
+
+    // Settlement decides; the store applies.
+    let effects = settle::settle(&settled, &counted.tasks, &counted.children);
+    let children: HashMap<StepId, &StepRow> =
+        counted.children.iter().map(|c| (c.id, c)).collect();
+    let enqueue = effects
+        .enqueue
+        .iter()
+        .map(|id| {
+            let child = children
+                .get(id)
+                .ok_or_else(|| corrupt("settlement", format!("unknown child {id}")))?;
+            let namespace = counted
+                .namespaces
+                .get(&child.task_id)
+                .map_or("", String::as_str);
+            let queue = params.routing.queue(namespace, &child.handler).to_owned();
+            let message = serde_json::json!(StepMessage {
+                task_id: child.task_id,
+                step_id: child.id,
+            });
+            Ok((*id, queue, message))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut outbox = Outbox::new();
+    for task_id in effects.evaluate {
+        outbox
+            .entry(params.evaluate_queue.clone())
+            .or_default()
+            .push(serde_json::json!(TaskMessage { task_id }));
+    }
+    let plan = EffectsPlan {
+        enqueue,
+        complete: effects.complete,
+        evaluate_if_idle: effects
+            .evaluate_if_idle
+            .into_iter()
+            .map(|task_id| (task_id, serde_json::json!(TaskMessage { task_id })))
+            .collect(),
+        evaluate_queue: &params.evaluate_queue,
+        transitions,
+        outbox,
+        consumed: &params.consumed,
+        instance_id: &params.instance_id,
+    };
+    let done = B::apply_effects(&mut tx, &plan).await?;
+    commit::<B>(tx).await?;
+    applied.finished = done.finished;
+    applied.queues = done.queues;
+    Ok(applied)
+}
+
+/// [`Backend::move_steps`] as portable statements: lock the tasks, move the steps, count the
+/// finished ones on their tasks, then on their children.
+pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) -> Result<Counted> {
+    let mut task_ids: Vec<i64> = moves.iter().map(|m| m.task_id.0).collect();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    B::lock_tasks(conn, &task_ids).await?;
+
+    // 1. Each step moves, only while it runs the result's attempt.
+    let mut counted = Counted::default();
+    for chunk in moves.chunks(INSERT_CHUNK / 7) {
+        let mut sql = Sql::new(format!(
+            "UPDATE steps SET state = v.column3, result = COALESCE(v.column4, result), \
+             last_error = COALESCE(v.column5, last_error), next_attempt_at_ms = CASE \
+             WHEN v.column6 IS NULL THEN NULL ELSE {now} + v.column6 END, \
+             finished_at_ms = CASE WHEN v.column7 THEN {now} ELSE NULL END FROM (",
+            now = B::NOW_MS
+        ));
+        sql.push_values(chunk, |b, m| {
+            b.bind(m.step_id.0)
+                .bind(m.attempt)
+                .bind(m.to.as_str())
+                .bind(m.output)
+                .bind(m.error)
+                .bind(m.backoff_ms)
+                .bind(m.to.is_terminal());
+        });
+        sql.push(&format!(
+            ") AS v WHERE steps.id = v.column1 AND steps.state = 'InProgress' \
+             AND steps.attempts = v.column2 RETURNING {}",
+            qualified("steps", STEP_COLUMNS)
+        ));
+        for row in B::fetch_all(conn, &sql).await? {
+            counted.moved.push(decode_step(&row)?);
+        }
+    }
+    if counted.moved.is_empty() {
+        return Ok(counted);
+    }
+
+    // 2. Their tasks count the finished steps...
+    let mut done_per_task: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut finished: Vec<i64> = Vec::new();
+    for step in &counted.moved {
+        let done = done_per_task.entry(step.task_id.0).or_default();
+        if step.state.satisfies_dependents() {
+            *done += 1;
+            finished.push(step.id.0);
+        }
+    }
+    let mut sql = Sql::new(format!(
+        "UPDATE tasks SET updated_at_ms = {}, \
+         unfinished_steps = unfinished_steps - v.column2 FROM (",
+        B::NOW_MS
+    ));
+    sql.push_values(&done_per_task, |b, (task, done)| {
+        b.bind(*task).bind(*done);
+    });
+    sql.push(
+        ") AS v WHERE tasks.id = v.column1 \
+         RETURNING tasks.id, tasks.state, tasks.namespace, tasks.unfinished_steps",
+    );
+    for row in B::fetch_all(conn, &sql).await? {
+        let task_id = TaskId(row.int("id")?);
+        counted.tasks.push(settle::TaskCount {
+            task_id,
+            state: row
+                .text("state")?
+                .parse()
+                .map_err(|e| corrupt("task state", e))?,
+            unfinished_steps: row.int("unfinished_steps")?,
+        });
+        counted.namespaces.insert(task_id, row.text("namespace")?);
+    }
+
+    // 3. ...and the children of the finished steps count their finished parents.
+    for chunk in finished.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new(
+            "UPDATE steps SET pending_parents = pending_parents - c.n \
+             FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN (",
+        );
+        sql.push_list(chunk.iter().copied()).push(&format!(
+            ") GROUP BY child_id) AS c WHERE steps.id = c.child_id RETURNING {}",
+            qualified("steps", STEP_COLUMNS)
+        ));
+        for row in B::fetch_all(conn, &sql).await? {
+            counted.children.push(decode_step(&row)?);
+        }
+    }
+    Ok(counted)
+}
+
+/// [`Backend::apply_effects`] as portable statements: enqueue the children, check which idle
+/// tasks are idle, complete the tasks, then write the audit rows and messages with
+/// [`Backend::write_effects`].
+pub async fn apply_effects<B: Backend>(
+    conn: &mut Conn<B>,
+    plan: &EffectsPlan<'_>,
+) -> Result<EffectsApplied> {
+    let mut transitions = plan.transitions.clone();
+    let mut outbox = plan.outbox.clone();
+    let mut applied = EffectsApplied::default();
+
+    let to = StepState::Pending.transition(StepEvent::Enqueue)?;
+    let routes: HashMap<StepId, (&String, &serde_json::Value)> = plan
+        .enqueue
+        .iter()
+        .map(|(id, queue, message)| (*id, (queue, message)))
+        .collect();
+    for chunk in plan.enqueue.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new("UPDATE steps SET state = ");
+        sql.push_bind(to.as_str())
+            .push(" WHERE state = ")
+            .push_bind(StepState::Pending.as_str())
+            .push(" AND id IN (")
+            .push_list(chunk.iter().map(|(id, _, _)| id.0))
+            .push(") RETURNING id, task_id");
+        for row in B::fetch_all(conn, &sql).await? {
+            let step_id = StepId(row.int("id")?);
+            transitions.push(NewTransition {
+                entity: Entity::Step,
+                task_id: TaskId(row.int("task_id")?),
+                step_id: Some(step_id),
+                from_state: Some(StepState::Pending.as_str()),
+                to_state: to.as_str(),
+                event: StepEvent::Enqueue.name(),
+                reason: None,
+                instance_id: plan.instance_id,
+            });
+            let (queue, message) = routes
+                .get(&step_id)
+                .ok_or_else(|| corrupt("enqueue", format!("unplanned step {step_id}")))?;
+            outbox
+                .entry((*queue).clone())
+                .or_default()
+                .push((*message).clone());
+        }
+    }
+
+    if !plan.evaluate_if_idle.is_empty() {
+        // Literal states: exactly `steps_running_idx`'s predicate, so even a generic plan may
+        // use that partial index.
+        let mut sql = Sql::new(
+            "SELECT DISTINCT task_id FROM steps \
+             WHERE state IN ('Enqueued', 'InProgress') AND task_id IN (",
+        );
+        sql.push_list(plan.evaluate_if_idle.iter().map(|(t, _)| t.0))
+            .push(")");
+        let busy = B::fetch_all(conn, &sql)
+            .await?
+            .iter()
+            .map(|r| r.int("task_id"))
+            .collect::<Result<HashSet<_>>>()?;
+        for (task_id, message) in &plan.evaluate_if_idle {
+            if !busy.contains(&task_id.0) {
+                outbox
+                    .entry(plan.evaluate_queue.to_owned())
+                    .or_default()
+                    .push(message.clone());
+            }
+        }
+    }
+
+    if !plan.complete.is_empty() {
+        let (from, _) = settle::COMPLETE_FROM_RUNNING[0];
+        let (last_from, last_event) = settle::COMPLETE_FROM_RUNNING[1];
+        let mut sql = Sql::new("UPDATE tasks SET state = ");
+        sql.push_bind(last_from.transition(last_event)?.as_str())
+            .push(&format!(
+                ", updated_at_ms = {now}, finished_at_ms = {now} WHERE state = ",
+                now = B::NOW_MS
+            ))
+            .push_bind(from.as_str())
+            .push(" AND id IN (")
+            .push_list(plan.complete.iter().map(|t| t.0))
+            .push(&format!(") RETURNING {TASK_COLUMNS}"));
+        for row in B::fetch_all(conn, &sql).await? {
+            let done = decode_task(&row)?;
+            for (from, event) in settle::COMPLETE_FROM_RUNNING {
+                transitions.push(NewTransition {
+                    entity: Entity::Task,
+                    task_id: done.id,
+                    step_id: None,
+                    from_state: Some(from.as_str()),
+                    to_state: from.transition(event)?.as_str(),
+                    event: event.name(),
+                    reason: None,
+                    instance_id: plan.instance_id,
+                });
+            }
+            applied.finished.push(done);
+        }
+    }
+
+    B::write_effects(conn, &transitions, &outbox, plan.consumed).await?;
+    applied.queues = outbox.into_keys().collect();
+    Ok(applied)
+}
