@@ -18,8 +18,9 @@ use tasker_types::{settle, Entity, StepEvent, StepState};
 
 use crate::{map_err, NOW_MS};
 
-/// Moves the steps, counts the finished ones on their tasks (locked first, in id order, so
-/// batches sharing a task run one after the other) and on their children.
+/// Moves the steps, counts the finished ones on their tasks and on their children. A batch of
+/// several tasks locks them first, in id order, so batches sharing tasks run one after the
+/// other instead of deadlocking; a batch of one task has no order to keep and saves the lock.
 pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) -> Result<Counted> {
     let mut counted = Counted::default();
     if moves.is_empty() {
@@ -30,8 +31,16 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
     task_ids.dedup();
     // The union reads `moved` and `counted` before `woken`, so the rows are locked in the
     // order tasks, moved steps, children; `locked` runs before the first step is updated.
+    let (lock, locked) = if task_ids.len() > 1 {
+        (
+            "locked AS (SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE), ",
+            "AND (SELECT count(*) FROM locked) >= 0",
+        )
+    } else {
+        ("", "AND $1::bigint[] IS NOT NULL")
+    };
     let rows = sqlx::query(&format!(
-        "WITH locked AS (SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE), \
+        "WITH {lock}\
          v AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], \
                                     $6::text[], $7::bigint[], $8::bool[], $9::bool[]) \
                AS v(id, attempt, state, result, error, backoff_ms, terminal, done)), \
@@ -42,7 +51,7 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
                                   ELSE {now} + v.backoff_ms END, \
              finished_at_ms = CASE WHEN v.terminal THEN {now} ELSE NULL END \
            FROM v WHERE steps.id = v.id AND steps.state = $10 AND steps.attempts = v.attempt \
-             AND (SELECT count(*) FROM locked) >= 0 \
+             {locked} \
            RETURNING {steps}, v.done), \
          counted AS ( \
            UPDATE tasks SET updated_at_ms = {now}, unfinished_steps = unfinished_steps - d.n \
@@ -181,11 +190,21 @@ pub(crate) async fn apply_effects(
     ))
     .bind(enqueue_to.as_str())
     .bind(StepState::Pending.as_str())
-    .bind(plan.enqueue.iter().map(|(id, _, _)| id.0).collect::<Vec<_>>())
+    .bind(
+        plan.enqueue
+            .iter()
+            .map(|(id, _, _)| id.0)
+            .collect::<Vec<_>>(),
+    )
     .bind(last_from.transition(last_event)?.as_str())
     .bind(from.as_str())
     .bind(plan.complete.iter().map(|t| t.0).collect::<Vec<_>>())
-    .bind(plan.evaluate_if_idle.iter().map(|(t, _)| t.0).collect::<Vec<_>>())
+    .bind(
+        plan.evaluate_if_idle
+            .iter()
+            .map(|(t, _)| t.0)
+            .collect::<Vec<_>>(),
+    )
     .bind(t.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
     .bind(t.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
     .bind(t.iter().map(|t| t.step_id.map(|s| s.0)).collect::<Vec<_>>())
@@ -203,10 +222,25 @@ pub(crate) async fn apply_effects(
     .bind(&complete_path.2)
     .bind(queues)
     .bind(payloads)
-    .bind(plan.enqueue.iter().map(|(_, q, _)| q.as_str()).collect::<Vec<_>>())
-    .bind(plan.enqueue.iter().map(|(_, _, m)| Json(m)).collect::<Vec<_>>())
+    .bind(
+        plan.enqueue
+            .iter()
+            .map(|(_, q, _)| q.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        plan.enqueue
+            .iter()
+            .map(|(_, _, m)| Json(m))
+            .collect::<Vec<_>>(),
+    )
     .bind(plan.evaluate_queue)
-    .bind(plan.evaluate_if_idle.iter().map(|(_, m)| Json(m)).collect::<Vec<_>>())
+    .bind(
+        plan.evaluate_if_idle
+            .iter()
+            .map(|(_, m)| Json(m))
+            .collect::<Vec<_>>(),
+    )
     .bind(plan.consumed.iter().map(|c| c.id).collect::<Vec<_>>())
     .bind(
         plan.consumed

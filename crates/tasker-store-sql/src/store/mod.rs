@@ -151,6 +151,12 @@ impl<B: Backend> SqlStore<B> {
         &self.backend
     }
 
+    /// The backend, to put under another store (tests compare a backend's own statements with
+    /// the portable ones this way).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
     async fn begin_write(&self) -> Result<Transaction<'_, B::Db>> {
         self.backend.begin_write().await
     }

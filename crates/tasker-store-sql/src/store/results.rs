@@ -109,7 +109,9 @@ pub(super) async fn apply_results<B: Backend>(
         .collect::<Result<Vec<_>>>()?;
     let mut tx = store.backend().begin_write().await?;
     let mut counted = B::move_steps(&mut tx, &moves).await?;
-    counted.moved.sort_unstable_by_key(|s| (s.task_id.0, s.id.0));
+    counted
+        .moved
+        .sort_unstable_by_key(|s| (s.task_id.0, s.id.0));
 
     // Stale results and duplicates moved nothing: whoever moved their step settled its task
     // then.
@@ -148,8 +150,7 @@ pub(super) async fn apply_results<B: Backend>(
 
     // Settlement decides; the store applies.
     let effects = settle::settle(&settled, &counted.tasks, &counted.children);
-    let children: HashMap<StepId, &StepRow> =
-        counted.children.iter().map(|c| (c.id, c)).collect();
+    let children: HashMap<StepId, &StepRow> = counted.children.iter().map(|c| (c.id, c)).collect();
     let enqueue = effects
         .enqueue
         .iter()
