@@ -59,6 +59,25 @@ impl PgBackend {
     }
 }
 
+/// Binds audit rows as the eight arrays (entity, task, step, from, to, event, reason,
+/// instance) that `unnest` turns back into rows.
+trait BindTransitions<'q> {
+    fn bind_transitions(self, transitions: &[NewTransition<'q>]) -> Self;
+}
+
+impl<'q> BindTransitions<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_transitions(self, t: &[NewTransition<'q>]) -> Self {
+        self.bind(t.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.step_id.map(|s| s.0)).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.from_state).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.to_state).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.event).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.reason).collect::<Vec<_>>())
+            .bind(t.iter().map(|t| t.instance_id).collect::<Vec<_>>())
+    }
+}
+
 /// `sql` as a sqlx query on this backend.
 fn query<'q>(sql: &'q Sql<'_>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     sql.values()
@@ -189,14 +208,7 @@ impl Backend for PgBackend {
              SELECT pg_notify($13, q) FROM (SELECT DISTINCT queue AS q FROM outbox) AS announced",
             now = NOW_MS
         ))
-        .bind(transitions.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.step_id.map(|s| s.0)).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.from_state).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.to_state).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.event).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.reason).collect::<Vec<_>>())
-        .bind(transitions.iter().map(|t| t.instance_id).collect::<Vec<_>>())
+        .bind_transitions(transitions)
         .bind(queues)
         .bind(payloads)
         .bind(consumed.iter().map(|c| c.id).collect::<Vec<_>>())

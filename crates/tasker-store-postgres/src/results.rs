@@ -16,7 +16,7 @@ use tasker_store_sql::{
 };
 use tasker_types::{settle, Entity, StepEvent, StepState};
 
-use crate::{map_err, NOW_MS};
+use crate::{map_err, BindTransitions, NOW_MS};
 
 /// Moves the steps, counts the finished ones on their tasks and on their children. A batch of
 /// several tasks locks them first, in id order, so batches sharing tasks run one after the
@@ -132,7 +132,6 @@ pub(crate) async fn apply_effects(
         complete_path.1.push(from.transition(event)?.as_str());
         complete_path.2.push(event.name());
     }
-    let t = &plan.transitions;
     let (queues, payloads): (Vec<&str>, Vec<Json<&serde_json::Value>>) = plan
         .outbox
         .iter()
@@ -205,14 +204,7 @@ pub(crate) async fn apply_effects(
             .map(|(t, _)| t.0)
             .collect::<Vec<_>>(),
     )
-    .bind(t.iter().map(|t| t.entity.as_str()).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.task_id.0).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.step_id.map(|s| s.0)).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.from_state).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.to_state).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.event).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.reason).collect::<Vec<_>>())
-    .bind(t.iter().map(|t| t.instance_id).collect::<Vec<_>>())
+    .bind_transitions(&plan.transitions)
     .bind(Entity::Step.as_str())
     .bind(StepEvent::Enqueue.name())
     .bind(plan.instance_id)

@@ -80,6 +80,14 @@ fn lease_lost(id: i64) -> StoreError {
     }
 }
 
+/// `Ok` when the statement changed the delivery, `LeaseLost` when its lease had moved on.
+fn held(changed: u64, id: i64) -> Result<()> {
+    if changed == 0 {
+        return Err(lease_lost(id));
+    }
+    Ok(())
+}
+
 impl<B: Backend> SqlStore<B> {
     /// `UPDATE queue_messages SET <set> = now + delay` for the delivery holding
     /// `params.lease_token`; `LeaseLost` when it no longer does. `set` is one of the constants
@@ -96,10 +104,7 @@ impl<B: Backend> SqlStore<B> {
             .bind(&params.lease_token),
         )
         .await?;
-        if done == 0 {
-            return Err(lease_lost(params.id));
-        }
-        Ok(())
+        held(done, params.id)
     }
 }
 
@@ -153,10 +158,7 @@ impl<B: Backend> QueueStore for SqlStore<B> {
                 .bind(&params.lease_token),
         )
         .await?;
-        if done == 0 {
-            return Err(lease_lost(params.id));
-        }
-        Ok(())
+        held(done, params.id)
     }
 
     async fn queue_nack(&self, params: &QueueLeaseParams) -> Result<()> {
