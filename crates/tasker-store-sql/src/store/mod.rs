@@ -1,12 +1,15 @@
 //! [`SqlStore`]: the store both SQL backends share, generic over a [`Backend`], one module per
-//! aggregate ([`templates`], [`tasks`], [`steps`], [`queues`]).
+//! aggregate (`templates`, `tasks`, `steps`, `queues`) and one for applying result batches
+//! (`results`).
 //!
-//! The backends run the same SQL (SQLite accepts PostgreSQL's `$N` placeholders, `RETURNING`
-//! and `ON CONFLICT … DO NOTHING`). What differs is what [`Backend`] asks for: the clock
-//! expression, how a write transaction begins (SQLite: `BEGIN IMMEDIATE` on its single
-//! writer), the pools, sending a [`Sql`] statement, and the few operations each does its own
-//! way (dequeueing with `FOR UPDATE SKIP LOCKED`, one-statement effects on PostgreSQL). The
-//! compiler checks each backend against the trait, and navigation lands in real code.
+//! The backends run the same SQL (both take `RETURNING` and `ON CONFLICT … DO NOTHING`;
+//! statements are written with `$N` placeholders, which the SQLite backend sends as `?`). What
+//! differs is what [`Backend`] asks for: the clock expression, how a write transaction begins
+//! (SQLite: `BEGIN IMMEDIATE` on its single writer), the pools, sending a [`Sql`] statement,
+//! and the few operations each does its own way (PostgreSQL: dequeueing with `FOR UPDATE SKIP
+//! LOCKED`, and one statement each for starting attempts, writing effects and the two halves of
+//! a result batch). The compiler checks each backend against the trait, and navigation lands in
+//! real code.
 
 mod queues;
 mod results;
@@ -75,7 +78,7 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     fn execute(conn: &mut Conn<Self>, sql: &Sql<'_>) -> impl Future<Output = Result<u64>> + Send;
 
     /// Locks the tasks' rows, in id order, for the rest of the transaction, where writers run
-    /// concurrently.
+    /// concurrently (the portable [`move_steps`] does, so that batches cannot deadlock).
     fn lock_tasks(conn: &mut Conn<Self>, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
 
     /// Tells other processes, when the transaction commits, that `queue` has new work.

@@ -2,7 +2,7 @@
 //! reads and applies the effects it returns, each guarded by the state it was decided on. The
 //! rules themselves live in `settle`.
 //!
-//! A batch takes two round trips of work, whatever its size: [`Backend::move_steps`] moves
+//! A batch is two operations, whatever its size: [`Backend::move_steps`] moves
 //! the steps and counts them on their tasks and children; settlement decides; then
 //! [`Backend::apply_effects`] applies its effects with the audit rows and messages. The
 //! functions here are those operations as a few portable statements each, which a backend
