@@ -1,6 +1,9 @@
 use std::{str::FromStr, time::Duration};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    Connection,
+};
 use tasker_store::{Result, StoreError};
 
 use tasker_store_sql::SqlStore;
@@ -52,12 +55,13 @@ impl PgStoreOptions {
         // A quarter of the connections (at least one) serve lease changes, the rest everything
         // else; together they stay within `max_connections` (two at the least).
         let leasing = (self.max_connections / 4).max(1);
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections.saturating_sub(leasing).max(1))
-            .acquire_timeout(self.acquire_timeout)
-            .connect(&self.url)
-            .await
-            .map_err(map_err)?;
+        let pool = pool_options(
+            self.max_connections.saturating_sub(leasing).max(1),
+            self.acquire_timeout,
+        )
+        .connect(&self.url)
+        .await
+        .map_err(map_err)?;
         migrator().run(&pool).await.map_err(|e| StoreError::Other {
             message: "migrating postgres database".into(),
             source: Some(Box::new(e)),
@@ -68,9 +72,7 @@ impl PgStoreOptions {
         let lease_options = PgConnectOptions::from_str(&self.url)
             .map_err(map_err)?
             .options([("synchronous_commit", "off")]);
-        let lease_pool = PgPoolOptions::new()
-            .max_connections(leasing)
-            .acquire_timeout(self.acquire_timeout)
+        let lease_pool = pool_options(leasing, self.acquire_timeout)
             .connect_with(lease_options)
             .await
             .map_err(map_err)?;
@@ -80,6 +82,26 @@ impl PgStoreOptions {
             listeners: crate::notify::Listeners::default(),
         }))
     }
+}
+
+/// A pooled connection used this recently is handed out without a ping.
+const ALIVE_WITHOUT_PING: Duration = Duration::from_secs(1);
+
+/// A pool of `max` connections. sqlx pings every idle connection before handing it out, a
+/// round trip before each transaction and each statement outside one (three or four per step);
+/// like HikariCP's alive-bypass window, only a connection idle for [`ALIVE_WITHOUT_PING`] is
+/// pinged now, and dropped when the ping fails. A recently used connection that broke since
+/// fails its statement, which callers treat as `Unavailable` like any other lost connection.
+fn pool_options(max: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(
+                async move { Ok(meta.idle_for < ALIVE_WITHOUT_PING || conn.ping().await.is_ok()) },
+            )
+        })
 }
 
 fn migrator() -> sqlx::migrate::Migrator {

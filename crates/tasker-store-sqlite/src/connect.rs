@@ -72,9 +72,12 @@ impl SqliteStoreOptions {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(self.busy_timeout);
+        // No ping before handing out a connection (sqlx's default): a file has no server to
+        // lose, and each ping is a round trip to the connection's worker thread.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await
             .map_err(map_err)?;
@@ -87,6 +90,7 @@ impl SqliteStoreOptions {
             })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(self.read_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(connect.read_only(true))
             .await
             .map_err(map_err)?;
