@@ -18,9 +18,10 @@
 import { createRequire } from 'node:module'
 import { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
-import { parseArgs } from 'node:util'
 
 import pg from 'pg'
+
+import { insertAll, options, report, waitForAll } from './harness.mjs'
 
 // Read at module load: without it every completion formats a log line.
 process.env.NO_LOG_SUCCESS ??= '1'
@@ -29,24 +30,9 @@ const { Logger, makeWorkerUtils, run, runMigrations } = await import('graphile-w
 const require = createRequire(import.meta.url)
 const version = require('graphile-worker/package.json').version
 
-const { values: opt } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    jobs: { type: 'string', default: '20000' },
-    workers: { type: 'string', default: '16' },
-    'local-queue': { type: 'string', default: '50' },
-    'insert-batch': { type: 'string', default: '1000' }
-  }
-})
-const url = opt.url ?? process.env.DATABASE_URL
-const jobs = Number(opt.jobs)
-const workers = Number(opt.workers)
-const localQueueSize = Number(opt['local-queue'])
-const insertBatch = Number(opt['insert-batch'])
-if (!url) throw new Error('--url (or DATABASE_URL) is required')
-for (const [k, v] of Object.entries({ jobs, workers, localQueueSize, insertBatch })) {
-  if (!Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer`)
-}
+const { opt, n } = options({ 'local-queue': { type: 'string', default: '50' } }, ['local-queue'])
+const { jobs, workers } = n
+const url = opt.url
 
 const log = (msg) => process.stderr.write(`  [graphile-worker] ${msg}\n`)
 const logger = new Logger(() => (level, message) => {
@@ -63,26 +49,25 @@ const worker = {
   useNodeTime: true,
   completeJobBatchDelay: 0,
   failJobBatchDelay: 0,
-  ...(hasLocalQueue ? { localQueue: { size: localQueueSize } } : {})
+  ...(hasLocalQueue ? { localQueue: { size: n['local-queue'] } } : {})
 }
 const preset = { worker }
 
 await runMigrations({ preset, logger })
 
 const utils = await makeWorkerUtils({ preset, logger })
-const inserted0 = performance.now()
-for (let i = 0; i < jobs; i += insertBatch) {
-  const n = Math.min(insertBatch, jobs - i)
-  await utils.addJobs(Array.from({ length: n }, (_, k) => ({ identifier: 'noop', payload: { i: i + k } })))
-}
-const insertSeconds = (performance.now() - inserted0) / 1000
+const insertSeconds = await insertAll(jobs, n['insert-batch'], (count, first) =>
+  utils.addJobs(Array.from({ length: count }, (_, k) => ({ identifier: 'noop', payload: { i: first + k } }))))
 await utils.release()
 log(`inserted ${jobs} jobs in ${insertSeconds.toFixed(2)} s`)
 
 const poll = new pg.Client({ connectionString: url })
 await poll.connect()
-const remaining = async () =>
-  (await poll.query('SELECT count(*)::int AS n FROM graphile_worker._private_jobs')).rows[0].n
+// graphile-worker deletes a job when it completes.
+const done = async () => {
+  const left = (await poll.query('SELECT count(*)::int AS n FROM graphile_worker._private_jobs')).rows[0].n
+  return { all: left === 0, what: `${left} left` }
+}
 
 let handled = 0
 let t0 = null
@@ -100,19 +85,7 @@ const runner = await run({
   taskList: { noop: async () => { handled++ } }
 })
 
-let last = -1
-let lastChange = performance.now()
-for (;;) {
-  const left = handled >= jobs ? await remaining() : -1
-  if (left === 0) break
-  if (handled !== last) {
-    last = handled
-    lastChange = performance.now()
-  } else if (performance.now() - lastChange > 60_000) {
-    throw new Error(`stalled: ${handled} handled, ${left} left of ${jobs}`)
-  }
-  await new Promise((resolve) => setTimeout(resolve, handled >= jobs ? 5 : 20))
-}
+await waitForAll(jobs, () => handled, done)
 const seconds = (performance.now() - (t0 ?? started)) / 1000
 
 await poll.end()
@@ -120,21 +93,10 @@ await runner.stop()
 
 const configuration = [
   `concurrency ${workers}`,
-  hasLocalQueue ? `localQueue.size ${localQueueSize}` : 'no localQueue (before 0.17)',
+  hasLocalQueue ? `localQueue.size ${n['local-queue']}` : 'no localQueue (before 0.17)',
   'completeJobBatchDelay 0',
   'useNodeTime',
   `maxPoolSize ${workers + 2}`,
-  `addJobs ${insertBatch}/call`
+  `addJobs ${n['insert-batch']}/call`
 ].join(', ')
-console.log(JSON.stringify({
-  system: 'graphile-worker',
-  version,
-  configuration,
-  jobs,
-  workers,
-  seconds,
-  per_s: jobs / seconds,
-  insert_seconds: insertSeconds,
-  insert_per_s: jobs / insertSeconds,
-  end_to_end_per_s: jobs / (insertSeconds + seconds)
-}))
+report({ system: 'graphile-worker', version, configuration, workers }, jobs, seconds, insertSeconds)
