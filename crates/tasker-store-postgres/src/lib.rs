@@ -226,9 +226,9 @@ impl Backend for PgBackend {
 
     async fn apply_effects(
         conn: &mut PgConnection,
-        plan: &EffectsPlan<'_>,
+        plan: EffectsPlan<'_>,
     ) -> Result<EffectsApplied> {
-        results::apply_effects(conn, plan).await
+        results::apply_effects(conn, &plan).await
     }
 
     async fn dequeue_leased(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {

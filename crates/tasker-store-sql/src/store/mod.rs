@@ -111,7 +111,7 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// few statements.
     fn apply_effects(
         conn: &mut Conn<Self>,
-        plan: &EffectsPlan<'_>,
+        plan: EffectsPlan<'_>,
     ) -> impl Future<Output = Result<EffectsApplied>> + Send {
         apply_effects::<Self>(conn, plan)
     }

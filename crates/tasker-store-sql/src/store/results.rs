@@ -191,7 +191,7 @@ pub(super) async fn apply_results<B: Backend>(
         consumed: &params.consumed,
         instance_id: &params.instance_id,
     };
-    let done = B::apply_effects(&mut tx, &plan).await?;
+    let done = B::apply_effects(&mut tx, plan).await?;
     commit::<B>(tx).await?;
     applied.finished = done.finished;
     applied.queues = done.queues;
@@ -295,10 +295,10 @@ pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) 
 /// [`Backend::write_effects`].
 pub async fn apply_effects<B: Backend>(
     conn: &mut Conn<B>,
-    plan: &EffectsPlan<'_>,
+    mut plan: EffectsPlan<'_>,
 ) -> Result<EffectsApplied> {
-    let mut transitions = plan.transitions.clone();
-    let mut outbox = plan.outbox.clone();
+    let mut transitions = std::mem::take(&mut plan.transitions);
+    let mut outbox = std::mem::take(&mut plan.outbox);
     let mut applied = EffectsApplied::default();
 
     let to = StepState::Pending.transition(StepEvent::Enqueue)?;
