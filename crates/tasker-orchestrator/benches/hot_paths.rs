@@ -103,6 +103,7 @@ fn policies(c: &mut Criterion) {
             } else {
                 StepState::Pending
             },
+            queue: None,
             attempts: 1,
             max_attempts: 3,
             retry_base_ms: 100,

@@ -1,6 +1,6 @@
 //! Batched store operations on both backends, the statements the pipeline's hot path is made
-//! of: enqueue 100 messages, lease and consume 100, create 100 tasks, start 50 attempts, apply
-//! 50 results, each one call (one transaction).
+//! of: enqueue 100 messages, lease and consume 100, create 100 tasks, claim 50 steps (their
+//! attempts started), apply 50 results, each one call (one transaction).
 //!
 //! `cargo bench -p tasker-orchestrator --bench store_batches`; figures go to BENCHMARKS.md.
 //! PostgreSQL runs need `TASKER_TEST_DATABASE_URL` (an admin URL, as for the tests) and are
@@ -15,13 +15,13 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use serde_json::json;
 use tasker_store::{
     QueueAckParams, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
-    StepApplyResultsParams, StepResultApply, StepRouting, StepStartManyParams, Store,
+    StepApplyResultsParams, StepClaimParams, StepClaimed, StepResultApply, StepRouting, Store,
     TaskCreateParams, TemplateRegisterParams,
 };
 use tasker_store_postgres::{test_database::TestDatabase, PgStoreOptions};
 use tasker_store_sqlite::SqliteStoreOptions;
 use tasker_template::TaskTemplate;
-use tasker_types::{QueueMessage, StepEvent, StepId};
+use tasker_types::{QueueMessage, StepEvent};
 
 const MESSAGES: usize = 100;
 const TASKS: usize = 100;
@@ -68,7 +68,7 @@ async fn task_params(store: &dyn Store) -> TaskCreateParams {
 
 fn dequeue(max: usize) -> QueueDequeueParams {
     QueueDequeueParams {
-        queue: "bench.local".into(),
+        queue: "bench.messages".into(),
         max: u32::try_from(max).unwrap_or(u32::MAX),
         visibility_timeout: Duration::from_secs(300),
         max_deliveries: 5,
@@ -89,23 +89,33 @@ async fn consume(store: &dyn Store, messages: &[QueueMessage]) {
             consumed,
             queue: "bench.sink".into(),
             payloads: Vec::new(),
+            settled: Vec::new(),
+            settle_within: Duration::ZERO,
         })
         .await
         .expect("consume");
 }
 
-/// Creates `n` started one-step tasks and takes their step messages; returns the step ids.
-async fn started_steps(store: &dyn Store, params: &TaskCreateParams, n: usize) -> Vec<StepId> {
+/// Creates `n` started one-step tasks: their steps wait in `bench.local`.
+async fn waiting_steps(store: &dyn Store, params: &TaskCreateParams, n: usize) {
     store
         .task_create_many(&vec![params.clone(); n])
         .await
         .expect("create");
-    let messages = store.queue_dequeue(&dequeue(n)).await.expect("dequeue");
-    consume(store, &messages).await;
-    messages
-        .iter()
-        .map(|m| StepId(m.payload["step_id"].as_i64().expect("a step message")))
-        .collect()
+}
+
+/// Claims up to `n` steps of `bench.local`.
+async fn claim(store: &dyn Store, n: usize) -> Vec<StepClaimed> {
+    store
+        .step_claim(&StepClaimParams {
+            queue: "bench.local".into(),
+            max: u32::try_from(n).expect("a small batch"),
+            lease: Duration::from_secs(300),
+            handlers: None,
+            instance_id: "bench".into(),
+        })
+        .await
+        .expect("claim")
 }
 
 fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dyn Store>) {
@@ -131,7 +141,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
         b.iter_batched(
             || {
                 rt.block_on(s.queue_enqueue_many(&QueueEnqueueManyParams {
-                    queue: "bench.local".into(),
+                    queue: "bench.messages".into(),
                     payloads: payloads.clone(),
                     delay: Duration::ZERO,
                 }))
@@ -149,18 +159,10 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
     });
 
     group.throughput(Throughput::Elements(STEPS as u64));
-    group.bench_function("step_start_many_50", |b| {
+    group.bench_function("step_claim_50", |b| {
         b.iter_batched(
-            || rt.block_on(started_steps(s, &params, STEPS)),
-            |ids| {
-                let started = rt
-                    .block_on(s.step_start_many(&StepStartManyParams {
-                        step_ids: ids,
-                        instance_id: "bench".into(),
-                    }))
-                    .expect("start");
-                assert_eq!(started.len(), STEPS);
-            },
+            || rt.block_on(waiting_steps(s, &params, STEPS)),
+            |()| assert_eq!(rt.block_on(claim(s, STEPS)).len(), STEPS),
             BatchSize::PerIteration,
         );
     });
@@ -168,15 +170,9 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
         b.iter_batched(
             || {
                 rt.block_on(async {
-                    let ids = started_steps(s, &params, STEPS).await;
-                    let started = s
-                        .step_start_many(&StepStartManyParams {
-                            step_ids: ids,
-                            instance_id: "bench".into(),
-                        })
+                    waiting_steps(s, &params, STEPS).await;
+                    claim(s, STEPS)
                         .await
-                        .expect("start");
-                    started
                         .into_iter()
                         .map(|st| StepResultApply {
                             task_id: st.step.task_id,

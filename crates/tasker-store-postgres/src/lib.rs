@@ -9,18 +9,18 @@
 //!   skewed clocks still agree.
 //! - Migrations run under sqlx's advisory lock, so instances starting together apply them once.
 
+mod claim;
 mod connect;
 mod decode;
 mod notify;
 mod queue;
 mod results;
-mod start;
 pub mod test_database;
 
 use sqlx::{pool::PoolConnection, postgres::PgRow, PgConnection, PgPool, Postgres, Transaction};
 use tasker_store::{
-    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
-    StepStartManyParams, StepStarted, StoreError,
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result, StepClaimParams,
+    StepClaimed, StoreError,
 };
 use tasker_store_sql::{
     Backend, Counted, EffectsApplied, EffectsPlan, NewTransition, Outbox, Sql, SqlStore, StepMove,
@@ -169,16 +169,19 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    /// Appends audit rows, publishes messages (and `NOTIFY`s their queues) and deletes
-    /// consumed deliveries in one statement, so a transaction's effects cost one round trip.
+    /// Appends audit rows, publishes messages, deletes consumed deliveries and `NOTIFY`s the
+    /// queues that received work in one statement, so a transaction's effects cost one round
+    /// trip.
     /// Rows are inserted in the given order, so ids follow it.
     async fn write_effects(
         conn: &mut PgConnection,
         transitions: &[NewTransition<'_>],
         outbox: &Outbox,
         consumed: &[QueueAckParams],
+        announce: &[String],
     ) -> Result<()> {
-        if transitions.is_empty() && outbox.is_empty() && consumed.is_empty() {
+        if transitions.is_empty() && outbox.is_empty() && consumed.is_empty() && announce.is_empty()
+        {
             return Ok(());
         }
         let (queues, payloads): (Vec<&str>, Vec<sqlx::types::Json<&serde_json::Value>>) = outbox
@@ -205,7 +208,8 @@ impl Backend for PgBackend {
              consumed AS ( \
                DELETE FROM queue_messages m USING unnest($11::bigint[], $12::text[]) AS c(id, token) \
                WHERE m.id = c.id AND m.lease_token = c.token) \
-             SELECT pg_notify($13, q) FROM (SELECT DISTINCT queue AS q FROM outbox) AS announced",
+             SELECT pg_notify($13, q) \
+             FROM (SELECT queue AS q FROM outbox UNION SELECT unnest($14::text[])) AS announced",
             now = NOW_MS
         ))
         .bind_transitions(transitions)
@@ -214,6 +218,7 @@ impl Backend for PgBackend {
         .bind(consumed.iter().map(|c| c.id).collect::<Vec<_>>())
         .bind(consumed.iter().map(|c| c.lease_token.as_str()).collect::<Vec<_>>())
         .bind(notify::CHANNEL)
+        .bind(announce)
         .fetch_all(conn)
         .await
         .map_err(map_err)?;
@@ -235,8 +240,8 @@ impl Backend for PgBackend {
         self.dequeue(params).await
     }
 
-    async fn start_steps(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
-        self.start(params).await
+    async fn claim_steps(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>> {
+        self.claim(params).await
     }
 
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {

@@ -115,10 +115,10 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
     Ok(counted)
 }
 
-/// Enqueues the chosen children, completes the chosen tasks, announces the idle ones, and
-/// writes the audit rows, the messages (`NOTIFY`ing their queues) and the consumed deliveries'
-/// deletion. Audit rows and messages are inserted in the plan's order, then the children's,
-/// then the tasks', so ids follow it.
+/// Enqueues the chosen children (each in its queue), completes the chosen tasks, announces the
+/// idle ones, and writes the audit rows, the messages, the consumed deliveries' deletion and a
+/// `NOTIFY` for each queue that received messages or steps. Audit rows are inserted in the
+/// plan's order, then the children's, then the tasks', so ids follow it.
 pub(crate) async fn apply_effects(
     conn: &mut PgConnection,
     plan: &EffectsPlan<'_>,
@@ -139,8 +139,9 @@ pub(crate) async fn apply_effects(
         .unzip();
     let rows = sqlx::query(&format!(
         "WITH enqueued AS ( \
-           UPDATE steps SET state = $1 FROM unnest($3::bigint[]) AS c(id) \
-           WHERE steps.id = c.id AND steps.state = $2 RETURNING steps.id, steps.task_id), \
+           UPDATE steps SET state = $1, queue = c.q, visible_at_ms = {now}, lease_token = NULL \
+           FROM unnest($3::bigint[], $25::text[]) AS c(id, q) \
+           WHERE steps.id = c.id AND steps.state = $2 RETURNING steps.id, steps.task_id, c.q), \
          done AS ( \
            UPDATE tasks SET state = $4, updated_at_ms = {now}, finished_at_ms = {now} \
            WHERE state = $5 AND id = ANY($6::bigint[]) RETURNING {TASK_COLUMNS}), \
@@ -168,33 +169,24 @@ pub(crate) async fn apply_effects(
              SELECT q, p, 0 AS g, n \
              FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS m(q, p, n) \
              UNION ALL \
-             SELECT c.q, c.p, 1, c.n \
-             FROM unnest($3::bigint[], $25::text[], $26::jsonb[]) \
-                  WITH ORDINALITY AS c(id, q, p, n) \
-             JOIN enqueued USING (id) \
-             UNION ALL \
-             SELECT $27, i.p, 2, i.n \
-             FROM unnest($7::bigint[], $28::jsonb[]) WITH ORDINALITY AS i(id, p, n) \
+             SELECT $26, i.p, 2, i.n \
+             FROM unnest($7::bigint[], $27::jsonb[]) WITH ORDINALITY AS i(id, p, n) \
              WHERE i.id NOT IN (SELECT task_id FROM busy)) AS rows \
            ORDER BY g, n \
            RETURNING queue), \
          consumed AS ( \
-           DELETE FROM queue_messages m USING unnest($29::bigint[], $30::text[]) AS c(id, token) \
+           DELETE FROM queue_messages m USING unnest($28::bigint[], $29::text[]) AS c(id, token) \
            WHERE m.id = c.id AND m.lease_token = c.token), \
          announced AS ( \
-           SELECT q, pg_notify($31, q) FROM (SELECT DISTINCT queue AS q FROM outbox) AS x) \
+           SELECT q, pg_notify($30, q) \
+           FROM (SELECT queue AS q FROM outbox UNION SELECT q FROM enqueued) AS x) \
          SELECT (SELECT array_agg(q ORDER BY q) FROM announced) AS queues, d.* \
          FROM (SELECT 1) AS one LEFT JOIN done d ON true",
         now = NOW_MS
     ))
     .bind(enqueue_to.as_str())
     .bind(StepState::Pending.as_str())
-    .bind(
-        plan.enqueue
-            .iter()
-            .map(|(id, _, _)| id.0)
-            .collect::<Vec<_>>(),
-    )
+    .bind(plan.enqueue.iter().map(|(id, _)| id.0).collect::<Vec<_>>())
     .bind(last_from.transition(last_event)?.as_str())
     .bind(from.as_str())
     .bind(plan.complete.iter().map(|t| t.0).collect::<Vec<_>>())
@@ -217,13 +209,7 @@ pub(crate) async fn apply_effects(
     .bind(
         plan.enqueue
             .iter()
-            .map(|(_, q, _)| q.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        plan.enqueue
-            .iter()
-            .map(|(_, _, m)| Json(m))
+            .map(|(_, q)| q.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(plan.evaluate_queue)

@@ -11,8 +11,8 @@ use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
 use sqlx::{pool::PoolConnection, postgres::PgRow, PgConnection, Postgres, Transaction};
 use tasker_store::{
     conformance::template, Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams,
-    Result, StepApplyResultsParams, StepMessage, StepResultApply, StepRouting, StepStartManyParams,
-    StepStarted, Store, StoreError, TaskCreateParams, TemplateRegisterParams,
+    Result, StepApplyResultsParams, StepClaimParams, StepClaimed, StepResultApply, StepRouting,
+    Store, StoreError, TaskCreateParams, TemplateRegisterParams,
 };
 use tasker_store_postgres::{test_database::TestDatabase, PgBackend, PgStoreOptions};
 use tasker_store_sql::{Backend, Conn, NewTransition, Outbox, Sql, SqlStore};
@@ -64,14 +64,15 @@ impl Backend for Portable {
         transitions: &[NewTransition<'_>],
         outbox: &Outbox,
         consumed: &[QueueAckParams],
+        announce: &[String],
     ) -> Result<()> {
-        PgBackend::write_effects(conn, transitions, outbox, consumed).await
+        PgBackend::write_effects(conn, transitions, outbox, consumed, announce).await
     }
     async fn dequeue_leased(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>> {
         self.0.dequeue_leased(params).await
     }
-    async fn start_steps(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
-        self.0.start_steps(params).await
+    async fn claim_steps(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>> {
+        self.0.claim_steps(params).await
     }
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.0.wakeup_subscribe().await
@@ -151,41 +152,23 @@ async fn drive(store: &dyn Store, sc: &Scenario) {
     let mut outcomes = sc.outcomes.iter().cycle();
     let mut sizes = sc.batches.iter().cycle();
     for _ in 0..20 {
-        let mut messages = store
-            .queue_dequeue(&QueueDequeueParams {
+        let mut claimed = store
+            .step_claim(&StepClaimParams {
                 queue: "steps".into(),
                 max: 1000,
-                visibility_timeout: Duration::from_secs(300),
-                max_deliveries: 100,
-            })
-            .await
-            .unwrap();
-        if messages.is_empty() {
-            break;
-        }
-        let step_of = |m: &QueueMessage| {
-            serde_json::from_value::<StepMessage>(m.payload.clone())
-                .unwrap()
-                .step_id
-        };
-        messages.sort_by_key(|m| step_of(m).0);
-        let started = store
-            .step_start_many(&StepStartManyParams {
-                step_ids: messages.iter().map(step_of).collect(),
+                lease: Duration::from_secs(300),
+                handlers: None,
                 instance_id: "diff".into(),
             })
             .await
             .unwrap();
-        let mut pending: Vec<(StepResultApply, QueueAckParams)> = Vec::new();
+        if claimed.is_empty() {
+            break;
+        }
+        claimed.sort_by_key(|s| s.step.id.0);
+        let mut pending: Vec<StepResultApply> = Vec::new();
         let mut again: Vec<StepResultApply> = Vec::new();
-        for m in &messages {
-            let ack = QueueAckParams {
-                id: m.id,
-                lease_token: m.lease_token.clone(),
-            };
-            let Some(s) = started.iter().find(|s| s.step.id == step_of(m)) else {
-                continue;
-            };
+        for s in &claimed {
             let outcome = *outcomes.next().unwrap();
             let event = match outcome {
                 0..=5 | 9 => StepEvent::Complete,
@@ -210,17 +193,16 @@ async fn drive(store: &dyn Store, sc: &Scenario) {
                     ..result.clone()
                 });
             }
-            pending.push((result, ack));
+            pending.push(result);
         }
         while !pending.is_empty() {
             let take = (*sizes.next().unwrap()).min(pending.len());
-            let (results, consumed): (Vec<_>, Vec<_>) = pending.drain(..take).unzip();
-            let mut results = results;
+            let mut results: Vec<_> = pending.drain(..take).collect();
             results.append(&mut again);
             store
                 .step_apply_results(&StepApplyResultsParams {
                     results,
-                    consumed,
+                    consumed: Vec::new(),
                     routing: routing.clone(),
                     evaluate_queue: "finalize".into(),
                     instance_id: "diff".into(),
@@ -243,7 +225,9 @@ async fn rows(url: &str) -> serde_json::Value {
             "SELECT jsonb_agg(jsonb_build_object('id', id, 'task', task_id, 'name', name, \
                'state', state, 'attempts', attempts, 'pending', pending_parents, \
                'result', result, 'error', last_error, 'retry', next_attempt_at_ms IS NOT NULL, \
-               'finished', finished_at_ms IS NOT NULL) ORDER BY id) FROM steps",
+               'finished', finished_at_ms IS NOT NULL, 'queue', queue, \
+               'leased', lease_token IS NOT NULL, 'visible', visible_at_ms IS NOT NULL) \
+               ORDER BY id) FROM steps",
         ),
         (
             "tasks",

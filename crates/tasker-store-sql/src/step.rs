@@ -6,7 +6,7 @@ use tasker_types::{StepId, StepRow, TaskId};
 use crate::{corrupt, get_state, get_u32, get_u64, RowExt};
 
 /// The columns [`step`] reads, for `SELECT` and `RETURNING` lists.
-pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, state, attempts, \
+pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, state, queue, attempts, \
      max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, next_attempt_at_ms, timeout_ms, result, last_error, \
      started_at_ms, finished_at_ms";
 
@@ -30,6 +30,7 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
         handler: row.text("handler")?,
         handler_config: row.json("handler_config")?,
         state: get_state(row, "step state")?,
+        queue: row.opt_text("queue")?,
         attempts: get_u32(row, "attempts")?,
         max_attempts: get_u32(row, "max_attempts")?,
         retry_base_ms: get_u64(row, "retry_base_ms")?,
@@ -48,34 +49,37 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
     })
 }
 
-/// The columns after a started step's own in [`started_steps`]' rows: its task's context and
-/// one parent's name and output, for a `SELECT` whose steps are aliased `s`, tasks `t` and
-/// parents `p`.
-pub const STARTED_INPUT_COLUMNS: &str =
-    "t.context, p.name AS parent_name, p.result AS parent_result";
+/// The columns after a claimed step's own in [`claimed_steps`]' rows: its lease token, its
+/// task's context and one parent's name and output, for a `SELECT` whose steps are aliased
+/// `s`, tasks `t` and parents `p`. Each backend's claim adds `exhausted` (a flag: the step was
+/// leased without a new attempt).
+pub const CLAIMED_INPUT_COLUMNS: &str =
+    "s.lease_token, t.context, p.name AS parent_name, p.result AS parent_result";
 
-/// Groups rows of started steps into each step with its handler's input. Each row holds the
-/// step's columns and [`STARTED_INPUT_COLUMNS`]: one row per parent (`parent_name` NULL for a
-/// step without any), ordered by step id, then parent position.
+/// Groups rows of claimed steps into each step with its lease and its handler's input. Each
+/// row holds the step's columns, [`CLAIMED_INPUT_COLUMNS`] and `exhausted`: one row per parent
+/// (`parent_name` NULL for a step without any), ordered by step id, then parent position.
 ///
 /// # Errors
 ///
 /// [`StoreError::Corrupt`] for a row that does not decode.
-pub fn started_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepStarted>> {
-    let mut started: Vec<tasker_store::StepStarted> = Vec::new();
+pub fn claimed_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepClaimed>> {
+    let mut claimed: Vec<tasker_store::StepClaimed> = Vec::new();
     for row in rows {
         let id = row.int("id")?;
-        if started.last().is_none_or(|s| s.step.id.0 != id) {
-            started.push(tasker_store::StepStarted {
+        if claimed.last().is_none_or(|s| s.step.id.0 != id) {
+            claimed.push(tasker_store::StepClaimed {
                 step: step(row)?,
                 context: row.json("context")?,
                 parents: Vec::new(),
+                lease_token: row.text("lease_token")?,
+                exhausted: row.flag("exhausted")?,
             });
         }
-        if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, started.last_mut()) {
+        if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, claimed.last_mut()) {
             last.parents
                 .push((name, row.opt_json("parent_result")?.map(|j| j.0)));
         }
     }
-    Ok(started)
+    Ok(claimed)
 }

@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "inline progress",
         include_str!("../migrations/0002_inline_progress.sql"),
     ),
+    (
+        3,
+        "step queue",
+        include_str!("../migrations/0003_step_queue.sql"),
+    ),
 ];
 
 /// How to open a [`SqliteStore`].

@@ -12,10 +12,10 @@
 //! - **No `LISTEN/NOTIFY`.** Wake-ups stay inside the process ([`tasker_store::Capabilities`]).
 //! - **Database clock** is `unixepoch('subsec')` of the process's own clock.
 
+mod claim;
 mod connect;
 mod decode;
 mod queue;
-mod start;
 
 use sqlx::{
     pool::PoolConnection,
@@ -23,8 +23,8 @@ use sqlx::{
     Sqlite, SqliteConnection, Transaction,
 };
 use tasker_store::{
-    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
-    StepStartManyParams, StepStarted, StoreError,
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result, StepClaimParams,
+    StepClaimed, StoreError,
 };
 use tasker_store_sql::{Backend, NewTransition, Outbox, Sql, SqlStore, Value};
 use tasker_types::QueueMessage;
@@ -169,8 +169,12 @@ impl Backend for SqliteBackend {
         transitions: &[NewTransition<'_>],
         outbox: &Outbox,
         consumed: &[QueueAckParams],
+        announce: &[String],
     ) -> Result<()> {
         tasker_store_sql::insert_transitions::<Self>(conn, transitions).await?;
+        for queue in announce {
+            Self::announce_enqueued(conn, queue).await?;
+        }
         for (queue, payloads) in outbox {
             tasker_store_sql::insert_messages::<Self>(
                 conn,
@@ -187,8 +191,8 @@ impl Backend for SqliteBackend {
         self.dequeue(params).await
     }
 
-    async fn start_steps(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
-        self.start(params).await
+    async fn claim_steps(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>> {
+        self.claim(params).await
     }
 
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {

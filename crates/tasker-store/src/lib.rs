@@ -19,7 +19,9 @@
 //! - Every state change names its expected from-state (compare-and-swap) and writes its audit
 //!   row in the same transaction; a lost race is [`StoreError::StaleState`], never a silent win.
 //! - Creating a task writes the task, its steps, edges and initial transitions in one transaction.
-//! - Enqueueing steps marks them `Enqueued` and inserts their queue messages in one transaction.
+//! - A step is its own queue entry: enqueueing marks it `Enqueued` in a queue, claiming leases
+//!   it (holder token, expiry) and starts its attempt in the same statement, and a result ends
+//!   the lease with the move. No message row is written per step.
 //! - Queue leases, visibility timeouts and "now" come from the database clock, so several
 //!   processes agree on time.
 //! - Readiness is a per-step counter of unfinished parents, maintained when a parent completes,

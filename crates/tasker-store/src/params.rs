@@ -41,8 +41,8 @@ pub struct TaskCreateParams {
     pub priority: i32,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
-    /// When set, a new task starts in the creating transaction: its root steps are marked
-    /// `Enqueued` and published by this routing, and the task is `StepsInProcess`. Otherwise
+    /// When set, a new task starts in the creating transaction: its root steps are
+    /// `Enqueued` in the queues this routing names, and the task is `StepsInProcess`. Otherwise
     /// it is left `Pending` for the pipeline to pick up.
     pub start: Option<StepRouting>,
 }
@@ -54,7 +54,7 @@ pub struct TaskCreated {
     pub task: TaskRow,
     /// `false` when the idempotency key matched an existing task.
     pub created: bool,
-    /// Queues the new task's first steps were published to (empty unless started).
+    /// Queues the new task's first steps wait in (empty unless started).
     pub queues: Vec<String>,
 }
 
@@ -151,19 +151,10 @@ pub struct StepEnqueueManyParams {
     pub task_id: TaskId,
     /// Steps with the state the caller saw them in (`Pending` or `WaitingForRetry`).
     pub steps: Vec<(StepId, StepState)>,
-    /// Queue to publish the step messages to (the task's namespace).
+    /// The queue the steps wait in (see [`StepRouting`]).
     pub queue: String,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
-}
-
-/// The payload of a step message, as [`crate::StepStore::step_enqueue_many`] publishes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StepMessage {
-    /// The task.
-    pub task_id: TaskId,
-    /// The step.
-    pub step_id: StepId,
 }
 
 /// The payload of a task message (the orchestrator's `task_work` and `task_finalize` queues),
@@ -174,8 +165,8 @@ pub struct TaskMessage {
     pub task_id: TaskId,
 }
 
-/// Where step messages go: steps whose handler runs in this process to `local_queue`, every
-/// other step to its task's namespace queue, where remote workers claim it.
+/// Which queue an enqueued step waits in: steps whose handler runs in this process in
+/// `local_queue`, every other step in its task's namespace queue, where remote workers claim it.
 #[derive(Debug, Clone, Default)]
 pub struct StepRouting {
     /// The in-process workers' queue.
@@ -219,10 +210,11 @@ pub struct StepResultApply {
 pub struct StepApplyResultsParams {
     /// The results, in any order.
     pub results: Vec<StepResultApply>,
-    /// The deliveries the results came in, deleted in the same transaction (a delivery whose
-    /// lease was lost meanwhile is left alone).
+    /// The `step_results` deliveries the results came in, deleted in the same transaction (a
+    /// delivery whose lease was lost meanwhile is left alone). Empty for an in-process
+    /// worker's results: its steps' leases end with the move.
     pub consumed: Vec<QueueAckParams>,
-    /// Where newly ready steps are published.
+    /// Which queues newly ready steps wait in.
     pub routing: StepRouting,
     /// Where a task that needs a full evaluation is announced ([`TaskMessage`]).
     pub evaluate_queue: String,
@@ -237,28 +229,57 @@ pub struct ResultsApplied {
     pub steps: Vec<StepRow>,
     /// Tasks the results finished.
     pub finished: Vec<TaskRow>,
-    /// Queues that received messages, for wake-ups.
+    /// Queues that received messages or ready steps, for wake-ups.
     pub queues: Vec<String>,
 }
 
-/// [`crate::StepStore::step_start_many`].
+/// [`crate::StepStore::step_claim`].
 #[derive(Debug, Clone)]
-pub struct StepStartManyParams {
-    /// The steps, expected `Enqueued`.
-    pub step_ids: Vec<StepId>,
+pub struct StepClaimParams {
+    /// The queue whose steps to claim (a namespace, or the in-process workers' queue).
+    pub queue: String,
+    /// At most this many steps.
+    pub max: u32,
+    /// The lease: a claimed step whose lease is not extended within it is claimed again.
+    pub lease: Duration,
+    /// Only steps with these handlers (all when `None`).
+    pub handlers: Option<Vec<String>>,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
 }
 
-/// One step [`crate::StepStore::step_start_many`] started, with its handler's input.
+/// One step [`crate::StepStore::step_claim`] leased, with its handler's input.
 #[derive(Debug, Clone)]
-pub struct StepStarted {
-    /// The step, now `InProgress` with the new attempt counted.
+pub struct StepClaimed {
+    /// The step, `InProgress`, with the claim's attempt counted (unless `exhausted`).
     pub step: StepRow,
     /// The task context.
     pub context: Value,
     /// The parents' outputs by name (`None` for a parent without output).
     pub parents: Vec<(String, Option<Value>)>,
+    /// Proves the lease on later calls; a new claim of the step replaces it.
+    pub lease_token: String,
+    /// The step's earlier lease ran out on its last attempt: no attempt was started, and the
+    /// claimer reports that attempt as failed instead of running the handler.
+    pub exhausted: bool,
+}
+
+/// A held step lease, as [`crate::StepStore::step_claim`] handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLease {
+    /// The step.
+    pub step_id: StepId,
+    /// The claim's lease token.
+    pub lease_token: String,
+}
+
+/// [`crate::StepStore::step_lease_extend`].
+#[derive(Debug, Clone)]
+pub struct StepLeaseExtendParams {
+    /// The held leases.
+    pub leases: Vec<StepLease>,
+    /// Each is held for this long from now (database clock).
+    pub lease: Duration,
 }
 
 /// [`crate::QueueStore::queue_forward`].
@@ -270,6 +291,12 @@ pub struct QueueForwardParams {
     pub queue: String,
     /// One message per payload, visible at once.
     pub payloads: Vec<Value>,
+    /// Step leases the payloads settle (a remote worker's result): no call holds them any
+    /// more, and their steps are claimed again only if the result is not applied within
+    /// `settle_within`. A lease no longer held fails the whole call with `LeaseLost`.
+    pub settled: Vec<StepLease>,
+    /// See `settled`.
+    pub settle_within: Duration,
 }
 
 /// [`crate::QueueStore::queue_enqueue_many`].

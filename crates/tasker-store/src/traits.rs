@@ -6,9 +6,10 @@ use tasker_types::{
 use crate::{
     QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
     QueueForwardParams, QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams,
-    StepEnqueueManyParams, StepStartManyParams, StepStarted, StepTransitionParams,
-    StepViableManyParams, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
-    TaskReleaseParams, TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
+    StepClaimParams, StepClaimed, StepEnqueueManyParams, StepLeaseExtendParams,
+    StepTransitionParams, StepViableManyParams, TaskClaimParams, TaskCreateParams, TaskCreated,
+    TaskListParams, TaskReleaseParams, TaskTransitionParams, TemplateGetParams,
+    TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -174,8 +175,9 @@ pub trait StepStore: Send + Sync {
     /// Infrastructure errors.
     async fn step_viable_many(&self, params: &StepViableManyParams) -> Result<Vec<StepRow>>;
 
-    /// Marks the given steps `Enqueued` (compare-and-swap on each one's state) and publishes one
-    /// [`crate::StepMessage`] per step to `queue`, all in one transaction. Steps that moved
+    /// Marks the given steps `Enqueued` in `queue` (compare-and-swap on each one's state),
+    /// with their audit rows, in one transaction. A step is its own queue entry: nothing else
+    /// is written for it, and [`Self::step_claim`] takes it from there. Steps that moved
     /// meanwhile are skipped. Returns the ids actually enqueued.
     ///
     /// # Errors
@@ -183,26 +185,37 @@ pub trait StepStore: Send + Sync {
     /// Infrastructure errors.
     async fn step_enqueue_many(&self, params: &StepEnqueueManyParams) -> Result<Vec<StepId>>;
 
-    /// Starts an attempt of each given step that is `Enqueued` (compare-and-swap per step):
-    /// `InProgress`, the attempt counted, its audit row written, all in one transaction.
-    /// Returns the started steps, by id, each with its handler's input; steps not `Enqueued`
-    /// are left alone and missing from the answer.
+    /// Claims up to `max` steps waiting in `queue`, oldest first, each leased for
+    /// `params.lease` with a new token: an `Enqueued` step starts an attempt (`InProgress`,
+    /// counted, audited); an `InProgress` step whose lease ran out is taken back
+    /// (`lease_expired`) and starts its next attempt the same way, or, when it has no attempt
+    /// left, is leased as it is and answered [`StepClaimed::exhausted`]. One transaction, with
+    /// each step's handler input. Concurrent claimers never get the same step.
     ///
     /// # Errors
     ///
     /// Infrastructure errors.
-    async fn step_start_many(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>>;
+    async fn step_claim(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>>;
+
+    /// Extends held step leases to `params.lease` from now (database clock), in one round trip
+    /// whatever their number. Returns the steps whose lease was lost (the step moved on, or
+    /// another claim holds it); the others were extended.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors; then no lease was extended.
+    async fn step_lease_extend(&self, params: &StepLeaseExtendParams) -> Result<Vec<StepId>>;
 
     /// Applies worker results in one transaction and settles what each one decides:
     ///
     /// - the step moves (compare-and-swap on `InProgress` in the result's attempt; a stale or
     ///   duplicate result changes nothing);
     /// - a completed step's children count it, and those left with no unfinished parent are
-    ///   marked `Enqueued` and published by `routing`, when the task is `StepsInProcess`;
+    ///   `Enqueued` in the queue `routing` names, when the task is `StepsInProcess`;
     /// - a task whose last step completed becomes `Complete`;
     /// - any other task that needs deciding (a failure, nothing left running, a task not in
     ///   `StepsInProcess`) is announced on `evaluate_queue`;
-    /// - the consumed deliveries are deleted.
+    /// - the consumed `step_results` deliveries are deleted.
     ///
     /// Tasks are locked in ascending id order, so concurrent batches cannot deadlock.
     ///
@@ -213,7 +226,9 @@ pub trait StepStore: Send + Sync {
     async fn step_apply_results(&self, params: &StepApplyResultsParams) -> Result<ResultsApplied>;
 }
 
-/// Durable queues: the transactional outbox between orchestration and workers.
+/// Durable message queues: the transactional outbox between the orchestration executors, and
+/// remote workers' results. Steps are not messages: a step is its own queue entry
+/// ([`StepStore::step_claim`]).
 #[async_trait]
 pub trait QueueStore: Send + Sync {
     /// Appends messages in one statement; returns their ids in order.
@@ -232,13 +247,15 @@ pub trait QueueStore: Send + Sync {
     /// Infrastructure errors.
     async fn queue_dequeue(&self, params: &QueueDequeueParams) -> Result<Vec<QueueMessage>>;
 
-    /// Enqueues `params.payloads` and deletes the consumed deliveries in one transaction, so
-    /// what a consumer produced and the acknowledgement of what it consumed commit together.
-    /// Returns the new messages' ids in order.
+    /// Enqueues `params.payloads`, deletes the consumed deliveries and settles the step leases
+    /// `params.settled` in one transaction, so what a consumer produced and the
+    /// acknowledgement of what it consumed commit together. Returns the new messages' ids in
+    /// order.
     ///
     /// # Errors
     ///
-    /// Infrastructure errors (nothing is written then).
+    /// [`crate::StoreError::LeaseLost`] when a settled step lease is no longer held;
+    /// infrastructure errors (nothing is written then).
     async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>>;
 
     /// The delivery that `params.lease_token` holds, read without changing it (a remote worker's

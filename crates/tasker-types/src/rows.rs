@@ -66,6 +66,10 @@ pub struct StepRow {
     pub handler_config: serde_json::Value,
     /// Current state.
     pub state: StepState,
+    /// The queue it waits in while `Enqueued`, or was claimed from (none before its first
+    /// enqueue).
+    #[serde(default)]
+    pub queue: Option<String>,
     /// Attempts started so far.
     pub attempts: u32,
     /// Attempts allowed by the retry policy.

@@ -132,8 +132,11 @@ impl StepStore for Faulty {
     async fn step_enqueue_many(&self, p: &StepEnqueueManyParams) -> Result<Vec<StepId>> {
         self.inner.step_enqueue_many(p).await
     }
-    async fn step_start_many(&self, p: &StepStartManyParams) -> Result<Vec<StepStarted>> {
-        self.inner.step_start_many(p).await
+    async fn step_claim(&self, p: &StepClaimParams) -> Result<Vec<StepClaimed>> {
+        self.inner.step_claim(p).await
+    }
+    async fn step_lease_extend(&self, p: &StepLeaseExtendParams) -> Result<Vec<StepId>> {
+        self.inner.step_lease_extend(p).await
     }
     async fn step_apply_results(&self, p: &StepApplyResultsParams) -> Result<ResultsApplied> {
         self.inner.step_apply_results(p).await

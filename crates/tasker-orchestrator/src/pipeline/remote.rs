@@ -1,28 +1,29 @@
-//! Remote workers, in any language: claim step messages of a namespace with a lease, extend
-//! it with heartbeats, complete or fail. The HTTP layer (`tasker-api`) is a thin skin over
-//! these functions.
+//! Remote workers, in any language: claim steps of a namespace with a lease, extend it with
+//! heartbeats, complete or fail. The HTTP layer (`tasker-api`) is a thin skin over these
+//! functions.
 //!
-//! A lease token names the queue message, the attempt and the delivery's own token
-//! (`<message>.<attempt>.<token>`). Every call after the claim first proves the lease is still
-//! held and was issued for the step the call names (one claim's deliveries share a delivery
-//! token, so the message itself must name the step; a token used on another step is refused
-//! with [`RemoteError::WrongStep`] before anything moves), then extends it. A late call for a
-//! step whose message was re-leased (its lease expired and another worker claimed it) or
-//! finished is refused with [`RemoteError::LeaseLost`] and changes nothing. A result is published before the message is acknowledged, so a crash
-//! in between delivers the step again rather than losing it; the result processor ignores a
-//! result whose attempt is no longer current.
+//! A lease token names the step, the attempt and the step's lease token in the store
+//! (`<step>.<attempt>.<token>`), which is the step's own. Every call after the claim first
+//! proves the lease is still held for the step the call names (a token used on another step is
+//! refused with [`RemoteError::WrongStep`] before anything moves), then extends it. A late call
+//! for a step that was claimed again (its lease ran out) or finished is refused with
+//! [`RemoteError::LeaseLost`] and changes nothing. A result is published to the result
+//! processor in the transaction that hands the step's lease over to it: no heartbeat holds the
+//! step after that, and should the result never be applied, the step is claimed again once the
+//! hand-over's bound passes; the result processor ignores a result whose attempt is no longer
+//! current.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tasker_store::{QueueAckParams, QueueLeaseParams, StepMessage, StoreError};
-use tasker_types::{StepId, StepRow, StepState, TaskId};
+use tasker_store::{StepLease, StepLeaseExtendParams, StoreError};
+use tasker_types::{StepId, TaskId};
 
 use crate::{
-    pipeline::executor::{ExecutorContext, ExecutorError},
+    pipeline::executor::{apply_results, ExecutorContext, ExecutorError},
     pipeline::messages::{StepOutcome, StepResult, STEP_RESULTS},
-    pipeline::worker::begin_attempt,
+    pipeline::worker::{handler_input, lease_ran_out},
 };
 
 /// A claim request.
@@ -94,14 +95,14 @@ impl From<StoreError> for RemoteError {
 /// A parsed lease token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Lease {
-    message_id: i64,
+    step_id: i64,
     attempt: u32,
     token: String,
 }
 
 impl Lease {
     fn encode(&self) -> String {
-        format!("{}.{}.{}", self.message_id, self.attempt, self.token)
+        format!("{}.{}.{}", self.step_id, self.attempt, self.token)
     }
 
     fn decode(s: &str) -> Result<Self, RemoteError> {
@@ -111,7 +112,7 @@ impl Lease {
             return Err(RemoteError::BadToken);
         };
         Ok(Self {
-            message_id: id.parse().map_err(|_| RemoteError::BadToken)?,
+            step_id: id.parse().map_err(|_| RemoteError::BadToken)?,
             attempt: attempt.parse().map_err(|_| RemoteError::BadToken)?,
             token: token.to_owned(),
         })
@@ -143,33 +144,29 @@ pub(crate) async fn claim(
         ));
     }
     let lease = Duration::from_millis(request.lease_ms).min(MAX_LEASE);
-    let messages = ctx
-        .dequeue_leased(&request.namespace, request.max.min(1000), lease)
+    let claims = ctx
+        .claim(
+            &request.namespace,
+            request.max.min(1000),
+            lease,
+            request.handlers.clone(),
+        )
         .await?;
-    let mut claimed = Vec::with_capacity(messages.len());
-    for message in messages {
-        let Some(step_message) = ctx.decode_or_reject::<StepMessage>(&message).await? else {
+    let mut claimed = Vec::with_capacity(claims.len());
+    let mut ran_out = Vec::new();
+    for claim in claims {
+        if claim.exhausted {
+            // Its worker died on its last attempt: nothing to hand out, a failure to settle.
+            ran_out.push(lease_ran_out(&claim.step));
             continue;
-        };
-        if let Some(handlers) = &request.handlers {
-            let step = ctx.store.step_get(step_message.step_id).await?;
-            if !handlers.contains(&step.handler) {
-                // Not this worker's kind: back to the queue for another.
-                ctx.release(&message, Duration::ZERO).await?;
-                continue;
-            }
         }
-        let Some((step, input)) = begin_attempt(ctx, step_message.step_id).await? else {
-            // Nothing to run any more (finished or cancelled): the message is spent.
-            ctx.ack(&message).await?;
-            continue;
-        };
-        tracing::debug!(worker = %request.worker_id, step_id = %step.id, attempt = step.attempts, "step claimed");
         let lease = Lease {
-            message_id: message.id,
-            attempt: step.attempts,
-            token: message.lease_token.clone(),
+            step_id: claim.step.id.0,
+            attempt: claim.step.attempts,
+            token: claim.lease_token.clone(),
         };
+        let (step, input) = handler_input(claim);
+        tracing::debug!(worker = %request.worker_id, step_id = %step.id, attempt = step.attempts, "step claimed");
         claimed.push(ClaimedStep {
             step_id: step.id,
             task_id: step.task_id,
@@ -182,50 +179,38 @@ pub(crate) async fn claim(
             lease_token: lease.encode(),
         });
     }
+    if !ran_out.is_empty() {
+        apply_results(ctx, &ran_out, Vec::new()).await?;
+    }
     Ok(claimed)
 }
 
-/// Proves the lease is held, that it was issued for `step_id`, and that the step is still in
-/// the attempt the lease was issued for; extends it on the way. A token of another step is
-/// refused before anything moves. Returns the lease and the step as read.
+/// Proves the lease is held for `step_id` and extends it to `extend` from now. A token of
+/// another step is refused before anything moves. Returns the lease.
 async fn hold(
     ctx: &ExecutorContext,
     step_id: StepId,
     token: &str,
     extend: Duration,
-) -> Result<(Lease, StepRow), RemoteError> {
-    // A delivery that is gone, or a step that is, means the lease is no longer held.
-    let lost = |e: StoreError| match e {
-        StoreError::LeaseLost { .. } | StoreError::NotFound { .. } => {
-            RemoteError::LeaseLost(step_id)
-        }
-        e => e.into(),
-    };
+) -> Result<Lease, RemoteError> {
     let lease = Lease::decode(token)?;
-    let held = QueueAckParams {
-        id: lease.message_id,
-        lease_token: lease.token.clone(),
-    };
-    let message = ctx.store.queue_get(&held).await.map_err(lost)?;
-    // The delivery's lease token is shared by the messages of one claim, so the message itself
-    // must name the step.
-    match serde_json::from_value::<StepMessage>(message.payload) {
-        Ok(m) if m.step_id == step_id => {}
-        _ => return Err(RemoteError::WrongStep(step_id)),
+    if lease.step_id != step_id.0 {
+        return Err(RemoteError::WrongStep(step_id));
     }
-    ctx.store
-        .queue_extend(&QueueLeaseParams {
-            id: lease.message_id,
-            lease_token: lease.token.clone(),
-            delay: extend,
+    let lost = ctx
+        .store
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: vec![StepLease {
+                step_id,
+                lease_token: lease.token.clone(),
+            }],
+            lease: extend,
         })
-        .await
-        .map_err(lost)?;
-    let step = ctx.store.step_get(step_id).await.map_err(lost)?;
-    if step.state != StepState::InProgress || step.attempts != lease.attempt {
+        .await?;
+    if !lost.is_empty() {
         return Err(RemoteError::LeaseLost(step_id));
     }
-    Ok((lease, step))
+    Ok(lease)
 }
 
 /// Extends the lease by `lease`.
@@ -244,8 +229,8 @@ pub(crate) async fn heartbeat(
         .map(|_| ())
 }
 
-/// Reports the attempt's outcome: published to the result processor and the step message
-/// acknowledged, in one transaction.
+/// Reports the attempt's outcome: published to the result processor, in the transaction that
+/// hands the step's lease over to it.
 ///
 /// # Errors
 ///
@@ -256,26 +241,44 @@ pub(crate) async fn finish(
     token: &str,
     outcome: StepOutcome,
 ) -> Result<(), RemoteError> {
-    // A short extension covers the writes below.
-    let (lease, step) = hold(ctx, step_id, token, Duration::from_secs(30)).await?;
+    let lease = Lease::decode(token)?;
+    if lease.step_id != step_id.0 {
+        return Err(RemoteError::WrongStep(step_id));
+    }
+    let step = match ctx.store.step_get(step_id).await {
+        Ok(step) => step,
+        Err(StoreError::NotFound { .. }) => return Err(RemoteError::LeaseLost(step_id)),
+        Err(e) => return Err(e.into()),
+    };
+    if step.attempts != lease.attempt {
+        return Err(RemoteError::LeaseLost(step_id));
+    }
     let result = StepResult {
         task_id: step.task_id,
         step_id,
         attempt: lease.attempt,
         outcome,
     };
-    // Should the lease expire in between, the message is left for its redelivery, which the
-    // attempt check absorbs.
-    ctx.store
+    // The result processor has a visibility timeout to apply the result; should it not, the
+    // step is claimed again after twice that, and the late result is refused as stale.
+    let forwarded = ctx
+        .store
         .queue_forward(&tasker_store::QueueForwardParams {
-            consumed: vec![tasker_store::QueueAckParams {
-                id: lease.message_id,
-                lease_token: lease.token,
-            }],
+            consumed: Vec::new(),
             queue: STEP_RESULTS.to_owned(),
             payloads: vec![serde_json::to_value(&result).expect("step results serialize")],
+            settled: vec![StepLease {
+                step_id,
+                lease_token: lease.token,
+            }],
+            settle_within: ctx.visibility_timeout * 2,
         })
-        .await?;
+        .await;
+    match forwarded {
+        Ok(_) => {}
+        Err(StoreError::LeaseLost { .. }) => return Err(RemoteError::LeaseLost(step_id)),
+        Err(e) => return Err(e.into()),
+    }
     ctx.wakeups.wake(STEP_RESULTS);
     Ok(())
 }
@@ -302,7 +305,7 @@ mod tests {
     #[test]
     fn lease_tokens_round_trip_and_reject_garbage() {
         let lease = Lease {
-            message_id: 42,
+            step_id: 42,
             attempt: 3,
             token: "ab-cd.ef".into(),
         };

@@ -1,36 +1,33 @@
-//! The in-process worker: takes a batch of the step messages whose handlers this process has,
-//! starts their attempts together, and runs each handler on its own task in a
-//! [`tokio::task::JoinSet`] (each with its step's timeout). The batch's loop only collects
+//! The in-process worker: claims a batch of the steps whose handlers this process has (one
+//! store call leases them and starts their attempts), and runs each handler on its own task in
+//! a [`tokio::task::JoinSet`] (each with its step's timeout). The batch's loop only collects
 //! what the tasks answer, applies finished results, and keeps the batch's leases:
 //!
-//! - Results are applied in the transaction that acknowledges their step messages
-//!   (`executor::apply_results`). Fast handlers share one transaction; once a batch has run for
-//!   [`FLUSH_AFTER`], the results finished so far are applied without waiting for the handlers
-//!   still running, and again every [`FLUSH_AFTER`] after that. Every message is acknowledged
-//!   exactly once: the messages whose step did not start with the first flush, every other one
-//!   with its attempt's result.
-//! - Every third of the visibility timeout, the leases of the messages not yet acknowledged are
-//!   extended, so a long handler keeps its step and the finished steps waiting for the next
-//!   flush are not delivered again.
+//! - Results are applied together (`executor::apply_results`); a step's lease ends with its
+//!   move. Fast handlers share one transaction; once a batch has run for [`FLUSH_AFTER`], the
+//!   results finished so far are applied without waiting for the handlers still running, and
+//!   again every [`FLUSH_AFTER`] after that.
+//! - Every third of the visibility timeout, the leases of the steps whose results are not yet
+//!   applied are extended, so a long handler keeps its step and the finished steps waiting for
+//!   the next flush are not claimed again.
 //! - Neither awaiting a flush nor a lease extension stalls a handler: handlers progress on
 //!   their own tasks meanwhile, and their answers wait in the `JoinSet`.
 //! - A handler that panics fails its attempt (retryable, so the step's retry policy decides)
-//!   with an error naming the panic; the worker goes on, and the message is acknowledged with
-//!   that result like any other.
+//!   with an error naming the panic; the worker goes on, and that result is applied like any
+//!   other.
+//! - A claimed step whose earlier lease ran out on its last attempt (its worker died with it)
+//!   is not run again: its attempt is reported failed, and settlement decides what follows.
 //!
 //! Remote workers' results cross the `step_results` queue instead; the same
-//! `executor::apply_results` applies both. A worker that dies before that transaction leaves
-//! its messages to their visibility timeout; the steps are then delivered again
-//! (`lease_expired`) and run again.
+//! `executor::apply_results` applies both. A worker that dies before its results are applied
+//! leaves its steps to their leases; the steps are then claimed again (`lease_expired`) and
+//! run again.
 
 use std::{any::Any, collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tasker_store::{
-    retry_contended, QueueAckParams, QueueExtendManyParams, StepMessage, StepStartManyParams,
-    StepStarted, StoreError,
-};
-use tasker_types::{QueueMessage, StepEvent, StepId, StepRow, StepState, TaskId};
+use tasker_store::{StepClaimed, StepLease, StepLeaseExtendParams};
+use tasker_types::{StepId, StepRow, TaskId};
 use tokio::task::{Id as TaskHandle, JoinError, JoinSet};
 use tracing::Instrument;
 
@@ -51,74 +48,72 @@ const FLUSH_AFTER: Duration = Duration::from_millis(500);
 pub struct InProcessWorker {
     pub(crate) ctx: ExecutorContext,
     pub(crate) handlers: Arc<HandlerRegistry>,
-    /// The queue it consumes ([`crate::pipeline::messages::LOCAL_STEPS`]).
+    /// The queue its steps wait in ([`crate::pipeline::messages::LOCAL_STEPS`]).
     pub(crate) queue: String,
 }
 
 /// What the batch's loop knows of an attempt running on a task of its `JoinSet`: enough to
 /// make its result whatever the task answers (a panic included).
 struct Running {
-    /// Index of the step's message in the batch.
-    message: usize,
     task_id: TaskId,
     step_id: StepId,
     attempt: u32,
 }
 
 impl InProcessWorker {
-    /// Takes and runs up to `batch` step messages of its queue; returns how many.
+    /// Claims and runs up to `batch` steps of its queue; returns how many.
     ///
     /// # Errors
     ///
-    /// Store failures; messages not yet acknowledged are delivered again later.
+    /// Store failures; steps whose results are not yet applied are claimed again later.
     ///
     /// # Cancellation
     ///
     /// Dropping the future (a pool aborting an executor that did not stop in time) drops the
     /// batch's `JoinSet`, which aborts the handlers still running: their futures are dropped as
-    /// when an attempt times out. Nothing is lost: the messages not yet acknowledged come back
-    /// after their visibility timeout, and their steps run again (`lease_expired`).
+    /// when an attempt times out. Nothing is lost: the steps whose results were not applied
+    /// keep their leases until they run out, and then run again (`lease_expired`).
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
         // The leases run from about now: the first extension counts from here, not from when
         // the attempts have started.
         let leased_at = tokio::time::Instant::now();
-        let messages = self.ctx.dequeue(&self.queue, batch).await?;
-        if messages.is_empty() {
+        let claimed = self
+            .ctx
+            .claim(&self.queue, batch, self.ctx.visibility_timeout, None)
+            .await?;
+        if claimed.is_empty() {
             return Ok(0);
         }
-        // The step of each message, by index; a malformed message goes back toward the dead
-        // letters (its lease is gone then, so the acknowledgement below leaves it alone).
-        let mut steps: Vec<Option<StepId>> = Vec::with_capacity(messages.len());
-        for message in &messages {
-            let decoded = self.ctx.decode_or_reject::<StepMessage>(message).await?;
-            steps.push(decoded.map(|m| m.step_id));
-        }
-        let ids: Vec<StepId> = steps.iter().flatten().copied().collect();
-        let mut started = begin_attempts(&self.ctx, &ids).await?;
-        // Messages whose step did not start (finished, cancelled, gone) are spent: acknowledged
-        // with the first results.
-        let mut finished: Vec<(usize, Option<StepResult>)> = Vec::new();
+        let count = claimed.len();
+        // The leases of the steps whose results are not applied yet.
+        let mut held: HashMap<StepId, StepLease> = HashMap::with_capacity(count);
+        let mut finished: Vec<StepResult> = Vec::new();
         // Dropped with this future, the set aborts its tasks (see "Cancellation" above).
         let mut tasks: JoinSet<StepOutcome> = JoinSet::new();
-        let mut running: HashMap<TaskHandle, Running> = HashMap::new();
-        for (i, step_id) in steps.iter().enumerate() {
-            match step_id.and_then(|id| started.remove(&id)) {
-                Some((step, input)) => {
-                    let handle = tasks.spawn(self.attempt(&step, input));
-                    running.insert(
-                        handle.id(),
-                        Running {
-                            message: i,
-                            task_id: step.task_id,
-                            step_id: step.id,
-                            attempt: step.attempts,
-                        },
-                    );
-                }
-                None => finished.push((i, None)),
+        let mut running: HashMap<TaskHandle, Running> = HashMap::with_capacity(count);
+        for claim in claimed {
+            held.insert(
+                claim.step.id,
+                StepLease {
+                    step_id: claim.step.id,
+                    lease_token: claim.lease_token.clone(),
+                },
+            );
+            if claim.exhausted {
+                finished.push(lease_ran_out(&claim.step));
+                continue;
             }
+            let (step, input) = handler_input(claim);
+            let handle = tasks.spawn(self.attempt(&step, input));
+            running.insert(
+                handle.id(),
+                Running {
+                    task_id: step.task_id,
+                    step_id: step.id,
+                    attempt: step.attempts,
+                },
+            );
         }
-        let mut unflushed: Vec<bool> = vec![true; messages.len()];
         let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
         let mut extend = tokio::time::interval_at(leased_at + period, period);
         // After a long flush, one extension at once rather than one per missed period.
@@ -136,16 +131,16 @@ impl InProcessWorker {
                 // Once the batch has run a while, the results so far are applied without
                 // waiting for the rest, which keep running on their tasks meanwhile.
                 () = &mut flush_at, if !finished.is_empty() => {
-                    self.flush(&messages, &mut finished, &mut unflushed).await?;
+                    self.flush(&mut finished, &mut held).await?;
                     flush_at.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
                 }
                 // Long handlers neither lose their own step nor let the steps waiting behind
-                // them be delivered to another worker.
-                _ = extend.tick() => self.extend_leases(&messages, &unflushed).await,
+                // them be claimed by another worker.
+                _ = extend.tick() => self.extend_leases(&held).await,
             }
         }
-        self.flush(&messages, &mut finished, &mut unflushed).await?;
-        Ok(messages.len())
+        self.flush(&mut finished, &mut held).await?;
+        Ok(count)
     }
 
     /// One step's attempt, to run on a task of its own: the handler with the step's timeout,
@@ -180,62 +175,42 @@ impl InProcessWorker {
         }
     }
 
-    /// Applies the `finished` results with the acknowledgement of their messages, in one
-    /// transaction.
+    /// Applies the `finished` results in one transaction; their steps' leases end with it.
     async fn flush(
         &self,
-        messages: &[QueueMessage],
-        finished: &mut Vec<(usize, Option<StepResult>)>,
-        unflushed: &mut [bool],
+        finished: &mut Vec<StepResult>,
+        held: &mut HashMap<StepId, StepLease>,
     ) -> Result<(), ExecutorError> {
         if finished.is_empty() {
             return Ok(());
         }
-        let mut results = Vec::with_capacity(finished.len());
-        let mut consumed = Vec::with_capacity(finished.len());
-        for (i, result) in finished.drain(..) {
-            results.extend(result);
-            consumed.push(QueueAckParams {
-                id: messages[i].id,
-                lease_token: messages[i].lease_token.clone(),
-            });
-            unflushed[i] = false;
+        apply_results(&self.ctx, finished, Vec::new()).await?;
+        for result in finished.drain(..) {
+            held.remove(&result.step_id);
         }
-        apply_results(&self.ctx, &results, consumed).await
+        Ok(())
     }
 
-    /// Extends the leases of the batch's messages not yet acknowledged, in one store call.
-    /// Handlers are not held up meanwhile (they run on their own tasks); only the loop's next
-    /// flush waits. A lease found lost is logged: its step runs again elsewhere, and this
+    /// Extends the leases of the batch's steps whose results are not applied yet, in one store
+    /// call. Handlers are not held up meanwhile (they run on their own tasks); only the loop's
+    /// next flush waits. A lease found lost is logged: its step runs again elsewhere, and this
     /// attempt's result will be refused as stale.
-    async fn extend_leases(&self, messages: &[QueueMessage], unflushed: &[bool]) {
-        let leases: Vec<QueueAckParams> = messages
-            .iter()
-            .zip(unflushed)
-            .filter(|(_, &u)| u)
-            .map(|(m, _)| QueueAckParams {
-                id: m.id,
-                lease_token: m.lease_token.clone(),
-            })
-            .collect();
-        if leases.is_empty() {
+    async fn extend_leases(&self, held: &HashMap<StepId, StepLease>) {
+        if held.is_empty() {
             return;
         }
-        let params = QueueExtendManyParams {
-            leases,
-            visibility_timeout: self.ctx.visibility_timeout,
+        let params = StepLeaseExtendParams {
+            leases: held.values().cloned().collect(),
+            lease: self.ctx.visibility_timeout,
         };
-        match self.ctx.store.queue_extend_many(&params).await {
+        match self.ctx.store.step_lease_extend(&params).await {
             Ok(lost) => {
-                for id in lost {
-                    tracing::warn!(
-                        message = id,
-                        "a step message's lease was lost while its handler ran"
-                    );
+                for step_id in lost {
+                    tracing::warn!(%step_id, "a step's lease was lost while its handler ran");
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, messages = params.leases.len(), "could not extend the step messages' leases");
+                tracing::warn!(%error, steps = params.leases.len(), "could not extend the steps' leases");
             }
         }
     }
@@ -275,13 +250,13 @@ async fn call(
     }
 }
 
-/// The result of an attempt whose task ended, with its message's index. A task that panicked
+/// The result of an attempt whose task ended. A task that panicked
 /// (or was cancelled, which only the runtime shutting down does) failed its attempt: retryable,
 /// as it would have run again had the panic taken the worker down with it.
 fn collect(
     joined: Result<(TaskHandle, StepOutcome), JoinError>,
     running: &mut HashMap<TaskHandle, Running>,
-) -> (usize, Option<StepResult>) {
+) -> StepResult {
     let handle = match &joined {
         Ok((handle, _)) => *handle,
         Err(error) => error.id(),
@@ -309,13 +284,12 @@ fn collect(
             }
         }
     };
-    let result = StepResult {
+    StepResult {
         task_id: attempt.task_id,
         step_id: attempt.step_id,
         attempt: attempt.attempt,
         outcome,
-    };
-    (attempt.message, Some(result))
+    }
 }
 
 /// What a panic said, when it said it with a string.
@@ -327,75 +301,43 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// Starts a new attempt of one delivered step; see [`begin_attempts`].
-pub(crate) async fn begin_attempt(
-    ctx: &ExecutorContext,
-    step_id: StepId,
-) -> Result<Option<(StepRow, StepInput)>, ExecutorError> {
-    Ok(begin_attempts(ctx, &[step_id]).await?.remove(&step_id))
+/// The failed result of a step claimed after its lease ran out on its last attempt: the
+/// worker that ran that attempt stopped answering. Retryable, like any lost attempt; with no
+/// attempt left, settlement makes it final.
+pub(crate) fn lease_ran_out(step: &StepRow) -> StepResult {
+    StepResult {
+        task_id: step.task_id,
+        step_id: step.id,
+        attempt: step.attempts,
+        outcome: StepOutcome::Failure {
+            error: format!(
+                "attempt {} of {} got no result: its lease ran out (the worker running it \
+                 stopped or lost its connection)",
+                step.attempts, step.max_attempts
+            ),
+            retryable: true,
+        },
+    }
 }
 
-/// Starts new attempts of delivered steps, together: each moves to `InProgress` (through
-/// `lease_expired` first when an earlier delivery's worker lost its lease) with what its
-/// handler needs. Steps with nothing to run (moved on, gone) are missing from the answer.
-pub(crate) async fn begin_attempts(
-    ctx: &ExecutorContext,
-    step_ids: &[StepId],
-) -> Result<HashMap<StepId, (StepRow, StepInput)>, ExecutorError> {
-    let mut start = StepStartManyParams {
-        step_ids: step_ids.to_vec(),
-        instance_id: ctx.instance_id.clone(),
+/// A claimed step and what its handler is called with.
+pub(crate) fn handler_input(claim: StepClaimed) -> (StepRow, StepInput) {
+    let StepClaimed {
+        step,
+        context,
+        parents,
+        ..
+    } = claim;
+    let input = StepInput {
+        context,
+        config: step.handler_config.clone(),
+        parents: parents
+            .into_iter()
+            .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
+            .collect(),
+        attempt: step.attempts,
     };
-    let mut started = retry_contended(|| ctx.store.step_start_many(&start)).await?;
-    if started.len() < step_ids.len() {
-        // Not `Enqueued`: gone, moved on, or redelivered because the worker holding the
-        // earlier attempt lost its lease, which is then taken back first (rare).
-        let mut retake = Vec::new();
-        for &id in step_ids {
-            if started.iter().any(|s| s.step.id == id) {
-                continue;
-            }
-            let step = match ctx.store.step_get(id).await {
-                Ok(s) => s,
-                Err(StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if step.state != StepState::InProgress {
-                continue;
-            }
-            let moved = ctx
-                .step_move(&ctx.step_event(id, step.state, StepEvent::LeaseExpired))
-                .await?;
-            if moved.is_some() {
-                retake.push(id);
-            }
-        }
-        if !retake.is_empty() {
-            start.step_ids = retake;
-            started.extend(retry_contended(|| ctx.store.step_start_many(&start)).await?);
-        }
-    }
-    Ok(started
-        .into_iter()
-        .map(
-            |StepStarted {
-                 step,
-                 context,
-                 parents,
-             }| {
-                let input = StepInput {
-                    context,
-                    config: step.handler_config.clone(),
-                    parents: parents
-                        .into_iter()
-                        .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
-                        .collect(),
-                    attempt: step.attempts,
-                };
-                (step.id, (step, input))
-            },
-        )
-        .collect())
+    (step, input)
 }
 
 #[async_trait]

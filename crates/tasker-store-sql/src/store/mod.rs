@@ -6,9 +6,9 @@
 //! statements are written with `$N` placeholders, which the SQLite backend sends as `?`). What
 //! differs is what [`Backend`] asks for: the clock expression, how a write transaction begins
 //! (SQLite: `BEGIN IMMEDIATE` on its single writer), the pools, sending a [`Sql`] statement,
-//! and the few operations each does its own way (PostgreSQL: dequeueing with `FOR UPDATE SKIP
-//! LOCKED`, and one statement each for starting attempts, writing effects and the two halves of
-//! a result batch). The compiler checks each backend against the trait, and navigation lands in
+//! and the few operations each does its own way (dequeueing messages and claiming steps, with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL; there also one statement each for a claim, writing
+//! effects and the two halves of a result batch). The compiler checks each backend against the trait, and navigation lands in
 //! real code.
 
 mod queues;
@@ -23,8 +23,8 @@ use std::future::Future;
 use async_trait::async_trait;
 use sqlx::{pool::PoolConnection, Database, Transaction};
 use tasker_store::{
-    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result,
-    StepStartManyParams, StepStarted, Store, StoreError,
+    Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result, StepClaimParams,
+    StepClaimed, StepLease, Store, StoreError,
 };
 use tasker_types::QueueMessage;
 
@@ -87,13 +87,15 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         queue: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Appends audit rows, publishes messages visible at once (announcing their queues) and
-    /// deletes consumed deliveries, each only while its lease token is current.
+    /// Appends audit rows, publishes messages visible at once, deletes consumed deliveries
+    /// (each only while its lease token is current), and announces the outbox's queues and
+    /// `announce` (queues that received steps).
     fn write_effects(
         conn: &mut Conn<Self>,
         transitions: &[NewTransition<'_>],
         outbox: &Outbox,
         consumed: &[QueueAckParams],
+        announce: &[String],
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Moves the steps of a result batch, each only while it runs the result's attempt, and
@@ -122,11 +124,11 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         params: &QueueDequeueParams,
     ) -> impl Future<Output = Result<Vec<QueueMessage>>> + Send;
 
-    /// `StepStore::step_start_many` for a non-empty list.
-    fn start_steps(
+    /// `StepStore::step_claim`, for `max > 0` and a non-empty handler filter (if any).
+    fn claim_steps(
         &self,
-        params: &StepStartManyParams,
-    ) -> impl Future<Output = Result<Vec<StepStarted>>> + Send;
+        params: &StepClaimParams,
+    ) -> impl Future<Output = Result<Vec<StepClaimed>>> + Send;
 
     /// `Store::wakeup_subscribe`.
     fn wakeup_subscribe(
@@ -167,6 +169,27 @@ impl<B: Backend> SqlStore<B> {
     async fn read(&self) -> Result<PoolConnection<B::Db>> {
         self.backend.read().await
     }
+}
+
+/// `(id = … AND lease_token = …) OR …`: the steps these leases still hold.
+pub fn push_step_leases<'a>(sql: &mut Sql<'a>, leases: &'a [StepLease]) {
+    for (i, lease) in leases.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(id = ")
+            .push_bind(lease.step_id.0)
+            .push(" AND lease_token = ")
+            .push_bind(&lease.lease_token)
+            .push(")");
+    }
+}
+
+/// The lease token a claim gives each step it takes: the claim's own random token and the
+/// step's id, so that no two steps share one. An SQL expression over `steps.id` and `token`,
+/// the claim's token as a bound placeholder.
+pub fn step_token_sql(token: &str) -> String {
+    format!("{token} || '.' || CAST(steps.id AS TEXT)")
 }
 
 /// Commits a write transaction.

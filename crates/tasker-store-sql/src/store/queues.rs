@@ -123,6 +123,28 @@ impl<B: Backend> QueueStore for SqlStore<B> {
 
     async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
         let mut tx = self.begin_write().await?;
+        // The settled leases first: a lost one stops everything before anything is written.
+        for chunk in params.settled.chunks(INSERT_CHUNK / 2) {
+            let mut sql = Sql::new(format!(
+                "UPDATE steps SET lease_token = NULL, visible_at_ms = {} + ",
+                B::NOW_MS
+            ));
+            sql.push_bind(duration_ms(params.settle_within))
+                .push(" WHERE state = 'InProgress' AND (");
+            super::push_step_leases(&mut sql, chunk);
+            sql.push(") RETURNING id");
+            let settled: HashSet<i64> = B::fetch_all(&mut tx, &sql)
+                .await?
+                .iter()
+                .map(|r| r.int("id"))
+                .collect::<Result<_>>()?;
+            if let Some(lost) = chunk.iter().find(|l| !settled.contains(&l.step_id.0)) {
+                return Err(StoreError::LeaseLost {
+                    entity: "step",
+                    id: lost.step_id.0,
+                });
+            }
+        }
         let ids =
             insert_messages::<B>(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;
         delete_consumed::<B>(&mut tx, &params.consumed).await?;
@@ -207,11 +229,18 @@ impl<B: Backend> QueueStore for SqlStore<B> {
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth> {
         let row = fetch_one::<B>(
             &mut *self.read().await?,
+            // A queue holds messages or steps (a step waiting in it, or leased from it); one
+            // of the two counts is always zero. The steps' states are literals, exactly
+            // `steps_queue_idx`'s predicate.
             &Sql::new(format!(
                 "SELECT \
                    (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms <= {now}) \
+                   + (SELECT COUNT(*) FROM steps WHERE queue = $1 \
+                      AND state IN ('Enqueued', 'InProgress') AND visible_at_ms <= {now}) \
                      AS ready, \
                    (SELECT COUNT(*) FROM queue_messages WHERE queue = $1 AND visible_at_ms > {now}) \
+                   + (SELECT COUNT(*) FROM steps WHERE queue = $1 \
+                      AND state IN ('Enqueued', 'InProgress') AND visible_at_ms > {now}) \
                      AS invisible, \
                    (SELECT COUNT(*) FROM dead_letters WHERE queue = $1) AS dead",
                 now = B::NOW_MS

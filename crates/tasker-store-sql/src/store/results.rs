@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tasker_store::{QueueAckParams, Result, ResultsApplied, StepApplyResultsParams};
-use tasker_store::{StepMessage, StepResultApply, TaskMessage};
+use tasker_store::{StepResultApply, TaskMessage};
 use tasker_types::{settle, Entity, StepEvent, StepId, StepRow, StepState, TaskId, TaskRow};
 
 use super::{commit, delete_consumed, Backend, Conn, Sql, SqlStore};
@@ -57,8 +57,8 @@ pub struct Counted {
 /// decided on holds.
 #[derive(Debug, Clone)]
 pub struct EffectsPlan<'a> {
-    /// Children to enqueue while still `Pending`, each with its queue and message.
-    pub enqueue: Vec<(StepId, String, serde_json::Value)>,
+    /// Children to enqueue while still `Pending`, each with the queue it waits in.
+    pub enqueue: Vec<(StepId, String)>,
     /// Running tasks to complete along [`settle::COMPLETE_FROM_RUNNING`].
     pub complete: Vec<TaskId>,
     /// Tasks to announce on `evaluate_queue` unless a step of theirs is `Enqueued` or
@@ -81,7 +81,7 @@ pub struct EffectsPlan<'a> {
 pub struct EffectsApplied {
     /// The tasks it completed.
     pub finished: Vec<TaskRow>,
-    /// The queues that received messages.
+    /// The queues that received messages or steps.
     pub queues: Vec<String>,
 }
 
@@ -162,12 +162,10 @@ pub(super) async fn apply_results<B: Backend>(
                 .namespaces
                 .get(&child.task_id)
                 .map_or("", String::as_str);
-            let queue = params.routing.queue(namespace, &child.handler).to_owned();
-            let message = serde_json::json!(StepMessage {
-                task_id: child.task_id,
-                step_id: child.id,
-            });
-            Ok((*id, queue, message))
+            Ok((
+                *id,
+                params.routing.queue(namespace, &child.handler).to_owned(),
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut outbox = Outbox::new();
@@ -302,40 +300,48 @@ pub async fn apply_effects<B: Backend>(
     let mut applied = EffectsApplied::default();
 
     let to = StepState::Pending.transition(StepEvent::Enqueue)?;
-    let routes: HashMap<StepId, (&String, &serde_json::Value)> = plan
-        .enqueue
-        .iter()
-        .map(|(id, queue, message)| (*id, (queue, message)))
-        .collect();
-    for chunk in plan.enqueue.chunks(INSERT_CHUNK) {
-        let mut sql = Sql::new("UPDATE steps SET state = ");
-        sql.push_bind(to.as_str())
-            .push(" WHERE state = ")
-            .push_bind(StepState::Pending.as_str())
-            .push(" AND id IN (")
-            .push_list(chunk.iter().map(|(id, _, _)| id.0))
-            .push(") RETURNING id, task_id");
-        for row in B::fetch_all(conn, &sql).await? {
-            let step_id = StepId(row.int("id")?);
-            transitions.push(NewTransition {
-                entity: Entity::Step,
-                task_id: TaskId(row.int("task_id")?),
-                step_id: Some(step_id),
-                from_state: Some(StepState::Pending.as_str()),
-                to_state: to.as_str(),
-                event: StepEvent::Enqueue.name(),
-                reason: None,
-                instance_id: plan.instance_id,
-            });
-            let (queue, message) = routes
-                .get(&step_id)
-                .ok_or_else(|| corrupt("enqueue", format!("unplanned step {step_id}")))?;
-            outbox
-                .entry((*queue).clone())
-                .or_default()
-                .push((*message).clone());
+    let mut by_queue: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (id, queue) in &plan.enqueue {
+        by_queue.entry(queue).or_default().push(id.0);
+    }
+    let mut step_queues: Vec<String> = Vec::new();
+    let mut enqueued_rows: Vec<(i64, i64)> = Vec::new();
+    for (queue, ids) in by_queue {
+        let mut enqueued = 0;
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new("UPDATE steps SET state = ");
+            sql.push_bind(to.as_str())
+                .push(", queue = ")
+                .push_bind(queue)
+                .push(&format!(
+                    ", visible_at_ms = {}, lease_token = NULL WHERE state = ",
+                    B::NOW_MS
+                ))
+                .push_bind(StepState::Pending.as_str())
+                .push(" AND id IN (")
+                .push_list(chunk.iter().copied())
+                .push(") RETURNING id, task_id");
+            for row in B::fetch_all(conn, &sql).await? {
+                enqueued += 1;
+                enqueued_rows.push((row.int("id")?, row.int("task_id")?));
+            }
+        }
+        if enqueued > 0 {
+            step_queues.push(queue.to_owned());
         }
     }
+    // Audit rows in step order, whatever the queues.
+    enqueued_rows.sort_unstable();
+    transitions.extend(enqueued_rows.into_iter().map(|(step, task)| NewTransition {
+        entity: Entity::Step,
+        task_id: TaskId(task),
+        step_id: Some(StepId(step)),
+        from_state: Some(StepState::Pending.as_str()),
+        to_state: to.as_str(),
+        event: StepEvent::Enqueue.name(),
+        reason: None,
+        instance_id: plan.instance_id,
+    }));
 
     if !plan.evaluate_if_idle.is_empty() {
         // Literal states: exactly `steps_running_idx`'s predicate, so even a generic plan may
@@ -392,7 +398,9 @@ pub async fn apply_effects<B: Backend>(
         }
     }
 
-    B::write_effects(conn, &transitions, &outbox, plan.consumed).await?;
-    applied.queues = outbox.into_keys().collect();
+    B::write_effects(conn, &transitions, &outbox, plan.consumed, &step_queues).await?;
+    applied.queues = outbox.into_keys().chain(step_queues).collect();
+    applied.queues.sort_unstable();
+    applied.queues.dedup();
     Ok(applied)
 }

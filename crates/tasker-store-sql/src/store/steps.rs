@@ -1,19 +1,17 @@
-//! Steps: transitions with their readiness counters, viable steps, the enqueue outbox; result
-//! batches are applied in [`results`](super::results).
-
-use std::time::Duration;
+//! Steps: transitions with their readiness counters, viable steps, enqueueing, claims and
+//! their leases; result batches are applied in [`results`](super::results).
 
 use async_trait::async_trait;
 use tasker_store::{
-    Result, ResultsApplied, StepApplyResultsParams, StepEnqueueManyParams, StepMessage,
-    StepStartManyParams, StepStarted, StepStore, StepTransitionParams, StepViableManyParams,
-    StoreError,
+    Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
+    StepEnqueueManyParams, StepLeaseExtendParams, StepStore, StepTransitionParams,
+    StepViableManyParams, StoreError,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepRow, StepState, TaskId};
 
-use super::{commit, fetch_optional, insert_messages, insert_transitions, Backend, Sql, SqlStore};
+use super::{commit, fetch_optional, insert_transitions, Backend, Sql, SqlStore};
 use crate::{
-    corrupt, duration_ms, stale_or_missing, step as decode_step, NewTransition, RowExt,
+    duration_ms, stale_or_missing, step as decode_step, NewTransition, RowExt, INSERT_CHUNK,
     STEP_COLUMNS,
 };
 
@@ -179,7 +177,12 @@ impl<B: Backend> StepStore for SqlStore<B> {
             }
             let mut sql = Sql::new("UPDATE steps SET state = ");
             sql.push_bind(StepState::Enqueued.as_str())
-                .push(" WHERE task_id = ")
+                .push(", queue = ")
+                .push_bind(&params.queue)
+                .push(&format!(
+                    ", visible_at_ms = {}, lease_token = NULL WHERE task_id = ",
+                    B::NOW_MS
+                ))
                 .push_bind(params.task_id.0)
                 .push(" AND pending_parents = 0 AND state = ")
                 .push_bind(from.as_str())
@@ -206,27 +209,44 @@ impl<B: Backend> StepStore for SqlStore<B> {
                 instance_id: &params.instance_id,
             })
             .collect();
-        insert_transitions::<B>(&mut tx, &transitions).await?;
-        let payloads = enqueued
-            .iter()
-            .map(|&(step_id, _)| {
-                serde_json::to_value(StepMessage {
-                    task_id: params.task_id,
-                    step_id,
-                })
-                .map_err(|e| corrupt("step message", e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        insert_messages::<B>(&mut tx, &params.queue, &payloads, Duration::ZERO).await?;
+        B::write_effects(
+            &mut tx,
+            &transitions,
+            &crate::Outbox::new(),
+            &[],
+            std::slice::from_ref(&params.queue),
+        )
+        .await?;
         commit::<B>(tx).await?;
         Ok(enqueued.into_iter().map(|(id, _)| id).collect())
     }
 
-    async fn step_start_many(&self, params: &StepStartManyParams) -> Result<Vec<StepStarted>> {
-        if params.step_ids.is_empty() {
+    async fn step_claim(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>> {
+        if params.max == 0 || params.handlers.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }
-        self.backend().start_steps(params).await
+        self.backend().claim_steps(params).await
+    }
+
+    async fn step_lease_extend(&self, params: &StepLeaseExtendParams) -> Result<Vec<StepId>> {
+        let mut kept = std::collections::HashSet::with_capacity(params.leases.len());
+        let mut conn = self.backend().write().await?;
+        for chunk in params.leases.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(format!("UPDATE steps SET visible_at_ms = {} + ", B::NOW_MS));
+            sql.push_bind(duration_ms(params.lease))
+                .push(" WHERE state = 'InProgress' AND (");
+            super::push_step_leases(&mut sql, chunk);
+            sql.push(") RETURNING id");
+            for row in B::fetch_all(&mut conn, &sql).await? {
+                kept.insert(row.int("id")?);
+            }
+        }
+        Ok(params
+            .leases
+            .iter()
+            .map(|l| l.step_id)
+            .filter(|id| !kept.contains(&id.0))
+            .collect())
     }
 
     async fn step_apply_results(&self, params: &StepApplyResultsParams) -> Result<ResultsApplied> {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tasker_store::{
-    Result, StepMessage, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated,
-    TaskListParams, TaskReleaseParams, TaskStore, TaskTransitionParams, TransitionLog,
+    Result, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
+    TaskReleaseParams, TaskStore, TaskTransitionParams, TransitionLog,
 };
 use tasker_types::{Entity, StepId, StepState, TaskId, TaskRow, TaskState, TransitionRow};
 
@@ -54,8 +54,8 @@ async fn task_fetch<B: Backend>(conn: &mut Conn<B>, id: TaskId) -> Result<Option
 impl<B: Backend> SqlStore<B> {
     /// Creates tasks inside the caller's write transaction (see `TaskStore::task_create` and
     /// `task_create_many`), with a fixed number of statements per batch: one multi-row insert
-    /// each for the tasks, their steps, their edges, their audit rows and each queue's step
-    /// messages.
+    /// each for the tasks, their steps (a started task's roots already waiting in their
+    /// queues), their edges and their audit rows.
     async fn create_in(conn: &mut Conn<B>, batch: &[TaskCreateParams]) -> Result<Vec<TaskCreated>> {
         let plans: Vec<StepPlan<'_>> = batch.iter().map(|p| StepPlan::new(&p.steps)).collect();
         // 1. The tasks. A repeated idempotency key hits the unique index and is skipped (DO
@@ -150,24 +150,31 @@ impl<B: Backend> SqlStore<B> {
             });
         }
 
-        // 2. The new tasks' steps; a started task's roots are `Enqueued` already.
-        let step_rows: Vec<(TaskId, bool, &PlannedStep<'_>)> = new
+        // 2. The new tasks' steps; a started task's roots are `Enqueued` already, each in
+        // the queue its routing names.
+        let step_rows: Vec<(TaskId, Option<String>, &PlannedStep<'_>)> = new
             .iter()
             .flat_map(|&i| {
-                let task = created[i].task.id;
-                let start = batch[i].start.is_some();
-                plans[i].steps.iter().map(move |s| (task, start, s))
+                let task = &created[i].task;
+                let start = batch[i].start.as_ref();
+                plans[i].steps.iter().map(move |s| {
+                    let queue = start
+                        .filter(|_| s.is_root())
+                        .map(|routing| routing.queue(&task.namespace, s.handler).to_owned());
+                    (task.id, queue, s)
+                })
             })
             .collect();
         let mut ids: HashMap<(i64, String), StepId> = HashMap::with_capacity(step_rows.len());
+        let mut queues_of: HashMap<i64, Vec<String>> = HashMap::new();
         for chunk in step_rows.chunks(INSERT_CHUNK) {
             let mut sql = Sql::new(
                 "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
                  max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
-                 pending_parents) ",
+                 pending_parents, queue, visible_at_ms) ",
             );
-            sql.push_values(chunk, |b, (task, start, s)| {
-                let state = if *start && s.is_root() {
+            sql.push_values(chunk, |b, (task, queue, s)| {
+                let state = if queue.is_some() {
                     StepState::Enqueued
                 } else {
                     StepState::Pending
@@ -183,7 +190,13 @@ impl<B: Backend> SqlStore<B> {
                     .bind(s.retry_max_ms)
                     .bind(s.retry_jitter)
                     .bind(s.timeout_ms)
-                    .bind(s.pending_parents);
+                    .bind(s.pending_parents)
+                    .bind(queue.as_deref());
+                if queue.is_some() {
+                    b.push(B::NOW_MS);
+                } else {
+                    b.push("NULL");
+                }
             });
             sql.push(" RETURNING id, task_id, name");
             for row in B::fetch_all(conn, &sql).await? {
@@ -192,12 +205,19 @@ impl<B: Backend> SqlStore<B> {
                     StepId(row.int("id")?),
                 );
             }
+            for (task, queue, _) in chunk {
+                if let Some(queue) = queue {
+                    let queues = queues_of.entry(task.0).or_default();
+                    if !queues.contains(queue) {
+                        queues.push(queue.clone());
+                    }
+                }
+            }
         }
 
-        // 3. Edges, audit rows and the started tasks' step messages.
+        // 3. Edges and audit rows.
         let mut edges: Vec<(TaskId, StepId, StepId)> = Vec::new();
         let mut transitions: Vec<NewTransition<'_>> = Vec::new();
-        let mut outbox = Outbox::new();
         for &i in &new {
             let task = &created[i].task;
             let by_name: HashMap<String, StepId> = plans[i]
@@ -220,26 +240,7 @@ impl<B: Backend> SqlStore<B> {
                 &batch[i].instance_id,
                 batch[i].start.is_some(),
             )?);
-            let Some(routing) = &batch[i].start else {
-                continue;
-            };
-            let mut queues = Vec::new();
-            for s in plans[i].steps.iter().filter(|s| s.is_root()) {
-                let step_id = by_name.get(s.name).copied().ok_or_else(|| {
-                    corrupt("step insert", format!("no id for step {:?}", s.name))
-                })?;
-                let queue = routing.queue(&task.namespace, s.handler).to_owned();
-                outbox
-                    .entry(queue.clone())
-                    .or_default()
-                    .push(serde_json::json!(StepMessage {
-                        task_id: task.id,
-                        step_id,
-                    }));
-                if !queues.contains(&queue) {
-                    queues.push(queue);
-                }
-            }
+            let mut queues = queues_of.remove(&task.id.0).unwrap_or_default();
             queues.sort_unstable();
             created[i].queues = queues;
         }
@@ -250,7 +251,10 @@ impl<B: Backend> SqlStore<B> {
             });
             B::execute(conn, &sql).await?;
         }
-        B::write_effects(conn, &transitions, &outbox, &[]).await?;
+        let mut announce: Vec<String> = created.iter().flat_map(|c| c.queues.clone()).collect();
+        announce.sort_unstable();
+        announce.dedup();
+        B::write_effects(conn, &transitions, &Outbox::new(), &[], &announce).await?;
         Ok(created)
     }
 }

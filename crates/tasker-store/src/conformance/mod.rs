@@ -5,6 +5,7 @@
 //! the whole list into `#[tokio::test]`s with [`store_conformance!`](crate::store_conformance),
 //! giving it an async factory that returns a [`TestStore`].
 
+mod claims;
 mod queue;
 mod results;
 pub mod statements;
@@ -14,6 +15,7 @@ mod template;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+pub use claims::*;
 pub use queue::*;
 pub use results::*;
 pub use step::*;
@@ -22,7 +24,21 @@ use tasker_template::TaskTemplate;
 use tasker_types::TaskRow;
 pub use template::*;
 
-use crate::{Store, TaskCreateParams, TemplateRegisterParams};
+use crate::{StepClaimParams, StepClaimed, Store, TaskCreateParams, TemplateRegisterParams};
+
+/// Claims up to `max` steps of `queue` for `lease`, all handlers.
+pub async fn claim(store: &dyn Store, queue: &str, max: u32, lease: Duration) -> Vec<StepClaimed> {
+    store
+        .step_claim(&StepClaimParams {
+            queue: queue.into(),
+            max,
+            lease,
+            handlers: None,
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap()
+}
 
 /// A store made for one test, with whatever must be cleaned up after it.
 pub struct TestStore {
@@ -60,8 +76,13 @@ macro_rules! store_conformance {
             step_retry_and_error_paths,
             step_viable_query_agrees_with_settlement,
             step_transition_is_compare_and_swap,
-            step_enqueue_many_publishes_in_one_transaction,
-            step_start_many_begins_attempts_with_their_input,
+            step_enqueue_many_queues_in_one_transaction,
+            step_claim_begins_attempts_with_their_input,
+            step_claim_takes_back_expired_leases,
+            step_claim_filters_by_handler,
+            step_lease_extend_keeps_held_leases,
+            step_claim_concurrent_claimers_get_each_step_once,
+            queue_forward_settles_step_leases,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,
@@ -101,7 +122,8 @@ macro_rules! store_conformance {
 }
 
 /// The sources of the conformance tests, read for [`assert_listed`].
-const SOURCES: [&str; 5] = [
+const SOURCES: [&str; 6] = [
+    include_str!("claims.rs"),
     include_str!("queue.rs"),
     include_str!("results.rs"),
     include_str!("step.rs"),

@@ -4,17 +4,16 @@ use serde_json::json;
 use tasker_types::{StepEvent, StepId, StepState, TaskEvent, TaskId, TaskRow, TaskState};
 
 use crate::{
-    conformance::{create_task, diamond, template},
+    conformance::{claim, create_task, diamond, template},
     QueueAckParams, QueueDequeueParams, QueueEnqueueManyParams, QueueForwardParams,
-    StepApplyResultsParams, StepEnqueueManyParams, StepResultApply, StepRouting,
-    StepStartManyParams, Store, TaskCreateParams, TaskMessage, TaskTransitionParams,
-    TemplateRegisterParams,
+    StepApplyResultsParams, StepEnqueueManyParams, StepResultApply, StepRouting, Store,
+    TaskCreateParams, TaskMessage, TaskTransitionParams, TemplateRegisterParams,
 };
 
 const LEASE: Duration = Duration::from_secs(300);
 
 /// Moves a new task to `StepsInProcess`, as the claimer and enqueuer would.
-async fn running(store: &dyn Store, task: &TaskRow) {
+pub(super) async fn running(store: &dyn Store, task: &TaskRow) {
     let mut from = TaskState::Pending;
     for event in [
         TaskEvent::Initialize,
@@ -36,18 +35,19 @@ async fn running(store: &dyn Store, task: &TaskRow) {
     assert_eq!(from, TaskState::StepsInProcess);
 }
 
-async fn step_id(store: &dyn Store, task: TaskId, name: &str) -> StepId {
+pub(super) async fn step_id(store: &dyn Store, task: TaskId, name: &str) -> StepId {
     let steps = store.step_list(task).await.unwrap();
     steps.into_iter().find(|s| s.name == name).unwrap().id
 }
 
-async fn state_of(store: &dyn Store, task: TaskId, name: &str) -> StepState {
+pub(super) async fn state_of(store: &dyn Store, task: TaskId, name: &str) -> StepState {
     let id = step_id(store, task, name).await;
     store.step_get(id).await.unwrap().state
 }
 
-/// Enqueues and starts a `Pending` step; returns the attempt started.
-async fn start(store: &dyn Store, task: TaskId, name: &str) -> (StepId, u32) {
+/// Enqueues (when `Pending`) and claims a step, which must be the oldest waiting in its
+/// queue; returns the attempt started.
+pub(super) async fn start(store: &dyn Store, task: TaskId, name: &str) -> (StepId, u32) {
     let id = step_id(store, task, name).await;
     if store.step_get(id).await.unwrap().state == StepState::Pending {
         store
@@ -60,18 +60,22 @@ async fn start(store: &dyn Store, task: TaskId, name: &str) -> (StepId, u32) {
             .await
             .unwrap();
     }
-    let started = store
-        .step_start_many(&StepStartManyParams {
-            step_ids: vec![id],
-            instance_id: "conformance".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(started.len(), 1, "an enqueued step starts");
+    let queue = store.step_get(id).await.unwrap().queue.expect("a queue");
+    let started = claim(store, &queue, 1, LEASE).await;
+    assert_eq!(started.len(), 1, "an enqueued step is claimed");
+    assert_eq!(
+        started[0].step.id, id,
+        "the oldest step of {queue} is {name}"
+    );
     (id, started[0].step.attempts)
 }
 
-fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
+/// Steps ready to claim in `queue`.
+pub(super) async fn ready(store: &dyn Store, queue: &str) -> u64 {
+    store.queue_depth(queue).await.unwrap().ready
+}
+
+pub(super) fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
     StepResultApply {
         task_id: task,
         step_id,
@@ -83,7 +87,7 @@ fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepResultApply {
     }
 }
 
-fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> StepApplyResultsParams {
+pub(super) fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> StepApplyResultsParams {
     StepApplyResultsParams {
         results,
         consumed: Vec::new(),
@@ -93,7 +97,7 @@ fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> StepApplyResult
     }
 }
 
-fn local_noop() -> StepRouting {
+pub(super) fn local_noop() -> StepRouting {
     StepRouting {
         local_queue: "local".into(),
         local_handlers: Arc::new(HashSet::from(["noop".to_owned()])),
@@ -115,70 +119,9 @@ async fn drain(store: &dyn Store, queue: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `step_start_many` moves the given `Enqueued` steps to `InProgress` together, counts their
-/// attempts, writes their audit rows and returns each with its task context and parents'
-/// outputs; steps not `Enqueued` do not start and are left out.
-pub async fn step_start_many_begins_attempts_with_their_input(store: Arc<dyn Store>) {
-    let s = store.as_ref();
-    let task = create_task(s, &diamond(), None).await;
-    running(s, &task).await;
-    let start_many = |ids: Vec<StepId>| StepStartManyParams {
-        step_ids: ids,
-        instance_id: "conformance".into(),
-    };
-    let root = step_id(s, task.id, "start").await;
-    s.step_enqueue_many(&StepEnqueueManyParams {
-        task_id: task.id,
-        steps: vec![(root, StepState::Pending)],
-        queue: "elsewhere".into(),
-        instance_id: "conformance".into(),
-    })
-    .await
-    .unwrap();
-    let root_started = s.step_start_many(&start_many(vec![root])).await.unwrap();
-    assert_eq!(root_started.len(), 1);
-    assert!(
-        root_started[0].parents.is_empty(),
-        "a root step has no parents"
-    );
-    let first = (root, root_started[0].step.attempts);
-    assert_eq!(first.1, 1);
-    let again = s.step_start_many(&start_many(vec![first.0])).await.unwrap();
-    assert!(again.is_empty(), "an InProgress step must not start twice");
-    s.step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
-        .await
-        .unwrap();
-
-    let left = step_id(s, task.id, "left").await;
-    let right = step_id(s, task.id, "right").await;
-    let join = step_id(s, task.id, "join").await;
-    let started = s
-        .step_start_many(&start_many(vec![right, join, left]))
-        .await
-        .unwrap();
-    let ids: Vec<_> = started.iter().map(|s| s.step.id).collect();
-    let mut expected = vec![left, right];
-    expected.sort_unstable_by_key(|id| id.0);
-    assert_eq!(ids, expected, "the Pending join stays behind");
-    for started in &started {
-        assert_eq!(started.step.state, StepState::InProgress);
-        assert_eq!(started.step.attempts, 1);
-        assert!(started.step.started_at_ms.is_some());
-        assert_eq!(started.context, json!({"n": 1}));
-        assert_eq!(
-            started.parents,
-            [("start".to_owned(), Some(json!({ "step": first.0 .0 })))]
-        );
-    }
-    assert_eq!(state_of(s, task.id, "join").await, StepState::Pending);
-    let log = s.transition_list(task.id).await.unwrap();
-    let starts = log.iter().filter(|t| t.event == "start").count();
-    assert_eq!(starts, 3, "one audit row per started attempt");
-}
-
 /// A batch of results applied together: each completed step's children that have no
-/// unfinished parent left are enqueued to the queue `routing` picks, a duplicate or stale
-/// result changes nothing, the consumed deliveries are deleted, and the result that completes
+/// unfinished parent left wait in the queue `routing` picks, a duplicate or stale result
+/// changes nothing, the consumed deliveries are deleted, and the result that completes
 /// the last step completes the task, with its audit rows.
 pub async fn step_apply_results_enqueues_children_and_finishes_the_task(store: Arc<dyn Store>) {
     let s = store.as_ref();
@@ -215,20 +158,12 @@ pub async fn step_apply_results_enqueues_children_and_finishes_the_task(store: A
     assert_eq!(s.queue_depth("results").await.unwrap().ready, 0);
     assert_eq!(s.queue_depth("results").await.unwrap().invisible, 0);
     for name in ["left", "right"] {
-        assert_eq!(state_of(s, task.id, name).await, StepState::Enqueued);
+        let child = s.step_get(step_id(s, task.id, name).await).await.unwrap();
+        assert_eq!(child.state, StepState::Enqueued);
+        assert_eq!(child.queue.as_deref(), Some("local"));
     }
     assert_eq!(state_of(s, task.id, "join").await, StepState::Pending);
-    let mut local = drain(s, "local").await;
-    local.sort_by_key(|p| p["step_id"].as_i64());
-    let expected = [
-        step_id(s, task.id, "left").await,
-        step_id(s, task.id, "right").await,
-    ];
-    let expected: Vec<_> = expected
-        .iter()
-        .map(|id| json!({"task_id": task.id.0, "step_id": id.0}))
-        .collect();
-    assert_eq!(local, expected);
+    assert_eq!(ready(s, "local").await, 2);
 
     let duplicate = s
         .step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
@@ -247,7 +182,7 @@ pub async fn step_apply_results_enqueues_children_and_finishes_the_task(store: A
         .await
         .unwrap();
     assert_eq!(both.steps.len(), 2);
-    assert_eq!(drain(s, "local").await.len(), 1);
+    assert_eq!(ready(s, "local").await, 1);
     assert!(drain(s, "evaluate").await.is_empty());
 
     let join = start(s, task.id, "join").await;
@@ -308,7 +243,11 @@ pub async fn step_apply_results_hands_the_rest_to_the_evaluator(store: Arc<dyn S
     assert_eq!(applied.steps.len(), 2);
     assert_eq!(state_of(s, task.id, "b").await, StepState::WaitingForRetry);
     assert_eq!(state_of(s, task.id, "c").await, StepState::Enqueued);
-    assert_eq!(drain(s, "demo").await.len(), 1, "c goes to its namespace");
+    assert_eq!(
+        ready(s, "demo").await,
+        1,
+        "c waits in its namespace's queue"
+    );
     assert_eq!(
         drain(s, "evaluate").await,
         [json!(TaskMessage { task_id: task.id })]
@@ -342,7 +281,7 @@ pub async fn step_apply_results_hands_the_rest_to_the_evaluator(store: Arc<dyn S
     let c = s.step_get(step_id(s, other.id, "c").await).await.unwrap();
     assert_eq!((c.state, c.pending_parents), (StepState::Pending, 0));
     assert_eq!(drain(s, "evaluate").await.len(), 1);
-    assert!(drain(s, "demo").await.is_empty());
+    assert_eq!(ready(s, "demo").await, 0);
 }
 
 /// `queue_forward` publishes and deletes the consumed deliveries in one transaction; a
@@ -379,6 +318,8 @@ pub async fn queue_forward_publishes_and_consumes_together(store: Arc<dyn Store>
             ],
             queue: "out".into(),
             payloads: vec![json!({"done": 1})],
+            settled: Vec::new(),
+            settle_within: Duration::ZERO,
         })
         .await
         .unwrap();
@@ -389,9 +330,9 @@ pub async fn queue_forward_publishes_and_consumes_together(store: Arc<dyn Store>
 }
 
 /// A task created with `start` begins in the creating transaction: `StepsInProcess`, its root
-/// steps `Enqueued` and published by the routing (and announced to other processes where the
+/// steps `Enqueued` in the queues the routing names (announced to other processes where the
 /// backend can), the whole way there in its audit trail. A repeat of its idempotency key
-/// returns it without publishing anything again.
+/// returns it without enqueueing anything again.
 pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = template(
@@ -440,16 +381,11 @@ pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     ] {
         assert_eq!(state_of(s, task.id, name).await, state, "{name}");
     }
-    let local = step_id(s, task.id, "local").await;
-    let remote = step_id(s, task.id, "remote").await;
-    assert_eq!(
-        drain(s, "local").await,
-        [json!({"task_id": task.id.0, "step_id": local.0})]
-    );
-    assert_eq!(
-        drain(s, "demo").await,
-        [json!({"task_id": task.id.0, "step_id": remote.0})]
-    );
+    for (name, queue) in [("local", "local"), ("remote", "demo")] {
+        let step = s.step_get(step_id(s, task.id, name).await).await.unwrap();
+        assert_eq!(step.queue.as_deref(), Some(queue), "{name}");
+        assert_eq!(ready(s, queue).await, 1, "{queue}");
+    }
     let log = s.transition_list(task.id).await.unwrap();
     let task_path: Vec<_> = log
         .iter()
@@ -471,5 +407,5 @@ pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     let again = s.task_create(&params).await.unwrap();
     assert!(!again.created && again.queues.is_empty());
     assert_eq!(again.task.id, task.id);
-    assert!(drain(s, "local").await.is_empty());
+    assert_eq!(ready(s, "local").await, 1);
 }

@@ -3,9 +3,9 @@ use std::{sync::Arc, time::Duration};
 use tasker_types::{settle, StepEvent, StepId, StepRow, StepState, TaskId};
 
 use crate::{
+    conformance::claim,
     conformance::{create_task, diamond, template},
-    QueueDequeueParams, StepEnqueueManyParams, StepMessage, StepStartManyParams,
-    StepTransitionParams, StepViableManyParams, Store, StoreError,
+    StepEnqueueManyParams, StepTransitionParams, StepViableManyParams, Store, StoreError,
 };
 
 fn step_move(step: StepId, from: StepState, event: StepEvent) -> StepTransitionParams {
@@ -86,16 +86,15 @@ pub async fn step_readiness_follows_completed_parents(store: Arc<dyn Store>) {
     assert_eq!(viable(s, task.id).await, ["join"]);
 
     let join = by_name(s, task.id, "join").await;
-    s.step_transition(&step_move(join.id, StepState::Pending, StepEvent::Enqueue))
-        .await
-        .unwrap();
-    let started = s
-        .step_start_many(&StepStartManyParams {
-            step_ids: vec![join.id],
-            instance_id: "conformance".into(),
-        })
-        .await
-        .unwrap();
+    s.step_enqueue_many(&StepEnqueueManyParams {
+        task_id: task.id,
+        steps: vec![(join.id, StepState::Pending)],
+        queue: "joins".into(),
+        instance_id: "conformance".into(),
+    })
+    .await
+    .unwrap();
+    let started = claim(s, "joins", 10, Duration::from_secs(30)).await;
     assert_eq!(
         started[0].parents,
         [
@@ -375,10 +374,9 @@ pub async fn step_transition_is_compare_and_swap(store: Arc<dyn Store>) {
     assert_eq!(enqueues, 1);
 }
 
-/// `step_enqueue_many` marks viable steps `Enqueued`, writes their audit rows and publishes one
-/// step message each to the namespace queue; steps that are no longer in the stated state are
-/// skipped, and nothing is published for them.
-pub async fn step_enqueue_many_publishes_in_one_transaction(store: Arc<dyn Store>) {
+/// `step_enqueue_many` marks viable steps `Enqueued` in the given queue and writes their audit
+/// rows; steps that are no longer in the stated state are skipped, and wait nowhere.
+pub async fn step_enqueue_many_queues_in_one_transaction(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let task = create_task(s, &diamond(), None).await;
     let start = by_name(s, task.id, "start").await;
@@ -402,24 +400,14 @@ pub async fn step_enqueue_many_publishes_in_one_transaction(store: Arc<dyn Store
     // A second enqueue of the same step finds it moved on and publishes nothing.
     assert!(s.step_enqueue_many(&params).await.unwrap().is_empty());
 
-    let messages = s
-        .queue_dequeue(&QueueDequeueParams {
-            queue: "demo".into(),
-            max: 10,
-            visibility_timeout: Duration::from_secs(30),
-            max_deliveries: 5,
-        })
-        .await
-        .unwrap();
-    assert_eq!(messages.len(), 1);
-    let payload: StepMessage = serde_json::from_value(messages[0].payload.clone()).unwrap();
     assert_eq!(
-        payload,
-        StepMessage {
-            task_id: task.id,
-            step_id: start.id
-        }
+        by_name(s, task.id, "start").await.queue.as_deref(),
+        Some("demo")
     );
+    assert_eq!(s.queue_depth("demo").await.unwrap().ready, 1);
+    let claimed = claim(s, "demo", 10, Duration::from_secs(30)).await;
+    let ids: Vec<StepId> = claimed.iter().map(|c| c.step.id).collect();
+    assert_eq!(ids, [start.id]);
     let enqueue_rows = s
         .transition_list(task.id)
         .await

@@ -10,6 +10,7 @@ fn step(id: i64, state: StepState, pending_parents: u32) -> StepRow {
         handler: "noop".into(),
         handler_config: serde_json::Value::Null,
         state,
+        queue: None,
         attempts: 0,
         max_attempts: 3,
         retry_base_ms: 1,

@@ -178,8 +178,9 @@ pub struct ExecutorContext {
     pub(crate) visibility_timeout: std::time::Duration,
     /// Deliveries before a message is dead-lettered.
     pub(crate) max_deliveries: u32,
-    /// Where step messages go: the handlers the in-process workers run (none without local
-    /// workers) to [`crate::pipeline::messages::LOCAL_STEPS`], the others to their namespace's queue.
+    /// Which queue a ready step waits in: those whose handler the in-process workers run (none
+    /// without local workers) in [`crate::pipeline::messages::LOCAL_STEPS`], the others in
+    /// their namespace's queue.
     pub(crate) routing: StepRouting,
 }
 
@@ -210,6 +211,25 @@ impl ExecutorContext {
                 max_deliveries: self.max_deliveries,
             })
             .await?)
+    }
+
+    /// Claims up to `max` steps waiting in `queue` (those with `handlers` only, when given),
+    /// each leased for `lease`, their attempts started.
+    pub(crate) async fn claim(
+        &self,
+        queue: &str,
+        max: u32,
+        lease: std::time::Duration,
+        handlers: Option<Vec<String>>,
+    ) -> Result<Vec<tasker_store::StepClaimed>, ExecutorError> {
+        let params = tasker_store::StepClaimParams {
+            queue: queue.to_owned(),
+            max,
+            lease,
+            handlers,
+            instance_id: self.instance_id.clone(),
+        };
+        Ok(tasker_store::retry_contended(|| self.store.step_claim(&params)).await?)
     }
 
     /// Acknowledges a message; a lost lease means another consumer has it now, which is fine.

@@ -1,0 +1,27 @@
+-- A step is its own queue entry: an `Enqueued` step waits in `queue` until `visible_at_ms`;
+-- a claim moves it to `InProgress` with a lease (`lease_token`, expiring at `visible_at_ms`).
+-- Step messages are gone from queue_messages, which keeps the engine's other queues.
+-- Keep in step with the other backend's 0003_step_queue.sql.
+
+ALTER TABLE steps ADD COLUMN queue TEXT;
+ALTER TABLE steps ADD COLUMN visible_at_ms BIGINT;
+ALTER TABLE steps ADD COLUMN lease_token TEXT;
+
+-- Steps waiting for, or held by, a claim take over their messages' queue and lease.
+UPDATE steps SET queue = m.queue, visible_at_ms = m.visible_at_ms, lease_token = m.lease_token
+FROM queue_messages m
+WHERE m.payload ? 'step_id' AND (m.payload ->> 'step_id')::bigint = steps.id
+  AND steps.state IN ('Enqueued', 'InProgress');
+UPDATE steps SET queue = 'tasker.local_steps', visible_at_ms = 0
+WHERE state IN ('Enqueued', 'InProgress') AND queue IS NULL;
+DELETE FROM queue_messages WHERE payload ? 'step_id';
+
+-- What a claim reads: the waiting and the held steps of one queue, by time. Only steps in
+-- those two states are in it, so a finished step costs it nothing.
+CREATE INDEX steps_queue_idx ON steps (queue, visible_at_ms, id)
+    WHERE state IN ('Enqueued', 'InProgress');
+
+-- Room on each page for the next versions of its rows, so updates that change no indexed
+-- column (a task's counters) can stay on the page (HOT) without a new index entry.
+ALTER TABLE steps SET (fillfactor = 80);
+ALTER TABLE tasks SET (fillfactor = 80);

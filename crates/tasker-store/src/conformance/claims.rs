@@ -1,0 +1,339 @@
+//! A step is its own queue entry: claims, their leases, and results handed over with a lease.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use serde_json::json;
+use tasker_types::{StepId, StepState, TaskId};
+
+use super::results::{apply, local_noop, ready, running, state_of, step_id, success};
+use crate::{
+    conformance::{claim, create_task, diamond, template},
+    QueueForwardParams, StepClaimParams, StepEnqueueManyParams, StepLease, StepLeaseExtendParams,
+    Store, StoreError,
+};
+
+const LONG: Duration = Duration::from_secs(300);
+
+/// Enqueues a `Pending` step of `task` in `queue`.
+async fn enqueue(store: &dyn Store, task: TaskId, name: &str, queue: &str) -> StepId {
+    let id = step_id(store, task, name).await;
+    let done = store
+        .step_enqueue_many(&StepEnqueueManyParams {
+            task_id: task,
+            steps: vec![(id, StepState::Pending)],
+            queue: queue.into(),
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done, [id]);
+    id
+}
+
+fn lease(step_id: StepId, token: &str) -> StepLease {
+    StepLease {
+        step_id,
+        lease_token: token.into(),
+    }
+}
+
+/// A claim takes the oldest waiting steps of its queue, starts their attempts (`InProgress`,
+/// counted, audited, leased with a token of their own) and returns each with its task context
+/// and its parents' outputs; a step already claimed is not claimed again while its lease holds.
+pub async fn step_claim_begins_attempts_with_their_input(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let root = enqueue(s, task.id, "start", "elsewhere").await;
+    let claimed = claim(s, "elsewhere", 10, LONG).await;
+    assert_eq!(claimed.len(), 1);
+    let first = &claimed[0];
+    assert_eq!(first.step.id, root);
+    assert_eq!(first.step.state, StepState::InProgress);
+    assert_eq!(first.step.attempts, 1);
+    assert_eq!(first.step.queue.as_deref(), Some("elsewhere"));
+    assert!(first.parents.is_empty(), "a root step has no parents");
+    assert!(!first.lease_token.is_empty() && !first.exhausted);
+    assert_eq!(first.context, json!({"n": 1}));
+    assert!(
+        claim(s, "elsewhere", 10, LONG).await.is_empty(),
+        "a leased step is not claimed twice"
+    );
+    s.step_apply_results(&apply(
+        vec![success(task.id, (root, first.step.attempts))],
+        local_noop(),
+    ))
+    .await
+    .unwrap();
+
+    let claimed = claim(s, "local", 10, LONG).await;
+    let ids: Vec<_> = claimed.iter().map(|c| c.step.id).collect();
+    let expected = vec![
+        step_id(s, task.id, "left").await,
+        step_id(s, task.id, "right").await,
+    ];
+    assert_eq!(ids, expected, "the Pending join stays behind");
+    let tokens: HashSet<&str> = claimed.iter().map(|c| c.lease_token.as_str()).collect();
+    assert_eq!(tokens.len(), 2, "each step has a lease token of its own");
+    for c in &claimed {
+        assert_eq!(c.step.state, StepState::InProgress);
+        assert_eq!(c.step.attempts, 1);
+        assert!(c.step.started_at_ms.is_some());
+        assert_eq!(
+            c.parents,
+            [("start".to_owned(), Some(json!({ "step": root.0 })))]
+        );
+    }
+    assert_eq!(state_of(s, task.id, "join").await, StepState::Pending);
+    let log = s.transition_list(task.id).await.unwrap();
+    let starts = log.iter().filter(|t| t.event == "start").count();
+    assert_eq!(starts, 3, "one audit row per started attempt");
+}
+
+/// A step whose lease ran out is claimed again: taken back (`lease_expired`), then its next
+/// attempt starts, under a new token; the old token holds nothing any more. On its last
+/// attempt it is leased as it is, answered `exhausted`, for the claimer to report it failed.
+pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: lapse\nversion: 1.0.0\nsteps:\n\
+         - {name: twice, handler: noop, retry: {max_attempts: 2}}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    let id = enqueue(s, task.id, "twice", "lapse").await;
+    let short = Duration::from_millis(200);
+    let first = claim(s, "lapse", 1, short).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        ready(s, "lapse").await,
+        1,
+        "an expired lease counts as ready"
+    );
+    let second = claim(s, "lapse", 1, short).await.remove(0);
+    assert_eq!(second.step.id, id);
+    assert_eq!(second.step.attempts, 2);
+    assert!(!second.exhausted);
+    assert_ne!(second.lease_token, first.lease_token);
+    let lost = s
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: vec![lease(id, &first.lease_token)],
+            lease: LONG,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [id], "the first claim's token holds nothing");
+    let events: Vec<String> = s
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.step_id == Some(id))
+        .map(|t| t.event)
+        .collect();
+    assert_eq!(
+        events,
+        ["create", "enqueue", "start", "lease_expired", "start"]
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let third = claim(s, "lapse", 1, LONG).await.remove(0);
+    assert!(third.exhausted, "no attempt left: leased, not started");
+    assert_eq!(third.step.attempts, 2);
+    assert_eq!(third.step.state, StepState::InProgress);
+    let starts = s
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.event == "start")
+        .count();
+    assert_eq!(starts, 2);
+    assert!(claim(s, "lapse", 1, LONG).await.is_empty());
+}
+
+/// A claim with a handler filter takes only steps with those handlers, and leaves the others
+/// waiting, in order.
+pub async fn step_claim_filters_by_handler(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: kinds\nversion: 1.0.0\nsteps:\n\
+         - {name: a, handler: shell}\n- {name: b, handler: noop}\n- {name: c, handler: shell}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    for name in ["a", "b", "c"] {
+        enqueue(s, task.id, name, "kinds").await;
+    }
+    let only = |handlers: Vec<&str>| StepClaimParams {
+        queue: "kinds".into(),
+        max: 10,
+        lease: LONG,
+        handlers: Some(handlers.into_iter().map(str::to_owned).collect()),
+        instance_id: "conformance".into(),
+    };
+    assert!(s.step_claim(&only(vec![])).await.unwrap().is_empty());
+    let names: Vec<String> = s
+        .step_claim(&only(vec!["noop"]))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.step.name)
+        .collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(ready(s, "kinds").await, 2);
+    let names: Vec<String> = claim(s, "kinds", 10, LONG)
+        .await
+        .into_iter()
+        .map(|c| c.step.name)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+}
+
+/// Extending held leases keeps their steps from being claimed again; a wrong token, or a
+/// step that moved on, is reported lost and extends nothing.
+pub async fn step_lease_extend_keeps_held_leases(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let id = enqueue(s, task.id, "start", "ext").await;
+    let held = claim(s, "ext", 1, Duration::from_millis(300))
+        .await
+        .remove(0);
+    let left = step_id(s, task.id, "left").await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let lost = s
+            .step_lease_extend(&StepLeaseExtendParams {
+                leases: vec![lease(id, &held.lease_token), lease(left, &held.lease_token)],
+                lease: Duration::from_millis(300),
+            })
+            .await
+            .unwrap();
+        assert_eq!(lost, [left], "a token holds only its own step");
+    }
+    assert!(claim(s, "ext", 1, LONG).await.is_empty(), "still held");
+    s.step_apply_results(&apply(
+        vec![success(task.id, (id, held.step.attempts))],
+        local_noop(),
+    ))
+    .await
+    .unwrap();
+    let lost = s
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: vec![lease(id, &held.lease_token)],
+            lease: LONG,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [id], "a finished step's lease is gone");
+    assert!(s
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: Vec::new(),
+            lease: LONG,
+        })
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Concurrent claimers never receive the same step, and together they receive every one.
+pub async fn step_claim_concurrent_claimers_get_each_step_once(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let steps: String = (0..60)
+        .map(|i| format!("- {{name: s{i}, handler: noop}}\n"))
+        .collect();
+    let t = template(&format!(
+        "namespace: demo\nname: wide\nversion: 1.0.0\nsteps:\n{steps}"
+    ));
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    let all: Vec<StepId> = s
+        .step_list(task.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|st| st.id)
+        .collect();
+    s.step_enqueue_many(&StepEnqueueManyParams {
+        task_id: task.id,
+        steps: all.iter().map(|&id| (id, StepState::Pending)).collect(),
+        queue: "race".into(),
+        instance_id: "conformance".into(),
+    })
+    .await
+    .unwrap();
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = claim(store.as_ref(), "race", 7, LONG).await;
+                    if batch.is_empty() {
+                        break got;
+                    }
+                    got.extend(batch.into_iter().map(|c| c.step.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for claimer in claimers {
+        seen.extend(claimer.await.unwrap());
+    }
+    let unique: HashSet<StepId> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a step was claimed twice");
+    assert_eq!(unique, all.into_iter().collect::<HashSet<_>>());
+}
+
+/// `queue_forward` hands a step's lease over with the result it publishes: no call holds the
+/// lease after it, and the step is claimed again only once `settle_within` passes. A lease not
+/// held fails the call, and nothing is published.
+pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let other = create_task(s, &diamond(), None).await;
+    running(s, &other).await;
+    let other_id = enqueue(s, other.id, "start", "handover").await;
+    let held = claim(s, "handover", 1, LONG).await.remove(0);
+    let forward = |token: &str, within: Duration| QueueForwardParams {
+        consumed: Vec::new(),
+        queue: "handed".into(),
+        payloads: vec![json!({"result": 1})],
+        settled: vec![lease(other_id, token)],
+        settle_within: within,
+    };
+    let refused = s
+        .queue_forward(&forward("not-the-token", LONG))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::LeaseLost { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(ready(s, "handed").await, 0, "nothing published");
+
+    s.queue_forward(&forward(&held.lease_token, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(ready(s, "handed").await, 1);
+    let lost = s
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: vec![lease(other_id, &held.lease_token)],
+            lease: LONG,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [other_id], "the lease went with the result");
+    assert!(claim(s, "handover", 1, LONG).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = claim(s, "handover", 1, LONG).await;
+    assert_eq!(
+        again
+            .iter()
+            .map(|c| (c.step.id, c.step.attempts))
+            .collect::<Vec<_>>(),
+        [(other_id, 2)],
+        "a result never applied: the step runs again"
+    );
+}
