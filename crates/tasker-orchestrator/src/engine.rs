@@ -194,6 +194,7 @@ impl Engine {
             claim_lease: config.claim_lease,
             visibility_timeout: config.visibility_timeout,
             max_deliveries: config.max_deliveries,
+            templates: Arc::default(),
             routing: tasker_store::StepRouting {
                 local_queue: LOCAL_STEPS.to_owned(),
                 local_handlers: Arc::new(if config.local_workers {

@@ -45,7 +45,8 @@
 //! # Current behaviour (may change)
 //!
 //! - Decoding errors ([`TemplateError::Parse`]) stop at the first one.
-//! - [`TaskTemplate::validate_context`] compiles the schema on every call.
+//! - [`TaskTemplate::validate_context`] compiles the schema on every call; a
+//!   [`ContextValidator`] compiles it once.
 //! - The derived `Deserialize` does not validate; it is meant for reading back templates that
 //!   were validated before being stored.
 
@@ -60,6 +61,7 @@ mod validate;
 
 pub use error::{ContextError, ContextProblem, ProblemKind, TemplateError, TemplateProblem};
 pub use model::{HandlerSpec, RetryPolicy, StepTemplate, TaskTemplate};
+pub use schema::ContextValidator;
 pub use validate::is_namespace;
 
 /// `Result` with [`TemplateError`] as the default error.

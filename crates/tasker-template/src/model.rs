@@ -198,17 +198,25 @@ impl TaskTemplate {
 
     /// Checks a task context against `context_schema`; `Ok` when there is no schema.
     ///
-    /// The schema is compiled on each call. A schema that does not compile (possible only for a
-    /// template that was not validated) is reported as a problem at the root.
+    /// The schema is compiled on each call ([`Self::context_validator`] compiles it once). A
+    /// schema that does not compile (possible only for a template that was not validated) is
+    /// reported as a problem at the root.
     ///
     /// # Errors
     ///
     /// [`ContextError`] with every problem found, each naming the JSON pointer of the offending
     /// field.
     pub fn validate_context(&self, context: &serde_json::Value) -> Result<(), ContextError> {
-        match &self.context_schema {
-            None => Ok(()),
-            Some(schema) => crate::schema::validate_context(schema, context),
-        }
+        self.context_validator()?.validate(context)
+    }
+
+    /// The context schema compiled, to validate many contexts (see
+    /// [`Self::validate_context`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] at the root when the schema does not compile.
+    pub fn context_validator(&self) -> Result<crate::ContextValidator, ContextError> {
+        crate::ContextValidator::new(self.context_schema.as_ref())
     }
 }

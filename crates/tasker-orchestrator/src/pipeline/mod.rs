@@ -9,5 +9,6 @@ pub mod executor;
 pub mod messages;
 pub mod operator;
 pub mod remote;
+pub mod templates;
 pub mod wakeup;
 pub mod worker;

@@ -42,21 +42,53 @@ pub(crate) fn schema_problems(schema: &Value) -> Vec<ProblemKind> {
     }
 }
 
-/// Validates `context` against `schema`, collecting every error.
-pub(crate) fn validate_context(schema: &Value, context: &Value) -> Result<(), ContextError> {
-    let validator = jsonschema::validator_for(schema).map_err(|error| ContextError {
-        problems: vec![ContextProblem {
-            instance_path: String::new(),
-            message: format!("the template's context schema is invalid: {error}"),
-        }],
-    })?;
-    let problems: Vec<ContextProblem> = validator.iter_errors(context).map(to_problem).collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ContextError { problems })
+/// A template's context schema, compiled once to validate many contexts.
+#[derive(Debug)]
+pub struct ContextValidator {
+    /// `None`: the template has no schema, and every context passes.
+    validator: Option<jsonschema::Validator>,
+}
+
+impl ContextValidator {
+    /// Compiles `schema` (none: every context passes).
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] naming why the schema does not compile (a template validated at
+    /// registration has a schema that does).
+    pub fn new(schema: Option<&Value>) -> Result<Self, ContextError> {
+        let validator = schema
+            .map(|schema| {
+                jsonschema::validator_for(schema).map_err(|error| ContextError {
+                    problems: vec![ContextProblem {
+                        instance_path: String::new(),
+                        message: format!("the template's context schema is invalid: {error}"),
+                    }],
+                })
+            })
+            .transpose()?;
+        Ok(Self { validator })
+    }
+
+    /// Validates `context`, collecting every error.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] with one problem per violation.
+    pub fn validate(&self, context: &Value) -> Result<(), ContextError> {
+        let Some(validator) = &self.validator else {
+            return Ok(());
+        };
+        let problems: Vec<ContextProblem> =
+            validator.iter_errors(context).map(to_problem).collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ContextError { problems })
+        }
     }
 }
+
 
 /// Converts a validation error; a missing required property gets the pointer of the property
 /// itself rather than of the object lacking it.

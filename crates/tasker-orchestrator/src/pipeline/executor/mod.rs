@@ -178,6 +178,8 @@ pub struct ExecutorContext {
     pub(crate) visibility_timeout: std::time::Duration,
     /// Deliveries before a message is dead-lettered.
     pub(crate) max_deliveries: u32,
+    /// Templates read for task creation, kept for the process.
+    pub(crate) templates: Arc<crate::pipeline::templates::TemplateCache>,
     /// Which queue a ready step waits in: those whose handler the in-process workers run (none
     /// without local workers) in [`crate::pipeline::messages::LOCAL_STEPS`], the others in
     /// their namespace's queue.

@@ -1,16 +1,16 @@
 //! TaskRequestProcessor: validates task requests against their template and its context schema,
 //! and creates the task with its steps and edges in one transaction (idempotently), which also
-//! starts it: its root steps are enqueued and published by that same transaction.
+//! starts it: its root steps wait in their queues from that same transaction.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tasker_store::{retry_contended, StoreError, TaskCreateParams, TaskCreated, TemplateGetParams};
-use tasker_template::TaskTemplate;
+use tasker_store::{retry_contended, StoreError, TaskCreateParams, TaskCreated};
 use tasker_types::{TaskEvent, TaskState};
 
 use super::{ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor};
 use crate::pipeline::messages::{TaskRef, TaskRequest, TASK_REQUESTS, TASK_WORK};
+use crate::pipeline::templates::ResolveError;
 
 /// Why a task request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,9 @@ pub async fn create_tasks(
     ctx: &ExecutorContext,
     requests: &[TaskRequest],
 ) -> Result<Vec<TaskCreated>, RequestError> {
-    let mut templates = HashMap::new();
     let mut params = Vec::with_capacity(requests.len());
     for request in requests {
-        params.push(task_params(ctx, request, &mut templates).await?);
+        params.push(task_params(ctx, request).await?);
     }
     insert(ctx, &params).await
 }
@@ -91,11 +90,10 @@ pub async fn create_each(
     ctx: &ExecutorContext,
     requests: &[TaskRequest],
 ) -> Result<Vec<Result<TaskCreated, RequestError>>, RequestError> {
-    let mut templates = HashMap::new();
     let mut answers = Vec::with_capacity(requests.len());
     let mut params = Vec::new();
     for request in requests {
-        match task_params(ctx, request, &mut templates).await {
+        match task_params(ctx, request).await {
             Ok(p) => {
                 params.push(p);
                 answers.push(None);
@@ -133,51 +131,33 @@ async fn insert(
     Ok(created)
 }
 
-/// Templates already read during one call, by `(namespace, name, version)`.
-type TemplateCache = HashMap<(String, String, Option<String>), (i64, TaskTemplate)>;
-
-/// Finds the request's template (once per call) and validates the context against it.
+/// Finds the request's template (from the process's cache) and validates the context
+/// against it.
 async fn task_params(
     ctx: &ExecutorContext,
     request: &TaskRequest,
-    templates: &mut TemplateCache,
 ) -> Result<TaskCreateParams, RequestError> {
-    let key = (
-        request.namespace.clone(),
-        request.name.clone(),
-        request.version.clone(),
-    );
-    let (template_id, template) = match templates.get(&key) {
-        Some(found) => found.clone(),
-        None => {
-            let record = match ctx
-                .store
-                .template_get(&TemplateGetParams {
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                    version: key.2.clone(),
-                })
-                .await
-            {
-                Ok(r) => r,
-                Err(StoreError::NotFound { id, .. }) => {
-                    return Err(RequestError::UnknownTemplate(id))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let name = format!("{}/{}@{}", record.namespace, record.name, record.version);
-            let template: TaskTemplate = serde_json::from_value(record.definition.clone())
-                .map_err(|e| RequestError::BadTemplate(name, e.to_string()))?;
-            templates.insert(key, (record.id, template.clone()));
-            (record.id, template)
-        }
-    };
+    let template = ctx
+        .templates
+        .resolve(
+            ctx.store.as_ref(),
+            &request.namespace,
+            &request.name,
+            request.version.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            ResolveError::Unknown(id) => RequestError::UnknownTemplate(id),
+            ResolveError::Unreadable(name, why) => RequestError::BadTemplate(name, why),
+            ResolveError::Store(e) => RequestError::Store(e),
+        })?;
     template
-        .validate_context(&request.context)
+        .context
+        .validate(&request.context)
         .map_err(|e| RequestError::InvalidContext(e.problems_lines().join("; ")))?;
     Ok(TaskCreateParams {
-        template_id,
-        steps: template.step_specs(),
+        template_id: template.id,
+        steps: template.steps.clone(),
         context: request.context.clone(),
         idempotency_key: request.idempotency_key.clone(),
         priority: request.priority,
