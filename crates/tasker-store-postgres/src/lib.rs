@@ -11,6 +11,7 @@
 
 mod claim;
 mod connect;
+mod create;
 mod decode;
 mod notify;
 mod queue;
@@ -223,6 +224,13 @@ impl Backend for PgBackend {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn create_tasks(
+        conn: &mut PgConnection,
+        batch: &[tasker_store::TaskCreateParams],
+    ) -> Result<Vec<tasker_store::TaskCreated>> {
+        create::create_tasks(conn, batch).await
     }
 
     async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) -> Result<Counted> {

@@ -191,9 +191,15 @@ mod tests {
         let first = register(&store, &version("1.0.0", "a")).await;
 
         let latest = cache.resolve(&store, "demo", "cached", None).await.unwrap();
-        assert_eq!((latest.id, latest.label.as_str()), (first, "demo/cached@1.0.0"));
+        assert_eq!(
+            (latest.id, latest.label.as_str()),
+            (first, "demo/cached@1.0.0")
+        );
         assert_eq!(latest.steps.len(), 1);
-        assert!(latest.context.validate(&serde_json::json!({"a": 1})).is_ok());
+        assert!(latest
+            .context
+            .validate(&serde_json::json!({"a": 1}))
+            .is_ok());
         assert!(latest.context.validate(&serde_json::json!({})).is_err());
 
         let second = register(&store, &version("2.0.0", "b")).await;

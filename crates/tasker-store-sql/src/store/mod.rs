@@ -31,7 +31,7 @@ use tasker_types::QueueMessage;
 pub use queues::{delete_consumed, insert_messages};
 pub use results::{apply_effects, move_steps, Counted, EffectsApplied, EffectsPlan, StepMove};
 pub use sql::{Sql, Tuple, Value};
-pub use tasks::insert_transitions;
+pub use tasks::{create_tasks, created_or_existing, insert_transitions};
 
 use crate::{NewTransition, Outbox, RowExt};
 
@@ -116,6 +116,15 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         plan: EffectsPlan<'_>,
     ) -> impl Future<Output = Result<EffectsApplied>> + Send {
         apply_effects::<Self>(conn, plan)
+    }
+
+    /// Creates tasks inside the caller's write transaction (`TaskStore::task_create_many`). By
+    /// default, [`create_tasks`] in a few statements.
+    fn create_tasks(
+        conn: &mut Conn<Self>,
+        batch: &[tasker_store::TaskCreateParams],
+    ) -> impl Future<Output = Result<Vec<tasker_store::TaskCreated>>> + Send {
+        create_tasks::<Self>(conn, batch)
     }
 
     /// `QueueStore::queue_dequeue`.

@@ -51,212 +51,227 @@ async fn task_fetch<B: Backend>(conn: &mut Conn<B>, id: TaskId) -> Result<Option
     row.as_ref().map(decode_task).transpose()
 }
 
-impl<B: Backend> SqlStore<B> {
-    /// Creates tasks inside the caller's write transaction (see `TaskStore::task_create` and
-    /// `task_create_many`), with a fixed number of statements per batch: one multi-row insert
-    /// each for the tasks, their steps (a started task's roots already waiting in their
-    /// queues), their edges and their audit rows.
-    async fn create_in(conn: &mut Conn<B>, batch: &[TaskCreateParams]) -> Result<Vec<TaskCreated>> {
-        let plans: Vec<StepPlan<'_>> = batch.iter().map(|p| StepPlan::new(&p.steps)).collect();
-        // 1. The tasks. A repeated idempotency key hits the unique index and is skipped (DO
-        // NOTHING); so is a request for an unknown template (the join). Rows are inserted in
-        // request order (ORDER BY), so ids increase with it.
-        let mut rows: Vec<TaskRow> = Vec::with_capacity(batch.len());
-        let numbered: Vec<(usize, &TaskCreateParams, &StepPlan<'_>)> = batch
-            .iter()
-            .zip(&plans)
-            .enumerate()
-            .map(|(i, (p, plan))| (i, p, plan))
-            .collect();
-        for chunk in numbered.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new(format!(
-                "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
+/// The answer to each request of a creation batch, given the task rows its insert returned
+/// (`inserted`, in any order; an insert skips a repeated idempotency key and an unknown
+/// template): a request takes the next inserted row, by id, if that row is its own; a request
+/// skipped gets the task its key names, or `NotFound` for its template. Returns the answers,
+/// in request order, and the indexes of the requests whose task is new.
+///
+/// # Errors
+///
+/// [`StoreError::NotFound`] for a request whose template does not exist.
+pub async fn created_or_existing<B: Backend>(
+    conn: &mut Conn<B>,
+    batch: &[TaskCreateParams],
+    mut inserted: Vec<TaskRow>,
+) -> Result<(Vec<TaskCreated>, Vec<usize>)> {
+    inserted.sort_unstable_by_key(|t| t.id.0);
+    let mut created: Vec<TaskCreated> = Vec::with_capacity(batch.len());
+    let mut new: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut rows = inserted.into_iter().peekable();
+    for (i, p) in batch.iter().enumerate() {
+        let own = rows.peek().is_some_and(|t| {
+            t.template_id == p.template_id && t.idempotency_key == p.idempotency_key
+        });
+        if own {
+            let task = rows
+                .next()
+                .ok_or_else(|| corrupt("task insert", "row vanished"))?;
+            new.push(i);
+            created.push(TaskCreated {
+                task,
+                created: true,
+                queues: Vec::new(),
+            });
+            continue;
+        }
+        let existing = match &p.idempotency_key {
+            Some(key) => {
+                fetch_optional::<B>(
+                    conn,
+                    &Sql::new(format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks \
+                         WHERE template_id = $1 AND idempotency_key = $2"
+                    ))
+                    .bind(p.template_id)
+                    .bind(key),
+                )
+                .await?
+            }
+            None => None,
+        };
+        let Some(row) = existing else {
+            return Err(StoreError::NotFound {
+                entity: "template",
+                id: p.template_id.to_string(),
+            });
+        };
+        created.push(TaskCreated {
+            task: decode_task(&row)?,
+            created: false,
+            queues: Vec::new(),
+        });
+    }
+    Ok((created, new))
+}
+
+/// `Backend::create_tasks` as portable statements, with a fixed number per batch: one
+/// multi-row insert each for the tasks, their steps (a started task's roots already waiting in
+/// their queues), their edges and their audit rows.
+pub async fn create_tasks<B: Backend>(
+    conn: &mut Conn<B>,
+    batch: &[TaskCreateParams],
+) -> Result<Vec<TaskCreated>> {
+    let plans: Vec<StepPlan<'_>> = batch.iter().map(|p| StepPlan::new(&p.steps)).collect();
+    // 1. The tasks. A repeated idempotency key hits the unique index and is skipped (DO
+    // NOTHING); so is a request for an unknown template (the join). Rows are inserted in
+    // request order (ORDER BY), so ids increase with it.
+    let mut rows: Vec<TaskRow> = Vec::with_capacity(batch.len());
+    let numbered: Vec<(usize, &TaskCreateParams, &StepPlan<'_>)> = batch
+        .iter()
+        .zip(&plans)
+        .enumerate()
+        .map(|(i, (p, plan))| (i, p, plan))
+        .collect();
+    for chunk in numbered.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new(format!(
+            "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
                  idempotency_key, priority, unfinished_steps, created_at_ms, updated_at_ms) \
                  SELECT t.id, t.namespace, t.name, t.version, v.column3, v.column4, \
                  v.column5, v.column6, v.column7, {now}, {now} FROM (",
-                now = B::NOW_MS
-            ));
-            sql.push_values(chunk, |b, (i, p, plan)| {
-                let state = if p.start.is_some() {
-                    TaskState::StepsInProcess
-                } else {
-                    TaskState::Pending
-                };
-                b.bind(i64::try_from(*i).unwrap_or(i64::MAX))
-                    .bind(p.template_id)
-                    .bind(state.as_str())
-                    .bind(&p.context)
-                    .bind(p.idempotency_key.as_deref())
-                    .bind(i64::from(p.priority))
-                    .bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX));
-            });
-            // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause.
-            sql.push(&format!(
-                ") AS v JOIN templates t ON t.id = v.column2 WHERE true ORDER BY v.column1 \
+            now = B::NOW_MS
+        ));
+        sql.push_values(chunk, |b, (i, p, plan)| {
+            let state = if p.start.is_some() {
+                TaskState::StepsInProcess
+            } else {
+                TaskState::Pending
+            };
+            b.bind(i64::try_from(*i).unwrap_or(i64::MAX))
+                .bind(p.template_id)
+                .bind(state.as_str())
+                .bind(&p.context)
+                .bind(p.idempotency_key.as_deref())
+                .bind(i64::from(p.priority))
+                .bind(i64::try_from(plan.steps.len()).unwrap_or(i64::MAX));
+        });
+        // `WHERE true`: SQLite's parser needs a WHERE before an upsert clause.
+        sql.push(&format!(
+            ") AS v JOIN templates t ON t.id = v.column2 WHERE true ORDER BY v.column1 \
                  ON CONFLICT (template_id, idempotency_key) DO NOTHING RETURNING {TASK_COLUMNS}"
-            ));
-            for row in B::fetch_all(conn, &sql).await? {
-                rows.push(decode_task(&row)?);
-            }
+        ));
+        for row in B::fetch_all(conn, &sql).await? {
+            rows.push(decode_task(&row)?);
         }
-        rows.sort_unstable_by_key(|t| t.id.0);
+    }
+    let (mut created, new) = created_or_existing::<B>(conn, batch, rows).await?;
 
-        // Each request takes the next inserted row if that row is its own; a request skipped
-        // above gets the task its key names, or NotFound.
-        let mut created: Vec<TaskCreated> = Vec::with_capacity(batch.len());
-        let mut new: Vec<usize> = Vec::with_capacity(batch.len());
-        let mut rows = rows.into_iter().peekable();
-        for (i, p) in batch.iter().enumerate() {
-            let own = rows.peek().is_some_and(|t| {
-                t.template_id == p.template_id && t.idempotency_key == p.idempotency_key
-            });
-            if own {
-                let task = rows
-                    .next()
-                    .ok_or_else(|| corrupt("task insert", "row vanished"))?;
-                new.push(i);
-                created.push(TaskCreated {
-                    task,
-                    created: true,
-                    queues: Vec::new(),
-                });
-                continue;
-            }
-            let existing = match &p.idempotency_key {
-                Some(key) => {
-                    fetch_optional::<B>(
-                        conn,
-                        &Sql::new(format!(
-                            "SELECT {TASK_COLUMNS} FROM tasks \
-                             WHERE template_id = $1 AND idempotency_key = $2"
-                        ))
-                        .bind(p.template_id)
-                        .bind(key),
-                    )
-                    .await?
-                }
-                None => None,
-            };
-            let Some(row) = existing else {
-                return Err(StoreError::NotFound {
-                    entity: "template",
-                    id: p.template_id.to_string(),
-                });
-            };
-            created.push(TaskCreated {
-                task: decode_task(&row)?,
-                created: false,
-                queues: Vec::new(),
-            });
-        }
-
-        // 2. The new tasks' steps; a started task's roots are `Enqueued` already, each in
-        // the queue its routing names.
-        let step_rows: Vec<(TaskId, Option<String>, &PlannedStep<'_>)> = new
-            .iter()
-            .flat_map(|&i| {
-                let task = &created[i].task;
-                let start = batch[i].start.as_ref();
-                plans[i].steps.iter().map(move |s| {
-                    let queue = start
-                        .filter(|_| s.is_root())
-                        .map(|routing| routing.queue(&task.namespace, s.handler).to_owned());
-                    (task.id, queue, s)
-                })
+    // 2. The new tasks' steps; a started task's roots are `Enqueued` already, each in
+    // the queue its routing names.
+    let step_rows: Vec<(TaskId, Option<String>, &PlannedStep<'_>)> = new
+        .iter()
+        .flat_map(|&i| {
+            let task = &created[i].task;
+            let start = batch[i].start.as_ref();
+            plans[i].steps.iter().map(move |s| {
+                let queue = start
+                    .filter(|_| s.is_root())
+                    .map(|routing| routing.queue(&task.namespace, s.handler).to_owned());
+                (task.id, queue, s)
             })
-            .collect();
-        let mut ids: HashMap<(i64, String), StepId> = HashMap::with_capacity(step_rows.len());
-        let mut queues_of: HashMap<i64, Vec<String>> = HashMap::new();
-        for chunk in step_rows.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new(
-                "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
+        })
+        .collect();
+    let mut ids: HashMap<(i64, String), StepId> = HashMap::with_capacity(step_rows.len());
+    let mut queues_of: HashMap<i64, Vec<String>> = HashMap::new();
+    for chunk in step_rows.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new(
+            "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
                  max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
                  pending_parents, queue, visible_at_ms) ",
-            );
-            sql.push_values(chunk, |b, (task, queue, s)| {
-                let state = if queue.is_some() {
-                    StepState::Enqueued
-                } else {
-                    StepState::Pending
-                };
-                b.bind(task.0)
-                    .bind(s.position)
-                    .bind(s.name)
-                    .bind(s.handler)
-                    .bind(s.handler_config)
-                    .bind(state.as_str())
-                    .bind(s.max_attempts)
-                    .bind(s.retry_base_ms)
-                    .bind(s.retry_max_ms)
-                    .bind(s.retry_jitter)
-                    .bind(s.timeout_ms)
-                    .bind(s.pending_parents)
-                    .bind(queue.as_deref());
-                if queue.is_some() {
-                    b.push(B::NOW_MS);
-                } else {
-                    b.push("NULL");
-                }
-            });
-            sql.push(" RETURNING id, task_id, name");
-            for row in B::fetch_all(conn, &sql).await? {
-                ids.insert(
-                    (row.int("task_id")?, row.text("name")?),
-                    StepId(row.int("id")?),
-                );
+        );
+        sql.push_values(chunk, |b, (task, queue, s)| {
+            let state = if queue.is_some() {
+                StepState::Enqueued
+            } else {
+                StepState::Pending
+            };
+            b.bind(task.0)
+                .bind(s.position)
+                .bind(s.name)
+                .bind(s.handler)
+                .bind(s.handler_config)
+                .bind(state.as_str())
+                .bind(s.max_attempts)
+                .bind(s.retry_base_ms)
+                .bind(s.retry_max_ms)
+                .bind(s.retry_jitter)
+                .bind(s.timeout_ms)
+                .bind(s.pending_parents)
+                .bind(queue.as_deref());
+            if queue.is_some() {
+                b.push(B::NOW_MS);
+            } else {
+                b.push("NULL");
             }
-            for (task, queue, _) in chunk {
-                if let Some(queue) = queue {
-                    let queues = queues_of.entry(task.0).or_default();
-                    if !queues.contains(queue) {
-                        queues.push(queue.clone());
-                    }
+        });
+        sql.push(" RETURNING id, task_id, name");
+        for row in B::fetch_all(conn, &sql).await? {
+            ids.insert(
+                (row.int("task_id")?, row.text("name")?),
+                StepId(row.int("id")?),
+            );
+        }
+        for (task, queue, _) in chunk {
+            if let Some(queue) = queue {
+                let queues = queues_of.entry(task.0).or_default();
+                if !queues.contains(queue) {
+                    queues.push(queue.clone());
                 }
             }
         }
-
-        // 3. Edges and audit rows.
-        let mut edges: Vec<(TaskId, StepId, StepId)> = Vec::new();
-        let mut transitions: Vec<NewTransition<'_>> = Vec::new();
-        for &i in &new {
-            let task = &created[i].task;
-            let by_name: HashMap<String, StepId> = plans[i]
-                .steps
-                .iter()
-                .filter_map(|s| {
-                    ids.get(&(task.id.0, s.name.to_owned()))
-                        .map(|id| (s.name.to_owned(), *id))
-                })
-                .collect();
-            edges.extend(
-                plans[i]
-                    .edges(&by_name)?
-                    .into_iter()
-                    .map(|(p, c)| (task.id, p, c)),
-            );
-            transitions.extend(plans[i].initial_transitions(
-                task.id,
-                &by_name,
-                &batch[i].instance_id,
-                batch[i].start.is_some(),
-            )?);
-            let mut queues = queues_of.remove(&task.id.0).unwrap_or_default();
-            queues.sort_unstable();
-            created[i].queues = queues;
-        }
-        for chunk in edges.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new("INSERT INTO step_edges (task_id, parent_id, child_id) ");
-            sql.push_values(chunk, |b, (task, parent, child)| {
-                b.bind(task.0).bind(parent.0).bind(child.0);
-            });
-            B::execute(conn, &sql).await?;
-        }
-        let mut announce: Vec<String> = created.iter().flat_map(|c| c.queues.clone()).collect();
-        announce.sort_unstable();
-        announce.dedup();
-        B::write_effects(conn, &transitions, &Outbox::new(), &[], &announce).await?;
-        Ok(created)
     }
+
+    // 3. Edges and audit rows.
+    let mut edges: Vec<(TaskId, StepId, StepId)> = Vec::new();
+    let mut transitions: Vec<NewTransition<'_>> = Vec::new();
+    for &i in &new {
+        let task = &created[i].task;
+        let by_name: HashMap<String, StepId> = plans[i]
+            .steps
+            .iter()
+            .filter_map(|s| {
+                ids.get(&(task.id.0, s.name.to_owned()))
+                    .map(|id| (s.name.to_owned(), *id))
+            })
+            .collect();
+        edges.extend(
+            plans[i]
+                .edges(&by_name)?
+                .into_iter()
+                .map(|(p, c)| (task.id, p, c)),
+        );
+        transitions.extend(plans[i].initial_transitions(
+            task.id,
+            &by_name,
+            &batch[i].instance_id,
+            batch[i].start.is_some(),
+        )?);
+        let mut queues = queues_of.remove(&task.id.0).unwrap_or_default();
+        queues.sort_unstable();
+        created[i].queues = queues;
+    }
+    for chunk in edges.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new("INSERT INTO step_edges (task_id, parent_id, child_id) ");
+        sql.push_values(chunk, |b, (task, parent, child)| {
+            b.bind(task.0).bind(parent.0).bind(child.0);
+        });
+        B::execute(conn, &sql).await?;
+    }
+    let mut announce: Vec<String> = created.iter().flat_map(|c| c.queues.clone()).collect();
+    announce.sort_unstable();
+    announce.dedup();
+    B::write_effects(conn, &transitions, &Outbox::new(), &[], &announce).await?;
+    Ok(created)
 }
 
 #[async_trait]
@@ -270,7 +285,7 @@ impl<B: Backend> TaskStore for SqlStore<B> {
 
     async fn task_create_many(&self, params: &[TaskCreateParams]) -> Result<Vec<TaskCreated>> {
         let mut tx = self.begin_write().await?;
-        let created = Self::create_in(&mut tx, params).await?;
+        let created = B::create_tasks(&mut tx, params).await?;
         commit::<B>(tx).await?;
         Ok(created)
     }

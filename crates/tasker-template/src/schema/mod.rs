@@ -89,7 +89,6 @@ impl ContextValidator {
     }
 }
 
-
 /// Converts a validation error; a missing required property gets the pointer of the property
 /// itself rather than of the object lacking it.
 fn to_problem(error: ValidationError<'_>) -> ContextProblem {
