@@ -194,6 +194,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                         routing: routing(),
                         evaluate_queue: "bench.evaluate".into(),
                         instance_id: "bench".into(),
+                        chain: None,
                     }))
                     .expect("apply");
                 assert_eq!(applied.finished.len(), STEPS);

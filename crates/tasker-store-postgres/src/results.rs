@@ -9,12 +9,14 @@
 //! task still runs), and the shared conformance suite holds both to the same behaviour.
 
 use sqlx::{types::Json, PgConnection, Row};
+use std::collections::HashSet;
 use tasker_store::Result;
+
 use tasker_store_sql::{
-    qualified, step as decode_step, task as decode_task, Counted, EffectsApplied, EffectsPlan,
-    RowExt, StepMove, STEP_COLUMNS, TASK_COLUMNS,
+    claimed_steps, qualified, step as decode_step, step_token_sql, task as decode_task, Counted,
+    EffectsApplied, EffectsPlan, JsonRow, RowExt, StepMove, STEP_COLUMNS, TASK_COLUMNS,
 };
-use tasker_types::{settle, Entity, StepEvent, StepState};
+use tasker_types::{settle, Entity, StepEvent, StepId, StepState};
 
 use crate::{map_err, BindTransitions, NOW_MS};
 
@@ -115,10 +117,38 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
     Ok(counted)
 }
 
-/// Enqueues the chosen children (each in its queue), completes the chosen tasks, announces the
-/// idle ones, and writes the audit rows, the messages, the consumed deliveries' deletion and a
-/// `NOTIFY` for each queue that received messages or steps. Audit rows are inserted in the
-/// plan's order, then the children's, then the tasks', so ids follow it.
+/// The `json_build_object` arguments of a claimed step's row, in `JsonRow`'s shape: its columns,
+/// its lease token, its task's context and one parent's name and output, as `claimed_steps`
+/// reads them (steps aliased `s`, tasks `t`, parents `p`).
+fn claimed_object() -> String {
+    STEP_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .map(|c| format!("s.{c} AS {c}"))
+        .chain([
+            "s.lease_token AS lease_token".to_owned(),
+            "t.context AS context".to_owned(),
+            "p.name AS parent_name".to_owned(),
+            "p.result AS parent_result".to_owned(),
+            "false AS exhausted".to_owned(),
+        ])
+        .map(|column| {
+            // `JsonRow`'s shape: each value in a one-element array, SQL NULL as null.
+            let (value, name) = column.split_once(" AS ").unwrap_or((&column, &column));
+            format!(
+                "'{name}', CASE WHEN {value} IS NULL THEN NULL ELSE json_build_array({value}) END"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Enqueues the chosen children (each in its queue; those of the chain claimed at once, as
+/// `step_claim` would), completes the chosen tasks, announces the idle ones, and writes the
+/// audit rows, the messages, the consumed deliveries' deletion and a `NOTIFY` for each queue
+/// that received messages or waiting steps. Audit rows are inserted in the plan's order, then
+/// the children's (a claimed child's start after its enqueue), then the tasks', so ids follow
+/// it. The claimed children come back with their handlers' input.
 pub(crate) async fn apply_effects(
     conn: &mut PgConnection,
     plan: &EffectsPlan<'_>,
@@ -132,6 +162,11 @@ pub(crate) async fn apply_effects(
         complete_path.1.push(from.transition(event)?.as_str());
         complete_path.2.push(event.name());
     }
+    let chained: HashSet<StepId> = plan
+        .chain
+        .as_ref()
+        .map(|c| c.steps.iter().copied().collect())
+        .unwrap_or_default();
     let (queues, payloads): (Vec<&str>, Vec<Json<&serde_json::Value>>) = plan
         .outbox
         .iter()
@@ -139,9 +174,17 @@ pub(crate) async fn apply_effects(
         .unzip();
     let rows = sqlx::query(&format!(
         "WITH enqueued AS ( \
-           UPDATE steps SET state = $1, queue = c.q, visible_at_ms = {now}, lease_token = NULL \
-           FROM unnest($3::bigint[], $25::text[]) AS c(id, q) \
-           WHERE steps.id = c.id AND steps.state = $2 RETURNING steps.id, steps.task_id, c.q), \
+           UPDATE steps SET queue = c.q, \
+             state = CASE WHEN c.chain THEN $32 ELSE $1 END, \
+             visible_at_ms = {now} + CASE WHEN c.chain THEN $33 ELSE 0 END, \
+             lease_token = CASE WHEN c.chain THEN {token} END, \
+             attempts = attempts + CASE WHEN c.chain THEN 1 ELSE 0 END, \
+             started_at_ms = CASE WHEN c.chain THEN COALESCE(started_at_ms, {now}) \
+                             ELSE started_at_ms END, \
+             next_attempt_at_ms = CASE WHEN c.chain THEN NULL ELSE next_attempt_at_ms END \
+           FROM unnest($3::bigint[], $25::text[], $31::bool[]) AS c(id, q, chain) \
+           WHERE steps.id = c.id AND steps.state = $2 \
+           RETURNING {steps}, steps.lease_token, c.q, c.chain), \
          done AS ( \
            UPDATE tasks SET state = $4, updated_at_ms = {now}, finished_at_ms = {now} \
            WHERE state = $5 AND id = ANY($6::bigint[]) RETURNING {TASK_COLUMNS}), \
@@ -157,7 +200,10 @@ pub(crate) async fn apply_effects(
                          $13::text[], $14::text[], $15::text[]) \
                   WITH ORDINALITY AS a(e, t, s, f, o, ev, r, i, n) \
              UNION ALL \
-             SELECT $16, q.task_id, q.id, $2, $1, $17, NULL, $18, 1, q.id FROM enqueued q \
+             SELECT $16, q.task_id, q.id, $2, $1, $17, NULL, $18, 1, q.id * 2 FROM enqueued q \
+             UNION ALL \
+             SELECT $16, q.task_id, q.id, $1, $32, $35, NULL, $18, 1, q.id * 2 + 1 \
+             FROM enqueued q WHERE q.chain \
              UNION ALL \
              SELECT $19, d.id, NULL, x.f, x.o, x.ev, NULL, $18, 2, d.id * 4 + x.k \
              FROM done d CROSS JOIN unnest($20::text[], $21::text[], $22::text[]) \
@@ -179,10 +225,21 @@ pub(crate) async fn apply_effects(
            WHERE m.id = c.id AND m.lease_token = c.token), \
          announced AS ( \
            SELECT q, pg_notify($30, q) \
-           FROM (SELECT queue AS q FROM outbox UNION SELECT q FROM enqueued) AS x) \
-         SELECT (SELECT array_agg(q ORDER BY q) FROM announced) AS queues, d.* \
+           FROM (SELECT queue AS q FROM outbox \
+                 UNION SELECT q FROM enqueued WHERE NOT chain) AS x), \
+         claimed AS ( \
+           SELECT json_agg(json_build_object({claimed_object}) ORDER BY s.id, p.position) AS rows \
+           FROM enqueued s JOIN tasks t ON t.id = s.task_id \
+           LEFT JOIN step_edges e ON e.child_id = s.id \
+           LEFT JOIN steps p ON p.id = e.parent_id \
+           WHERE s.chain) \
+         SELECT (SELECT array_agg(q ORDER BY q) FROM announced) AS queues, \
+                (SELECT rows FROM claimed) AS claimed, d.* \
          FROM (SELECT 1) AS one LEFT JOIN done d ON true",
-        now = NOW_MS
+        now = NOW_MS,
+        token = step_token_sql("$34"),
+        steps = qualified("steps", STEP_COLUMNS),
+        claimed_object = claimed_object(),
     ))
     .bind(enqueue_to.as_str())
     .bind(StepState::Pending.as_str())
@@ -227,6 +284,16 @@ pub(crate) async fn apply_effects(
             .collect::<Vec<_>>(),
     )
     .bind(crate::notify::CHANNEL)
+    .bind(
+        plan.enqueue
+            .iter()
+            .map(|(id, _)| chained.contains(id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(StepState::InProgress.as_str())
+    .bind(plan.chain.as_ref().map_or(0, |c| c.lease_ms))
+    .bind(plan.chain.as_ref().map_or("", |c| c.token.as_str()))
+    .bind(StepEvent::Start.name())
     .fetch_all(conn)
     .await
     .map_err(map_err)?;
@@ -235,6 +302,12 @@ pub(crate) async fn apply_effects(
     if let Some(row) = rows.first() {
         let queues: Option<Vec<String>> = row.try_get("queues").map_err(map_err)?;
         applied.queues = queues.unwrap_or_default();
+        let claimed: Option<Json<Vec<serde_json::Map<String, serde_json::Value>>>> =
+            row.try_get("claimed").map_err(map_err)?;
+        let claimed: Vec<JsonRow> = claimed
+            .map(|c| c.0.into_iter().map(JsonRow).collect())
+            .unwrap_or_default();
+        applied.claimed = claimed_steps(&claimed)?;
     }
     for row in &rows {
         if row.opt_int("id")?.is_some() {

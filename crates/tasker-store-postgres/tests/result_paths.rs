@@ -1,8 +1,9 @@
 //! PostgreSQL applies a batch of step results with its own two statements (`move_steps` and
 //! `apply_effects` of its `Backend`); the portable statements every backend may use do the
-//! same in several. This test runs random workflows with random outcomes, batches, duplicates
-//! and stale results through both on two fresh databases, the same calls in the same order,
-//! and compares every row they leave: steps, tasks, the audit trail and the queues.
+//! same in several. This test runs random workflows with random outcomes, batches, duplicates,
+//! stale results and batches that claim the steps they make ready (chaining) through both on
+//! two fresh databases, the same calls in the same order, and compares every row they leave:
+//! steps, tasks, the audit trail and the queues.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{collections::HashSet, sync::Arc, time::Duration};
@@ -11,8 +12,8 @@ use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
 use sqlx::{pool::PoolConnection, postgres::PgRow, PgConnection, Postgres, Transaction};
 use tasker_store::{
     conformance::template, Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams,
-    Result, StepApplyResultsParams, StepClaimParams, StepClaimed, StepResultApply, StepRouting,
-    Store, StoreError, TaskCreateParams, TemplateRegisterParams,
+    Result, StepApplyResultsParams, StepChain, StepClaimParams, StepClaimed, StepResultApply,
+    StepRouting, Store, StoreError, TaskCreateParams, TemplateRegisterParams,
 };
 use tasker_store_postgres::{test_database::TestDatabase, PgBackend, PgStoreOptions};
 use tasker_store_sql::{Backend, Conn, NewTransition, Outbox, Sql, SqlStore};
@@ -124,7 +125,7 @@ fn yaml(k: usize, dag: &[Vec<usize>]) -> String {
 
 /// Runs the scenario through `store`: creates the tasks started, then in rounds leases every
 /// step message, starts the attempts and applies their outcomes in batches.
-async fn drive(store: &dyn Store, sc: &Scenario) {
+async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
     let routing = StepRouting {
         local_queue: "steps".into(),
         local_handlers: Arc::new(HashSet::from(["noop".to_owned()])),
@@ -151,6 +152,9 @@ async fn drive(store: &dyn Store, sc: &Scenario) {
     store.task_create_many(&requests).await.unwrap();
     let mut outcomes = sc.outcomes.iter().cycle();
     let mut sizes = sc.batches.iter().cycle();
+    // Steps that result batches claimed for the caller (chained), run in the next round.
+    let mut chained: Vec<StepClaimed> = Vec::new();
+    let mut chained_count = 0;
     for _ in 0..20 {
         let mut claimed = store
             .step_claim(&StepClaimParams {
@@ -162,6 +166,7 @@ async fn drive(store: &dyn Store, sc: &Scenario) {
             })
             .await
             .unwrap();
+        claimed.append(&mut chained);
         if claimed.is_empty() {
             break;
         }
@@ -196,21 +201,32 @@ async fn drive(store: &dyn Store, sc: &Scenario) {
             pending.push(result);
         }
         while !pending.is_empty() {
-            let take = (*sizes.next().unwrap()).min(pending.len());
+            let size = *sizes.next().unwrap();
+            let take = size.min(pending.len());
             let mut results: Vec<_> = pending.drain(..take).collect();
             results.append(&mut again);
-            store
+            // Every other batch size claims up to that many of the steps it makes ready.
+            let chain = (size % 2 == 0).then(|| StepChain {
+                queue: "steps".into(),
+                max: u32::try_from(size).unwrap(),
+                lease: Duration::from_secs(300),
+            });
+            let applied = store
                 .step_apply_results(&StepApplyResultsParams {
                     results,
                     consumed: Vec::new(),
                     routing: routing.clone(),
                     evaluate_queue: "finalize".into(),
                     instance_id: "diff".into(),
+                    chain,
                 })
                 .await
                 .unwrap();
+            chained_count += applied.claimed.len();
+            chained.extend(applied.claimed);
         }
     }
+    chained_count
 }
 
 /// Every row the scenario left, without ids that depend on insert order within a statement
@@ -261,6 +277,7 @@ async fn rows(url: &str) -> serde_json::Value {
 fn both_result_paths_leave_the_same_rows() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let completed = AtomicUsize::new(0);
+    let chained = AtomicUsize::new(0);
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 12,
         ..ProptestConfig::default()
@@ -278,8 +295,9 @@ fn both_result_paths_leave_the_same_rows() {
                         .unwrap()
                         .into_backend(),
                 ));
-                drive(&own, &sc).await;
-                drive(&portable, &sc).await;
+                let claimed = drive(&own, &sc).await;
+                prop_assert_eq!(claimed, drive(&portable, &sc).await);
+                chained.fetch_add(claimed, Ordering::Relaxed);
                 own.close().await;
                 portable.close().await;
                 let (a, b) = (rows(&own_db.url).await, rows(&portable_db.url).await);
@@ -296,5 +314,9 @@ fn both_result_paths_leave_the_same_rows() {
     assert!(
         completed.load(Ordering::Relaxed) > 0,
         "no scenario completed a task: the comparison saw only failures"
+    );
+    assert!(
+        chained.load(Ordering::Relaxed) > 0,
+        "no result batch claimed a step: chaining went untested"
     );
 }

@@ -56,6 +56,34 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
 pub const CLAIMED_INPUT_COLUMNS: &str =
     "s.lease_token, t.context, p.name AS parent_name, p.result AS parent_result";
 
+/// The statement that reads claimed steps back with their handlers' input, in the row shape
+/// [`claimed_steps`] decodes: the steps `ids`, of which `exhausted` were leased without a new
+/// attempt.
+pub fn claimed_input(ids: &[i64], exhausted: &[i64]) -> crate::Sql<'static> {
+    let mut sql = crate::Sql::new(format!(
+        "SELECT {}, {CLAIMED_INPUT_COLUMNS}, ",
+        qualified("s", STEP_COLUMNS)
+    ));
+    if exhausted.is_empty() {
+        // A false flag in either database's own type.
+        sql.push("s.id < 0");
+    } else {
+        sql.push("s.id IN (")
+            .push_list(exhausted.iter().copied())
+            .push(")");
+    }
+    sql.push(
+        " AS exhausted FROM steps s \
+         JOIN tasks t ON t.id = s.task_id \
+         LEFT JOIN step_edges e ON e.child_id = s.id \
+         LEFT JOIN steps p ON p.id = e.parent_id \
+         WHERE s.id IN (",
+    )
+    .push_list(ids.iter().copied())
+    .push(") ORDER BY s.id, p.position");
+    sql
+}
+
 /// Groups rows of claimed steps into each step with its lease and its handler's input. Each
 /// row holds the step's columns, [`CLAIMED_INPUT_COLUMNS`] and `exhausted`: one row per parent
 /// (`parent_name` NULL for a step without any), ordered by step id, then parent position.

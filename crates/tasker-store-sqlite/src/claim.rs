@@ -2,8 +2,8 @@
 
 use tasker_store::{Result, StepClaimParams, StepClaimed};
 use tasker_store_sql::{
-    claimed_steps, commit, duration_ms, insert_transitions, qualified, step_token_sql, Backend,
-    NewTransition, RowExt, Sql, CLAIMED_INPUT_COLUMNS, STEP_COLUMNS,
+    claimed_input, claimed_steps, commit, duration_ms, insert_transitions, step_token_sql, Backend,
+    NewTransition, RowExt, Sql,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepState, TaskId};
 
@@ -100,20 +100,13 @@ impl SqliteBackend {
         }
         insert_transitions::<Self>(&mut tx, &transitions).await?;
 
-        let mut read = Sql::new(format!(
-            "SELECT {}, {CLAIMED_INPUT_COLUMNS}, s.id IN (",
-            qualified("s", STEP_COLUMNS)
-        ));
-        read.push_list(picked.iter().filter(|p| p.exhausted).map(|p| p.id))
-            .push(
-                ") AS exhausted FROM steps s \
-                 JOIN tasks t ON t.id = s.task_id \
-                 LEFT JOIN step_edges e ON e.child_id = s.id \
-                 LEFT JOIN steps p ON p.id = e.parent_id \
-                 WHERE s.id IN (",
-            )
-            .push_list(picked.iter().map(|p| p.id))
-            .push(") ORDER BY s.id, p.position");
+        let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+        let exhausted: Vec<i64> = picked
+            .iter()
+            .filter(|p| p.exhausted)
+            .map(|p| p.id)
+            .collect();
+        let read = claimed_input(&ids, &exhausted);
         let claimed = claimed_steps(&Self::fetch_all(&mut tx, &read).await?)?;
         commit::<Self>(tx).await?;
         Ok(claimed)

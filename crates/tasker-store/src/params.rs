@@ -220,6 +220,23 @@ pub struct StepApplyResultsParams {
     pub evaluate_queue: String,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
+    /// Claim the steps these results make ready in one queue for the caller, in the same
+    /// transaction (an in-process worker runs a task's next steps without claiming them).
+    pub chain: Option<StepChain>,
+}
+
+/// [`StepApplyResultsParams::chain`]: children that the results enqueue in `queue`, at most
+/// `max` of them, are claimed at once as [`crate::StepStore::step_claim`] would claim them
+/// (leased for `lease`, their attempts started and audited), and returned in
+/// [`ResultsApplied::claimed`]. The others wait in their queues as usual.
+#[derive(Debug, Clone)]
+pub struct StepChain {
+    /// The caller's queue.
+    pub queue: String,
+    /// At most this many.
+    pub max: u32,
+    /// Each is leased for this long.
+    pub lease: Duration,
 }
 
 /// What [`crate::StepStore::step_apply_results`] did.
@@ -231,6 +248,8 @@ pub struct ResultsApplied {
     pub finished: Vec<TaskRow>,
     /// Queues that received messages or ready steps, for wake-ups.
     pub queues: Vec<String>,
+    /// The steps claimed for the caller ([`StepApplyResultsParams::chain`]), by id.
+    pub claimed: Vec<StepClaimed>,
 }
 
 /// [`crate::StepStore::step_claim`].

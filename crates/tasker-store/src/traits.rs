@@ -211,7 +211,8 @@ pub trait StepStore: Send + Sync {
     /// - the step moves (compare-and-swap on `InProgress` in the result's attempt; a stale or
     ///   duplicate result changes nothing);
     /// - a completed step's children count it, and those left with no unfinished parent are
-    ///   `Enqueued` in the queue `routing` names, when the task is `StepsInProcess`;
+    ///   `Enqueued` in the queue `routing` names, when the task is `StepsInProcess` (or claimed
+    ///   for the caller at once, see [`crate::StepChain`]);
     /// - a task whose last step completed becomes `Complete`;
     /// - any other task that needs deciding (a failure, nothing left running, a task not in
     ///   `StepsInProcess`) is announced on `evaluate_queue`;

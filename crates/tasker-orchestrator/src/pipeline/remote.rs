@@ -180,7 +180,7 @@ pub(crate) async fn claim(
         });
     }
     if !ran_out.is_empty() {
-        apply_results(ctx, &ran_out, Vec::new()).await?;
+        apply_results(ctx, &ran_out, Vec::new(), None).await?;
     }
     Ok(claimed)
 }

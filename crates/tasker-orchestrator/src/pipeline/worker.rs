@@ -7,6 +7,9 @@
 //!   move. Fast handlers share one transaction; once a batch has run for [`FLUSH_AFTER`], the
 //!   results finished so far are applied without waiting for the handlers still running, and
 //!   again every [`FLUSH_AFTER`] after that.
+//! - The transaction that applies results also claims the steps they make ready in this
+//!   worker's queue, while the batch has room (its size counts every step it took): a task's
+//!   next step starts at once, without a claim or a wake-up of its own.
 //! - Every third of the visibility timeout, the leases of the steps whose results are not yet
 //!   applied are extended, so a long handler keeps its step and the finished steps waiting for
 //!   the next flush are not claimed again.
@@ -26,7 +29,7 @@
 use std::{any::Any, collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tasker_store::{StepClaimed, StepLease, StepLeaseExtendParams};
+use tasker_store::{StepChain, StepClaimed, StepLease, StepLeaseExtendParams};
 use tasker_types::{StepId, StepRow, TaskId};
 use tokio::task::{Id as TaskHandle, JoinError, JoinSet};
 use tracing::Instrument;
@@ -50,6 +53,23 @@ pub struct InProcessWorker {
     pub(crate) handlers: Arc<HandlerRegistry>,
     /// The queue its steps wait in ([`crate::pipeline::messages::LOCAL_STEPS`]).
     pub(crate) queue: String,
+}
+
+/// A batch in progress: the steps it claimed, the attempts running, the results not yet
+/// applied.
+struct Batch {
+    /// Most steps the batch takes, the chained ones included.
+    size: u32,
+    /// Steps taken so far.
+    count: usize,
+    /// The leases of the steps whose results are not applied yet.
+    held: HashMap<StepId, StepLease>,
+    /// Results not yet applied.
+    finished: Vec<StepResult>,
+    /// The running attempts. Dropped with the batch, the set aborts its tasks (see
+    /// `run_batch`'s "Cancellation").
+    tasks: JoinSet<StepOutcome>,
+    running: HashMap<TaskHandle, Running>,
 }
 
 /// What the batch's loop knows of an attempt running on a task of its `JoinSet`: enough to
@@ -84,15 +104,55 @@ impl InProcessWorker {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let count = claimed.len();
-        // The leases of the steps whose results are not applied yet.
-        let mut held: HashMap<StepId, StepLease> = HashMap::with_capacity(count);
-        let mut finished: Vec<StepResult> = Vec::new();
-        // Dropped with this future, the set aborts its tasks (see "Cancellation" above).
-        let mut tasks: JoinSet<StepOutcome> = JoinSet::new();
-        let mut running: HashMap<TaskHandle, Running> = HashMap::with_capacity(count);
+        let mut batch = Batch {
+            size: batch,
+            count: 0,
+            held: HashMap::with_capacity(claimed.len()),
+            finished: Vec::new(),
+            tasks: JoinSet::new(),
+            running: HashMap::with_capacity(claimed.len()),
+        };
+        self.start(&mut batch, claimed);
+        let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
+        let mut extend = tokio::time::interval_at(leased_at + period, period);
+        // After a long flush, one extension at once rather than one per missed period.
+        extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let flush_at = tokio::time::sleep(FLUSH_AFTER);
+        tokio::pin!(flush_at);
+        loop {
+            while !batch.tasks.is_empty() {
+                tokio::select! {
+                    joined = batch.tasks.join_next_with_id() => {
+                        // Never `None`: the set is not empty.
+                        if let Some(joined) = joined {
+                            batch.finished.push(collect(joined, &mut batch.running));
+                        }
+                    }
+                    // Once the batch has run a while, the results so far are applied without
+                    // waiting for the rest, which keep running on their tasks meanwhile.
+                    () = &mut flush_at, if !batch.finished.is_empty() => {
+                        self.flush(&mut batch).await?;
+                        flush_at.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                    }
+                    // Long handlers neither lose their own step nor let the steps waiting
+                    // behind them be claimed by another worker.
+                    _ = extend.tick() => self.extend_leases(&batch.held).await,
+                }
+            }
+            // The last results may have claimed the next steps of their tasks.
+            self.flush(&mut batch).await?;
+            if batch.tasks.is_empty() && batch.finished.is_empty() {
+                return Ok(batch.count);
+            }
+        }
+    }
+
+    /// Starts the attempts of `claimed` on the batch's tasks (a step whose lease ran out on its
+    /// last attempt is reported failed instead).
+    fn start(&self, batch: &mut Batch, claimed: Vec<StepClaimed>) {
+        batch.count += claimed.len();
         for claim in claimed {
-            held.insert(
+            batch.held.insert(
                 claim.step.id,
                 StepLease {
                     step_id: claim.step.id,
@@ -100,12 +160,12 @@ impl InProcessWorker {
                 },
             );
             if claim.exhausted {
-                finished.push(lease_ran_out(&claim.step));
+                batch.finished.push(lease_ran_out(&claim.step));
                 continue;
             }
             let (step, input) = handler_input(claim);
-            let handle = tasks.spawn(self.attempt(&step, input));
-            running.insert(
+            let handle = batch.tasks.spawn(self.attempt(&step, input));
+            batch.running.insert(
                 handle.id(),
                 Running {
                     task_id: step.task_id,
@@ -114,33 +174,6 @@ impl InProcessWorker {
                 },
             );
         }
-        let period = (self.ctx.visibility_timeout / 3).max(Duration::from_millis(10));
-        let mut extend = tokio::time::interval_at(leased_at + period, period);
-        // After a long flush, one extension at once rather than one per missed period.
-        extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let flush_at = tokio::time::sleep(FLUSH_AFTER);
-        tokio::pin!(flush_at);
-        while !tasks.is_empty() {
-            tokio::select! {
-                joined = tasks.join_next_with_id() => {
-                    // Never `None`: the set is not empty.
-                    if let Some(joined) = joined {
-                        finished.push(collect(joined, &mut running));
-                    }
-                }
-                // Once the batch has run a while, the results so far are applied without
-                // waiting for the rest, which keep running on their tasks meanwhile.
-                () = &mut flush_at, if !finished.is_empty() => {
-                    self.flush(&mut finished, &mut held).await?;
-                    flush_at.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
-                }
-                // Long handlers neither lose their own step nor let the steps waiting behind
-                // them be claimed by another worker.
-                _ = extend.tick() => self.extend_leases(&held).await,
-            }
-        }
-        self.flush(&mut finished, &mut held).await?;
-        Ok(count)
     }
 
     /// One step's attempt, to run on a task of its own: the handler with the step's timeout,
@@ -175,19 +208,24 @@ impl InProcessWorker {
         }
     }
 
-    /// Applies the `finished` results in one transaction; their steps' leases end with it.
-    async fn flush(
-        &self,
-        finished: &mut Vec<StepResult>,
-        held: &mut HashMap<StepId, StepLease>,
-    ) -> Result<(), ExecutorError> {
-        if finished.is_empty() {
+    /// Applies the finished results in one transaction; their steps' leases end with it. While
+    /// the batch has room, the steps those results make ready in this worker's queue are
+    /// claimed in that transaction too, and start at once.
+    async fn flush(&self, batch: &mut Batch) -> Result<(), ExecutorError> {
+        if batch.finished.is_empty() {
             return Ok(());
         }
-        apply_results(&self.ctx, finished, Vec::new()).await?;
-        for result in finished.drain(..) {
-            held.remove(&result.step_id);
+        let room = u32::try_from(batch.count).map_or(0, |count| batch.size.saturating_sub(count));
+        let chain = (room > 0).then(|| StepChain {
+            queue: self.queue.clone(),
+            max: room,
+            lease: self.ctx.visibility_timeout,
+        });
+        let claimed = apply_results(&self.ctx, &batch.finished, Vec::new(), chain).await?;
+        for result in batch.finished.drain(..) {
+            batch.held.remove(&result.step_id);
         }
+        self.start(batch, claimed);
         Ok(())
     }
 

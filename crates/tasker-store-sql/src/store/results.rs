@@ -59,6 +59,8 @@ pub struct Counted {
 pub struct EffectsPlan<'a> {
     /// Children to enqueue while still `Pending`, each with the queue it waits in.
     pub enqueue: Vec<(StepId, String)>,
+    /// Which of them are claimed for the caller at once (see `StepChain`).
+    pub chain: Option<ChainPlan>,
     /// Running tasks to complete along [`settle::COMPLETE_FROM_RUNNING`].
     pub complete: Vec<TaskId>,
     /// Tasks to announce on `evaluate_queue` unless a step of theirs is `Enqueued` or
@@ -76,6 +78,17 @@ pub struct EffectsPlan<'a> {
     pub instance_id: &'a str,
 }
 
+/// The children of [`EffectsPlan::enqueue`] claimed at once, and their lease.
+#[derive(Debug, Clone)]
+pub struct ChainPlan {
+    /// The children, in id order.
+    pub steps: Vec<StepId>,
+    /// The lease, in milliseconds.
+    pub lease_ms: i64,
+    /// The claim's token (each step's lease token adds its id).
+    pub token: String,
+}
+
 /// What [`Backend::apply_effects`] did.
 #[derive(Debug, Clone, Default)]
 pub struct EffectsApplied {
@@ -83,6 +96,8 @@ pub struct EffectsApplied {
     pub finished: Vec<TaskRow>,
     /// The queues that received messages or steps.
     pub queues: Vec<String>,
+    /// The children claimed at once, with their handlers' input.
+    pub claimed: Vec<tasker_store::StepClaimed>,
 }
 
 /// `StepStore::step_apply_results`.
@@ -175,8 +190,24 @@ pub(super) async fn apply_results<B: Backend>(
             .or_default()
             .push(serde_json::json!(TaskMessage { task_id }));
     }
+    // Settlement chose the children; the caller's queue takes the first ones at once.
+    let chain = params.chain.as_ref().and_then(|chain| {
+        let mut steps: Vec<StepId> = enqueue
+            .iter()
+            .filter(|(_, queue)| *queue == chain.queue)
+            .map(|(id, _)| *id)
+            .collect();
+        steps.sort_unstable_by_key(|id| id.0);
+        steps.truncate(usize::try_from(chain.max).unwrap_or(usize::MAX));
+        (!steps.is_empty()).then(|| ChainPlan {
+            steps,
+            lease_ms: duration_ms(chain.lease),
+            token: uuid::Uuid::new_v4().to_string(),
+        })
+    });
     let plan = EffectsPlan {
         enqueue,
+        chain,
         complete: effects.complete,
         evaluate_if_idle: effects
             .evaluate_if_idle
@@ -193,6 +224,7 @@ pub(super) async fn apply_results<B: Backend>(
     commit::<B>(tx).await?;
     applied.finished = done.finished;
     applied.queues = done.queues;
+    applied.claimed = done.claimed;
     Ok(applied)
 }
 
@@ -300,48 +332,89 @@ pub async fn apply_effects<B: Backend>(
     let mut applied = EffectsApplied::default();
 
     let to = StepState::Pending.transition(StepEvent::Enqueue)?;
-    let mut by_queue: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let chained: HashSet<StepId> = plan
+        .chain
+        .as_ref()
+        .map(|c| c.steps.iter().copied().collect())
+        .unwrap_or_default();
+    let mut by_queue: BTreeMap<(&str, bool), Vec<i64>> = BTreeMap::new();
     for (id, queue) in &plan.enqueue {
-        by_queue.entry(queue).or_default().push(id.0);
+        by_queue
+            .entry((queue, chained.contains(id)))
+            .or_default()
+            .push(id.0);
     }
     let mut step_queues: Vec<String> = Vec::new();
-    let mut enqueued_rows: Vec<(i64, i64)> = Vec::new();
-    for (queue, ids) in by_queue {
+    let mut enqueued_rows: Vec<(i64, i64, bool)> = Vec::new();
+    for ((queue, chain), ids) in by_queue {
         let mut enqueued = 0;
         for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new("UPDATE steps SET state = ");
-            sql.push_bind(to.as_str())
-                .push(", queue = ")
-                .push_bind(queue)
-                .push(&format!(
-                    ", visible_at_ms = {}, lease_token = NULL WHERE state = ",
-                    B::NOW_MS
-                ))
+            let mut sql = Sql::new("UPDATE steps SET queue = ");
+            sql.push_bind(queue);
+            match &plan.chain {
+                // Claimed at once: as `step_claim` leases and starts a step.
+                Some(c) if chain => {
+                    let token = sql.placeholder(c.token.as_str());
+                    sql.push(", state = ")
+                        .push_bind(StepState::InProgress.as_str())
+                        .push(", lease_token = ")
+                        .push(&super::step_token_sql(&token))
+                        .push(&format!(", visible_at_ms = {} + ", B::NOW_MS))
+                        .push_bind(c.lease_ms)
+                        .push(&format!(
+                            ", attempts = attempts + 1, \
+                             started_at_ms = COALESCE(started_at_ms, {now}), \
+                             next_attempt_at_ms = NULL",
+                            now = B::NOW_MS
+                        ));
+                }
+                _ => {
+                    sql.push(", state = ").push_bind(to.as_str()).push(&format!(
+                        ", visible_at_ms = {}, lease_token = NULL",
+                        B::NOW_MS
+                    ));
+                }
+            }
+            sql.push(" WHERE state = ")
                 .push_bind(StepState::Pending.as_str())
                 .push(" AND id IN (")
                 .push_list(chunk.iter().copied())
                 .push(") RETURNING id, task_id");
             for row in B::fetch_all(conn, &sql).await? {
                 enqueued += 1;
-                enqueued_rows.push((row.int("id")?, row.int("task_id")?));
+                enqueued_rows.push((row.int("id")?, row.int("task_id")?, chain));
             }
         }
-        if enqueued > 0 {
+        if enqueued > 0 && !chain {
             step_queues.push(queue.to_owned());
         }
     }
-    // Audit rows in step order, whatever the queues.
+    // Audit rows in step order, whatever the queues; a claimed step's start after its enqueue.
     enqueued_rows.sort_unstable();
-    transitions.extend(enqueued_rows.into_iter().map(|(step, task)| NewTransition {
-        entity: Entity::Step,
-        task_id: TaskId(task),
-        step_id: Some(StepId(step)),
-        from_state: Some(StepState::Pending.as_str()),
-        to_state: to.as_str(),
-        event: StepEvent::Enqueue.name(),
-        reason: None,
-        instance_id: plan.instance_id,
-    }));
+    let mut claimed_ids: Vec<i64> = Vec::new();
+    for &(step, task, chain) in &enqueued_rows {
+        let moves: &[(StepState, StepEvent)] = if chain {
+            claimed_ids.push(step);
+            &[
+                (StepState::Pending, StepEvent::Enqueue),
+                (StepState::Enqueued, StepEvent::Start),
+            ]
+        } else {
+            &[(StepState::Pending, StepEvent::Enqueue)]
+        };
+        for &(from, event) in moves {
+            transitions.push(NewTransition {
+                entity: Entity::Step,
+                task_id: TaskId(task),
+                step_id: Some(StepId(step)),
+                from_state: Some(from.as_str()),
+                to_state: from.transition(event)?.as_str(),
+                event: event.name(),
+                reason: None,
+                instance_id: plan.instance_id,
+            });
+        }
+    }
 
     if !plan.evaluate_if_idle.is_empty() {
         // Literal states: exactly `steps_running_idx`'s predicate, so even a generic plan may
@@ -399,6 +472,10 @@ pub async fn apply_effects<B: Backend>(
     }
 
     B::write_effects(conn, &transitions, &outbox, plan.consumed, &step_queues).await?;
+    if !claimed_ids.is_empty() {
+        let rows = B::fetch_all(conn, &crate::claimed_input(&claimed_ids, &[])).await?;
+        applied.claimed = crate::claimed_steps(&rows)?;
+    }
     applied.queues = outbox.into_keys().chain(step_queues).collect();
     applied.queues.sort_unstable();
     applied.queues.dedup();

@@ -5,11 +5,11 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use serde_json::json;
 use tasker_types::{StepId, StepState, TaskId};
 
-use super::results::{apply, local_noop, ready, running, state_of, step_id, success};
+use super::results::{apply, local_noop, ready, running, start, state_of, step_id, success};
 use crate::{
     conformance::{claim, create_task, diamond, template},
-    QueueForwardParams, StepClaimParams, StepEnqueueManyParams, StepLease, StepLeaseExtendParams,
-    Store, StoreError,
+    QueueForwardParams, StepChain, StepClaimParams, StepEnqueueManyParams, StepLease,
+    StepLeaseExtendParams, Store, StoreError,
 };
 
 const LONG: Duration = Duration::from_secs(300);
@@ -336,4 +336,90 @@ pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
         [(other_id, 2)],
         "a result never applied: the step runs again"
     );
+}
+
+/// A result batch with a chain claims, in its own transaction, the children it makes ready in
+/// the chain's queue, at most `max`, oldest first: leased, started and audited as a claim
+/// would, with their handlers' input; the others wait in the queue as usual.
+pub async fn step_apply_results_claims_what_it_makes_ready(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let root = start(s, task.id, "start").await;
+    let chain = |max| StepChain {
+        queue: "local".into(),
+        max,
+        lease: LONG,
+    };
+    let mut params = apply(vec![success(task.id, root)], local_noop());
+    params.chain = Some(chain(1));
+    let applied = s.step_apply_results(&params).await.unwrap();
+    let left = step_id(s, task.id, "left").await;
+    assert_eq!(
+        applied
+            .claimed
+            .iter()
+            .map(|c| c.step.id)
+            .collect::<Vec<_>>(),
+        [left],
+        "one claimed, the oldest"
+    );
+    let claimed = &applied.claimed[0];
+    assert_eq!(claimed.step.state, StepState::InProgress);
+    assert_eq!(claimed.step.attempts, 1);
+    assert_eq!(claimed.step.queue.as_deref(), Some("local"));
+    assert!(claimed.step.started_at_ms.is_some());
+    assert!(!claimed.lease_token.is_empty() && !claimed.exhausted);
+    assert_eq!(claimed.context, json!({"n": 1}));
+    assert_eq!(
+        claimed.parents,
+        [("start".to_owned(), Some(json!({ "step": root.0 .0 })))]
+    );
+    assert_eq!(applied.queues, ["local"], "right waits in the queue");
+    assert_eq!(state_of(s, task.id, "right").await, StepState::Enqueued);
+    assert_eq!(ready(s, "local").await, 1);
+    let events: Vec<String> = s
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.step_id == Some(left))
+        .map(|t| t.event)
+        .collect();
+    assert_eq!(events, ["create", "enqueue", "start"]);
+    let lost = s
+        .step_lease_extend(&StepLeaseExtendParams {
+            leases: vec![lease(left, &claimed.lease_token)],
+            lease: LONG,
+        })
+        .await
+        .unwrap();
+    assert!(lost.is_empty(), "the chained claim holds its lease");
+
+    // Both parents of the join in one batch: the join is claimed with both outputs.
+    let right = start(s, task.id, "right").await;
+    let mut params = apply(
+        vec![
+            success(task.id, (left, claimed.step.attempts)),
+            success(task.id, right),
+        ],
+        local_noop(),
+    );
+    params.chain = Some(chain(10));
+    let applied = s.step_apply_results(&params).await.unwrap();
+    assert_eq!(applied.claimed.len(), 1);
+    assert_eq!(applied.claimed[0].step.name, "join");
+    assert_eq!(
+        applied.claimed[0].parents,
+        [
+            ("left".to_owned(), Some(json!({ "step": left.0 }))),
+            ("right".to_owned(), Some(json!({ "step": right.0 .0 })))
+        ]
+    );
+    assert!(
+        applied.queues.is_empty(),
+        "nothing left waiting: {:?}",
+        applied.queues
+    );
+    assert_eq!(ready(s, "local").await, 0);
 }

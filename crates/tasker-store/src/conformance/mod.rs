@@ -83,6 +83,7 @@ macro_rules! store_conformance {
             step_lease_extend_keeps_held_leases,
             step_claim_concurrent_claimers_get_each_step_once,
             queue_forward_settles_step_leases,
+            step_apply_results_claims_what_it_makes_ready,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,

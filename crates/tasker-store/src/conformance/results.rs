@@ -94,6 +94,7 @@ pub(super) fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> Step
         routing,
         evaluate_queue: "evaluate".into(),
         instance_id: "conformance".into(),
+        chain: None,
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tasker_store::{
-    retry_contended, QueueAckParams, StepApplyResultsParams, StepResultApply, StoreError,
+    retry_contended, QueueAckParams, StepApplyResultsParams, StepChain, StepClaimed,
+    StepResultApply, StoreError,
 };
 use tasker_types::{settle, StepEvent, StepState};
 
@@ -84,7 +85,8 @@ async fn prepare(
 /// (see [`tasker_store::StepStore::step_apply_results`]), then wakes the queues that received
 /// work and announces the moved steps and finished tasks. Shared by the StepResultProcessor
 /// (results from remote workers) and the in-process workers, which apply their own results
-/// with the acknowledgement of their step messages rather than cross a queue to this process.
+/// rather than cross a queue to this process, and may `chain`: claim the children the results
+/// make ready in their own queue, returned to run next.
 ///
 /// # Errors
 ///
@@ -93,7 +95,8 @@ pub(crate) async fn apply_results(
     ctx: &ExecutorContext,
     results: &[StepResult],
     consumed: Vec<QueueAckParams>,
-) -> Result<(), ExecutorError> {
+    chain: Option<StepChain>,
+) -> Result<Vec<StepClaimed>, ExecutorError> {
     let mut apply = Vec::with_capacity(results.len());
     for result in results {
         apply.extend(prepare(ctx, result).await?);
@@ -104,6 +107,7 @@ pub(crate) async fn apply_results(
         routing: ctx.routing.clone(),
         evaluate_queue: TASK_FINALIZE.to_owned(),
         instance_id: ctx.instance_id.clone(),
+        chain,
     };
     let applied = retry_contended(|| ctx.store.step_apply_results(&params)).await?;
     for queue in &applied.queues {
@@ -125,7 +129,7 @@ pub(crate) async fn apply_results(
             state: task.state,
         });
     }
-    Ok(())
+    Ok(applied.claimed)
 }
 
 #[async_trait]
@@ -149,7 +153,7 @@ impl OrchestrationExecutor for StepResultProcessor {
             });
         }
         if !consumed.is_empty() {
-            apply_results(&self.ctx, &results, consumed).await?;
+            apply_results(&self.ctx, &results, consumed, None).await?;
         }
         Ok(messages.len())
     }
