@@ -1,33 +1,33 @@
-//! Creating a batch of tasks: `Backend::create_tasks` on PostgreSQL, in two statements
-//! whatever the batch's size.
+//! Creating a batch of tasks: `Backend::create_tasks` on PostgreSQL, one statement whatever
+//! the batch's size.
 //!
-//! The first reserves the ids of the new tasks and steps from their identity sequences, so
-//! every row, edge and audit row can be written before any is inserted. The second inserts
-//! them all with data-modifying CTEs over arrays (one bound array per column, not one
-//! parameter per value): the tasks first, skipping a repeated idempotency key; then only the
-//! steps, edges and audit rows of the tasks that were inserted, and a `NOTIFY` for each queue
-//! that received a step. Which rows a task is created with (the plan, the initial audit rows,
-//! the queues of a started task's roots) is decided in Rust, by the code the portable version
-//! uses.
+//! Data-modifying CTEs over arrays (one bound array per column, not one parameter per value)
+//! insert the tasks, skipping a repeated idempotency key; then only the inserted tasks' steps,
+//! edges and audit rows, and a `NOTIFY` for each queue that received a step. Ids come from the
+//! tables' identity sequences inside the statement, so the rows that point at each other are
+//! sent with stand-ins: a task by its place in the batch (1, 2, …), a step by its task's place
+//! and its position. Which rows a task is created with (the plan, the initial audit rows, which
+//! of a started task's roots this process runs) is decided in Rust, by the code the portable
+//! version uses.
 
 use std::collections::HashMap;
 
-use sqlx::{types::Json, PgConnection, Row};
+use sqlx::{types::Json, PgConnection};
 use tasker_store::{Result, TaskCreateParams, TaskCreated};
 use tasker_store_sql::{
-    corrupt, created_or_existing, task as decode_task, NewTransition, StepPlan, TASK_COLUMNS,
+    created_or_existing, task as decode_task, NewTransition, PlannedStep, StepPlan, TASK_COLUMNS,
 };
 use tasker_types::{StepId, StepState, TaskId, TaskState};
 
 use crate::{map_err, notify, BindTransitions, PgBackend, NOW_MS};
 
-/// One new step row, its id reserved.
-struct StepRow<'a> {
-    id: i64,
-    task_id: i64,
-    plan: &'a tasker_store_sql::PlannedStep<'a>,
-    /// The queue a started task's root waits in.
-    queue: Option<String>,
+/// One new step row, by its task's place in the batch.
+struct NewStep<'a> {
+    task: i64,
+    plan: &'a PlannedStep<'a>,
+    /// A started task's root: the in-process queue, or `None` for its namespace's.
+    local_queue: Option<&'a str>,
+    started: bool,
 }
 
 /// Creates `batch` (see the module docs).
@@ -39,139 +39,109 @@ pub(crate) async fn create_tasks(
         return Ok(Vec::new());
     }
     let plans: Vec<StepPlan<'_>> = batch.iter().map(|p| StepPlan::new(&p.steps)).collect();
-    let step_count: usize = plans.iter().map(|p| p.steps.len()).sum();
 
-    // 1. Ids, in increasing order (the tasks' follow the requests' order), and the templates'
-    // namespaces, which route a started task's roots.
-    let mut template_ids: Vec<i64> = batch.iter().map(|p| p.template_id).collect();
-    template_ids.sort_unstable();
-    template_ids.dedup();
-    let reserved = sqlx::query(
-        "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id')) \
-                      FROM generate_series(1, $1)) AS tasks, \
-                ARRAY(SELECT nextval(pg_get_serial_sequence('steps', 'id')) \
-                      FROM generate_series(1, $2)) AS steps, \
-                ARRAY(SELECT id FROM templates WHERE id = ANY($3) ORDER BY id) AS templates, \
-                ARRAY(SELECT namespace FROM templates WHERE id = ANY($3) ORDER BY id) \
-                  AS namespaces",
-    )
-    .bind(i64::try_from(batch.len()).unwrap_or(i64::MAX))
-    .bind(i64::try_from(step_count).unwrap_or(i64::MAX))
-    .bind(&template_ids)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(map_err)?;
-    let mut task_ids: Vec<i64> = reserved.try_get("tasks").map_err(map_err)?;
-    let mut step_ids: Vec<i64> = reserved.try_get("steps").map_err(map_err)?;
-    if task_ids.len() != batch.len() || step_ids.len() != step_count {
-        return Err(corrupt("id reservation", "fewer ids than rows"));
-    }
-    task_ids.sort_unstable();
-    step_ids.sort_unstable();
-    let known: Vec<i64> = reserved.try_get("templates").map_err(map_err)?;
-    let namespaces: Vec<String> = reserved.try_get("namespaces").map_err(map_err)?;
-    let namespace_of: HashMap<i64, String> = known.into_iter().zip(namespaces).collect();
-
-    // 2. Every row, as the portable version would write it.
-    let mut steps: Vec<StepRow<'_>> = Vec::with_capacity(step_count);
+    // Every row, as the portable version would write it, with stand-ins for the ids.
+    let mut steps: Vec<NewStep<'_>> = Vec::new();
     let mut edges: Vec<(i64, StepId, StepId)> = Vec::new();
     let mut transitions: Vec<NewTransition<'_>> = Vec::new();
-    let mut queues_of: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut next_step = step_ids.into_iter();
-    for ((p, plan), &task_id) in batch.iter().zip(&plans).zip(&task_ids) {
-        let mut by_name: HashMap<String, StepId> = HashMap::with_capacity(plan.steps.len());
+    for ((p, plan), task) in batch.iter().zip(&plans).zip(1_i64..) {
+        let positions: HashMap<String, StepId> = plan
+            .steps
+            .iter()
+            .map(|s| (s.name.to_owned(), StepId(s.position)))
+            .collect();
         for step in &plan.steps {
-            let id = next_step
-                .next()
-                .ok_or_else(|| corrupt("id reservation", "a step without an id"))?;
-            by_name.insert(step.name.to_owned(), StepId(id));
-            // A request for an unknown template inserts nothing: its queues do not matter.
-            let namespace = namespace_of.get(&p.template_id).map_or("", String::as_str);
-            let queue = p
-                .start
-                .as_ref()
-                .filter(|_| step.is_root())
-                .map(|routing| routing.queue(namespace, step.handler).to_owned());
-            if let Some(queue) = &queue {
-                let queues = queues_of.entry(task_id).or_default();
-                if !queues.contains(queue) {
-                    queues.push(queue.clone());
-                }
-            }
-            steps.push(StepRow {
-                id,
-                task_id,
+            let started = p.start.is_some() && step.is_root();
+            steps.push(NewStep {
+                task,
                 plan: step,
-                queue,
+                local_queue: p
+                    .start
+                    .as_ref()
+                    .filter(|_| started)
+                    .and_then(|routing| routing.local_queue_for(step.handler)),
+                started,
             });
         }
         edges.extend(
-            plan.edges(&by_name)?
+            plan.edges(&positions)?
                 .into_iter()
-                .map(|(parent, child)| (task_id, parent, child)),
+                .map(|(parent, child)| (task, parent, child)),
         );
         transitions.extend(plan.initial_transitions(
-            TaskId(task_id),
-            &by_name,
+            TaskId(task),
+            &positions,
             &p.instance_id,
             p.start.is_some(),
         )?);
     }
 
-    // 3. One statement.
     let rows = sqlx::query(&format!(
-        "WITH new AS ( \
+        "WITH r AS ( \
+           SELECT u.*, nextval(pg_get_serial_sequence('tasks', 'id')) AS id FROM ( \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::text[], \
+                                  $5::bigint[], $6::bigint[]) \
+                  WITH ORDINALITY AS u(template_id, state, context, key, priority, \
+                                       unfinished, n) \
+             ORDER BY n) AS u), \
+         new AS ( \
            INSERT INTO tasks (id, template_id, namespace, name, version, state, context, \
                               idempotency_key, priority, unfinished_steps, created_at_ms, \
                               updated_at_ms) \
            OVERRIDING SYSTEM VALUE \
            SELECT r.id, t.id, t.namespace, t.name, t.version, r.state, r.context, r.key, \
                   r.priority, r.unfinished, {now}, {now} \
-           FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::text[], \
-                       $6::bigint[], $7::bigint[]) \
-                AS r(id, template_id, state, context, key, priority, unfinished) \
-           JOIN templates t ON t.id = r.template_id \
-           ORDER BY r.id \
+           FROM r JOIN templates t ON t.id = r.template_id \
+           ORDER BY r.n \
            ON CONFLICT (template_id, idempotency_key) DO NOTHING \
            RETURNING {TASK_COLUMNS}), \
+         placed AS (SELECT r.n, new.id, new.namespace FROM r JOIN new ON new.id = r.id), \
+         s AS ( \
+           SELECT u.*, nextval(pg_get_serial_sequence('steps', 'id')) AS id FROM ( \
+             SELECT u.*, placed.id AS task_id, \
+                    CASE WHEN u.started THEN COALESCE(u.local_queue, placed.namespace) END \
+                      AS queue \
+             FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::jsonb[], \
+                         $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], \
+                         $16::bigint[], $17::bigint[], $18::text[], $19::bool[]) \
+                  WITH ORDINALITY AS u(task, position, name, handler, config, max_attempts, \
+                                       base, cap, jitter, timeout, parents, local_queue, \
+                                       started, k) \
+             JOIN placed ON placed.n = u.task \
+             ORDER BY u.k) AS u), \
          new_steps AS ( \
            INSERT INTO steps (id, task_id, position, name, handler, handler_config, state, \
                               max_attempts, retry_base_ms, retry_max_ms, retry_jitter, \
                               timeout_ms, pending_parents, queue, visible_at_ms) \
            OVERRIDING SYSTEM VALUE \
            SELECT s.id, s.task_id, s.position, s.name, s.handler, s.config, \
-                  CASE WHEN s.queue IS NULL THEN $8 ELSE $9 END, s.max_attempts, s.base, \
-                  s.cap, s.jitter, s.timeout, s.parents, s.queue, \
-                  CASE WHEN s.queue IS NULL THEN NULL ELSE {now} END \
-           FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], \
-                       $15::jsonb[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bool[], \
-                       $20::bigint[], $21::bigint[], $22::text[]) \
-                AS s(id, task_id, position, name, handler, config, max_attempts, base, cap, \
-                     jitter, timeout, parents, queue) \
-           WHERE s.task_id IN (SELECT id FROM new) \
-           ORDER BY s.id \
+                  CASE WHEN s.started THEN $20 ELSE $21 END, s.max_attempts, s.base, s.cap, \
+                  s.jitter, s.timeout, s.parents, s.queue, \
+                  CASE WHEN s.started THEN {now} END \
+           FROM s ORDER BY s.id \
            RETURNING queue), \
          new_edges AS ( \
            INSERT INTO step_edges (task_id, parent_id, child_id) \
-           SELECT e.t, e.p, e.c FROM unnest($23::bigint[], $24::bigint[], $25::bigint[]) \
-                AS e(t, p, c) \
-           WHERE e.t IN (SELECT id FROM new)), \
+           SELECT p.task_id, p.id, c.id \
+           FROM unnest($22::bigint[], $23::bigint[], $24::bigint[]) AS e(task, parent, child) \
+           JOIN s p ON p.task = e.task AND p.position = e.parent \
+           JOIN s c ON c.task = e.task AND c.position = e.child), \
          audit AS ( \
            INSERT INTO transitions (entity, task_id, step_id, from_state, to_state, event, \
                                     reason, instance_id, at_ms) \
-           SELECT a.e, a.t, a.s, a.f, a.o, a.ev, a.r, a.i, {now} \
-           FROM unnest($26::text[], $27::bigint[], $28::bigint[], $29::text[], $30::text[], \
-                       $31::text[], $32::text[], $33::text[]) \
-                WITH ORDINALITY AS a(e, t, s, f, o, ev, r, i, n) \
-           WHERE a.t IN (SELECT id FROM new) \
-           ORDER BY a.n), \
+           SELECT a.e, placed.id, st.id, a.f, a.o, a.ev, a.r, a.i, {now} \
+           FROM unnest($25::text[], $26::bigint[], $27::bigint[], $28::text[], $29::text[], \
+                       $30::text[], $31::text[], $32::text[]) \
+                WITH ORDINALITY AS a(e, task, step, f, o, ev, r, i, k) \
+           JOIN placed ON placed.n = a.task \
+           LEFT JOIN s st ON st.task = a.task AND st.position = a.step \
+           ORDER BY a.k), \
          announced AS ( \
-           SELECT pg_notify($34, q) FROM (SELECT DISTINCT queue AS q FROM new_steps \
+           SELECT pg_notify($33, q) FROM (SELECT DISTINCT queue AS q FROM new_steps \
                                            WHERE queue IS NOT NULL) AS x) \
-         SELECT n.*, (SELECT count(*) FROM announced) AS announced FROM new n",
+         SELECT new.*, (SELECT count(*) FROM announced) AS announced FROM new",
         now = NOW_MS
     ))
-    .bind(&task_ids)
     .bind(batch.iter().map(|p| p.template_id).collect::<Vec<_>>())
     .bind(
         batch
@@ -204,10 +174,7 @@ pub(crate) async fn create_tasks(
             .map(|p| i64::try_from(p.steps.len()).unwrap_or(i64::MAX))
             .collect::<Vec<_>>(),
     )
-    .bind(StepState::Pending.as_str())
-    .bind(StepState::Enqueued.as_str())
-    .bind(steps.iter().map(|s| s.id).collect::<Vec<_>>())
-    .bind(steps.iter().map(|s| s.task_id).collect::<Vec<_>>())
+    .bind(steps.iter().map(|s| s.task).collect::<Vec<_>>())
     .bind(steps.iter().map(|s| s.plan.position).collect::<Vec<_>>())
     .bind(steps.iter().map(|s| s.plan.name).collect::<Vec<_>>())
     .bind(steps.iter().map(|s| s.plan.handler).collect::<Vec<_>>())
@@ -248,7 +215,10 @@ pub(crate) async fn create_tasks(
             .map(|s| s.plan.pending_parents)
             .collect::<Vec<_>>(),
     )
-    .bind(steps.iter().map(|s| s.queue.as_deref()).collect::<Vec<_>>())
+    .bind(steps.iter().map(|s| s.local_queue).collect::<Vec<_>>())
+    .bind(steps.iter().map(|s| s.started).collect::<Vec<_>>())
+    .bind(StepState::Enqueued.as_str())
+    .bind(StepState::Pending.as_str())
     .bind(edges.iter().map(|e| e.0).collect::<Vec<_>>())
     .bind(edges.iter().map(|e| e.1 .0).collect::<Vec<_>>())
     .bind(edges.iter().map(|e| e.2 .0).collect::<Vec<_>>())
@@ -260,8 +230,18 @@ pub(crate) async fn create_tasks(
     let inserted = rows.iter().map(decode_task).collect::<Result<Vec<_>>>()?;
     let (mut created, new) = created_or_existing::<PgBackend>(conn, batch, inserted).await?;
     for i in new {
-        let mut queues = queues_of.remove(&created[i].task.id.0).unwrap_or_default();
+        let Some(routing) = &batch[i].start else {
+            continue;
+        };
+        let namespace = created[i].task.namespace.clone();
+        let mut queues: Vec<String> = plans[i]
+            .steps
+            .iter()
+            .filter(|s| s.is_root())
+            .map(|s| routing.queue(&namespace, s.handler).to_owned())
+            .collect();
         queues.sort_unstable();
+        queues.dedup();
         created[i].queues = queues;
     }
     Ok(created)

@@ -159,7 +159,11 @@ mod json_row_tests {
         assert!(r.opt_json("sqlnull").unwrap().is_none());
         assert_eq!(r.opt_int("sqlnull").unwrap(), None);
         assert_eq!(r.opt_text("missing").unwrap(), None);
-        for bad in [r.int("t").is_err(), r.int("sqlnull").is_err(), r.text("bad").is_err()] {
+        for bad in [
+            r.int("t").is_err(),
+            r.int("sqlnull").is_err(),
+            r.text("bad").is_err(),
+        ] {
             assert!(bad);
         }
     }

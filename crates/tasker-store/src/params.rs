@@ -178,11 +178,15 @@ pub struct StepRouting {
 impl StepRouting {
     /// The queue of a step with `handler` in a task of `namespace`.
     pub fn queue<'a>(&'a self, namespace: &'a str, handler: &str) -> &'a str {
-        if self.local_handlers.contains(handler) {
-            &self.local_queue
-        } else {
-            namespace
-        }
+        self.local_queue_for(handler).unwrap_or(namespace)
+    }
+
+    /// The in-process queue when this process runs `handler`; otherwise `None`: the step waits
+    /// in its task's namespace queue.
+    pub fn local_queue_for(&self, handler: &str) -> Option<&str> {
+        self.local_handlers
+            .contains(handler)
+            .then_some(self.local_queue.as_str())
     }
 }
 
