@@ -24,3 +24,20 @@ DELETE FROM queue_messages WHERE json_extract(payload, '$.step_id') IS NOT NULL;
 -- those two states are in it, so a finished step costs it nothing.
 CREATE INDEX steps_queue_idx ON steps (queue, visible_at_ms, id)
     WHERE state IN ('Enqueued', 'InProgress');
+
+-- An edge is written only when its task is created, in the transaction that writes the steps
+-- it joins, from the task's plan; its foreign keys only checked that against itself, at a
+-- lookup per key per edge. Steps keep theirs. SQLite drops a constraint by rebuilding the
+-- table.
+CREATE TABLE step_edges_new (
+    task_id    INTEGER NOT NULL,
+    parent_id  INTEGER NOT NULL,
+    child_id   INTEGER NOT NULL,
+    PRIMARY KEY (parent_id, child_id)
+);
+INSERT INTO step_edges_new (task_id, parent_id, child_id)
+    SELECT task_id, parent_id, child_id FROM step_edges;
+DROP TABLE step_edges;
+ALTER TABLE step_edges_new RENAME TO step_edges;
+CREATE INDEX step_edges_task_idx ON step_edges (task_id);
+CREATE INDEX step_edges_child_idx ON step_edges (child_id);
