@@ -202,7 +202,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
             BatchSize::PerIteration,
         );
     });
-    // Last: the step messages of the tasks it creates stay queued.
+    // Last: the steps of the tasks it creates stay queued.
     group.throughput(Throughput::Elements(TASKS as u64));
     let many = vec![params.clone(); TASKS];
     group.bench_function("task_create_many_100_started", |b| {

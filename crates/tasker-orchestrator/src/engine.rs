@@ -56,7 +56,8 @@ pub struct EngineConfig {
     pub failure_mode: FailureMode,
     /// Lease on claimed tasks.
     pub claim_lease: Duration,
-    /// Visibility timeout of internal and step messages.
+    /// Visibility timeout of internal messages, and the lease of a step an in-process worker
+    /// claims.
     pub visibility_timeout: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliveries: u32,

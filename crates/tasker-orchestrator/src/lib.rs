@@ -7,8 +7,8 @@
 //! ```text
 //! task_requests --TaskRequestProcessor--> task (Initializing) + task_work message
 //! task_work     --TaskClaimer (lease = visibility timeout)--> claims channel
-//! claims        --StepEnqueuer--> viable steps Enqueued + step messages (one transaction)
-//! <namespace>   --worker--> step_results
+//! claims        --StepEnqueuer--> viable steps Enqueued in their queue (one transaction)
+//! <namespace>   --worker claims steps (lease on the step row)--> step_results
 //! step_results  --StepResultProcessor--> step Complete / WaitingForRetry / Error + task_finalize
 //! task_finalize --TaskFinalizer--> Complete | Error | next enqueue | wait
 //! ```

@@ -71,9 +71,10 @@ impl PgStoreOptions {
             message: "migrating postgres database".into(),
             source: Some(Box::new(e)),
         })?;
-        // Lease changes (dequeues, attempt starts) need not wait for the WAL flush: one lost in
-        // a crash leaves its message to be delivered again, and any later synchronous commit
-        // (a result, a new task) flushes it first, since the WAL is written in order.
+        // Lease changes (dequeues, claims) need not wait for the WAL flush: one lost in a crash
+        // leaves its message to be delivered again or its step to be claimed again, and any
+        // later synchronous commit (a result, a new task) flushes it first, since the WAL is
+        // written in order.
         let lease_options = PgConnectOptions::from_str(&self.url)
             .map_err(map_err)?
             .options([("synchronous_commit", "off")]);
@@ -111,4 +112,76 @@ fn pool_options(max: u32, acquire_timeout: Duration) -> PgPoolOptions {
 
 fn migrator() -> sqlx::migrate::Migrator {
     tasker_store_sql::migrator(MIGRATIONS)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+    use tasker_store::{QueueStore, StepStore, Store};
+
+    use super::*;
+    use crate::test_database::TestDatabase;
+
+    /// As the SQLite backend's test of the same name: an upgraded database keeps its work.
+    #[tokio::test]
+    async fn the_step_queue_migration_moves_step_messages_onto_their_steps() {
+        let db = TestDatabase::create().await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        tasker_store_sql::migrator(&MIGRATIONS[..2])
+            .run(&pool)
+            .await
+            .unwrap();
+        for statement in [
+            "INSERT INTO templates (namespace, name, version, definition, created_at_ms) \
+             VALUES ('demo', 't', '1.0.0', '{}', 0)",
+            "INSERT INTO tasks (template_id, namespace, name, version, state, context, \
+             created_at_ms, updated_at_ms, unfinished_steps) \
+             SELECT id, 'demo', 't', '1.0.0', 'StepsInProcess', '{}', 0, 0, 2 FROM templates",
+            "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
+             max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents) \
+             SELECT t.id, v.p, v.n, 'noop', 'null', v.s, 3, 1, 1, false, v.parents \
+             FROM tasks t, (VALUES (0, 'waiting', 'Enqueued', 0), \
+                                   (1, 'after', 'Pending', 1)) AS v(p, n, s, parents)",
+            "INSERT INTO step_edges (task_id, parent_id, child_id) \
+             SELECT a.task_id, a.id, b.id FROM steps a, steps b \
+             WHERE a.name = 'waiting' AND b.name = 'after'",
+            "INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) \
+             SELECT 'tasker.local_steps', jsonb_build_object('task_id', task_id, 'step_id', id), \
+                    0, 0 FROM steps WHERE name = 'waiting' \
+             UNION ALL SELECT 'tasker.task_work', '{\"task_id\": 1}', 0, 0",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = PgStoreOptions::new(&db.url).connect().await.unwrap();
+        let row = sqlx::query("SELECT id FROM steps WHERE name = 'waiting'")
+            .fetch_one(store.backend().pool())
+            .await
+            .unwrap();
+        let waiting = store
+            .step_get(tasker_types::StepId(row.get("id")))
+            .await
+            .unwrap();
+        assert_eq!(waiting.queue.as_deref(), Some("tasker.local_steps"));
+        assert_eq!(
+            store.queue_depth("tasker.local_steps").await.unwrap().ready,
+            1
+        );
+        assert_eq!(
+            store.queue_depth("tasker.task_work").await.unwrap().ready,
+            1
+        );
+        assert_eq!(
+            store.step_edges(waiting.task_id).await.unwrap().len(),
+            1,
+            "the edges survive losing their foreign keys"
+        );
+        store.close().await;
+        db.drop_database().await.unwrap();
+    }
 }

@@ -123,8 +123,9 @@ fn yaml(k: usize, dag: &[Vec<usize>]) -> String {
     y
 }
 
-/// Runs the scenario through `store`: creates the tasks started, then in rounds leases every
-/// step message, starts the attempts and applies their outcomes in batches.
+/// Runs the scenario through `store`: creates the tasks started, then in rounds claims every
+/// waiting step (and those the last round's batches claimed) and applies their outcomes in
+/// batches. Returns how many steps result batches claimed.
 async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
     let routing = StepRouting {
         local_queue: "steps".into(),

@@ -106,3 +106,102 @@ impl SqliteStoreOptions {
 fn migrator() -> sqlx::migrate::Migrator {
     tasker_store_sql::migrator(MIGRATIONS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::{sqlite::SqlitePoolOptions, Row};
+    use tasker_store::{QueueStore, StepClaimParams, StepStore, Store};
+
+    use super::*;
+
+    /// A database that ran the migrations before the step queue, with steps waiting in and
+    /// held through queue messages, keeps its work across the upgrade: each step takes its
+    /// message's queue and lease, the messages of steps go, the engine's other messages stay.
+    #[tokio::test]
+    async fn the_step_queue_migration_moves_step_messages_onto_their_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.db");
+        let connect = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await
+            .unwrap();
+        tasker_store_sql::migrator(&MIGRATIONS[..2])
+            .run(&pool)
+            .await
+            .unwrap();
+        for statement in [
+            "INSERT INTO templates (id, namespace, name, version, definition, created_at_ms) \
+             VALUES (1, 'demo', 't', '1.0.0', '{}', 0)",
+            "INSERT INTO tasks (id, template_id, namespace, name, version, state, context, \
+             created_at_ms, updated_at_ms, unfinished_steps) \
+             VALUES (1, 1, 'demo', 't', '1.0.0', 'StepsInProcess', '{}', 0, 0, 3)",
+            "INSERT INTO steps (id, task_id, position, name, handler, handler_config, state, \
+             max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents) VALUES \
+             (1, 1, 0, 'waiting', 'noop', 'null', 'Enqueued', 3, 1, 1, 0, 0), \
+             (2, 1, 1, 'running', 'noop', 'null', 'InProgress', 3, 1, 1, 0, 0), \
+             (3, 1, 2, 'after', 'noop', 'null', 'Pending', 3, 1, 1, 0, 2)",
+            "INSERT INTO step_edges (task_id, parent_id, child_id) VALUES (1, 1, 3), (1, 2, 3)",
+            "INSERT INTO queue_messages (queue, payload, deliveries, enqueued_at_ms, \
+             visible_at_ms, lease_token) VALUES \
+             ('tasker.local_steps', '{\"task_id\": 1, \"step_id\": 1}', 0, 0, 0, NULL), \
+             ('demo', '{\"task_id\": 1, \"step_id\": 2}', 1, 0, 9999999999999, 'held'), \
+             ('tasker.task_work', '{\"task_id\": 1}', 0, 0, 0, NULL)",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStoreOptions::new(&path).open().await.unwrap();
+        let waiting = store.step_get(tasker_types::StepId(1)).await.unwrap();
+        assert_eq!(waiting.queue.as_deref(), Some("tasker.local_steps"));
+        let running = store.step_get(tasker_types::StepId(2)).await.unwrap();
+        assert_eq!(running.queue.as_deref(), Some("demo"));
+        let after = store.step_get(tasker_types::StepId(3)).await.unwrap();
+        assert_eq!(after.queue, None);
+        let row = sqlx::query("SELECT lease_token, visible_at_ms FROM steps WHERE id = 2")
+            .fetch_one(&store.backend().writer)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<String, _>("lease_token"), "held");
+        assert_eq!(row.get::<i64, _>("visible_at_ms"), 9_999_999_999_999);
+        assert_eq!(
+            store.queue_depth("tasker.task_work").await.unwrap().ready,
+            1
+        );
+        assert_eq!(
+            store.queue_depth("tasker.local_steps").await.unwrap().ready,
+            1
+        );
+        assert_eq!(store.queue_depth("demo").await.unwrap().invisible, 1);
+        let claimed = store
+            .step_claim(&StepClaimParams {
+                queue: "tasker.local_steps".into(),
+                max: 10,
+                lease: Duration::from_secs(30),
+                handlers: None,
+                instance_id: "test".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].step.name, "waiting");
+        assert_eq!(
+            store
+                .step_edges(tasker_types::TaskId(1))
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "the edges survive the table's rebuild"
+        );
+        store.close().await;
+    }
+}

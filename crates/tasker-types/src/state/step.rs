@@ -37,7 +37,7 @@ states!(
 /// What can happen to a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepEvent {
-    /// The enqueuer published a step message.
+    /// The step was put in its queue, to be claimed.
     Enqueue,
     /// A worker started an attempt.
     Start,
@@ -48,7 +48,7 @@ pub enum StepEvent {
         /// Whether another attempt follows.
         will_retry: bool,
     },
-    /// The worker's lease ran out before a result arrived; the message is delivered again.
+    /// The worker's lease ran out before a result arrived; the step is claimed again.
     LeaseExpired,
     /// The task was cancelled.
     Cancel,

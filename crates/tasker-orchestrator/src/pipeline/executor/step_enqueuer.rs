@@ -1,6 +1,5 @@
-//! StepEnqueuer: for each claimed task, finds the viable steps, marks them `Enqueued` and
-//! publishes their step messages to the namespace queue in one transaction, then releases the
-//! claim.
+//! StepEnqueuer: for each claimed task, finds the viable steps and marks them `Enqueued` in
+//! their queue (a step is its own queue entry) in one transaction, then releases the claim.
 
 use std::time::Duration;
 
