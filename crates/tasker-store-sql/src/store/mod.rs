@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use sqlx::{pool::PoolConnection, Database, Transaction};
 use tasker_store::{
     Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result, StepClaimParams,
-    StepClaimed, StepLease, Store, StoreError,
+    StepClaimed, Store, StoreError,
 };
 use tasker_types::QueueMessage;
 
@@ -177,20 +177,6 @@ impl<B: Backend> SqlStore<B> {
 
     async fn read(&self) -> Result<PoolConnection<B::Db>> {
         self.backend.read().await
-    }
-}
-
-/// `(id = … AND lease_token = …) OR …`: the steps these leases still hold.
-pub fn push_step_leases<'a>(sql: &mut Sql<'a>, leases: &'a [StepLease]) {
-    for (i, lease) in leases.iter().enumerate() {
-        if i > 0 {
-            sql.push(" OR ");
-        }
-        sql.push("(id = ")
-            .push_bind(lease.step_id.0)
-            .push(" AND lease_token = ")
-            .push_bind(&lease.lease_token)
-            .push(")");
     }
 }
 

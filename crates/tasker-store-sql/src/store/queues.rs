@@ -124,26 +124,18 @@ impl<B: Backend> QueueStore for SqlStore<B> {
     async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
         let mut tx = self.begin_write().await?;
         // The settled leases first: a lost one stops everything before anything is written.
-        for chunk in params.settled.chunks(INSERT_CHUNK / 2) {
-            let mut sql = Sql::new(format!(
-                "UPDATE steps SET lease_token = NULL, visible_at_ms = {} + ",
-                B::NOW_MS
-            ));
-            sql.push_bind(duration_ms(params.settle_within))
-                .push(" WHERE state = 'InProgress' AND (");
-            super::push_step_leases(&mut sql, chunk);
-            sql.push(") RETURNING id");
-            let settled: HashSet<i64> = B::fetch_all(&mut tx, &sql)
-                .await?
-                .iter()
-                .map(|r| r.int("id"))
-                .collect::<Result<_>>()?;
-            if let Some(lost) = chunk.iter().find(|l| !settled.contains(&l.step_id.0)) {
-                return Err(StoreError::LeaseLost {
-                    entity: "step",
-                    id: lost.step_id.0,
-                });
-            }
+        let settled =
+            super::steps::hold_leases::<B>(&mut tx, &params.settled, params.settle_within, true)
+                .await?;
+        if let Some(lost) = params
+            .settled
+            .iter()
+            .find(|l| !settled.contains(&l.step_id.0))
+        {
+            return Err(StoreError::LeaseLost {
+                entity: "step",
+                id: lost.step_id.0,
+            });
         }
         let ids =
             insert_messages::<B>(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;

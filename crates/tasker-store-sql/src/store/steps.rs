@@ -4,16 +4,54 @@
 use async_trait::async_trait;
 use tasker_store::{
     Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
-    StepEnqueueManyParams, StepLeaseExtendParams, StepStore, StepTransitionParams,
+    StepEnqueueManyParams, StepLease, StepLeaseExtendParams, StepStore, StepTransitionParams,
     StepViableManyParams, StoreError,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepRow, StepState, TaskId};
 
-use super::{commit, fetch_optional, insert_transitions, Backend, Sql, SqlStore};
+use std::{collections::HashSet, time::Duration};
+
+use super::{commit, fetch_optional, insert_transitions, Backend, Conn, Sql, SqlStore};
 use crate::{
     duration_ms, stale_or_missing, step as decode_step, NewTransition, RowExt, INSERT_CHUNK,
     STEP_COLUMNS,
 };
+
+/// Holds the `InProgress` steps these leases still hold until `hold` from now; with
+/// `hand_over`, no token holds them any more (a result carries them on). Returns the ids it
+/// changed.
+pub(super) async fn hold_leases<B: Backend>(
+    conn: &mut Conn<B>,
+    leases: &[StepLease],
+    hold: Duration,
+    hand_over: bool,
+) -> Result<HashSet<i64>> {
+    let mut held = HashSet::with_capacity(leases.len());
+    for chunk in leases.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new("UPDATE steps SET ");
+        if hand_over {
+            sql.push("lease_token = NULL, ");
+        }
+        sql.push(&format!("visible_at_ms = {} + ", B::NOW_MS))
+            .push_bind(duration_ms(hold))
+            .push(" WHERE state = 'InProgress' AND (");
+        for (i, lease) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(id = ")
+                .push_bind(lease.step_id.0)
+                .push(" AND lease_token = ")
+                .push_bind(&lease.lease_token)
+                .push(")");
+        }
+        sql.push(") RETURNING id");
+        for row in B::fetch_all(conn, &sql).await? {
+            held.insert(row.int("id")?);
+        }
+    }
+    Ok(held)
+}
 
 #[async_trait]
 impl<B: Backend> StepStore for SqlStore<B> {
@@ -229,18 +267,8 @@ impl<B: Backend> StepStore for SqlStore<B> {
     }
 
     async fn step_lease_extend(&self, params: &StepLeaseExtendParams) -> Result<Vec<StepId>> {
-        let mut kept = std::collections::HashSet::with_capacity(params.leases.len());
         let mut conn = self.backend().write().await?;
-        for chunk in params.leases.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new(format!("UPDATE steps SET visible_at_ms = {} + ", B::NOW_MS));
-            sql.push_bind(duration_ms(params.lease))
-                .push(" WHERE state = 'InProgress' AND (");
-            super::push_step_leases(&mut sql, chunk);
-            sql.push(") RETURNING id");
-            for row in B::fetch_all(&mut conn, &sql).await? {
-                kept.insert(row.int("id")?);
-            }
-        }
+        let kept = hold_leases::<B>(&mut conn, &params.leases, params.lease, false).await?;
         Ok(params
             .leases
             .iter()
