@@ -7,14 +7,31 @@ ALTER TABLE steps ADD COLUMN queue TEXT;
 ALTER TABLE steps ADD COLUMN visible_at_ms BIGINT;
 ALTER TABLE steps ADD COLUMN lease_token TEXT;
 
--- Steps waiting for, or held by, a claim take over their messages' queue and lease.
+-- Step messages: those of the in-process workers' queue and of namespace queues (a namespace
+-- has no dot, every other engine queue is `tasker.<name>`). Remote results in
+-- `tasker.step_results` also name a step, and stay.
+CREATE TEMPORARY TABLE step_messages ON COMMIT DROP AS
+    SELECT DISTINCT ON (step_id) (payload ->> 'step_id')::bigint AS step_id, queue,
+           visible_at_ms, lease_token
+    FROM queue_messages
+    WHERE (queue = 'tasker.local_steps' OR queue NOT LIKE 'tasker.%') AND payload ? 'step_id'
+    ORDER BY step_id, id DESC;
+
+-- Steps waiting for, or held by, a claim take over their (latest) message's queue and lease.
 UPDATE steps SET queue = m.queue, visible_at_ms = m.visible_at_ms, lease_token = m.lease_token
-FROM queue_messages m
-WHERE m.payload ? 'step_id' AND (m.payload ->> 'step_id')::bigint = steps.id
-  AND steps.state IN ('Enqueued', 'InProgress');
-UPDATE steps SET queue = 'tasker.local_steps', visible_at_ms = 0
-WHERE state IN ('Enqueued', 'InProgress') AND queue IS NULL;
-DELETE FROM queue_messages WHERE payload ? 'step_id';
+FROM step_messages m
+WHERE m.step_id = steps.id AND steps.state IN ('Enqueued', 'InProgress');
+-- A step in neither queue: one running remotely whose result waits in `tasker.step_results`
+-- (applied first, within the hour), or one whose message was dead-lettered. Each waits in its
+-- task's namespace queue, where remote workers claim it.
+UPDATE steps SET queue = t.namespace,
+    visible_at_ms = CASE WHEN steps.state = 'InProgress'
+                         THEN (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT + 3600000
+                         ELSE 0 END
+FROM tasks t
+WHERE t.id = steps.task_id AND steps.state IN ('Enqueued', 'InProgress') AND steps.queue IS NULL;
+DELETE FROM queue_messages
+WHERE (queue = 'tasker.local_steps' OR queue NOT LIKE 'tasker.%') AND payload ? 'step_id';
 
 -- What a claim reads: the waiting and the held steps of one queue, by time. Only steps in
 -- those two states are in it, so a finished step costs it nothing.

@@ -145,14 +145,18 @@ mod tests {
              max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents) \
              SELECT t.id, v.p, v.n, 'noop', 'null', v.s, 3, 1, 1, false, v.parents \
              FROM tasks t, (VALUES (0, 'waiting', 'Enqueued', 0), \
-                                   (1, 'after', 'Pending', 1)) AS v(p, n, s, parents)",
+                                   (1, 'after', 'Pending', 1), \
+                                   (2, 'remote', 'InProgress', 0)) AS v(p, n, s, parents)",
             "INSERT INTO step_edges (task_id, parent_id, child_id) \
              SELECT a.task_id, a.id, b.id FROM steps a, steps b \
              WHERE a.name = 'waiting' AND b.name = 'after'",
             "INSERT INTO queue_messages (queue, payload, enqueued_at_ms, visible_at_ms) \
              SELECT 'tasker.local_steps', jsonb_build_object('task_id', task_id, 'step_id', id), \
                     0, 0 FROM steps WHERE name = 'waiting' \
-             UNION ALL SELECT 'tasker.task_work', '{\"task_id\": 1}', 0, 0",
+             UNION ALL SELECT 'tasker.task_work', '{\"task_id\": 1}', 0, 0 \
+             UNION ALL SELECT 'tasker.step_results', \
+                    jsonb_build_object('task_id', task_id, 'step_id', id, 'attempt', 1), 0, 0 \
+             FROM steps WHERE name = 'remote'",
         ] {
             sqlx::query(statement).execute(&pool).await.unwrap();
         }
@@ -176,6 +180,29 @@ mod tests {
             store.queue_depth("tasker.task_work").await.unwrap().ready,
             1
         );
+        let row = sqlx::query("SELECT id FROM steps WHERE name = 'remote'")
+            .fetch_one(store.backend().pool())
+            .await
+            .unwrap();
+        let remote = store
+            .step_get(tasker_types::StepId(row.get("id")))
+            .await
+            .unwrap();
+        assert_eq!(
+            remote.queue.as_deref(),
+            Some("demo"),
+            "its namespace's queue"
+        );
+        assert_eq!(
+            store
+                .queue_depth("tasker.step_results")
+                .await
+                .unwrap()
+                .ready,
+            1,
+            "the pending remote result stays"
+        );
+        assert_eq!(store.queue_depth("demo").await.unwrap().invisible, 1);
         assert_eq!(
             store.step_edges(waiting.task_id).await.unwrap().len(),
             1,

@@ -118,7 +118,9 @@ mod tests {
 
     /// A database that ran the migrations before the step queue, with steps waiting in and
     /// held through queue messages, keeps its work across the upgrade: each step takes its
-    /// message's queue and lease, the messages of steps go, the engine's other messages stay.
+    /// (latest) message's queue and lease, the messages of steps go, the engine's other
+    /// messages stay, a remote result waiting to be applied among them, and the step it is for
+    /// waits in its namespace's queue, out of reach until long after the result is applied.
     #[tokio::test]
     async fn the_step_queue_migration_moves_step_messages_onto_their_steps() {
         let dir = tempfile::tempdir().unwrap();
@@ -147,13 +149,17 @@ mod tests {
              max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents) VALUES \
              (1, 1, 0, 'waiting', 'noop', 'null', 'Enqueued', 3, 1, 1, 0, 0), \
              (2, 1, 1, 'running', 'noop', 'null', 'InProgress', 3, 1, 1, 0, 0), \
-             (3, 1, 2, 'after', 'noop', 'null', 'Pending', 3, 1, 1, 0, 2)",
+             (3, 1, 2, 'after', 'noop', 'null', 'Pending', 3, 1, 1, 0, 2), \
+             (4, 1, 3, 'remote', 'shell', 'null', 'InProgress', 3, 1, 1, 0, 0)",
             "INSERT INTO step_edges (task_id, parent_id, child_id) VALUES (1, 1, 3), (1, 2, 3)",
             "INSERT INTO queue_messages (queue, payload, deliveries, enqueued_at_ms, \
              visible_at_ms, lease_token) VALUES \
+             ('tasker.local_steps', '{\"task_id\": 1, \"step_id\": 1}', 0, 0, 5, NULL), \
              ('tasker.local_steps', '{\"task_id\": 1, \"step_id\": 1}', 0, 0, 0, NULL), \
              ('demo', '{\"task_id\": 1, \"step_id\": 2}', 1, 0, 9999999999999, 'held'), \
-             ('tasker.task_work', '{\"task_id\": 1}', 0, 0, 0, NULL)",
+             ('tasker.task_work', '{\"task_id\": 1}', 0, 0, 0, NULL), \
+             ('tasker.step_results', '{\"task_id\": 1, \"step_id\": 4, \"attempt\": 1}', \
+              0, 0, 0, NULL)",
         ] {
             sqlx::query(statement).execute(&pool).await.unwrap();
         }
@@ -172,6 +178,25 @@ mod tests {
             .unwrap();
         assert_eq!(row.get::<String, _>("lease_token"), "held");
         assert_eq!(row.get::<i64, _>("visible_at_ms"), 9_999_999_999_999);
+        let row = sqlx::query("SELECT visible_at_ms FROM steps WHERE id = 1")
+            .fetch_one(&store.backend().writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<i64, _>("visible_at_ms"),
+            0,
+            "the latest message's"
+        );
+        let remote = store.step_get(tasker_types::StepId(4)).await.unwrap();
+        assert_eq!(remote.queue.as_deref(), Some("demo"));
+        assert_eq!(
+            store
+                .queue_depth("tasker.step_results")
+                .await
+                .unwrap()
+                .ready,
+            1
+        );
         assert_eq!(
             store.queue_depth("tasker.task_work").await.unwrap().ready,
             1
@@ -180,7 +205,7 @@ mod tests {
             store.queue_depth("tasker.local_steps").await.unwrap().ready,
             1
         );
-        assert_eq!(store.queue_depth("demo").await.unwrap().invisible, 1);
+        assert_eq!(store.queue_depth("demo").await.unwrap().invisible, 2);
         let claimed = store
             .step_claim(&StepClaimParams {
                 queue: "tasker.local_steps".into(),
