@@ -182,6 +182,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                             output: Some(json!({})),
                             error: None,
                             backoff: None,
+                            lease_token: Some(st.lease_token),
                         })
                         .collect::<Vec<_>>()
                 })

@@ -188,9 +188,9 @@ async fn events_of(store: &Arc<dyn Store>, step: &StepRow, event: &str) -> usize
         .count()
 }
 
-/// Three steps of one batch held far past the visibility timeout keep their messages leased
-/// (extended, never visible to the other worker executor) and each completes after exactly
-/// one attempt.
+/// Three steps of one batch held far past the visibility timeout keep their leases (extended,
+/// never claimable by the other worker executor) and each completes after exactly one
+/// attempt.
 async fn held_steps_keep_their_leases(store: Arc<dyn Store>) {
     register(
         store.as_ref(),
@@ -227,9 +227,9 @@ async fn held_steps_keep_their_leases(store: Arc<dyn Store>) {
         assert_eq!((step.state, step.attempts), (StepState::Complete, 1));
         assert_eq!(events_of(&store, &step, "start").await, 1, "{}", step.name);
         assert_eq!(
-            events_of(&store, &step, "lease_expired").await,
+            events_of(&store, &step, "fail_retryable").await,
             0,
-            "{}",
+            "no attempt reported lost: {}",
             step.name
         );
     }

@@ -44,8 +44,9 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
     let rows = sqlx::query(&format!(
         "WITH {lock}\
          v AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], \
-                                    $6::text[], $7::bigint[], $8::bool[], $9::bool[]) \
-               AS v(id, attempt, state, result, error, backoff_ms, terminal, done)), \
+                                    $6::text[], $7::bigint[], $8::bool[], $9::bool[], \
+                                    $11::text[]) \
+               AS v(id, attempt, state, result, error, backoff_ms, terminal, done, token)), \
          moved AS ( \
            UPDATE steps SET state = v.state, result = COALESCE(v.result, steps.result), \
              last_error = COALESCE(v.error, steps.last_error), \
@@ -53,6 +54,7 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
                                   ELSE {now} + v.backoff_ms END, \
              finished_at_ms = CASE WHEN v.terminal THEN {now} ELSE NULL END \
            FROM v WHERE steps.id = v.id AND steps.state = $10 AND steps.attempts = v.attempt \
+             AND (v.token IS NULL OR steps.lease_token = v.token) \
              {locked} \
            RETURNING {steps}, v.done), \
          counted AS ( \
@@ -90,6 +92,7 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
             .collect::<Vec<_>>(),
     )
     .bind(StepState::InProgress.as_str())
+    .bind(moves.iter().map(|m| m.lease_token).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
     .map_err(map_err)?;
@@ -130,7 +133,7 @@ fn claimed_object() -> String {
             "t.context AS context".to_owned(),
             "p.name AS parent_name".to_owned(),
             "p.result AS parent_result".to_owned(),
-            "false AS exhausted".to_owned(),
+            "false AS lease_ran_out".to_owned(),
         ])
         .map(|column| {
             // `JsonRow`'s shape: each value in a one-element array, SQL NULL as null.

@@ -190,6 +190,8 @@ async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
                     .then(|| serde_json::json!({ "step": s.step.id.0 })),
                 error: (event != StepEvent::Complete).then(|| format!("boom {}", s.step.id)),
                 backoff: (event != StepEvent::Complete).then_some(Duration::from_millis(1)),
+                // Half the results are fenced by their lease as well as their attempt.
+                lease_token: (outcome % 2 == 0).then(|| s.lease_token.clone()),
             };
             if outcome == 9 {
                 // Delivered twice, and once for an attempt that is not running.

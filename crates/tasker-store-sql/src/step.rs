@@ -51,29 +51,29 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
 
 /// The columns after a claimed step's own in [`claimed_steps`]' rows: its lease token, its
 /// task's context and one parent's name and output, for a `SELECT` whose steps are aliased
-/// `s`, tasks `t` and parents `p`. Each backend's claim adds `exhausted` (a flag: the step was
-/// leased without a new attempt).
+/// `s`, tasks `t` and parents `p`. Each backend's claim adds `lease_ran_out` (a flag: the step
+/// was leased without a new attempt).
 pub const CLAIMED_INPUT_COLUMNS: &str =
     "s.lease_token, t.context, p.name AS parent_name, p.result AS parent_result";
 
 /// The statement that reads claimed steps back with their handlers' input, in the row shape
-/// [`claimed_steps`] decodes: the steps `ids`, of which `exhausted` were leased without a new
+/// [`claimed_steps`] decodes: the steps `ids`, of which `ran_out` were leased without a new
 /// attempt.
-pub fn claimed_input(ids: &[i64], exhausted: &[i64]) -> crate::Sql<'static> {
+pub fn claimed_input(ids: &[i64], ran_out: &[i64]) -> crate::Sql<'static> {
     let mut sql = crate::Sql::new(format!(
         "SELECT {}, {CLAIMED_INPUT_COLUMNS}, ",
         qualified("s", STEP_COLUMNS)
     ));
-    if exhausted.is_empty() {
+    if ran_out.is_empty() {
         // A false flag in either database's own type.
         sql.push("s.id < 0");
     } else {
         sql.push("s.id IN (")
-            .push_list(exhausted.iter().copied())
+            .push_list(ran_out.iter().copied())
             .push(")");
     }
     sql.push(
-        " AS exhausted FROM steps s \
+        " AS lease_ran_out FROM steps s \
          JOIN tasks t ON t.id = s.task_id \
          LEFT JOIN step_edges e ON e.child_id = s.id \
          LEFT JOIN steps p ON p.id = e.parent_id \
@@ -84,8 +84,23 @@ pub fn claimed_input(ids: &[i64], exhausted: &[i64]) -> crate::Sql<'static> {
     sql
 }
 
+/// The condition a claim puts on a step whose lease ran out (over the table `steps`, not
+/// aliased): its lease is not with a result still queued. A remote worker's result takes its
+/// step's lease as `result:<message id>` (`QueueStore::queue_forward`); while that message
+/// exists, the step waits for it, whatever the time.
+pub const NOT_AWAITING_RESULT: &str = "(steps.lease_token IS NULL \
+     OR steps.lease_token NOT LIKE 'result:%' \
+     OR NOT EXISTS (SELECT 1 FROM queue_messages r \
+                    WHERE r.id = CAST(substr(steps.lease_token, 8) AS BIGINT)))";
+
+/// The lease token that hands a step over to the result message `id`
+/// ([`NOT_AWAITING_RESULT`]).
+pub fn result_lease(id: i64) -> String {
+    format!("result:{id}")
+}
+
 /// Groups rows of claimed steps into each step with its lease and its handler's input. Each
-/// row holds the step's columns, [`CLAIMED_INPUT_COLUMNS`] and `exhausted`: one row per parent
+/// row holds the step's columns, [`CLAIMED_INPUT_COLUMNS`] and `lease_ran_out`: one row per parent
 /// (`parent_name` NULL for a step without any), ordered by step id, then parent position.
 ///
 /// # Errors
@@ -101,7 +116,7 @@ pub fn claimed_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepClaim
                 context: row.json("context")?,
                 parents: Vec::new(),
                 lease_token: row.text("lease_token")?,
-                exhausted: row.flag("exhausted")?,
+                lease_ran_out: row.flag("lease_ran_out")?,
             });
         }
         if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, claimed.last_mut()) {

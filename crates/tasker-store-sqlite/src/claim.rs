@@ -3,7 +3,7 @@
 use tasker_store::{Result, StepClaimParams, StepClaimed};
 use tasker_store_sql::{
     claimed_input, claimed_steps, commit, duration_ms, insert_transitions, step_token_sql, Backend,
-    NewTransition, RowExt, Sql,
+    NewTransition, RowExt, Sql, NOT_AWAITING_RESULT,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepState, TaskId};
 
@@ -14,23 +14,21 @@ struct Picked {
     id: i64,
     task_id: i64,
     /// It was `InProgress`: its lease ran out.
-    expired: bool,
-    /// ...on its last attempt.
-    exhausted: bool,
+    ran_out: bool,
 }
 
 impl SqliteBackend {
     /// Claims up to `params.max` steps of `params.queue` (see `StepStore::step_claim`) in one
     /// transaction on the single writer, so no other claim interleaves: pick the oldest
-    /// claimable steps, lease and start them in one `UPDATE`, write their audit rows, read
-    /// their handlers' input.
+    /// claimable steps, lease them (starting the waiting ones) in one `UPDATE`, write the
+    /// starts' audit rows, read their handlers' input.
     pub(crate) async fn claim(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>> {
         let mut tx = self.begin_write().await?;
         // The states are literals, exactly `steps_queue_idx`'s predicate.
         let mut pick = Sql::new(format!(
-            "SELECT id, task_id, state = 'InProgress' AS expired, \
-             state = 'InProgress' AND attempts >= max_attempts AS exhausted FROM steps \
-             WHERE queue = $1 AND state IN ('Enqueued', 'InProgress') AND visible_at_ms <= {NOW_MS}"
+            "SELECT id, task_id, state = 'InProgress' AS ran_out FROM steps \
+             WHERE queue = $1 AND state IN ('Enqueued', 'InProgress') \
+               AND visible_at_ms <= {NOW_MS} AND (state = 'Enqueued' OR {NOT_AWAITING_RESULT})"
         ))
         .bind(&params.queue);
         if let Some(handlers) = &params.handlers {
@@ -40,21 +38,21 @@ impl SqliteBackend {
         }
         pick.push(" ORDER BY visible_at_ms, id LIMIT ")
             .push_bind(i64::from(params.max));
-        let picked = Self::fetch_all(&mut tx, &pick)
+        let mut picked = Self::fetch_all(&mut tx, &pick)
             .await?
             .iter()
             .map(|r| {
                 Ok(Picked {
                     id: r.int("id")?,
                     task_id: r.int("task_id")?,
-                    expired: r.int("expired")? != 0,
-                    exhausted: r.int("exhausted")? != 0,
+                    ran_out: r.int("ran_out")? != 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         if picked.is_empty() {
             return Ok(Vec::new());
         }
+        picked.sort_unstable_by_key(|p| p.id);
 
         let token = uuid::Uuid::new_v4().to_string();
         let mut lease = Sql::new("UPDATE steps SET state = 'InProgress', lease_token = ");
@@ -64,8 +62,7 @@ impl SqliteBackend {
             .push(&format!(", visible_at_ms = {NOW_MS} + "))
             .push_bind(duration_ms(params.lease))
             .push(&format!(
-                ", attempts = CASE WHEN state = 'InProgress' AND attempts >= max_attempts \
-                 THEN attempts ELSE attempts + 1 END, \
+                ", attempts = CASE WHEN state = 'InProgress' THEN attempts ELSE attempts + 1 END, \
                  started_at_ms = COALESCE(started_at_ms, {NOW_MS}), next_attempt_at_ms = NULL \
                  WHERE id IN ("
             ))
@@ -73,41 +70,30 @@ impl SqliteBackend {
             .push(")");
         Self::execute(&mut tx, &lease).await?;
 
-        // Audit rows in step order: a taken-back step's `lease_expired` before its `start`.
-        let expire = (StepState::InProgress, StepEvent::LeaseExpired);
-        let start = (StepState::Enqueued, StepEvent::Start);
-        let mut transitions: Vec<NewTransition<'_>> = Vec::with_capacity(picked.len());
-        let mut ordered: Vec<&Picked> = picked.iter().filter(|p| !p.exhausted).collect();
-        ordered.sort_unstable_by_key(|p| p.id);
-        for p in ordered {
-            let moves = if p.expired {
-                &[expire, start][..]
-            } else {
-                &[start][..]
-            };
-            for &(from, event) in moves {
-                transitions.push(NewTransition {
-                    entity: Entity::Step,
-                    task_id: TaskId(p.task_id),
-                    step_id: Some(StepId(p.id)),
-                    from_state: Some(from.as_str()),
-                    to_state: from.transition(event)?.as_str(),
-                    event: event.name(),
-                    reason: None,
-                    instance_id: &params.instance_id,
-                });
-            }
-        }
+        // A started attempt's audit row, in step order; a step whose lease ran out moves later,
+        // by the failure its claimer reports.
+        let from = StepState::Enqueued;
+        let to = from.transition(StepEvent::Start)?;
+        let transitions: Vec<NewTransition<'_>> = picked
+            .iter()
+            .filter(|p| !p.ran_out)
+            .map(|p| NewTransition {
+                entity: Entity::Step,
+                task_id: TaskId(p.task_id),
+                step_id: Some(StepId(p.id)),
+                from_state: Some(from.as_str()),
+                to_state: to.as_str(),
+                event: StepEvent::Start.name(),
+                reason: None,
+                instance_id: &params.instance_id,
+            })
+            .collect();
         insert_transitions::<Self>(&mut tx, &transitions).await?;
 
         let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
-        let exhausted: Vec<i64> = picked
-            .iter()
-            .filter(|p| p.exhausted)
-            .map(|p| p.id)
-            .collect();
-        let read = claimed_input(&ids, &exhausted);
-        let claimed = claimed_steps(&Self::fetch_all(&mut tx, &read).await?)?;
+        let ran_out: Vec<i64> = picked.iter().filter(|p| p.ran_out).map(|p| p.id).collect();
+        let claimed =
+            claimed_steps(&Self::fetch_all(&mut tx, &claimed_input(&ids, &ran_out)).await?)?;
         commit::<Self>(tx).await?;
         Ok(claimed)
     }

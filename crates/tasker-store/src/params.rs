@@ -207,6 +207,10 @@ pub struct StepResultApply {
     pub error: Option<String>,
     /// Delay before the next attempt, for `Fail { will_retry: true }` (database clock).
     pub backoff: Option<Duration>,
+    /// Only while this lease holds the step: an in-process worker's result, fenced to its
+    /// claim. `None` for a remote worker's result, whose lease went with it (the attempt
+    /// fences it).
+    pub lease_token: Option<String>,
 }
 
 /// [`crate::StepStore::step_apply_results`].
@@ -274,7 +278,7 @@ pub struct StepClaimParams {
 /// One step [`crate::StepStore::step_claim`] leased, with its handler's input.
 #[derive(Debug, Clone)]
 pub struct StepClaimed {
-    /// The step, `InProgress`, with the claim's attempt counted (unless `exhausted`).
+    /// The step, `InProgress`, with the claim's attempt counted (unless `lease_ran_out`).
     pub step: StepRow,
     /// The task context.
     pub context: Value,
@@ -282,9 +286,10 @@ pub struct StepClaimed {
     pub parents: Vec<(String, Option<Value>)>,
     /// Proves the lease on later calls; a new claim of the step replaces it.
     pub lease_token: String,
-    /// The step's earlier lease ran out on its last attempt: no attempt was started, and the
-    /// claimer reports that attempt as failed instead of running the handler.
-    pub exhausted: bool,
+    /// The step's earlier lease ran out while its attempt ran (the worker stopped answering):
+    /// no attempt was started; the claimer reports that attempt failed instead of running the
+    /// handler, and settlement decides what follows, as for any failed attempt.
+    pub lease_ran_out: bool,
 }
 
 /// A held step lease, as [`crate::StepStore::step_claim`] handed it out.
@@ -314,9 +319,10 @@ pub struct QueueForwardParams {
     pub queue: String,
     /// One message per payload, visible at once.
     pub payloads: Vec<Value>,
-    /// Step leases the payloads settle (a remote worker's result): no call holds them any
-    /// more, and their steps are claimed again only if the result is not applied within
-    /// `settle_within`. A lease no longer held fails the whole call with `LeaseLost`.
+    /// Step leases handed over to the payloads' messages, the `i`-th to the `i`-th (a remote
+    /// worker's result): no call holds them any more, and their steps are claimed again only
+    /// once that message is gone without moving them (dead-lettered) and `settle_within` has
+    /// passed. A lease no longer held fails the whole call with `LeaseLost`.
     pub settled: Vec<StepLease>,
     /// See `settled`.
     pub settle_within: Duration,

@@ -187,10 +187,11 @@ pub trait StepStore: Send + Sync {
 
     /// Claims up to `max` steps waiting in `queue`, oldest first, each leased for
     /// `params.lease` with a new token: an `Enqueued` step starts an attempt (`InProgress`,
-    /// counted, audited); an `InProgress` step whose lease ran out is taken back
-    /// (`lease_expired`) and starts its next attempt the same way, or, when it has no attempt
-    /// left, is leased as it is and answered [`StepClaimed::exhausted`]. One transaction, with
-    /// each step's handler input. Concurrent claimers never get the same step.
+    /// counted, audited); an `InProgress` step whose lease ran out (and whose lease is not
+    /// with a result still queued) is leased as it is and answered
+    /// [`StepClaimed::lease_ran_out`], for the claimer to report that attempt failed. One
+    /// transaction, with each step's handler input. Concurrent claimers never get the same
+    /// step.
     ///
     /// # Errors
     ///
@@ -208,8 +209,8 @@ pub trait StepStore: Send + Sync {
 
     /// Applies worker results in one transaction and settles what each one decides:
     ///
-    /// - the step moves (compare-and-swap on `InProgress` in the result's attempt; a stale or
-    ///   duplicate result changes nothing);
+    /// - the step moves (compare-and-swap on `InProgress` in the result's attempt, and under
+    ///   the result's lease when it names one; a stale or duplicate result changes nothing);
     /// - a completed step's children count it, and those left with no unfinished parent are
     ///   `Enqueued` in the queue `routing` names, when the task is `StepsInProcess` (or claimed
     ///   for the caller at once, see [`crate::StepChain`]);

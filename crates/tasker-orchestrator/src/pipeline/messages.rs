@@ -10,8 +10,9 @@ pub const TASK_REQUESTS: &str = "tasker.task_requests";
 pub const TASK_WORK: &str = "tasker.task_work";
 /// Results that workers report, applied by the StepResultProcessor.
 pub const STEP_RESULTS: &str = "tasker.step_results";
-/// Step messages whose handler this process has: consumed by the in-process workers. Steps
-/// with any other handler go to their namespace's queue, where remote workers claim them.
+/// The queue of the steps whose handler this process has, claimed by the in-process workers.
+/// Steps with any other handler wait in their namespace's queue, where remote workers claim
+/// them.
 pub const LOCAL_STEPS: &str = "tasker.local_steps";
 /// "Evaluate this task": consumed by the TaskFinalizer.
 pub const TASK_FINALIZE: &str = "tasker.task_finalize";
@@ -71,6 +72,11 @@ pub struct StepResult {
     pub attempt: u32,
     /// Success or failure.
     pub outcome: StepOutcome,
+    /// The lease the attempt ran under, when its worker still holds it (an in-process worker):
+    /// the result applies only while it does. A remote result has none: its lease went with it
+    /// into the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<String>,
 }
 
 /// The outcome of one attempt.

@@ -8,10 +8,10 @@
 //! refused with [`RemoteError::WrongStep`] before anything moves), then extends it. A late call
 //! for a step that was claimed again (its lease ran out) or finished is refused with
 //! [`RemoteError::LeaseLost`] and changes nothing. A result is published to the result
-//! processor in the transaction that hands the step's lease over to it: no heartbeat holds the
-//! step after that, and should the result never be applied, the step is claimed again once the
-//! hand-over's bound passes; the result processor ignores a result whose attempt is no longer
-//! current.
+//! processor in the transaction that hands the step's lease over to its message: no heartbeat
+//! holds the step after that, and the step waits for that message; should the message be
+//! dead-lettered instead of applied, the step is claimed again (its attempt reported lost); the
+//! result processor ignores a result whose attempt is no longer current.
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tasker_types::{StepId, TaskId};
 use crate::{
     pipeline::executor::{apply_results, ExecutorContext, ExecutorError},
     pipeline::messages::{StepOutcome, StepResult, STEP_RESULTS},
-    pipeline::worker::{handler_input, lease_ran_out},
+    pipeline::worker::{handler_input, lost_attempt},
 };
 
 /// A claim request.
@@ -155,9 +155,10 @@ pub(crate) async fn claim(
     let mut claimed = Vec::with_capacity(claims.len());
     let mut ran_out = Vec::new();
     for claim in claims {
-        if claim.exhausted {
-            // Its worker died on its last attempt: nothing to hand out, a failure to settle.
-            ran_out.push(lease_ran_out(&claim.step));
+        if claim.lease_ran_out {
+            // The worker that ran it stopped answering: nothing to hand out, a failure to
+            // settle.
+            ran_out.push(lost_attempt(&claim.step, &claim.lease_token));
             continue;
         }
         let lease = Lease {
@@ -180,7 +181,11 @@ pub(crate) async fn claim(
         });
     }
     if !ran_out.is_empty() {
-        apply_results(ctx, &ran_out, Vec::new(), None).await?;
+        // Best effort: the claimed steps are this worker's now, whatever happens here; a lost
+        // attempt not settled now is claimed again when its new lease runs out.
+        if let Err(error) = apply_results(ctx, &ran_out, Vec::new(), None).await {
+            tracing::warn!(%error, steps = ran_out.len(), "could not settle lost attempts");
+        }
     }
     Ok(claimed)
 }
@@ -258,9 +263,10 @@ pub(crate) async fn finish(
         step_id,
         attempt: lease.attempt,
         outcome,
+        lease_token: None,
     };
-    // The result processor has a visibility timeout to apply the result; should it not, the
-    // step is claimed again after twice that, and the late result is refused as stale.
+    // The step waits for the result's message; gone without moving the step (dead-lettered),
+    // the step is claimed again once this much has passed since the hand-over.
     let forwarded = ctx
         .store
         .queue_forward(&tasker_store::QueueForwardParams {
@@ -271,7 +277,7 @@ pub(crate) async fn finish(
                 step_id,
                 lease_token: lease.token,
             }],
-            settle_within: ctx.visibility_timeout * 2,
+            settle_within: ctx.visibility_timeout,
         })
         .await;
     match forwarded {

@@ -18,13 +18,14 @@
 //! - A handler that panics fails its attempt (retryable, so the step's retry policy decides)
 //!   with an error naming the panic; the worker goes on, and that result is applied like any
 //!   other.
-//! - A claimed step whose earlier lease ran out on its last attempt (its worker died with it)
-//!   is not run again: its attempt is reported failed, and settlement decides what follows.
+//! - A claimed step whose earlier lease ran out (its worker died with the attempt) is not run
+//!   at once: that attempt is reported failed, and settlement decides by the step's retry
+//!   policy whether, and after what backoff, another follows.
 //!
 //! Remote workers' results cross the `step_results` queue instead; the same
 //! `executor::apply_results` applies both. A worker that dies before its results are applied
-//! leaves its steps to their leases; the steps are then claimed again (`lease_expired`) and
-//! run again.
+//! leaves its steps to their leases; whoever claims them next reports those attempts lost, and
+//! the retry policy runs them again.
 
 use std::{any::Any, collections::HashMap, sync::Arc, time::Duration};
 
@@ -78,6 +79,7 @@ struct Running {
     task_id: TaskId,
     step_id: StepId,
     attempt: u32,
+    lease_token: String,
 }
 
 impl InProcessWorker {
@@ -92,7 +94,8 @@ impl InProcessWorker {
     /// Dropping the future (a pool aborting an executor that did not stop in time) drops the
     /// batch's `JoinSet`, which aborts the handlers still running: their futures are dropped as
     /// when an attempt times out. Nothing is lost: the steps whose results were not applied
-    /// keep their leases until they run out, and then run again (`lease_expired`).
+    /// keep their leases until they run out; those attempts are then reported lost and run
+    /// again by the retry policy.
     pub async fn run_batch(&self, batch: u32) -> Result<usize, ExecutorError> {
         // The leases run from about now: the first extension counts from here, not from when
         // the attempts have started.
@@ -159,10 +162,13 @@ impl InProcessWorker {
                     lease_token: claim.lease_token.clone(),
                 },
             );
-            if claim.exhausted {
-                batch.finished.push(lease_ran_out(&claim.step));
+            if claim.lease_ran_out {
+                batch
+                    .finished
+                    .push(lost_attempt(&claim.step, &claim.lease_token));
                 continue;
             }
+            let lease_token = claim.lease_token.clone();
             let (step, input) = handler_input(claim);
             let handle = batch.tasks.spawn(self.attempt(&step, input));
             batch.running.insert(
@@ -171,6 +177,7 @@ impl InProcessWorker {
                     task_id: step.task_id,
                     step_id: step.id,
                     attempt: step.attempts,
+                    lease_token,
                 },
             );
         }
@@ -327,6 +334,7 @@ fn collect(
         step_id: attempt.step_id,
         attempt: attempt.attempt,
         outcome,
+        lease_token: Some(attempt.lease_token),
     }
 }
 
@@ -339,10 +347,10 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// The failed result of a step claimed after its lease ran out on its last attempt: the
-/// worker that ran that attempt stopped answering. Retryable, like any lost attempt; with no
-/// attempt left, settlement makes it final.
-pub(crate) fn lease_ran_out(step: &StepRow) -> StepResult {
+/// The failed result of an attempt whose lease ran out (the worker running it stopped
+/// answering), reported by whoever claimed the step next under `lease_token`. Retryable:
+/// settlement decides by the step's retry policy, as for any failure.
+pub(crate) fn lost_attempt(step: &StepRow, lease_token: &str) -> StepResult {
     StepResult {
         task_id: step.task_id,
         step_id: step.id,
@@ -355,6 +363,7 @@ pub(crate) fn lease_ran_out(step: &StepRow) -> StepResult {
             ),
             retryable: true,
         },
+        lease_token: Some(lease_token.to_owned()),
     }
 }
 

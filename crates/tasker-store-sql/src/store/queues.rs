@@ -123,22 +123,39 @@ impl<B: Backend> QueueStore for SqlStore<B> {
 
     async fn queue_forward(&self, params: &QueueForwardParams) -> Result<Vec<i64>> {
         let mut tx = self.begin_write().await?;
-        // The settled leases first: a lost one stops everything before anything is written.
-        let settled =
-            super::steps::hold_leases::<B>(&mut tx, &params.settled, params.settle_within, true)
-                .await?;
-        if let Some(lost) = params
-            .settled
-            .iter()
-            .find(|l| !settled.contains(&l.step_id.0))
-        {
-            return Err(StoreError::LeaseLost {
-                entity: "step",
-                id: lost.step_id.0,
-            });
+        if !params.settled.is_empty() && params.settled.len() != params.payloads.len() {
+            return Err(StoreError::other(format!(
+                "queue_forward: {} settled leases for {} payloads; each lease goes with one",
+                params.settled.len(),
+                params.payloads.len()
+            )));
         }
         let ids =
             insert_messages::<B>(&mut tx, &params.queue, &params.payloads, Duration::ZERO).await?;
+        // Each settled lease goes to its payload's message: a lost one undoes everything (the
+        // transaction is dropped uncommitted).
+        for (lease, id) in params.settled.iter().zip(&ids) {
+            let result = crate::result_lease(*id);
+            let handed = B::execute(
+                &mut tx,
+                &Sql::new(format!(
+                    "UPDATE steps SET lease_token = $1, visible_at_ms = {} + $2 \
+                     WHERE id = $3 AND state = 'InProgress' AND lease_token = $4",
+                    B::NOW_MS
+                ))
+                .bind(&result)
+                .bind(duration_ms(params.settle_within))
+                .bind(lease.step_id.0)
+                .bind(&lease.lease_token),
+            )
+            .await?;
+            if handed == 0 {
+                return Err(StoreError::LeaseLost {
+                    entity: "step",
+                    id: lease.step_id.0,
+                });
+            }
+        }
         delete_consumed::<B>(&mut tx, &params.consumed).await?;
         commit::<B>(tx).await?;
         Ok(ids)

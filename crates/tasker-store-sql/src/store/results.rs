@@ -37,6 +37,8 @@ pub struct StepMove<'a> {
     pub error: Option<&'a str>,
     /// The wait before a retry, for a retryable failure.
     pub backoff_ms: Option<i64>,
+    /// Only while this lease holds the step, when the result names one.
+    pub lease_token: Option<&'a str>,
 }
 
 /// What moving a batch changed, read back for settlement.
@@ -119,6 +121,7 @@ pub(super) async fn apply_results<B: Backend>(
                 output: r.output.as_ref(),
                 error: r.error.as_deref(),
                 backoff_ms: r.backoff.map(duration_ms),
+                lease_token: r.lease_token.as_deref(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -238,7 +241,7 @@ pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) 
 
     // 1. Each step moves, only while it runs the result's attempt.
     let mut counted = Counted::default();
-    for chunk in moves.chunks(INSERT_CHUNK / 7) {
+    for chunk in moves.chunks(INSERT_CHUNK / 8) {
         let mut sql = Sql::new(format!(
             "UPDATE steps SET state = v.column3, result = COALESCE(v.column4, result), \
              last_error = COALESCE(v.column5, last_error), next_attempt_at_ms = CASE \
@@ -253,11 +256,13 @@ pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) 
                 .bind(m.output)
                 .bind(m.error)
                 .bind(m.backoff_ms)
-                .bind(m.to.is_terminal());
+                .bind(m.to.is_terminal())
+                .bind(m.lease_token);
         });
         sql.push(&format!(
             ") AS v WHERE steps.id = v.column1 AND steps.state = 'InProgress' \
-             AND steps.attempts = v.column2 RETURNING {}",
+             AND steps.attempts = v.column2 \
+             AND (v.column8 IS NULL OR steps.lease_token = v.column8) RETURNING {}",
             qualified("steps", STEP_COLUMNS)
         ));
         for row in B::fetch_all(conn, &sql).await? {

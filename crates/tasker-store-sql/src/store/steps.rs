@@ -13,27 +13,24 @@ use std::{collections::HashSet, time::Duration};
 
 use super::{commit, fetch_optional, insert_transitions, Backend, Conn, Sql, SqlStore};
 use crate::{
-    duration_ms, stale_or_missing, step as decode_step, NewTransition, RowExt, INSERT_CHUNK,
-    STEP_COLUMNS,
+    duration_ms, stale_or_missing, step as decode_step, NewTransition, RowExt, STEP_COLUMNS,
 };
 
-/// Holds the `InProgress` steps these leases still hold until `hold` from now; with
-/// `hand_over`, no token holds them any more (a result carries them on). Returns the ids it
-/// changed.
-pub(super) async fn hold_leases<B: Backend>(
+/// Rows per lease-extension statement: each lease is an `OR` term, and SQLite refuses an
+/// expression deeper than 1,000.
+const LEASES_PER_STATEMENT: usize = 200;
+
+/// Holds the `InProgress` steps these leases still hold until `hold` from now. Returns the ids
+/// it changed.
+async fn hold_leases<B: Backend>(
     conn: &mut Conn<B>,
     leases: &[StepLease],
     hold: Duration,
-    hand_over: bool,
 ) -> Result<HashSet<i64>> {
     let mut held = HashSet::with_capacity(leases.len());
-    for chunk in leases.chunks(INSERT_CHUNK) {
-        let mut sql = Sql::new("UPDATE steps SET ");
-        if hand_over {
-            sql.push("lease_token = NULL, ");
-        }
-        sql.push(&format!("visible_at_ms = {} + ", B::NOW_MS))
-            .push_bind(duration_ms(hold))
+    for chunk in leases.chunks(LEASES_PER_STATEMENT) {
+        let mut sql = Sql::new(format!("UPDATE steps SET visible_at_ms = {} + ", B::NOW_MS));
+        sql.push_bind(duration_ms(hold))
             .push(" WHERE state = 'InProgress' AND (");
         for (i, lease) in chunk.iter().enumerate() {
             if i > 0 {
@@ -268,7 +265,7 @@ impl<B: Backend> StepStore for SqlStore<B> {
 
     async fn step_lease_extend(&self, params: &StepLeaseExtendParams) -> Result<Vec<StepId>> {
         let mut conn = self.backend().write().await?;
-        let kept = hold_leases::<B>(&mut conn, &params.leases, params.lease, false).await?;
+        let kept = hold_leases::<B>(&mut conn, &params.leases, params.lease).await?;
         Ok(params
             .leases
             .iter()

@@ -3,7 +3,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::json;
-use tasker_types::{StepId, StepState, TaskId};
+use tasker_types::{StepEvent, StepId, StepState, TaskId};
 
 use super::results::{apply, local_noop, ready, running, start, state_of, step_id, success};
 use crate::{
@@ -53,7 +53,7 @@ pub async fn step_claim_begins_attempts_with_their_input(store: Arc<dyn Store>) 
     assert_eq!(first.step.attempts, 1);
     assert_eq!(first.step.queue.as_deref(), Some("elsewhere"));
     assert!(first.parents.is_empty(), "a root step has no parents");
-    assert!(!first.lease_token.is_empty() && !first.exhausted);
+    assert!(!first.lease_token.is_empty() && !first.lease_ran_out);
     assert_eq!(first.context, json!({"n": 1}));
     assert!(
         claim(s, "elsewhere", 10, LONG).await.is_empty(),
@@ -90,9 +90,10 @@ pub async fn step_claim_begins_attempts_with_their_input(store: Arc<dyn Store>) 
     assert_eq!(starts, 3, "one audit row per started attempt");
 }
 
-/// A step whose lease ran out is claimed again: taken back (`lease_expired`), then its next
-/// attempt starts, under a new token; the old token holds nothing any more. On its last
-/// attempt it is leased as it is, answered `exhausted`, for the claimer to report it failed.
+/// A step whose lease ran out is claimed again under a new token, answered `lease_ran_out`:
+/// leased as it is, no attempt started, no audit row; the old token holds nothing any more,
+/// and a result under it is refused. The new holder reports the lost attempt, and its
+/// failure settles by the retry policy.
 pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = template(
@@ -104,16 +105,20 @@ pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
     let id = enqueue(s, task.id, "twice", "lapse").await;
     let short = Duration::from_millis(200);
     let first = claim(s, "lapse", 1, short).await.remove(0);
+    assert!(!first.lease_ran_out);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         ready(s, "lapse").await,
         1,
         "an expired lease counts as ready"
     );
-    let second = claim(s, "lapse", 1, short).await.remove(0);
+    let second = claim(s, "lapse", 1, LONG).await.remove(0);
     assert_eq!(second.step.id, id);
-    assert_eq!(second.step.attempts, 2);
-    assert!(!second.exhausted);
+    assert!(second.lease_ran_out, "leased as it is");
+    assert_eq!(
+        (second.step.state, second.step.attempts),
+        (StepState::InProgress, 1)
+    );
     assert_ne!(second.lease_token, first.lease_token);
     let lost = s
         .step_lease_extend(&StepLeaseExtendParams {
@@ -123,6 +128,32 @@ pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(lost, [id], "the first claim's token holds nothing");
+
+    // The first worker's late result is refused: its lease is gone.
+    let mut late = success(task.id, (id, 1));
+    late.lease_token = Some(first.lease_token.clone());
+    let applied = s
+        .step_apply_results(&apply(vec![late], local_noop()))
+        .await
+        .unwrap();
+    assert!(
+        applied.steps.is_empty(),
+        "a result under a lost lease moves nothing"
+    );
+
+    // The new holder reports the lost attempt; the retry policy decides.
+    let mut lost_attempt = success(task.id, (id, 1));
+    lost_attempt.event = StepEvent::Fail { will_retry: true };
+    lost_attempt.output = None;
+    lost_attempt.error = Some("lease ran out".into());
+    lost_attempt.backoff = Some(Duration::from_millis(1));
+    lost_attempt.lease_token = Some(second.lease_token.clone());
+    let applied = s
+        .step_apply_results(&apply(vec![lost_attempt], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(applied.steps.len(), 1);
+    assert_eq!(applied.steps[0].state, StepState::WaitingForRetry);
     let events: Vec<String> = s
         .transition_list(task.id)
         .await
@@ -133,23 +164,13 @@ pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(
         events,
-        ["create", "enqueue", "start", "lease_expired", "start"]
+        ["create", "enqueue", "start", "fail_retryable"],
+        "a claim that starts no attempt writes no audit row"
     );
-
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let third = claim(s, "lapse", 1, LONG).await.remove(0);
-    assert!(third.exhausted, "no attempt left: leased, not started");
-    assert_eq!(third.step.attempts, 2);
-    assert_eq!(third.step.state, StepState::InProgress);
-    let starts = s
-        .transition_list(task.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|t| t.event == "start")
-        .count();
-    assert_eq!(starts, 2);
-    assert!(claim(s, "lapse", 1, LONG).await.is_empty());
+    assert!(
+        claim(s, "lapse", 1, LONG).await.is_empty(),
+        "waiting for its retry"
+    );
 }
 
 /// A claim with a handler filter takes only steps with those handlers, and leaves the others
@@ -287,20 +308,22 @@ pub async fn step_claim_concurrent_claimers_get_each_step_once(store: Arc<dyn St
     assert_eq!(unique, all.into_iter().collect::<HashSet<_>>());
 }
 
-/// `queue_forward` hands a step's lease over with the result it publishes: no call holds the
-/// lease after it, and the step is claimed again only once `settle_within` passes. A lease not
-/// held fails the call, and nothing is published.
+/// `queue_forward` hands a step's lease over to the message of the result it publishes: no
+/// call holds the lease after it, and the step waits for that message, however long; once the
+/// message is gone without moving the step (dead-lettered, say) and `settle_within` has
+/// passed, the step is claimed again, its attempt lost. A lease not held fails the call, and
+/// nothing is published.
 pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
     let s = store.as_ref();
-    let other = create_task(s, &diamond(), None).await;
-    running(s, &other).await;
-    let other_id = enqueue(s, other.id, "start", "handover").await;
+    let task = create_task(s, &diamond(), None).await;
+    running(s, &task).await;
+    let id = enqueue(s, task.id, "start", "handover").await;
     let held = claim(s, "handover", 1, LONG).await.remove(0);
     let forward = |token: &str, within: Duration| QueueForwardParams {
         consumed: Vec::new(),
         queue: "handed".into(),
         payloads: vec![json!({"result": 1})],
-        settled: vec![lease(other_id, token)],
+        settled: vec![lease(id, token)],
         settle_within: within,
     };
     let refused = s
@@ -313,28 +336,42 @@ pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
     );
     assert_eq!(ready(s, "handed").await, 0, "nothing published");
 
-    s.queue_forward(&forward(&held.lease_token, Duration::from_millis(300)))
+    s.queue_forward(&forward(&held.lease_token, Duration::from_millis(100)))
         .await
         .unwrap();
     assert_eq!(ready(s, "handed").await, 1);
     let lost = s
         .step_lease_extend(&StepLeaseExtendParams {
-            leases: vec![lease(other_id, &held.lease_token)],
+            leases: vec![lease(id, &held.lease_token)],
             lease: LONG,
         })
         .await
         .unwrap();
-    assert_eq!(lost, [other_id], "the lease went with the result");
-    assert!(claim(s, "handover", 1, LONG).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lost, [id], "the lease went with the result");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        claim(s, "handover", 1, LONG).await.is_empty(),
+        "past its bound, the step still waits for its queued result"
+    );
+
+    // The result's message is dead-lettered: the step is claimed again, its attempt lost.
+    let dequeue = crate::QueueDequeueParams {
+        queue: "handed".into(),
+        max: 1,
+        visibility_timeout: Duration::ZERO,
+        max_deliveries: 1,
+    };
+    assert_eq!(s.queue_dequeue(&dequeue).await.unwrap().len(), 1);
+    assert!(s.queue_dequeue(&dequeue).await.unwrap().is_empty());
+    assert_eq!(s.dead_letter_list("handed").await.unwrap().len(), 1);
     let again = claim(s, "handover", 1, LONG).await;
     assert_eq!(
         again
             .iter()
-            .map(|c| (c.step.id, c.step.attempts))
+            .map(|c| (c.step.id, c.step.attempts, c.lease_ran_out))
             .collect::<Vec<_>>(),
-        [(other_id, 2)],
-        "a result never applied: the step runs again"
+        [(id, 1, true)],
+        "a result never applied: the attempt is lost"
     );
 }
 
@@ -369,7 +406,7 @@ pub async fn step_apply_results_claims_what_it_makes_ready(store: Arc<dyn Store>
     assert_eq!(claimed.step.attempts, 1);
     assert_eq!(claimed.step.queue.as_deref(), Some("local"));
     assert!(claimed.step.started_at_ms.is_some());
-    assert!(!claimed.lease_token.is_empty() && !claimed.exhausted);
+    assert!(!claimed.lease_token.is_empty() && !claimed.lease_ran_out);
     assert_eq!(claimed.context, json!({"n": 1}));
     assert_eq!(
         claimed.parents,

@@ -84,6 +84,7 @@ pub(super) fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepRe
         output: Some(json!({ "step": step_id.0 })),
         error: None,
         backoff: None,
+        lease_token: None,
     }
 }
 

@@ -52,6 +52,7 @@ async fn prepare(
         output: None,
         error: None,
         backoff: None,
+        lease_token: result.lease_token.clone(),
     };
     match &result.outcome {
         StepOutcome::Success { output } => apply.output = Some(output.clone()),
