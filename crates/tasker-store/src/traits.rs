@@ -158,7 +158,10 @@ pub trait StepStore: Send + Sync {
     /// Moves a step by its state machine, compare-and-swap on `from`, with its audit row in the
     /// same transaction. `Start` counts an attempt. A step reaching `Complete` or
     /// `ResolvedManually` decrements its children's unfinished-parent counters in the same
-    /// transaction; `Retry` (operator) resets the attempt count.
+    /// transaction; `Retry` (operator) resets the attempt count. Only the state moves: putting
+    /// a step in a queue and leasing it are [`Self::step_enqueue_many`]'s and
+    /// [`Self::step_claim`]'s, so a step `Enqueued` or started through this method waits in
+    /// no queue and holds no lease.
     ///
     /// # Errors
     ///
@@ -198,13 +201,14 @@ pub trait StepStore: Send + Sync {
     /// Infrastructure errors.
     async fn step_claim(&self, params: &StepClaimParams) -> Result<Vec<StepClaimed>>;
 
-    /// Extends held step leases to `params.lease` from now (database clock), in one round trip
-    /// whatever their number. Returns the steps whose lease was lost (the step moved on, or
-    /// another claim holds it); the others were extended.
+    /// Extends held step leases to `params.lease` from now (database clock), a statement per
+    /// 200 leases. Returns the steps whose lease was lost (the step moved on, or another claim
+    /// holds it); the others were extended.
     ///
     /// # Errors
     ///
-    /// Infrastructure errors; then no lease was extended.
+    /// Infrastructure errors; then some leases may not have been extended (extending them
+    /// again is harmless).
     async fn step_lease_extend(&self, params: &StepLeaseExtendParams) -> Result<Vec<StepId>>;
 
     /// Applies worker results in one transaction and settles what each one decides:
