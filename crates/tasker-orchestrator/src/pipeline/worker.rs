@@ -150,8 +150,8 @@ impl InProcessWorker {
         }
     }
 
-    /// Starts the attempts of `claimed` on the batch's tasks (a step whose lease ran out on its
-    /// last attempt is reported failed instead).
+    /// Starts the attempts of `claimed` on the batch's tasks (a step whose lease ran out has
+    /// its lost attempt reported instead).
     fn start(&self, batch: &mut Batch, claimed: Vec<StepClaimed>) {
         batch.count += claimed.len();
         for claim in claimed {
