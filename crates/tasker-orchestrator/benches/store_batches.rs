@@ -113,6 +113,7 @@ async fn claim(store: &dyn Store, n: usize) -> Vec<StepClaimed> {
             lease: Duration::from_secs(300),
             handlers: None,
             instance_id: "bench".into(),
+            holder: "bench".into(),
         })
         .await
         .expect("claim")

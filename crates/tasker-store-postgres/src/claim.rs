@@ -28,7 +28,7 @@ impl PgBackend {
                ORDER BY visible_at_ms, id LIMIT $2 \
                FOR UPDATE SKIP LOCKED), \
              leased AS ( \
-               UPDATE steps SET state = $5, lease_token = {token_sql}, \
+               UPDATE steps SET state = $5, lease_token = {token_sql}, lease_holder = $11, \
                  visible_at_ms = {now} + $6, \
                  attempts = CASE WHEN picked.ran_out THEN attempts ELSE attempts + 1 END, \
                  started_at_ms = COALESCE(started_at_ms, {now}), next_attempt_at_ms = NULL \
@@ -60,6 +60,7 @@ impl PgBackend {
         .bind(&params.instance_id)
         .bind(StepState::Enqueued.as_str())
         .bind(StepEvent::Start.name())
+        .bind(&params.holder)
         .fetch_all(&self.lease_pool)
         .await
         .map_err(map_err)?;

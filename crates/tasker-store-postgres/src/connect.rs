@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "step queue",
         include_str!("../migrations/0003_step_queue.sql"),
     ),
+    (
+        4,
+        "instances",
+        include_str!("../migrations/0004_instances.sql"),
+    ),
 ];
 
 /// How to connect a [`PgStore`].

@@ -181,6 +181,7 @@ pub(crate) async fn apply_effects(
              state = CASE WHEN c.chain THEN $32 ELSE $1 END, \
              visible_at_ms = {now} + CASE WHEN c.chain THEN $33 ELSE 0 END, \
              lease_token = CASE WHEN c.chain THEN {token} END, \
+             lease_holder = CASE WHEN c.chain THEN $18 ELSE lease_holder END, \
              attempts = attempts + CASE WHEN c.chain THEN 1 ELSE 0 END, \
              started_at_ms = CASE WHEN c.chain THEN COALESCE(started_at_ms, {now}) \
                              ELSE started_at_ms END, \

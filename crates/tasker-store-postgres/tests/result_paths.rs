@@ -164,6 +164,7 @@ async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
                 lease: Duration::from_secs(300),
                 handlers: None,
                 instance_id: "diff".into(),
+                holder: "diff".into(),
             })
             .await
             .unwrap();

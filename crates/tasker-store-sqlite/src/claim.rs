@@ -59,6 +59,8 @@ impl SqliteBackend {
         let token = lease.placeholder(token.as_str());
         lease
             .push(&step_token_sql(&token))
+            .push(", lease_holder = ")
+            .push_bind(params.holder.as_str())
             .push(&format!(", visible_at_ms = {NOW_MS} + "))
             .push_bind(duration_ms(params.lease))
             .push(&format!(

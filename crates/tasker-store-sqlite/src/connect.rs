@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "step queue",
         include_str!("../migrations/0003_step_queue.sql"),
     ),
+    (
+        4,
+        "instances",
+        include_str!("../migrations/0004_instances.sql"),
+    ),
 ];
 
 /// How to open a [`SqliteStore`].
@@ -213,6 +218,7 @@ mod tests {
                 lease: Duration::from_secs(30),
                 handlers: None,
                 instance_id: "test".into(),
+                holder: "test".into(),
             })
             .await
             .unwrap();

@@ -42,6 +42,6 @@ pub use retry::{
     retry_contended, retry_while_unavailable, AsStoreError, CONTENDED_ATTEMPTS, FOLLOW_UP_PATIENCE,
 };
 pub use traits::{
-    Capabilities, ConnectionPoolStats, QueueStore, StepStore, Store, TaskStore, TemplateStore,
-    TransitionLog,
+    Capabilities, ConnectionPoolStats, InstanceStore, QueueStore, StepStore, Store, TaskStore,
+    TemplateStore, TransitionLog,
 };

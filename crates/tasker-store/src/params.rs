@@ -260,6 +260,28 @@ pub struct ResultsApplied {
     pub claimed: Vec<StepClaimed>,
 }
 
+/// [`crate::InstanceStore::instance_register`].
+#[derive(Debug, Clone)]
+pub struct InstanceRegisterParams {
+    /// The instance's id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Tasker version.
+    pub version: String,
+}
+
+/// [`crate::InstanceStore::instance_heartbeat`].
+#[derive(Debug, Clone)]
+pub struct InstanceHeartbeatParams {
+    /// The instance's id.
+    pub id: String,
+    /// What it is doing.
+    pub state: tasker_types::InstanceState,
+}
+
 /// [`crate::StepStore::step_claim`].
 #[derive(Debug, Clone)]
 pub struct StepClaimParams {
@@ -273,6 +295,9 @@ pub struct StepClaimParams {
     pub handlers: Option<Vec<String>>,
     /// Instance recorded in the audit rows.
     pub instance_id: String,
+    /// Who holds the leases: this instance for its in-process workers, the remote worker
+    /// for a remote claim (recorded on each step; see [`crate::InstanceStore`]).
+    pub holder: String,
 }
 
 /// One step [`crate::StepStore::step_claim`] leased, with its handler's input.

@@ -1,15 +1,16 @@
 use async_trait::async_trait;
 use tasker_types::{
-    DeadLetter, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord, TransitionRow,
+    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord,
+    TransitionRow,
 };
 
 use crate::{
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
-    QueueForwardParams, QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams,
-    StepClaimParams, StepClaimed, StepEnqueueManyParams, StepLeaseExtendParams,
-    StepTransitionParams, StepViableManyParams, TaskClaimParams, TaskCreateParams, TaskCreated,
-    TaskListParams, TaskReleaseParams, TaskTransitionParams, TemplateGetParams,
-    TemplateRegisterParams,
+    InstanceHeartbeatParams, InstanceRegisterParams, QueueAckParams, QueueDepth,
+    QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams, QueueForwardParams,
+    QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
+    StepEnqueueManyParams, StepLeaseExtendParams, StepTransitionParams, StepViableManyParams,
+    TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams,
+    TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -326,6 +327,49 @@ pub trait QueueStore: Send + Sync {
     async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>>;
 }
 
+/// The cluster's orchestrator instances: registration, heartbeats, and the leases they hold.
+/// Times are the database clock's, so instances with skewed clocks agree on who is alive.
+#[async_trait]
+pub trait InstanceStore: Send + Sync {
+    /// Registers an instance (`Running`, heartbeat now), or re-registers one whose row is gone.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_register(&self, params: &InstanceRegisterParams) -> Result<InstanceRow>;
+
+    /// Records a heartbeat and the instance's state. `false` when the instance is not
+    /// registered (it was declared dead and removed): it must register again.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_heartbeat(&self, params: &InstanceHeartbeatParams) -> Result<bool>;
+
+    /// Every registered instance, oldest first, with the leases it holds and the database
+    /// clock's reading.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_list(&self) -> Result<Vec<InstanceRow>>;
+
+    /// Removes an instance's registration (after it released what it held).
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_deregister(&self, id: &str) -> Result<()>;
+
+    /// Ends at once the leases `holder` holds on running steps: they are claimable now, and
+    /// their next claimer reports the attempts lost. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_release_leases(&self, holder: &str) -> Result<u64>;
+}
+
 /// The append-only audit trail.
 #[async_trait]
 pub trait TransitionLog: Send + Sync {
@@ -340,7 +384,7 @@ pub trait TransitionLog: Send + Sync {
 /// A complete storage backend.
 #[async_trait]
 pub trait Store:
-    TemplateStore + TaskStore + StepStore + QueueStore + TransitionLog + std::fmt::Debug
+    TemplateStore + TaskStore + StepStore + QueueStore + TransitionLog + InstanceStore + std::fmt::Debug
 {
     /// What the backend can do.
     fn capabilities(&self) -> Capabilities;

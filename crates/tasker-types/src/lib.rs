@@ -12,9 +12,12 @@ mod spec;
 pub mod state;
 
 pub use ids::{StepId, TaskId, UnixMillis};
-pub use rows::{DeadLetter, Entity, QueueMessage, StepRow, TaskRow, TemplateRecord, TransitionRow};
+pub use rows::{
+    DeadLetter, Entity, InstanceRow, QueueMessage, StepRow, TaskRow, TemplateRecord, TransitionRow,
+};
 pub use spec::{StepSpec, TemplateDefinition};
 pub use state::{
+    instance::InstanceState,
     step::{StepEvent, StepState},
     task::{TaskEvent, TaskState},
     ParseStateError, TransitionError,

@@ -3,7 +3,30 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{StepId, StepState, TaskId, TaskState, UnixMillis};
+use crate::{InstanceState, StepId, StepState, TaskId, TaskState, UnixMillis};
+
+/// An orchestrator instance of the cluster, as it registered and last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// The instance's id (the one its audit rows and leases name).
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id on its host.
+    pub pid: u32,
+    /// Tasker version.
+    pub version: String,
+    /// What it reported last.
+    pub state: InstanceState,
+    /// When it registered (database clock).
+    pub started_at_ms: UnixMillis,
+    /// Its last heartbeat (database clock).
+    pub heartbeat_at_ms: UnixMillis,
+    /// The database clock when the row was read: the heartbeat's age is the difference.
+    pub read_at_ms: UnixMillis,
+    /// Steps whose lease it holds.
+    pub leases: u64,
+}
 
 /// A registered template, as stored: its identity and the validated definition as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,8 @@ use std::{
 use async_trait::async_trait;
 use tasker_store::*;
 use tasker_types::{
-    DeadLetter, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord, TransitionRow,
+    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord,
+    TransitionRow,
 };
 
 #[derive(Debug)]
@@ -188,6 +189,25 @@ impl TransitionLog for Faulty {
     async fn transition_list(&self, task_id: TaskId) -> Result<Vec<TransitionRow>> {
         self.read()?;
         self.inner.transition_list(task_id).await
+    }
+}
+
+#[async_trait]
+impl InstanceStore for Faulty {
+    async fn instance_register(&self, p: &InstanceRegisterParams) -> Result<InstanceRow> {
+        self.inner.instance_register(p).await
+    }
+    async fn instance_heartbeat(&self, p: &InstanceHeartbeatParams) -> Result<bool> {
+        self.inner.instance_heartbeat(p).await
+    }
+    async fn instance_list(&self) -> Result<Vec<InstanceRow>> {
+        self.inner.instance_list().await
+    }
+    async fn instance_deregister(&self, id: &str) -> Result<()> {
+        self.inner.instance_deregister(id).await
+    }
+    async fn instance_release_leases(&self, holder: &str) -> Result<u64> {
+        self.inner.instance_release_leases(holder).await
     }
 }
 

@@ -119,6 +119,12 @@ impl Lease {
     }
 }
 
+/// The lease holder a remote worker's claims record: never an instance's id, so failing an
+/// instance over never takes a remote worker's steps.
+fn remote_holder(worker_id: &str) -> String {
+    format!("remote:{worker_id}")
+}
+
 /// Longest lease a worker may ask for.
 const MAX_LEASE: Duration = Duration::from_secs(3600);
 
@@ -150,6 +156,7 @@ pub(crate) async fn claim(
             request.max.min(1000),
             lease,
             request.handlers.clone(),
+            &remote_holder(&request.worker_id),
         )
         .await?;
     let mut claimed = Vec::with_capacity(claims.len());

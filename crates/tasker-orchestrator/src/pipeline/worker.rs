@@ -102,7 +102,13 @@ impl InProcessWorker {
         let leased_at = tokio::time::Instant::now();
         let claimed = self
             .ctx
-            .claim(&self.queue, batch, self.ctx.visibility_timeout, None)
+            .claim(
+                &self.queue,
+                batch,
+                self.ctx.visibility_timeout,
+                None,
+                &self.ctx.instance_id,
+            )
             .await?;
         if claimed.is_empty() {
             return Ok(0);

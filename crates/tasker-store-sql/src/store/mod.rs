@@ -11,6 +11,7 @@
 //! effects and the two halves of a result batch). The compiler checks each backend against the trait, and navigation lands in
 //! real code.
 
+mod instances;
 mod queues;
 mod results;
 mod sql;

@@ -364,6 +364,8 @@ pub async fn apply_effects<B: Backend>(
                         .push_bind(StepState::InProgress.as_str())
                         .push(", lease_token = ")
                         .push(&super::step_token_sql(&token))
+                        .push(", lease_holder = ")
+                        .push_bind(plan.instance_id)
                         .push(&format!(", visible_at_ms = {} + ", B::NOW_MS))
                         .push_bind(c.lease_ms)
                         .push(&format!(

@@ -192,6 +192,7 @@ pub async fn step_claim_filters_by_handler(store: Arc<dyn Store>) {
         lease: LONG,
         handlers: Some(handlers.into_iter().map(str::to_owned).collect()),
         instance_id: "conformance".into(),
+        holder: "conformance".into(),
     };
     assert!(s.step_claim(&only(vec![])).await.unwrap().is_empty());
     let names: Vec<String> = s

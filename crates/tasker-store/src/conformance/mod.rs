@@ -6,6 +6,7 @@
 //! giving it an async factory that returns a [`TestStore`].
 
 mod claims;
+mod instances;
 mod queue;
 mod results;
 pub mod statements;
@@ -16,6 +17,7 @@ mod template;
 use std::{future::Future, sync::Arc, time::Duration};
 
 pub use claims::*;
+pub use instances::*;
 pub use queue::*;
 pub use results::*;
 pub use step::*;
@@ -35,6 +37,7 @@ pub async fn claim(store: &dyn Store, queue: &str, max: u32, lease: Duration) ->
             lease,
             handlers: None,
             instance_id: "conformance".into(),
+            holder: "conformance".into(),
         })
         .await
         .unwrap()
@@ -84,6 +87,8 @@ macro_rules! store_conformance {
             step_claim_concurrent_claimers_get_each_step_once,
             queue_forward_settles_step_leases,
             step_apply_results_claims_what_it_makes_ready,
+            instance_register_heartbeat_list_deregister,
+            instance_release_leases_frees_its_steps_only,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,
@@ -123,8 +128,9 @@ macro_rules! store_conformance {
 }
 
 /// The sources of the conformance tests, read for [`assert_listed`].
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     include_str!("claims.rs"),
+    include_str!("instances.rs"),
     include_str!("queue.rs"),
     include_str!("results.rs"),
     include_str!("step.rs"),

@@ -4,6 +4,7 @@
 //! computes a next state; stores persist the result together with an audit row, and guard the
 //! write with the expected from-state (compare-and-swap).
 
+pub mod instance;
 pub mod step;
 pub mod task;
 

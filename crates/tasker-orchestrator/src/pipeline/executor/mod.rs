@@ -216,13 +216,14 @@ impl ExecutorContext {
     }
 
     /// Claims up to `max` steps waiting in `queue` (those with `handlers` only, when given),
-    /// each leased for `lease`, their attempts started.
+    /// each leased for `lease` to `holder`, their attempts started.
     pub(crate) async fn claim(
         &self,
         queue: &str,
         max: u32,
         lease: std::time::Duration,
         handlers: Option<Vec<String>>,
+        holder: &str,
     ) -> Result<Vec<tasker_store::StepClaimed>, ExecutorError> {
         let params = tasker_store::StepClaimParams {
             queue: queue.to_owned(),
@@ -230,6 +231,7 @@ impl ExecutorContext {
             lease,
             handlers,
             instance_id: self.instance_id.clone(),
+            holder: holder.to_owned(),
         };
         Ok(tasker_store::retry_contended(|| self.store.step_claim(&params)).await?)
     }

@@ -1,0 +1,134 @@
+//! The cluster's instances: registration, heartbeats, the leases each holds.
+
+use std::{sync::Arc, time::Duration};
+
+use tasker_types::{InstanceState, StepState};
+
+use super::results::running;
+use crate::{
+    conformance::{create_task, template},
+    InstanceHeartbeatParams, InstanceRegisterParams, StepClaimParams, StepEnqueueManyParams, Store,
+};
+
+fn register(id: &str) -> InstanceRegisterParams {
+    InstanceRegisterParams {
+        id: id.into(),
+        host: "host-1".into(),
+        pid: 4242,
+        version: "0.1.0".into(),
+    }
+}
+
+/// Instances register `Running`, heartbeat (with their state) on the database clock, list
+/// oldest first, and once deregistered their heartbeat says so.
+pub async fn instance_register_heartbeat_list_deregister(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let a = s.instance_register(&register("a")).await.unwrap();
+    assert_eq!((a.id.as_str(), a.state), ("a", InstanceState::Running));
+    assert_eq!(
+        (a.host.as_str(), a.pid, a.version.as_str()),
+        ("host-1", 4242, "0.1.0")
+    );
+    assert!(a.heartbeat_at_ms <= a.read_at_ms && a.started_at_ms <= a.heartbeat_at_ms);
+    assert_eq!(a.leases, 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.instance_register(&register("b")).await.unwrap();
+    let ids: Vec<String> = s
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, ["a", "b"], "oldest first");
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let beat = InstanceHeartbeatParams {
+        id: "a".into(),
+        state: InstanceState::Draining,
+    };
+    assert!(s.instance_heartbeat(&beat).await.unwrap());
+    let after = s
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == "a")
+        .unwrap();
+    assert_eq!(after.state, InstanceState::Draining);
+    assert!(
+        after.heartbeat_at_ms > a.heartbeat_at_ms,
+        "the heartbeat moved"
+    );
+    assert_eq!(after.started_at_ms, a.started_at_ms);
+
+    s.instance_deregister("a").await.unwrap();
+    assert!(
+        !s.instance_heartbeat(&beat).await.unwrap(),
+        "no longer registered"
+    );
+    let again = s.instance_register(&register("a")).await.unwrap();
+    assert_eq!(again.state, InstanceState::Running, "registers again");
+    assert_eq!(s.instance_list().await.unwrap().len(), 2);
+}
+
+/// A claim records who holds each lease; releasing a holder's leases makes exactly its running
+/// steps claimable at once (their next claimer reports the attempts lost), and the instance
+/// list counts the leases each instance holds.
+pub async fn instance_release_leases_frees_its_steps_only(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: held\nversion: 1.0.0\nsteps:\n\
+         - {name: a1, handler: noop}\n- {name: a2, handler: noop}\n- {name: b1, handler: noop}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    let steps = s.step_list(task.id).await.unwrap();
+    for (step, queue) in steps.iter().zip(["qa", "qa", "qb"]) {
+        s.step_enqueue_many(&StepEnqueueManyParams {
+            task_id: task.id,
+            steps: vec![(step.id, StepState::Pending)],
+            queue: queue.into(),
+            instance_id: "conformance".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let claim = |queue: &str, holder: &str| StepClaimParams {
+        queue: queue.into(),
+        max: 10,
+        lease: Duration::from_secs(300),
+        handlers: None,
+        instance_id: "conformance".into(),
+        holder: holder.into(),
+    };
+    s.instance_register(&register("a")).await.unwrap();
+    s.instance_register(&register("b")).await.unwrap();
+    assert_eq!(s.step_claim(&claim("qa", "a")).await.unwrap().len(), 2);
+    assert_eq!(s.step_claim(&claim("qb", "b")).await.unwrap().len(), 1);
+    let leases: Vec<(String, u64)> = s
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.id, i.leases))
+        .collect();
+    assert_eq!(leases, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
+
+    assert_eq!(s.instance_release_leases("a").await.unwrap(), 2);
+    assert_eq!(
+        s.instance_release_leases("a").await.unwrap(),
+        0,
+        "nothing left"
+    );
+    let taken = s.step_claim(&claim("qa", "c")).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(
+        taken.iter().all(|c| c.lease_ran_out),
+        "their attempts were lost"
+    );
+    assert!(
+        s.step_claim(&claim("qb", "c")).await.unwrap().is_empty(),
+        "b's lease holds"
+    );
+}
