@@ -28,8 +28,9 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tasker_orchestrator::{
     runtime::{
-        backpressure::BackpressureConfig, coordinator::CoordinatorConfig, pool::PoolConfig,
-        resources::FailureMode, scaling::ScalingConfig,
+        backpressure::BackpressureConfig, coordinator::CoordinatorConfig,
+        membership::ClusterConfig, pool::PoolConfig, resources::FailureMode,
+        scaling::ScalingConfig,
     },
     EngineConfig, ExecutorType,
 };
@@ -73,6 +74,30 @@ pub struct TaskerConfig {
     pub pools: PoolsConfig,
     /// Export of traces.
     pub telemetry: TelemetryConfig,
+    /// The instances sharing one database.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Time between an instance's heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// An instance silent for longer is declared dead, and its leases are released.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        let cluster = EngineConfig::default().cluster;
+        Self {
+            heartbeat: cluster.heartbeat,
+            dead_after: cluster.dead_after,
+        }
+    }
 }
 
 /// `[database]`.
@@ -501,6 +526,10 @@ impl TaskerConfig {
             claim_lease: self.engine.claim_lease,
             visibility_timeout: self.queues.visibility_timeout,
             max_deliveries: self.queues.max_deliveries,
+            cluster: ClusterConfig {
+                heartbeat: self.cluster.heartbeat,
+                dead_after: self.cluster.dead_after,
+            },
             ..defaults
         }
     }
@@ -542,10 +571,21 @@ impl TaskerConfig {
                 "coordinator.heartbeat_timeout",
                 self.coordinator.heartbeat_timeout,
             ),
+            ("cluster.heartbeat", self.cluster.heartbeat),
         ] {
             if value.is_zero() {
                 return invalid(key, "must be greater than 0".into());
             }
+        }
+        if self.cluster.dead_after <= self.cluster.heartbeat {
+            return invalid(
+                "cluster.dead_after",
+                format!(
+                    "{:?} must be longer than cluster.heartbeat ({:?}), or every instance would \
+                     be declared dead between two heartbeats",
+                    self.cluster.dead_after, self.cluster.heartbeat
+                ),
+            );
         }
         if self.queues.max_deliveries == 0 {
             return invalid("queues.max_deliveries", "must be at least 1".into());

@@ -260,3 +260,33 @@ fn telemetry_errors_name_the_key() {
         Ok(())
     });
 }
+
+/// `[cluster]` reaches the engine, and a dead bound no longer than a heartbeat is refused
+/// with both values.
+#[test]
+fn cluster_settings_reach_the_engine_and_dead_after_must_exceed_the_heartbeat() {
+    Jail::expect_with(|jail| {
+        let config = load_in(
+            jail,
+            "[default.cluster]\nheartbeat = \"500ms\"\ndead_after = \"3s\"\n",
+            "development",
+        )
+        .unwrap()
+        .validated()
+        .unwrap();
+        let engine = config.engine_config();
+        assert_eq!(engine.cluster.heartbeat, Duration::from_millis(500));
+        assert_eq!(engine.cluster.dead_after, Duration::from_secs(3));
+
+        let refused = load_in(
+            jail,
+            "[default.cluster]\nheartbeat = \"2s\"\ndead_after = \"2s\"\n",
+            "development",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("cluster.dead_after"), "{refused}");
+        assert!(refused.contains("2s"), "{refused}");
+        Ok(())
+    });
+}

@@ -32,6 +32,7 @@ use crate::{
     runtime::coordinator::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
+    runtime::membership::{self, ClusterConfig},
     runtime::metrics::EngineMetrics,
     runtime::monitor::{self, MonitorHandle},
     runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub max_deliveries: u32,
     /// Capacity of the claims channel between claimers and enqueuers.
     pub claims_capacity: usize,
+    /// Heartbeats and failure detection across the instances sharing the database.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for EngineConfig {
@@ -107,6 +110,7 @@ impl Default for EngineConfig {
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 10,
             claims_capacity: 1024,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -147,6 +151,9 @@ pub enum EngineError {
     /// Resource validation failed in `fail_fast` mode (or `degraded` could not fit).
     #[error("resource validation failed: {}", .0.errors.join("; "))]
     Resources(Box<ResourceReport>),
+    /// The instance could not register with the cluster (the store failed).
+    #[error("could not register this instance: {0}")]
+    Store(#[source] tasker_store::StoreError),
 }
 
 /// The order pools stop in: intake first, then the work in flight drains.
@@ -274,6 +281,18 @@ impl Engine {
 
         let stop_background = CancellationToken::new();
         let mut background = Vec::new();
+        // This instance joins the cluster: registered, then heartbeating (and failing dead
+        // instances over) until it stops.
+        ctx.store
+            .instance_register(&membership::registration(&config.instance_id))
+            .await
+            .map_err(EngineError::Store)?;
+        background.push(tokio::spawn(membership::heartbeat(
+            ctx.store.clone(),
+            config.instance_id.clone(),
+            config.cluster,
+            stop_background.clone(),
+        )));
         // Wake-ups from other processes sharing the database (PostgreSQL LISTEN/NOTIFY).
         match ctx.store.wakeup_subscribe().await {
             Ok(Some(announcements)) => {
@@ -523,6 +542,7 @@ impl Engine {
             }
         }
         let report = coordinator.stop(&[]).await;
+        membership::leave(self.ctx.store.as_ref(), &self.ctx.instance_id).await;
         tracing::info!(
             released_claims = released,
             graceful = report.graceful,

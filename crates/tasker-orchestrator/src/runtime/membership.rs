@@ -1,0 +1,162 @@
+//! This instance's place in the cluster: it registers when the engine starts, heartbeats on
+//! the database clock, and deregisters when it stops, after ending the leases it still held.
+//!
+//! Each heartbeat also fails over the instances found dead (no heartbeat for
+//! [`ClusterConfig::dead_after`]): their step leases end at once, so their running steps are
+//! claimed again within seconds rather than after a lease, and their registration goes. Both
+//! are idempotent, so several live instances doing it at once is harmless; an instance only
+//! slow, not dead, finds itself deregistered at its next heartbeat, registers again, and its
+//! late results are refused by their lease.
+
+use std::{sync::Arc, time::Duration};
+
+use tasker_store::{InstanceHeartbeatParams, InstanceRegisterParams, Store, StoreError};
+use tasker_types::{InstanceRow, InstanceState};
+use tokio_util::sync::CancellationToken;
+
+/// Heartbeats and failure detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+    /// An instance whose last heartbeat is older than this is dead.
+    pub dead_after: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether `instance`, as read, is dead.
+    pub fn is_dead(&self, instance: &InstanceRow) -> bool {
+        let age = instance.read_at_ms.saturating_sub(instance.heartbeat_at_ms);
+        u128::try_from(age).unwrap_or(0) > self.dead_after.as_millis()
+    }
+}
+
+/// What this instance registers as.
+pub fn registration(instance_id: &str) -> InstanceRegisterParams {
+    InstanceRegisterParams {
+        id: instance_id.to_owned(),
+        host: host_name(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// The host's name, as the kernel has it (`localhost` when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Heartbeats until `stop`, failing dead instances over on each beat. Store errors are logged
+/// and the next beat tries again (a database restart must not stop the instance).
+pub async fn heartbeat(
+    store: Arc<dyn Store>,
+    instance_id: String,
+    config: ClusterConfig,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(config.heartbeat);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        if let Err(error) = beat(store.as_ref(), &instance_id, config).await {
+            tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
+        }
+    }
+}
+
+/// One heartbeat: record it (registering again if this instance was declared dead), then fail
+/// the dead over.
+async fn beat(
+    store: &dyn Store,
+    instance_id: &str,
+    config: ClusterConfig,
+) -> Result<(), StoreError> {
+    let params = InstanceHeartbeatParams {
+        id: instance_id.to_owned(),
+        state: InstanceState::Running,
+    };
+    if !store.instance_heartbeat(&params).await? {
+        tracing::warn!(
+            instance = instance_id,
+            "this instance was declared dead; registering again"
+        );
+        store.instance_register(&registration(instance_id)).await?;
+    }
+    for dead in store
+        .instance_list()
+        .await?
+        .into_iter()
+        .filter(|i| i.id != instance_id && config.is_dead(i))
+    {
+        let released = store.instance_release_leases(&dead.id).await?;
+        store.instance_deregister(&dead.id).await?;
+        tracing::warn!(
+            instance = %dead.id,
+            host = %dead.host,
+            silent_ms = dead.read_at_ms.saturating_sub(dead.heartbeat_at_ms),
+            released,
+            "instance declared dead; its leases are released"
+        );
+    }
+    Ok(())
+}
+
+/// Ends the leases this instance still holds (steps whose batches were aborted at shutdown)
+/// and removes its registration. Best effort: what fails here, the others' failover finishes.
+pub async fn leave(store: &dyn Store, instance_id: &str) {
+    match store.instance_release_leases(instance_id).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "released the leases still held"),
+        Err(error) => tracing::warn!(%error, "could not release this instance's leases"),
+    }
+    if let Err(error) = store.instance_deregister(instance_id).await {
+        tracing::warn!(%error, "could not deregister this instance");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(heartbeat_at_ms: i64, read_at_ms: i64) -> InstanceRow {
+        InstanceRow {
+            id: "i".into(),
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            state: InstanceState::Running,
+            started_at_ms: 0,
+            heartbeat_at_ms,
+            read_at_ms,
+            leases: 0,
+        }
+    }
+
+    #[test]
+    fn dead_means_silent_for_longer_than_the_bound() {
+        let config = ClusterConfig::default();
+        assert!(!config.is_dead(&row(10_000, 15_000)), "exactly the bound");
+        assert!(config.is_dead(&row(10_000, 15_001)));
+        assert!(
+            !config.is_dead(&row(10_000, 9_000)),
+            "a clock read before the beat"
+        );
+    }
+}

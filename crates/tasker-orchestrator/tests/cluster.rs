@@ -1,0 +1,152 @@
+//! Instances sharing one database, through a real engine on both backends: an engine
+//! registers and heartbeats, fails a silent instance over (its leases end at once, so its
+//! running steps run elsewhere, each lost attempt settled by the retry policy), and leaves the
+//! cluster when it stops.
+
+mod support;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use tasker_orchestrator::{
+    handler::HandlerRegistry, pipeline::messages::LOCAL_STEPS, runtime::membership::ClusterConfig,
+    Engine, EngineConfig,
+};
+use tasker_store::{
+    InstanceRegisterParams, StepClaimParams, StepRouting, Store, TaskCreateParams,
+    TemplateRegisterParams,
+};
+use tasker_template::TaskTemplate;
+use tasker_types::{InstanceState, StepState, TaskState};
+
+/// Long enough for anything here to happen on a slow machine; reaching it fails the test.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A step held by an instance that stopped heartbeating runs again on another instance soon
+/// after the silent one is declared dead, not after its lease (ten minutes here).
+async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc<dyn Store>) {
+    let template = TaskTemplate::from_yaml_str(
+        "namespace: cluster\nname: failover\nversion: 1.0.0\nsteps:\n\
+         - {name: only, handler: noop, retry: {max_attempts: 3, base_ms: 10, max_ms: 10}}\n",
+        "test",
+    )
+    .unwrap();
+    let record = store
+        .template_register(&TemplateRegisterParams {
+            template: template.to_definition(),
+        })
+        .await
+        .unwrap();
+    let task = store
+        .task_create(&TaskCreateParams {
+            template_id: record.id,
+            steps: template.step_specs(),
+            context: serde_json::json!({}),
+            idempotency_key: None,
+            priority: 0,
+            instance_id: "ghost".into(),
+            start: Some(StepRouting {
+                local_queue: LOCAL_STEPS.into(),
+                local_handlers: Arc::new(HashSet::from(["noop".to_owned()])),
+            }),
+        })
+        .await
+        .unwrap()
+        .task;
+    // The ghost registers, claims the step for ten minutes, and falls silent.
+    store
+        .instance_register(&InstanceRegisterParams {
+            id: "ghost".into(),
+            host: "elsewhere".into(),
+            pid: 1,
+            version: "0.0.0".into(),
+        })
+        .await
+        .unwrap();
+    let held = store
+        .step_claim(&StepClaimParams {
+            queue: LOCAL_STEPS.into(),
+            max: 1,
+            lease: Duration::from_secs(600),
+            handlers: None,
+            instance_id: "ghost".into(),
+            holder: "ghost".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+
+    let config = EngineConfig {
+        cluster: ClusterConfig {
+            heartbeat: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+        },
+        ..EngineConfig::default()
+    };
+    let started = tokio::time::Instant::now();
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let own = store.instance_list().await.unwrap();
+    assert!(
+        own.iter()
+            .any(|i| i.state == InstanceState::Running && i.id != "ghost"),
+        "the engine registered: {own:?}"
+    );
+    loop {
+        let state = store.task_get(task.id).await.unwrap().state;
+        if state.is_terminal() {
+            assert_eq!(state, TaskState::Complete);
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "task still {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failover = started.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "the step ran again {failover:?} after the engine started"
+    );
+    let step = &store.step_list(task.id).await.unwrap()[0];
+    assert_eq!((step.state, step.attempts), (StepState::Complete, 2));
+    let events: Vec<String> = store
+        .transition_list(task.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.step_id == Some(step.id))
+        .map(|t| t.event)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "create",
+            "enqueue",
+            "start",
+            "fail_retryable",
+            "enqueue",
+            "start",
+            "complete"
+        ],
+        "the ghost's attempt reported lost, then run again"
+    );
+    let ids: Vec<String> = store
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(
+        !ids.iter().any(|id| id == "ghost"),
+        "the ghost was declared dead: {ids:?}"
+    );
+    assert_eq!(ids.len(), 1);
+
+    engine.shutdown().await;
+    assert!(
+        store.instance_list().await.unwrap().is_empty(),
+        "a stopped engine leaves the cluster"
+    );
+}
+
+on_both_backends!(a_silent_instance_is_failed_over_and_its_steps_run_elsewhere);
