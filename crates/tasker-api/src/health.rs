@@ -67,17 +67,26 @@ async fn check_ready(state: &AppState) -> Result<Json<Value>, String> {
     ))
 }
 
-/// `GET /v1/health/pools`: every pool with executors, health, utilization, breakers and
-/// backpressure.
+/// `GET /v1/health/pools`: this instance's id and every pool with executors, health,
+/// utilization, breakers and backpressure.
 pub(crate) async fn pools(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.engine.snapshot();
     Json(json!({
+        "instance": state.engine.instance_id(),
         "pools": snapshot.pools,
         "series": snapshot.series,
         "backpressure": {"factor": snapshot.backpressure, "history": snapshot.pressure_history},
         "scaling": snapshot.scaling,
         "resources": state.engine.resources(),
     }))
+}
+
+/// `GET /v1/cluster`: the instances sharing the database, their heartbeats and the leases
+/// each holds, as this instance sees them.
+pub(crate) async fn cluster(
+    State(state): State<AppState>,
+) -> Result<Json<tasker_orchestrator::runtime::membership::ClusterView>, ApiError> {
+    Ok(Json(state.engine.cluster().await?))
 }
 
 /// `GET /metrics`: the engine's own recorder in the Prometheus text format (the catalogue is in

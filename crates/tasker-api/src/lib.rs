@@ -89,6 +89,7 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/v1/steps/{id}/complete", post(workers::complete))
         .route("/v1/steps/{id}/fail", post(workers::fail))
         .route("/v1/health/pools", get(health::pools))
+        .route("/v1/cluster", get(health::cluster))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

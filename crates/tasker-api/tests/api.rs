@@ -629,6 +629,11 @@ async fn health_pools_and_metrics() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        pools["instance"],
+        api.engine.instance_id(),
+        "pools name their instance"
+    );
     assert_eq!(pools["pools"].as_object().unwrap().len(), 6);
     assert_eq!(pools["pools"]["task_claimer"]["circuit_breaker"], "Closed");
     assert!(pools["backpressure"]["factor"].is_number());
@@ -641,6 +646,42 @@ async fn health_pools_and_metrics() {
     assert!(text.contains("tasker_executor_batches_total{executor_type=\"task_finalizer\"}"));
     assert!(text.contains("# TYPE tasker_executor_batch_duration_seconds histogram"));
     assert!(text.contains("tasker_backpressure_factor 0\n"));
+}
+
+/// `GET /v1/cluster` lists the registered instances (here, the one engine) with their
+/// heartbeats and leases, as the answering instance sees them; it needs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_lists_the_registered_instances() {
+    let api = api(ApiConfig {
+        auth_token: Some("t0k".into()),
+        ..ApiConfig::default()
+    })
+    .await;
+    assert_eq!(api.get("/v1/cluster").await.0, StatusCode::UNAUTHORIZED);
+    let (status, cluster) = api
+        .call(
+            "GET",
+            "/v1/cluster",
+            "application/json",
+            Body::empty(),
+            Some("t0k"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cluster["instance_id"], api.engine.instance_id());
+    assert_eq!(cluster["dead_after_ms"], 5000);
+    let instances = cluster["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{cluster}");
+    let me = &instances[0];
+    assert_eq!(me["id"], api.engine.instance_id());
+    assert_eq!(
+        (me["this"].clone(), me["alive"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(me["state"], "Running");
+    assert_eq!(me["pid"], std::process::id());
+    assert_eq!(me["leases"], 0);
+    assert!(me["heartbeat_age_ms"].as_i64().unwrap() >= 0);
 }
 
 /// The value of the sample `series` (name and labels, as rendered) in a Prometheus exposition.

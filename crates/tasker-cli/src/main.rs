@@ -37,6 +37,8 @@ enum Command {
     Tasks(commands::tasks::TasksCommand),
     /// Show the executor pools: executors, health, latency, breakers, backpressure.
     Pools(commands::tasks::PoolsArgs),
+    /// Show the instances sharing the database: heartbeats, state, leases held.
+    Cluster(commands::tasks::ClusterArgs),
     /// Benchmark workflow shapes end to end on an embedded engine.
     Bench(commands::bench::BenchArgs),
 }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::tasks::status(args),
         Command::Tasks(cmd) => commands::tasks::tasks(cmd),
         Command::Pools(args) => commands::tasks::pools(args),
+        Command::Cluster(args) => commands::tasks::cluster(args),
         Command::Bench(args) => commands::bench::run(args),
     };
     match result {

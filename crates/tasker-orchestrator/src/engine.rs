@@ -177,6 +177,8 @@ pub struct Engine {
     handlers: Arc<HandlerRegistry>,
     /// This engine's recorder: its pools' handles point into it, and `/metrics` renders it.
     metrics: EngineMetrics,
+    /// Heartbeats and failure detection.
+    cluster: ClusterConfig,
 }
 
 impl Engine {
@@ -324,6 +326,7 @@ impl Engine {
             gauge,
             handlers,
             metrics,
+            cluster: config.cluster,
         })
     }
 
@@ -341,6 +344,20 @@ impl Engine {
     /// The store the engine runs on.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.ctx.store
+    }
+
+    /// This instance's id: the one its audit rows, leases and registration name.
+    pub fn instance_id(&self) -> &str {
+        &self.ctx.instance_id
+    }
+
+    /// The cluster as this instance sees it (see [`membership::view`]).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn cluster(&self) -> Result<membership::ClusterView, tasker_store::StoreError> {
+        membership::view(self.ctx.store.as_ref(), &self.ctx.instance_id, self.cluster).await
     }
 
     /// The resource validation report made at start.

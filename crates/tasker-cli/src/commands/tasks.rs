@@ -369,7 +369,8 @@ pub(crate) fn pools(args: PoolsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "backpressure {:.2}",
+        "instance {}  backpressure {:.2}",
+        view["instance"].as_str().unwrap_or("?"),
         view["backpressure"]["factor"].as_f64().unwrap_or(0.0)
     );
     println!(
@@ -402,9 +403,88 @@ pub(crate) fn pools(args: PoolsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tasker cluster` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ClusterArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub(crate) fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let view = block_on(Client::new(&args.server).get("/v1/cluster"))?;
+    if args.server.json {
+        println!("{view}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", cluster_table(&view));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster view as a table: one line per instance, the answering one marked `*`.
+fn cluster_table(view: &Value) -> String {
+    let mut out = format!(
+        "{} instance(s); dead after {} ms without a heartbeat\n\
+         {:<2}{:<40} {:<20} {:>8} {:<9} {:<6} {:>10} {:>7}\n",
+        view["instances"].as_array().map_or(0, Vec::len),
+        view["dead_after_ms"],
+        "",
+        "instance",
+        "host",
+        "pid",
+        "state",
+        "alive",
+        "heartbeat",
+        "leases"
+    );
+    for i in view["instances"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<2}{:<40} {:<20} {:>8} {:<9} {:<6} {:>8}ms {:>7}\n",
+            if i["this"] == true { "*" } else { "" },
+            i["id"].as_str().unwrap_or("?"),
+            i["host"].as_str().unwrap_or("?"),
+            i["pid"].to_string(),
+            i["state"].as_str().unwrap_or("?"),
+            if i["alive"] == true { "yes" } else { "no" },
+            i["heartbeat_age_ms"].to_string(),
+            i["leases"].to_string(),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_table_marks_this_instance_and_the_dead() {
+        let view = json!({
+            "instance_id": "a", "dead_after_ms": 5000,
+            "instances": [
+                {"id": "a", "host": "h1", "pid": 10, "state": "Running", "alive": true,
+                 "this": true, "heartbeat_age_ms": 120, "leases": 3},
+                {"id": "b", "host": "h2", "pid": 20, "state": "Draining", "alive": false,
+                 "this": false, "heartbeat_age_ms": 9000, "leases": 0},
+            ]
+        });
+        let table = cluster_table(&view);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[0].starts_with("2 instance(s); dead after 5000 ms"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("* a ") && lines[2].contains("yes") && lines[2].ends_with(" 3"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("Draining")
+                && lines[3].contains(" no ")
+                && lines[3].contains("9000ms"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn the_tree_nests_children_under_their_first_parent() {

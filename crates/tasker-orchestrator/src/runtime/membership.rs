@@ -40,6 +40,60 @@ impl ClusterConfig {
     }
 }
 
+/// The cluster as one instance sees it: every registered instance, judged alive or dead by
+/// that instance's bound.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterView {
+    /// The instance answering.
+    pub instance_id: String,
+    /// Its bound: an instance silent for longer is dead.
+    pub dead_after_ms: u64,
+    /// Every registered instance, oldest first.
+    pub instances: Vec<InstanceView>,
+}
+
+/// One registered instance in a [`ClusterView`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceView {
+    /// As the store has it.
+    #[serde(flatten)]
+    pub row: InstanceRow,
+    /// Milliseconds since its last heartbeat (database clock).
+    pub heartbeat_age_ms: i64,
+    /// Heartbeating within the bound.
+    pub alive: bool,
+    /// The instance answering.
+    pub this: bool,
+}
+
+/// The cluster as `instance_id` sees it.
+///
+/// # Errors
+///
+/// Store failures.
+pub async fn view(
+    store: &dyn Store,
+    instance_id: &str,
+    config: ClusterConfig,
+) -> Result<ClusterView, StoreError> {
+    let instances = store
+        .instance_list()
+        .await?
+        .into_iter()
+        .map(|row| InstanceView {
+            heartbeat_age_ms: row.read_at_ms.saturating_sub(row.heartbeat_at_ms).max(0),
+            alive: !config.is_dead(&row),
+            this: row.id == instance_id,
+            row,
+        })
+        .collect();
+    Ok(ClusterView {
+        instance_id: instance_id.to_owned(),
+        dead_after_ms: u64::try_from(config.dead_after.as_millis()).unwrap_or(u64::MAX),
+        instances,
+    })
+}
+
 /// What this instance registers as.
 pub fn registration(instance_id: &str) -> InstanceRegisterParams {
     InstanceRegisterParams {
