@@ -149,4 +149,65 @@ async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc
     );
 }
 
-on_both_backends!(a_silent_instance_is_failed_over_and_its_steps_run_elsewhere);
+/// Two engines on one database: exactly one leads at every sampled moment; when the leader
+/// stops, the other takes over with the next epoch within a few heartbeats.
+async fn one_leader_at_a_time_and_a_takeover_when_it_stops(store: Arc<dyn Store>) {
+    let config = EngineConfig {
+        cluster: ClusterConfig {
+            heartbeat: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+        },
+        ..EngineConfig::default()
+    };
+    // Each its own instance (a configuration's default id is made once).
+    let start = |id: &str| {
+        let config = EngineConfig {
+            instance_id: id.to_owned(),
+            ..config.clone()
+        };
+        Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+    };
+    let engines = [
+        start("instance-1").await.unwrap(),
+        start("instance-2").await.unwrap(),
+    ];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (leader, epoch) = loop {
+        let view = engines[0].cluster().await.unwrap();
+        if let Some(leader) = view.leader {
+            break (leader, view.leader_epoch);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for _ in 0..10 {
+        for engine in &engines {
+            let view = engine.cluster().await.unwrap();
+            assert_eq!(view.leader.as_deref(), Some(leader.as_str()), "one leader");
+            assert_eq!(view.leader_epoch, epoch);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (leading, other): (Vec<&Engine>, Vec<&Engine>) =
+        engines.iter().partition(|e| e.instance_id() == leader);
+    leading[0].shutdown().await;
+    let stopped = tokio::time::Instant::now();
+    loop {
+        let view = other[0].cluster().await.unwrap();
+        if view.leader.as_deref() == Some(other[0].instance_id()) {
+            assert!(view.leader_epoch > epoch, "a new epoch: {view:?}");
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "no takeover: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    other[0].shutdown().await;
+}
+
+on_both_backends!(
+    a_silent_instance_is_failed_over_and_its_steps_run_elsewhere,
+    one_leader_at_a_time_and_a_takeover_when_it_stops
+);

@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instances",
         include_str!("../migrations/0004_instances.sql"),
     ),
+    (
+        5,
+        "leadership",
+        include_str!("../migrations/0005_leadership.sql"),
+    ),
 ];
 
 /// How to open a [`SqliteStore`].

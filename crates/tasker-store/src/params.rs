@@ -282,6 +282,28 @@ pub struct InstanceHeartbeatParams {
     pub state: tasker_types::InstanceState,
 }
 
+/// The cluster's leadership as it stands ([`crate::InstanceStore::leader_get`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaderLease {
+    /// Who holds it; the leader only while `expires_at_ms` is ahead of `read_at_ms`.
+    pub holder: Option<String>,
+    /// Its epoch: each new holding takes the next.
+    pub epoch: i64,
+    /// When the holding lapses unless renewed (database clock).
+    pub expires_at_ms: i64,
+    /// The database clock when it was read.
+    pub read_at_ms: i64,
+}
+
+impl LeaderLease {
+    /// The leader, if the holding has not lapsed.
+    pub fn leader(&self) -> Option<&str> {
+        self.holder
+            .as_deref()
+            .filter(|_| self.expires_at_ms > self.read_at_ms)
+    }
+}
+
 /// [`crate::StepStore::step_claim`].
 #[derive(Debug, Clone)]
 pub struct StepClaimParams {

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tasker_types::{
     DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord,
@@ -5,7 +7,7 @@ use tasker_types::{
 };
 
 use crate::{
-    InstanceHeartbeatParams, InstanceRegisterParams, QueueAckParams, QueueDepth,
+    InstanceHeartbeatParams, InstanceRegisterParams, LeaderLease, QueueAckParams, QueueDepth,
     QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams, QueueForwardParams,
     QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
     StepEnqueueManyParams, StepLeaseExtendParams, StepTransitionParams, StepViableManyParams,
@@ -368,6 +370,45 @@ pub trait InstanceStore: Send + Sync {
     ///
     /// Infrastructure errors.
     async fn instance_release_leases(&self, holder: &str) -> Result<u64>;
+
+    /// Takes the cluster's leadership for `holder` until `ttl` from now, or renews it: taken
+    /// when nobody holds it unexpired, with the next epoch (also when `holder`'s own holding
+    /// had lapsed). Returns the epoch held, or `None` while another instance leads.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn leader_acquire(&self, holder: &str, ttl: Duration) -> Result<Option<i64>>;
+
+    /// Gives the leadership up at once, if `holder` has it (an instance that stops), so another
+    /// takes it at its next heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn leader_release(&self, holder: &str) -> Result<()>;
+
+    /// The leadership as it stands.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn leader_get(&self) -> Result<LeaderLease>;
+
+    /// Leader-only: every other instance silent for longer than `dead_after` is declared dead,
+    /// its step leases end at once and its registration goes. Does nothing unless `leader`
+    /// holds the leadership in `epoch`, unexpired. Returns each instance failed over with the
+    /// leases it released.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn instance_fail_over(
+        &self,
+        leader: &str,
+        epoch: i64,
+        dead_after: Duration,
+    ) -> Result<Vec<(String, u64)>>;
 }
 
 /// The append-only audit trail.

@@ -209,6 +209,25 @@ impl InstanceStore for Faulty {
     async fn instance_release_leases(&self, holder: &str) -> Result<u64> {
         self.inner.instance_release_leases(holder).await
     }
+    async fn leader_acquire(&self, holder: &str, ttl: Duration) -> Result<Option<i64>> {
+        self.inner.leader_acquire(holder, ttl).await
+    }
+    async fn leader_release(&self, holder: &str) -> Result<()> {
+        self.inner.leader_release(holder).await
+    }
+    async fn leader_get(&self) -> Result<LeaderLease> {
+        self.inner.leader_get().await
+    }
+    async fn instance_fail_over(
+        &self,
+        leader: &str,
+        epoch: i64,
+        dead_after: Duration,
+    ) -> Result<Vec<(String, u64)>> {
+        self.inner
+            .instance_fail_over(leader, epoch, dead_after)
+            .await
+    }
 }
 
 #[async_trait]

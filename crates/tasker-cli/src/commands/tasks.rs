@@ -423,10 +423,12 @@ pub(crate) fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 /// The cluster view as a table: one line per instance, the answering one marked `*`.
 fn cluster_table(view: &Value) -> String {
     let mut out = format!(
-        "{} instance(s); dead after {} ms without a heartbeat\n\
+        "{} instance(s); dead after {} ms without a heartbeat; leader {} (epoch {})\n\
          {:<2}{:<40} {:<20} {:>8} {:<9} {:<6} {:>10} {:>7}\n",
         view["instances"].as_array().map_or(0, Vec::len),
         view["dead_after_ms"],
+        view["leader"].as_str().unwrap_or("none"),
+        view["leader_epoch"],
         "",
         "instance",
         "host",
@@ -459,7 +461,7 @@ mod tests {
     #[test]
     fn the_cluster_table_marks_this_instance_and_the_dead() {
         let view = json!({
-            "instance_id": "a", "dead_after_ms": 5000,
+            "instance_id": "a", "dead_after_ms": 5000, "leader": "a", "leader_epoch": 3,
             "instances": [
                 {"id": "a", "host": "h1", "pid": 10, "state": "Running", "alive": true,
                  "this": true, "heartbeat_age_ms": 120, "leases": 3},
@@ -474,6 +476,7 @@ mod tests {
             lines[0].starts_with("2 instance(s); dead after 5000 ms"),
             "{table}"
         );
+        assert!(lines[0].ends_with("leader a (epoch 3)"), "{table}");
         assert!(
             lines[2].starts_with("* a ") && lines[2].contains("yes") && lines[2].ends_with(" 3"),
             "{table}"

@@ -1,12 +1,14 @@
 //! This instance's place in the cluster: it registers when the engine starts, heartbeats on
 //! the database clock, and deregisters when it stops, after ending the leases it still held.
 //!
-//! Each heartbeat also fails over the instances found dead (no heartbeat for
-//! [`ClusterConfig::dead_after`]): their step leases end at once, so their running steps are
-//! claimed again within seconds rather than after a lease, and their registration goes. Both
-//! are idempotent, so several live instances doing it at once is harmless; an instance only
-//! slow, not dead, finds itself deregistered at its next heartbeat, registers again, and its
-//! late results are refused by their lease.
+//! Each heartbeat also takes or renews the cluster's leadership (a lease row with an epoch,
+//! held for [`ClusterConfig::dead_after`]): one instance leads at a time, and another takes
+//! over within a heartbeat of the leader's lapse. The leader fails over the instances found
+//! dead (no heartbeat for `dead_after`): their step leases end at once, so their running steps
+//! are claimed again within seconds rather than after a lease, and their registration goes;
+//! the store does that only while the leader's epoch holds. An instance only slow, not dead,
+//! finds itself deregistered at its next heartbeat, registers again, and its late results are
+//! refused by their lease.
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,6 +50,10 @@ pub struct ClusterView {
     pub instance_id: String,
     /// Its bound: an instance silent for longer is dead.
     pub dead_after_ms: u64,
+    /// The leader, if its holding has not lapsed.
+    pub leader: Option<String>,
+    /// The leadership's epoch: each new holding takes the next.
+    pub leader_epoch: i64,
     /// Every registered instance, oldest first.
     pub instances: Vec<InstanceView>,
 }
@@ -76,6 +82,7 @@ pub async fn view(
     instance_id: &str,
     config: ClusterConfig,
 ) -> Result<ClusterView, StoreError> {
+    let leadership = store.leader_get().await?;
     let instances = store
         .instance_list()
         .await?
@@ -90,6 +97,8 @@ pub async fn view(
     Ok(ClusterView {
         instance_id: instance_id.to_owned(),
         dead_after_ms: u64::try_from(config.dead_after.as_millis()).unwrap_or(u64::MAX),
+        leader: leadership.leader().map(str::to_owned),
+        leader_epoch: leadership.epoch,
         instances,
     })
 }
@@ -135,8 +144,8 @@ pub async fn heartbeat(
     }
 }
 
-/// One heartbeat: record it (registering again if this instance was declared dead), then fail
-/// the dead over.
+/// One heartbeat: record it (registering again if this instance was declared dead), take or
+/// renew the leadership, and, leading, fail the dead over.
 async fn beat(
     store: &dyn Store,
     instance_id: &str,
@@ -153,28 +162,30 @@ async fn beat(
         );
         store.instance_register(&registration(instance_id)).await?;
     }
-    for dead in store
-        .instance_list()
+    let Some(epoch) = store.leader_acquire(instance_id, config.dead_after).await? else {
+        return Ok(());
+    };
+    for (dead, released) in store
+        .instance_fail_over(instance_id, epoch, config.dead_after)
         .await?
-        .into_iter()
-        .filter(|i| i.id != instance_id && config.is_dead(i))
     {
-        let released = store.instance_release_leases(&dead.id).await?;
-        store.instance_deregister(&dead.id).await?;
         tracing::warn!(
-            instance = %dead.id,
-            host = %dead.host,
-            silent_ms = dead.read_at_ms.saturating_sub(dead.heartbeat_at_ms),
+            instance = %dead,
             released,
+            leader_epoch = epoch,
             "instance declared dead; its leases are released"
         );
     }
     Ok(())
 }
 
-/// Ends the leases this instance still holds (steps whose batches were aborted at shutdown)
-/// and removes its registration. Best effort: what fails here, the others' failover finishes.
+/// Ends the leases this instance still holds (steps whose batches were aborted at shutdown),
+/// gives up the leadership if it has it, and removes its registration. Best effort: what fails
+/// here, the leader's failover finishes.
 pub async fn leave(store: &dyn Store, instance_id: &str) {
+    if let Err(error) = store.leader_release(instance_id).await {
+        tracing::warn!(%error, "could not give up the leadership");
+    }
     match store.instance_release_leases(instance_id).await {
         Ok(0) => {}
         Ok(released) => tracing::info!(released, "released the leases still held"),

@@ -1,13 +1,15 @@
 //! The cluster's instances: registration, heartbeats, the leases each holds.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tasker_store::{
-    InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, Result, StoreError,
+    InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, LeaderLease, Result, StoreError,
 };
 use tasker_types::{InstanceRow, InstanceState};
 
-use super::{Backend, Sql, SqlStore};
-use crate::{corrupt, RowExt};
+use super::{commit, fetch_one, fetch_optional, Backend, Sql, SqlStore};
+use crate::{corrupt, duration_ms, RowExt};
 
 /// The columns [`instance`] reads, with the leases held and the clock, over `instances i`.
 fn columns<B: Backend>() -> String {
@@ -124,5 +126,116 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
             .bind(holder),
         )
         .await
+    }
+
+    async fn leader_acquire(&self, holder: &str, ttl: Duration) -> Result<Option<i64>> {
+        let rows = B::fetch_all(
+            &mut *self.backend().write().await?,
+            &Sql::new(format!(
+                "UPDATE leadership SET \
+                   epoch = CASE WHEN holder = $1 AND expires_at_ms > {now} THEN epoch \
+                           ELSE epoch + 1 END, \
+                   holder = $1, expires_at_ms = {now} + $2 \
+                 WHERE id = 1 AND (holder = $1 OR holder IS NULL OR expires_at_ms <= {now}) \
+                 RETURNING epoch",
+                now = B::NOW_MS
+            ))
+            .bind(holder)
+            .bind(duration_ms(ttl)),
+        )
+        .await?;
+        rows.first().map(|r| r.int("epoch")).transpose()
+    }
+
+    async fn leader_release(&self, holder: &str) -> Result<()> {
+        B::execute(
+            &mut *self.backend().write().await?,
+            &Sql::new("UPDATE leadership SET expires_at_ms = 0 WHERE id = 1 AND holder = $1")
+                .bind(holder),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn leader_get(&self) -> Result<LeaderLease> {
+        let row = fetch_one::<B>(
+            &mut *self.backend().read().await?,
+            &Sql::new(format!(
+                "SELECT holder, epoch, expires_at_ms, {} AS read_at_ms FROM leadership \
+                 WHERE id = 1",
+                B::NOW_MS
+            )),
+        )
+        .await?;
+        Ok(LeaderLease {
+            holder: row.opt_text("holder")?,
+            epoch: row.int("epoch")?,
+            expires_at_ms: row.int("expires_at_ms")?,
+            read_at_ms: row.int("read_at_ms")?,
+        })
+    }
+
+    async fn instance_fail_over(
+        &self,
+        leader: &str,
+        epoch: i64,
+        dead_after: Duration,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut tx = self.backend().begin_write().await?;
+        // Leader-only: nothing unless the caller holds the leadership in its epoch.
+        let leads = fetch_optional::<B>(
+            &mut tx,
+            &Sql::new(format!(
+                "SELECT epoch FROM leadership \
+                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at_ms > {}",
+                B::NOW_MS
+            ))
+            .bind(leader)
+            .bind(epoch),
+        )
+        .await?;
+        if leads.is_none() {
+            return Ok(Vec::new());
+        }
+        let silent = format!(
+            "heartbeat_at_ms < {} - {}",
+            B::NOW_MS,
+            duration_ms(dead_after)
+        );
+        let dead = B::fetch_all(
+            &mut tx,
+            &Sql::new(format!(
+                "SELECT id FROM instances WHERE id <> $1 AND {silent} ORDER BY id"
+            ))
+            .bind(leader),
+        )
+        .await?
+        .iter()
+        .map(|r| r.text("id"))
+        .collect::<Result<Vec<_>>>()?;
+        let mut failed_over = Vec::with_capacity(dead.len());
+        for id in dead {
+            // `state IN (…)` is `steps_queue_idx`'s predicate (see instance_release_leases).
+            let released = B::execute(
+                &mut tx,
+                &Sql::new(format!(
+                    "UPDATE steps SET visible_at_ms = {now} \
+                     WHERE state IN ('Enqueued', 'InProgress') AND state = 'InProgress' \
+                       AND lease_holder = $1 AND visible_at_ms > {now}",
+                    now = B::NOW_MS
+                ))
+                .bind(id.as_str()),
+            )
+            .await?;
+            B::execute(
+                &mut tx,
+                &Sql::new(format!("DELETE FROM instances WHERE id = $1 AND {silent}"))
+                    .bind(id.as_str()),
+            )
+            .await?;
+            failed_over.push((id, released));
+        }
+        commit::<B>(tx).await?;
+        Ok(failed_over)
     }
 }

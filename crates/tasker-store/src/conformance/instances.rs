@@ -132,3 +132,101 @@ pub async fn instance_release_leases_frees_its_steps_only(store: Arc<dyn Store>)
         "b's lease holds"
     );
 }
+
+/// One leader at a time: the leadership is taken when free (each holding with the next
+/// epoch), renewed in the same epoch, taken over once it lapses, given up at once; only the
+/// leader in its epoch can fail the silent instances over.
+pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let short = Duration::from_millis(300);
+    assert_eq!(s.leader_get().await.unwrap().leader(), None);
+    assert_eq!(s.leader_acquire("a", short).await.unwrap(), Some(1));
+    assert_eq!(s.leader_acquire("b", short).await.unwrap(), None, "a leads");
+    assert_eq!(
+        s.leader_acquire("a", short).await.unwrap(),
+        Some(1),
+        "renewed"
+    );
+    let lease = s.leader_get().await.unwrap();
+    assert_eq!((lease.leader(), lease.epoch), (Some("a"), 1));
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(s.leader_get().await.unwrap().leader(), None, "lapsed");
+    assert_eq!(
+        s.leader_acquire("b", short).await.unwrap(),
+        Some(2),
+        "taken over"
+    );
+    assert_eq!(s.leader_acquire("a", short).await.unwrap(), None);
+
+    // A silent instance holding a lease: only the leader, in its epoch, fails it over.
+    let t = template(
+        "namespace: demo\nname: lead\nversion: 1.0.0\nsteps:\n- {name: only, handler: noop}\n",
+    );
+    let task = create_task(s, &t, None).await;
+    running(s, &task).await;
+    let step = &s.step_list(task.id).await.unwrap()[0];
+    s.step_enqueue_many(&StepEnqueueManyParams {
+        task_id: task.id,
+        steps: vec![(step.id, StepState::Pending)],
+        queue: "lead".into(),
+        instance_id: "conformance".into(),
+    })
+    .await
+    .unwrap();
+    s.instance_register(&register("c")).await.unwrap();
+    s.instance_register(&register("b")).await.unwrap();
+    let claim = StepClaimParams {
+        queue: "lead".into(),
+        max: 1,
+        lease: Duration::from_secs(300),
+        handlers: None,
+        instance_id: "conformance".into(),
+        holder: "c".into(),
+    };
+    assert_eq!(s.step_claim(&claim).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.leader_acquire("b", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let dead_after = Duration::from_millis(100);
+    assert!(
+        s.instance_fail_over("a", 1, dead_after)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a no longer leads"
+    );
+    assert!(
+        s.instance_fail_over("b", 1, dead_after)
+            .await
+            .unwrap()
+            .is_empty(),
+        "b's epoch is 2"
+    );
+    assert_eq!(
+        s.instance_fail_over("b", 2, dead_after).await.unwrap(),
+        [("c".to_owned(), 1)],
+        "c is silent; the leader itself is not declared dead"
+    );
+    let ids: Vec<String> = s
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, ["b"]);
+    let taken = s
+        .step_claim(&StepClaimParams {
+            holder: "b".into(),
+            ..claim
+        })
+        .await
+        .unwrap();
+    assert!(taken[0].lease_ran_out, "c's lease was released");
+
+    s.leader_release("b").await.unwrap();
+    assert_eq!(s.leader_get().await.unwrap().leader(), None, "given up");
+    assert_eq!(s.leader_acquire("a", short).await.unwrap(), Some(3));
+}

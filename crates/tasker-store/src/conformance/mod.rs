@@ -89,6 +89,7 @@ macro_rules! store_conformance {
             step_apply_results_claims_what_it_makes_ready,
             instance_register_heartbeat_list_deregister,
             instance_release_leases_frees_its_steps_only,
+            leadership_is_exclusive_and_fences_failover,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,
