@@ -2,11 +2,18 @@
 //! worker pool under the coordinator and its monitor, its own metrics recorder, task
 //! submission, an event stream, and graceful shutdown.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tasker_store::{Store, TaskCreated};
 use tasker_template::TaskTemplate;
-use tasker_types::{StepId, StepRow, TaskId, TaskRow};
+use tasker_types::{InstanceState, StepId, StepRow, TaskId, TaskRow};
 use tokio::{
     sync::{broadcast, mpsc, Mutex},
     task::JoinHandle,
@@ -179,6 +186,11 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Heartbeats and failure detection.
     cluster: ClusterConfig,
+    /// The heartbeat task and its stop, taken by `shutdown` after the pools stopped, so the
+    /// instance heartbeats (`Draining`) while it drains.
+    membership: std::sync::Mutex<Option<(JoinHandle<()>, CancellationToken)>>,
+    /// Set when the engine starts stopping: heartbeats report `Draining`.
+    draining: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -289,12 +301,15 @@ impl Engine {
             .instance_register(&membership::registration(&config.instance_id))
             .await
             .map_err(EngineError::Store)?;
-        background.push(tokio::spawn(membership::heartbeat(
+        let draining = Arc::new(AtomicBool::new(false));
+        let stop_membership = CancellationToken::new();
+        let membership_task = tokio::spawn(membership::heartbeat(
             ctx.store.clone(),
             config.instance_id.clone(),
             config.cluster,
-            stop_background.clone(),
-        )));
+            draining.clone(),
+            stop_membership.clone(),
+        ));
         // Wake-ups from other processes sharing the database (PostgreSQL LISTEN/NOTIFY).
         match ctx.store.wakeup_subscribe().await {
             Ok(Some(announcements)) => {
@@ -327,6 +342,8 @@ impl Engine {
             handlers,
             metrics,
             cluster: config.cluster,
+            membership: std::sync::Mutex::new(Some((membership_task, stop_membership))),
+            draining,
         })
     }
 
@@ -535,6 +552,18 @@ impl Engine {
         let Some(mut coordinator) = self.monitor.release().await else {
             return;
         };
+        // The cluster sees it draining at once; heartbeats go on until the pools stopped.
+        self.draining.store(true, Ordering::Relaxed);
+        if let Err(error) = membership::beat(
+            self.ctx.store.as_ref(),
+            &self.ctx.instance_id,
+            InstanceState::Draining,
+            self.cluster,
+        )
+        .await
+        {
+            tracing::warn!(%error, "could not report draining");
+        }
         self.stop_background.cancel();
         let background = std::mem::take(
             &mut *self
@@ -559,6 +588,15 @@ impl Engine {
             }
         }
         let report = coordinator.stop(&[]).await;
+        let membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((task, stop)) = membership {
+            stop.cancel();
+            let _ = task.await;
+        }
         membership::leave(self.ctx.store.as_ref(), &self.ctx.instance_id).await;
         tracing::info!(
             released_claims = released,

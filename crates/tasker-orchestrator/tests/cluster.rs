@@ -8,7 +8,9 @@ mod support;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tasker_orchestrator::{
-    handler::HandlerRegistry, pipeline::messages::LOCAL_STEPS, runtime::membership::ClusterConfig,
+    handler::{HandlerRegistry, StepFailure, StepHandler, StepInput},
+    pipeline::messages::{TaskRequest, LOCAL_STEPS},
+    runtime::membership::ClusterConfig,
     Engine, EngineConfig,
 };
 use tasker_store::{
@@ -207,7 +209,89 @@ async fn one_leader_at_a_time_and_a_takeover_when_it_stops(store: Arc<dyn Store>
     other[0].shutdown().await;
 }
 
+/// A step handler that waits until the test opens it.
+#[derive(Debug)]
+struct Gate(tokio::sync::watch::Sender<bool>);
+
+#[async_trait::async_trait]
+impl StepHandler for Gate {
+    async fn call(&self, _input: StepInput) -> Result<serde_json::Value, StepFailure> {
+        let mut open = self.0.subscribe();
+        open.wait_for(|o| *o)
+            .await
+            .map_err(|_| StepFailure::permanent("gate dropped"))?;
+        Ok(serde_json::json!({}))
+    }
+}
+
+/// A stopping engine reports `Draining` (heartbeating on) while its in-flight step finishes,
+/// then completes it and leaves the cluster.
+async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
+    support::register(
+        store.as_ref(),
+        "namespace: cluster\nname: drain\nversion: 1.0.0\nsteps:\n- {name: held, handler: gate}\n",
+    )
+    .await;
+    let gate = Arc::new(Gate(tokio::sync::watch::Sender::new(false)));
+    let mut handlers = HandlerRegistry::with_builtins();
+    handlers.register("gate", gate.clone());
+    let config = EngineConfig {
+        cluster: ClusterConfig {
+            heartbeat: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(
+        Engine::start(store.clone(), config, handlers)
+            .await
+            .unwrap(),
+    );
+    let task = engine
+        .submit(&TaskRequest::new("cluster", "drain", serde_json::json!({})))
+        .await
+        .unwrap()
+        .task;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.step_list(task.id).await.unwrap()[0].state != StepState::InProgress {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.shutdown().await }
+    });
+    loop {
+        let instances = store.instance_list().await.unwrap();
+        if instances.first().map(|i| i.state) == Some(InstanceState::Draining) {
+            // Heartbeats go on while it drains: it is not declared dead.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let still = store.instance_list().await.unwrap();
+            assert_eq!(still.len(), 1, "draining, not dead: {still:?}");
+            assert_eq!(still[0].state, InstanceState::Draining);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never draining: {instances:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.0.send_replace(true);
+    stopping.await.unwrap();
+    assert_eq!(
+        store.task_get(task.id).await.unwrap().state,
+        TaskState::Complete,
+        "the in-flight step finished before the instance left"
+    );
+    assert!(store.instance_list().await.unwrap().is_empty(), "it left");
+}
+
 on_both_backends!(
     a_silent_instance_is_failed_over_and_its_steps_run_elsewhere,
-    one_leader_at_a_time_and_a_takeover_when_it_stops
+    one_leader_at_a_time_and_a_takeover_when_it_stops,
+    a_stopping_instance_drains_then_leaves
 );

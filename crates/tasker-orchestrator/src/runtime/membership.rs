@@ -10,7 +10,13 @@
 //! finds itself deregistered at its next heartbeat, registers again, and its late results are
 //! refused by their lease.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tasker_store::{InstanceHeartbeatParams, InstanceRegisterParams, Store, StoreError};
 use tasker_types::{InstanceRow, InstanceState};
@@ -123,12 +129,14 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Heartbeats until `stop`, failing dead instances over on each beat. Store errors are logged
-/// and the next beat tries again (a database restart must not stop the instance).
+/// Heartbeats until `stop`, failing dead instances over on each beat while leading, and
+/// reporting `Draining` once `draining` is set. Store errors are logged and the next beat tries
+/// again (a database restart must not stop the instance).
 pub async fn heartbeat(
     store: Arc<dyn Store>,
     instance_id: String,
     config: ClusterConfig,
+    draining: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(config.heartbeat);
@@ -138,7 +146,12 @@ pub async fn heartbeat(
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        if let Err(error) = beat(store.as_ref(), &instance_id, config).await {
+        let state = if draining.load(Ordering::Relaxed) {
+            InstanceState::Draining
+        } else {
+            InstanceState::Running
+        };
+        if let Err(error) = beat(store.as_ref(), &instance_id, state, config).await {
             tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
         }
     }
@@ -146,14 +159,15 @@ pub async fn heartbeat(
 
 /// One heartbeat: record it (registering again if this instance was declared dead), take or
 /// renew the leadership, and, leading, fail the dead over.
-async fn beat(
+pub async fn beat(
     store: &dyn Store,
     instance_id: &str,
+    state: InstanceState,
     config: ClusterConfig,
 ) -> Result<(), StoreError> {
     let params = InstanceHeartbeatParams {
         id: instance_id.to_owned(),
-        state: InstanceState::Running,
+        state,
     };
     if !store.instance_heartbeat(&params).await? {
         tracing::warn!(
