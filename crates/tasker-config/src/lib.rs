@@ -28,8 +28,11 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use tasker_orchestrator::{
     runtime::{
-        backpressure::BackpressureConfig, coordinator::CoordinatorConfig,
-        membership::ClusterConfig, pool::PoolConfig, resources::FailureMode,
+        backpressure::BackpressureConfig,
+        coordinator::CoordinatorConfig,
+        membership::{ClusterConfig, RetentionConfig},
+        pool::PoolConfig,
+        resources::FailureMode,
         scaling::ScalingConfig,
     },
     EngineConfig, ExecutorType,
@@ -76,6 +79,40 @@ pub struct TaskerConfig {
     pub telemetry: TelemetryConfig,
     /// The instances sharing one database.
     pub cluster: ClusterSettings,
+    /// How long finished work is kept.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: how long finished work is kept; `"0s"` keeps it forever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Tasks finished `Complete`, `Cancelled` or `ResolvedManually`.
+    #[serde(with = "humantime_serde")]
+    pub complete: Duration,
+    /// Tasks in `Error`.
+    #[serde(with = "humantime_serde")]
+    pub error: Duration,
+    /// Dead letters.
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let keep = EngineConfig::default().cluster.retention;
+        let days = |d: Option<Duration>| d.unwrap_or(Duration::ZERO);
+        Self {
+            complete: days(keep.complete),
+            error: days(keep.error),
+            dead_letters: days(keep.dead_letters),
+        }
+    }
+}
+
+/// A retention of zero keeps forever.
+fn forever_if_zero(retention: Duration) -> Option<Duration> {
+    (!retention.is_zero()).then_some(retention)
 }
 
 /// `[cluster]`.
@@ -529,6 +566,12 @@ impl TaskerConfig {
             cluster: ClusterConfig {
                 heartbeat: self.cluster.heartbeat,
                 dead_after: self.cluster.dead_after,
+                retention: RetentionConfig {
+                    complete: forever_if_zero(self.retention.complete),
+                    error: forever_if_zero(self.retention.error),
+                    dead_letters: forever_if_zero(self.retention.dead_letters),
+                    ..defaults.cluster.retention
+                },
             },
             ..defaults
         }

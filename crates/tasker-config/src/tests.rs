@@ -290,3 +290,24 @@ fn cluster_settings_reach_the_engine_and_dead_after_must_exceed_the_heartbeat() 
         Ok(())
     });
 }
+
+/// `[retention]` reaches the engine; `0s` keeps forever.
+#[test]
+fn retention_reaches_the_engine_and_zero_keeps_forever() {
+    Jail::expect_with(|jail| {
+        let config = load_in(
+            jail,
+            "[default.retention]\ncomplete = \"2days\"\nerror = \"0s\"\n",
+            "development",
+        )
+        .unwrap();
+        let retention = config.engine_config().cluster.retention;
+        assert_eq!(retention.complete, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(retention.error, None, "kept forever");
+        assert_eq!(
+            retention.dead_letters,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        Ok(())
+    });
+}

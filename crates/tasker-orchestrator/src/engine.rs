@@ -559,6 +559,7 @@ impl Engine {
             &self.ctx.instance_id,
             InstanceState::Draining,
             self.cluster,
+            false,
         )
         .await
         {

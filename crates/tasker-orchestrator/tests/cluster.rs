@@ -10,7 +10,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tasker_orchestrator::{
     handler::{HandlerRegistry, StepFailure, StepHandler, StepInput},
     pipeline::messages::{TaskRequest, LOCAL_STEPS},
-    runtime::membership::ClusterConfig,
+    runtime::membership::{ClusterConfig, RetentionConfig},
     Engine, EngineConfig,
 };
 use tasker_store::{
@@ -81,6 +81,7 @@ async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc
         cluster: ClusterConfig {
             heartbeat: Duration::from_millis(100),
             dead_after: Duration::from_millis(500),
+            ..ClusterConfig::default()
         },
         ..EngineConfig::default()
     };
@@ -158,6 +159,7 @@ async fn one_leader_at_a_time_and_a_takeover_when_it_stops(store: Arc<dyn Store>
         cluster: ClusterConfig {
             heartbeat: Duration::from_millis(100),
             dead_after: Duration::from_millis(500),
+            ..ClusterConfig::default()
         },
         ..EngineConfig::default()
     };
@@ -239,6 +241,7 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
         cluster: ClusterConfig {
             heartbeat: Duration::from_millis(100),
             dead_after: Duration::from_millis(500),
+            ..ClusterConfig::default()
         },
         ..EngineConfig::default()
     };
@@ -290,7 +293,52 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
     assert!(store.instance_list().await.unwrap().is_empty(), "it left");
 }
 
+/// The leader deletes finished tasks once retention keeps them no longer, on its heartbeats.
+async fn the_leader_deletes_finished_tasks_after_their_retention(store: Arc<dyn Store>) {
+    support::register(
+        store.as_ref(),
+        "namespace: cluster\nname: brief\nversion: 1.0.0\nsteps:\n- {name: only, handler: noop}\n",
+    )
+    .await;
+    let config = EngineConfig {
+        cluster: ClusterConfig {
+            heartbeat: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+            retention: RetentionConfig {
+                complete: Some(Duration::from_millis(200)),
+                every_beats: 1,
+                ..RetentionConfig::default()
+            },
+        },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store.clone(), config, HandlerRegistry::with_builtins())
+        .await
+        .unwrap();
+    let task = engine
+        .submit(&TaskRequest::new("cluster", "brief", serde_json::json!({})))
+        .await
+        .unwrap()
+        .task;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen_complete = false;
+    loop {
+        match store.task_get(task.id).await {
+            Ok(t) => seen_complete |= t.state == TaskState::Complete,
+            Err(tasker_store::StoreError::NotFound { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the task was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen_complete, "it completed before it went");
+    assert!(store.transition_list(task.id).await.unwrap().is_empty());
+    assert!(store.step_list(task.id).await.unwrap().is_empty());
+    engine.shutdown().await;
+}
+
 on_both_backends!(
+    the_leader_deletes_finished_tasks_after_their_retention,
     a_silent_instance_is_failed_over_and_its_steps_run_elsewhere,
     one_leader_at_a_time_and_a_takeover_when_it_stops,
     a_stopping_instance_drains_then_leaves

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leadership",
         include_str!("../migrations/0005_leadership.sql"),
     ),
+    (
+        6,
+        "retention",
+        include_str!("../migrations/0006_retention.sql"),
+    ),
 ];
 
 /// How to connect a [`PgStore`].

@@ -304,6 +304,33 @@ impl LeaderLease {
     }
 }
 
+/// [`crate::InstanceStore::retention_sweep`]: what the leader deletes, one batch a call.
+#[derive(Debug, Clone)]
+pub struct RetentionSweepParams {
+    /// The leader, and its epoch: nothing is deleted unless it still leads in it.
+    pub leader: String,
+    /// See `leader`.
+    pub epoch: i64,
+    /// Tasks finished (`Complete`, `Cancelled`, `ResolvedManually`) longer ago than this go,
+    /// with their steps, edges and transitions; `None` keeps them.
+    pub complete: Option<Duration>,
+    /// Tasks in `Error` for longer than this go likewise; `None` keeps them.
+    pub error: Option<Duration>,
+    /// Dead letters older than this go; `None` keeps them.
+    pub dead_letters: Option<Duration>,
+    /// At most this many tasks, and this many dead letters, per call.
+    pub batch: u32,
+}
+
+/// What one [`crate::InstanceStore::retention_sweep`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionSwept {
+    /// Tasks (with their steps, edges and transitions).
+    pub tasks: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
 /// [`crate::StepStore::step_claim`].
 #[derive(Debug, Clone)]
 pub struct StepClaimParams {

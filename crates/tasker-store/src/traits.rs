@@ -9,10 +9,11 @@ use tasker_types::{
 use crate::{
     InstanceHeartbeatParams, InstanceRegisterParams, LeaderLease, QueueAckParams, QueueDepth,
     QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams, QueueForwardParams,
-    QueueLeaseParams, Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
-    StepEnqueueManyParams, StepLeaseExtendParams, StepTransitionParams, StepViableManyParams,
-    TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams,
-    TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
+    QueueLeaseParams, Result, ResultsApplied, RetentionSweepParams, RetentionSwept,
+    StepApplyResultsParams, StepClaimParams, StepClaimed, StepEnqueueManyParams,
+    StepLeaseExtendParams, StepTransitionParams, StepViableManyParams, TaskClaimParams,
+    TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
+    TemplateGetParams, TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -409,6 +410,15 @@ pub trait InstanceStore: Send + Sync {
         epoch: i64,
         dead_after: Duration,
     ) -> Result<Vec<(String, u64)>>;
+
+    /// Leader-only: deletes one batch of what retention no longer keeps (see
+    /// [`RetentionSweepParams`]), oldest first, in one transaction. Does nothing unless the
+    /// caller leads in its epoch.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors; then nothing was deleted.
+    async fn retention_sweep(&self, params: &RetentionSweepParams) -> Result<RetentionSwept>;
 }
 
 /// The append-only audit trail.

@@ -228,6 +228,9 @@ impl InstanceStore for Faulty {
             .instance_fail_over(leader, epoch, dead_after)
             .await
     }
+    async fn retention_sweep(&self, p: &RetentionSweepParams) -> Result<RetentionSwept> {
+        self.inner.retention_sweep(p).await
+    }
 }
 
 #[async_trait]

@@ -18,17 +18,22 @@ use std::{
     time::Duration,
 };
 
-use tasker_store::{InstanceHeartbeatParams, InstanceRegisterParams, Store, StoreError};
+use tasker_store::{
+    InstanceHeartbeatParams, InstanceRegisterParams, RetentionSweepParams, RetentionSwept, Store,
+    StoreError,
+};
 use tasker_types::{InstanceRow, InstanceState};
 use tokio_util::sync::CancellationToken;
 
-/// Heartbeats and failure detection.
+/// Heartbeats, failure detection and what the leader keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Time between heartbeats.
     pub heartbeat: Duration,
     /// An instance whose last heartbeat is older than this is dead.
     pub dead_after: Duration,
+    /// How long finished work is kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for ClusterConfig {
@@ -36,6 +41,38 @@ impl Default for ClusterConfig {
         Self {
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// How long finished work is kept before the leader deletes it, a batch every
+/// [`RetentionConfig::every_beats`] heartbeats; `None` keeps it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Tasks finished `Complete`, `Cancelled` or `ResolvedManually`, with their steps, edges
+    /// and transitions.
+    pub complete: Option<Duration>,
+    /// Tasks in `Error`, likewise (counted from when they failed).
+    pub error: Option<Duration>,
+    /// Dead letters.
+    pub dead_letters: Option<Duration>,
+    /// Tasks (and dead letters) deleted per sweep at most: small, so the hot path never waits
+    /// on a long delete.
+    pub batch: u32,
+    /// The leader sweeps on every this many heartbeats.
+    pub every_beats: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Self {
+            complete: Some(DAY * 7),
+            error: Some(DAY * 30),
+            dead_letters: Some(DAY * 30),
+            batch: 500,
+            every_beats: 10,
         }
     }
 }
@@ -139,31 +176,42 @@ pub async fn heartbeat(
     draining: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(config.heartbeat);
+    // The instance registered as it started; beats follow half a period later, out of step
+    // with the monitor's once-a-second observations, which would otherwise find the (SQLite:
+    // single) writer busy with a heartbeat at every one of them.
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.heartbeat / 2,
+        config.heartbeat,
+    );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u32 = 0;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
+        beats = beats.wrapping_add(1);
+        let sweep = beats % config.retention.every_beats.max(1) == 0;
         let state = if draining.load(Ordering::Relaxed) {
             InstanceState::Draining
         } else {
             InstanceState::Running
         };
-        if let Err(error) = beat(store.as_ref(), &instance_id, state, config).await {
+        if let Err(error) = beat(store.as_ref(), &instance_id, state, config, sweep).await {
             tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
         }
     }
 }
 
 /// One heartbeat: record it (registering again if this instance was declared dead), take or
-/// renew the leadership, and, leading, fail the dead over.
+/// renew the leadership, and, leading, fail the dead over and, on a `sweep` beat, delete a
+/// batch of what retention keeps no longer.
 pub async fn beat(
     store: &dyn Store,
     instance_id: &str,
     state: InstanceState,
     config: ClusterConfig,
+    sweep: bool,
 ) -> Result<(), StoreError> {
     let params = InstanceHeartbeatParams {
         id: instance_id.to_owned(),
@@ -188,6 +236,27 @@ pub async fn beat(
             released,
             leader_epoch = epoch,
             "instance declared dead; its leases are released"
+        );
+    }
+    if !sweep {
+        return Ok(());
+    }
+    let retention = config.retention;
+    let swept = store
+        .retention_sweep(&RetentionSweepParams {
+            leader: instance_id.to_owned(),
+            epoch,
+            complete: retention.complete,
+            error: retention.error,
+            dead_letters: retention.dead_letters,
+            batch: retention.batch,
+        })
+        .await?;
+    if swept != RetentionSwept::default() {
+        tracing::info!(
+            tasks = swept.tasks,
+            dead_letters = swept.dead_letters,
+            "retention: deleted what is kept no longer"
         );
     }
     Ok(())

@@ -1,14 +1,16 @@
-//! The cluster's instances: registration, heartbeats, the leases each holds.
+//! The cluster's instances: registration, heartbeats, the leases each holds, the leadership,
+//! and the leader-only changes (failing instances over, retention).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tasker_store::{
-    InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, LeaderLease, Result, StoreError,
+    InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, LeaderLease, Result,
+    RetentionSweepParams, RetentionSwept, StoreError,
 };
 use tasker_types::{InstanceRow, InstanceState};
 
-use super::{commit, fetch_one, fetch_optional, Backend, Sql, SqlStore};
+use super::{commit, fetch_one, fetch_optional, Backend, Conn, Sql, SqlStore};
 use crate::{corrupt, duration_ms, RowExt};
 
 /// The columns [`instance`] reads, with the leases held and the clock, over `instances i`.
@@ -181,27 +183,28 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         epoch: i64,
         dead_after: Duration,
     ) -> Result<Vec<(String, u64)>> {
-        let mut tx = self.backend().begin_write().await?;
-        // Leader-only: nothing unless the caller holds the leadership in its epoch.
-        let leads = fetch_optional::<B>(
-            &mut tx,
-            &Sql::new(format!(
-                "SELECT epoch FROM leadership \
-                 WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at_ms > {}",
-                B::NOW_MS
-            ))
-            .bind(leader)
-            .bind(epoch),
-        )
-        .await?;
-        if leads.is_none() {
-            return Ok(Vec::new());
-        }
         let silent = format!(
             "heartbeat_at_ms < {} - {}",
             B::NOW_MS,
             duration_ms(dead_after)
         );
+        // Most heartbeats find nobody silent: a read, without taking the (SQLite: single)
+        // writer.
+        let anyone = fetch_optional::<B>(
+            &mut *self.backend().read().await?,
+            &Sql::new(format!(
+                "SELECT id FROM instances WHERE id <> $1 AND {silent} LIMIT 1"
+            ))
+            .bind(leader),
+        )
+        .await?;
+        if anyone.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.backend().begin_write().await?;
+        if !leads::<B>(&mut tx, leader, epoch).await? {
+            return Ok(Vec::new());
+        }
         let dead = B::fetch_all(
             &mut tx,
             &Sql::new(format!(
@@ -238,4 +241,92 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         commit::<B>(tx).await?;
         Ok(failed_over)
     }
+
+    async fn retention_sweep(&self, params: &RetentionSweepParams) -> Result<RetentionSwept> {
+        let mut swept = RetentionSwept::default();
+        let mut tx = self.backend().begin_write().await?;
+        if !leads::<B>(&mut tx, &params.leader, params.epoch).await? {
+            return Ok(swept);
+        }
+        let now = B::NOW_MS;
+        // Through `tasks_finished_idx`: the finished tasks past the shorter of the two
+        // retentions, oldest first, each then held to its own state's.
+        let mut expired = Vec::new();
+        if let Some(complete) = params.complete {
+            expired.push((
+                "state IN ('Complete', 'Cancelled', 'ResolvedManually')",
+                duration_ms(complete),
+            ));
+        }
+        if let Some(error) = params.error {
+            expired.push(("state = 'Error'", duration_ms(error)));
+        }
+        if let Some(shortest) = expired.iter().map(|(_, ms)| *ms).min() {
+            let each: Vec<String> = expired
+                .iter()
+                .map(|(states, ms)| format!("({states} AND finished_at_ms < {now} - {ms})"))
+                .collect();
+            let ids = B::fetch_all(
+                &mut tx,
+                &Sql::new(format!(
+                    "SELECT id FROM tasks WHERE finished_at_ms < {now} - $1 AND ({}) \
+                     ORDER BY finished_at_ms, id LIMIT $2",
+                    each.join(" OR ")
+                ))
+                .bind(shortest)
+                .bind(i64::from(params.batch)),
+            )
+            .await?
+            .iter()
+            .map(|r| r.int("id"))
+            .collect::<Result<Vec<_>>>()?;
+            if !ids.is_empty() {
+                // Children first: steps keep a foreign key to their task.
+                for statement in [
+                    "DELETE FROM transitions WHERE task_id IN (",
+                    "DELETE FROM step_edges WHERE task_id IN (",
+                    "DELETE FROM steps WHERE task_id IN (",
+                    "DELETE FROM tasks WHERE id IN (",
+                ] {
+                    let mut sql = Sql::new(statement);
+                    sql.push_list(ids.iter().copied()).push(")");
+                    let deleted = B::execute(&mut tx, &sql).await?;
+                    if statement.starts_with("DELETE FROM tasks") {
+                        swept.tasks = deleted;
+                    }
+                }
+            }
+        }
+        if let Some(dead_letters) = params.dead_letters {
+            swept.dead_letters = B::execute(
+                &mut tx,
+                &Sql::new(format!(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters \
+                     WHERE dead_at_ms < {now} - $1 ORDER BY id LIMIT $2)"
+                ))
+                .bind(duration_ms(dead_letters))
+                .bind(i64::from(params.batch)),
+            )
+            .await?;
+        }
+        commit::<B>(tx).await?;
+        Ok(swept)
+    }
+}
+
+/// Whether `leader` holds the leadership in `epoch`, unexpired: the guard of every
+/// leader-only change, read in its transaction.
+async fn leads<B: Backend>(conn: &mut Conn<B>, leader: &str, epoch: i64) -> Result<bool> {
+    Ok(fetch_optional::<B>(
+        conn,
+        &Sql::new(format!(
+            "SELECT epoch FROM leadership \
+             WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at_ms > {}",
+            B::NOW_MS
+        ))
+        .bind(leader)
+        .bind(epoch),
+    )
+    .await?
+    .is_some())
 }

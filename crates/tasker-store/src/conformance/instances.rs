@@ -1,13 +1,15 @@
-//! The cluster's instances: registration, heartbeats, the leases each holds.
+//! The cluster's instances: registration, heartbeats, the leases each holds, the leadership
+//! and the leader-only changes (failover, retention).
 
 use std::{sync::Arc, time::Duration};
 
-use tasker_types::{InstanceState, StepState};
+use tasker_types::{InstanceState, StepState, TaskEvent, TaskState};
 
 use super::results::running;
 use crate::{
     conformance::{create_task, template},
-    InstanceHeartbeatParams, InstanceRegisterParams, StepClaimParams, StepEnqueueManyParams, Store,
+    InstanceHeartbeatParams, InstanceRegisterParams, RetentionSweepParams, RetentionSwept,
+    StepClaimParams, StepEnqueueManyParams, Store, TaskTransitionParams,
 };
 
 fn register(id: &str) -> InstanceRegisterParams {
@@ -229,4 +231,138 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
     s.leader_release("b").await.unwrap();
     assert_eq!(s.leader_get().await.unwrap().leader(), None, "given up");
     assert_eq!(s.leader_acquire("a", short).await.unwrap(), Some(3));
+}
+
+/// Moves a task along `events` from `from`.
+async fn walk(
+    s: &dyn Store,
+    task: tasker_types::TaskId,
+    mut from: TaskState,
+    events: &[TaskEvent],
+) {
+    for &event in events {
+        from = s
+            .task_transition(&TaskTransitionParams {
+                task_id: task,
+                from,
+                event,
+                reason: None,
+                instance_id: "conformance".into(),
+            })
+            .await
+            .unwrap()
+            .state;
+    }
+}
+
+/// Retention, leader-only, a batch a call: finished tasks older than `complete` go with their
+/// steps, edges and audit rows, tasks in `Error` older than `error` likewise, old dead letters
+/// too; running tasks and what a `None` keeps stay.
+pub async fn retention_sweep_deletes_what_is_kept_no_longer(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = template(
+        "namespace: demo\nname: old\nversion: 1.0.0\nsteps:\n\
+         - {name: a, handler: noop}\n- {name: b, handler: noop, depends_on: [a]}\n",
+    );
+    let done = [
+        create_task(s, &t, Some("done-1")).await,
+        create_task(s, &t, Some("done-2")).await,
+    ];
+    let failed = create_task(s, &t, Some("failed")).await;
+    let live = create_task(s, &t, Some("live")).await;
+    let to_running = [
+        TaskEvent::Initialize,
+        TaskEvent::BeginEnqueue,
+        TaskEvent::StepsEnqueued,
+        TaskEvent::StepResultReceived,
+    ];
+    for task in &done {
+        walk(s, task.id, TaskState::Pending, &to_running).await;
+        walk(
+            s,
+            task.id,
+            TaskState::EvaluatingResults,
+            &[TaskEvent::Complete],
+        )
+        .await;
+    }
+    walk(s, failed.id, TaskState::Pending, &to_running).await;
+    walk(
+        s,
+        failed.id,
+        TaskState::EvaluatingResults,
+        &[TaskEvent::Fail],
+    )
+    .await;
+    walk(s, live.id, TaskState::Pending, &to_running[..3]).await;
+    s.queue_enqueue_many(&crate::QueueEnqueueManyParams {
+        queue: "dl".into(),
+        payloads: vec![serde_json::json!(1)],
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let dequeue = crate::QueueDequeueParams {
+        queue: "dl".into(),
+        max: 1,
+        visibility_timeout: Duration::ZERO,
+        max_deliveries: 1,
+    };
+    s.queue_dequeue(&dequeue).await.unwrap();
+    s.queue_dequeue(&dequeue).await.unwrap();
+    assert_eq!(s.dead_letter_list("dl").await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let epoch = s
+        .leader_acquire("l", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let sweep = |leader: &str, epoch, error| RetentionSweepParams {
+        leader: leader.into(),
+        epoch,
+        complete: Some(Duration::from_millis(10)),
+        error,
+        dead_letters: Some(Duration::from_millis(10)),
+        batch: 1,
+    };
+    let nobody = s.retention_sweep(&sweep("x", epoch, None)).await.unwrap();
+    assert_eq!(nobody, RetentionSwept::default(), "not the leader");
+    let first = s.retention_sweep(&sweep("l", epoch, None)).await.unwrap();
+    assert_eq!(
+        first,
+        RetentionSwept {
+            tasks: 1,
+            dead_letters: 1
+        },
+        "a batch of one"
+    );
+    assert!(matches!(
+        s.task_get(done[0].id).await,
+        Err(crate::StoreError::NotFound { .. })
+    ));
+    assert!(s.step_list(done[0].id).await.unwrap().is_empty());
+    assert!(s.step_edges(done[0].id).await.unwrap().is_empty());
+    assert!(s.transition_list(done[0].id).await.unwrap().is_empty());
+    assert!(s.dead_letter_list("dl").await.unwrap().is_empty());
+    let second = s.retention_sweep(&sweep("l", epoch, None)).await.unwrap();
+    assert_eq!(second.tasks, 1);
+    let kept = s.retention_sweep(&sweep("l", epoch, None)).await.unwrap();
+    assert_eq!(kept.tasks, 0, "errors are kept without an error retention");
+    let errors = s
+        .retention_sweep(&sweep("l", epoch, Some(Duration::from_millis(10))))
+        .await
+        .unwrap();
+    assert_eq!(errors.tasks, 1);
+    assert!(s.task_get(failed.id).await.is_err());
+    let after = s
+        .retention_sweep(&sweep("l", epoch, Some(Duration::from_millis(10))))
+        .await
+        .unwrap();
+    assert_eq!(after, RetentionSwept::default(), "the running task stays");
+    assert_eq!(
+        s.task_get(live.id).await.unwrap().state,
+        TaskState::StepsInProcess
+    );
+    assert_eq!(s.step_list(live.id).await.unwrap().len(), 2);
 }

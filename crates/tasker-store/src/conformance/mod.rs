@@ -90,6 +90,7 @@ macro_rules! store_conformance {
             instance_register_heartbeat_list_deregister,
             instance_release_leases_frees_its_steps_only,
             leadership_is_exclusive_and_fences_failover,
+            retention_sweep_deletes_what_is_kept_no_longer,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             queue_forward_publishes_and_consumes_together,
