@@ -30,6 +30,16 @@ async fn enqueue(store: &dyn Store, task: TaskId, name: &str, queue: &str) -> St
     id
 }
 
+/// The steps among `leases` whose lease a five-minute extension finds lost.
+async fn extend(s: &dyn Store, leases: Vec<StepLease>) -> Vec<StepId> {
+    s.step_lease_extend(&StepLeaseExtendParams {
+        leases,
+        lease: LONG,
+    })
+    .await
+    .unwrap()
+}
+
 fn lease(step_id: StepId, token: &str) -> StepLease {
     StepLease {
         step_id,
@@ -120,13 +130,7 @@ pub async fn step_claim_takes_back_expired_leases(store: Arc<dyn Store>) {
         (StepState::InProgress, 1)
     );
     assert_ne!(second.lease_token, first.lease_token);
-    let lost = s
-        .step_lease_extend(&StepLeaseExtendParams {
-            leases: vec![lease(id, &first.lease_token)],
-            lease: LONG,
-        })
-        .await
-        .unwrap();
+    let lost = extend(s, vec![lease(id, &first.lease_token)]).await;
     assert_eq!(lost, [id], "the first claim's token holds nothing");
 
     // The first worker's late result is refused: its lease is gone.
@@ -241,22 +245,9 @@ pub async fn step_lease_extend_keeps_held_leases(store: Arc<dyn Store>) {
     ))
     .await
     .unwrap();
-    let lost = s
-        .step_lease_extend(&StepLeaseExtendParams {
-            leases: vec![lease(id, &held.lease_token)],
-            lease: LONG,
-        })
-        .await
-        .unwrap();
+    let lost = extend(s, vec![lease(id, &held.lease_token)]).await;
     assert_eq!(lost, [id], "a finished step's lease is gone");
-    assert!(s
-        .step_lease_extend(&StepLeaseExtendParams {
-            leases: Vec::new(),
-            lease: LONG,
-        })
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(extend(s, Vec::new()).await.is_empty());
 }
 
 /// Concurrent claimers never receive the same step, and together they receive every one.
@@ -341,13 +332,7 @@ pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(ready(s, "handed").await, 1);
-    let lost = s
-        .step_lease_extend(&StepLeaseExtendParams {
-            leases: vec![lease(id, &held.lease_token)],
-            lease: LONG,
-        })
-        .await
-        .unwrap();
+    let lost = extend(s, vec![lease(id, &held.lease_token)]).await;
     assert_eq!(lost, [id], "the lease went with the result");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -425,13 +410,7 @@ pub async fn step_apply_results_claims_what_it_makes_ready(store: Arc<dyn Store>
         .map(|t| t.event)
         .collect();
     assert_eq!(events, ["create", "enqueue", "start"]);
-    let lost = s
-        .step_lease_extend(&StepLeaseExtendParams {
-            leases: vec![lease(left, &claimed.lease_token)],
-            lease: LONG,
-        })
-        .await
-        .unwrap();
+    let lost = extend(s, vec![lease(left, &claimed.lease_token)]).await;
     assert!(lost.is_empty(), "the chained claim holds its lease");
 
     // Both parents of the join in one batch: the join is claimed with both outputs.

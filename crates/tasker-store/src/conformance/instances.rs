@@ -5,11 +5,11 @@ use std::{sync::Arc, time::Duration};
 
 use tasker_types::{InstanceState, StepState, TaskEvent, TaskState};
 
-use super::results::running;
+use super::results::{running, walk};
 use crate::{
     conformance::{create_task, template},
     InstanceHeartbeatParams, InstanceRegisterParams, RetentionSweepParams, RetentionSwept,
-    StepClaimParams, StepEnqueueManyParams, Store, TaskTransitionParams,
+    StepClaimParams, StepEnqueueManyParams, Store,
 };
 
 fn register(id: &str) -> InstanceRegisterParams {
@@ -231,28 +231,6 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
     s.leader_release("b").await.unwrap();
     assert_eq!(s.leader_get().await.unwrap().leader(), None, "given up");
     assert_eq!(s.leader_acquire("a", short).await.unwrap(), Some(3));
-}
-
-/// Moves a task along `events` from `from`.
-async fn walk(
-    s: &dyn Store,
-    task: tasker_types::TaskId,
-    mut from: TaskState,
-    events: &[TaskEvent],
-) {
-    for &event in events {
-        from = s
-            .task_transition(&TaskTransitionParams {
-                task_id: task,
-                from,
-                event,
-                reason: None,
-                instance_id: "conformance".into(),
-            })
-            .await
-            .unwrap()
-            .state;
-    }
 }
 
 /// Retention, leader-only, a batch a call: finished tasks older than `complete` go with their

@@ -12,17 +12,17 @@ use crate::{
 
 const LEASE: Duration = Duration::from_secs(300);
 
-/// Moves a new task to `StepsInProcess`, as the claimer and enqueuer would.
-pub(super) async fn running(store: &dyn Store, task: &TaskRow) {
-    let mut from = TaskState::Pending;
-    for event in [
-        TaskEvent::Initialize,
-        TaskEvent::BeginEnqueue,
-        TaskEvent::StepsEnqueued,
-    ] {
+/// Moves a task along `events` from `from`; returns the state it ends in.
+pub(super) async fn walk(
+    store: &dyn Store,
+    task: TaskId,
+    mut from: TaskState,
+    events: &[TaskEvent],
+) -> TaskState {
+    for &event in events {
         from = store
             .task_transition(&TaskTransitionParams {
-                task_id: task.id,
+                task_id: task,
                 from,
                 event,
                 reason: None,
@@ -32,7 +32,18 @@ pub(super) async fn running(store: &dyn Store, task: &TaskRow) {
             .unwrap()
             .state;
     }
-    assert_eq!(from, TaskState::StepsInProcess);
+    from
+}
+
+/// Moves a new task to `StepsInProcess`, as the claimer and enqueuer would.
+pub(super) async fn running(store: &dyn Store, task: &TaskRow) {
+    let events = [
+        TaskEvent::Initialize,
+        TaskEvent::BeginEnqueue,
+        TaskEvent::StepsEnqueued,
+    ];
+    let to = walk(store, task.id, TaskState::Pending, &events).await;
+    assert_eq!(to, TaskState::StepsInProcess);
 }
 
 pub(super) async fn step_id(store: &dyn Store, task: TaskId, name: &str) -> StepId {
