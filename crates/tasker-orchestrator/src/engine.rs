@@ -161,6 +161,9 @@ pub enum EngineError {
     /// The instance could not register with the cluster (the store failed).
     #[error("could not register this instance: {0}")]
     Store(#[source] tasker_store::StoreError),
+    /// The cluster's connection pools would not fit the server, in `fail_fast` mode.
+    #[error("connections: {0}")]
+    Connections(String),
 }
 
 /// The order pools stop in: intake first, then the work in flight drains.
@@ -209,7 +212,25 @@ impl Engine {
         mut config: EngineConfig,
         handlers: HandlerRegistry,
     ) -> Result<Self, EngineError> {
-        let resources = validate_resources(store.as_ref(), &mut config)?;
+        // The cluster's pools must fit the server's connections too: fail fast, or size this
+        // instance's executors to what is left.
+        let budget =
+            membership::connection_budget(store.as_ref(), &config.instance_id, config.cluster)
+                .await
+                .map_err(EngineError::Store)?;
+        let database_pool = if budget.fits() {
+            budget.own
+        } else if config.failure_mode == FailureMode::FailFast {
+            return Err(EngineError::Connections(budget.describe()));
+        } else {
+            tracing::warn!(
+                allowed = budget.allowed(),
+                "{}; this instance's executors are sized to what is left",
+                budget.describe()
+            );
+            budget.allowed()
+        };
+        let resources = validate_resources(store.as_ref(), database_pool, &mut config)?;
         let (events, _) = broadcast::channel(4096);
         let (claims_tx, claims_rx) = mpsc::channel(config.claims_capacity.max(1));
         let ctx = ExecutorContext {
@@ -298,7 +319,10 @@ impl Engine {
         // This instance joins the cluster: registered, then heartbeating (and failing dead
         // instances over) until it stops.
         ctx.store
-            .instance_register(&membership::registration(&config.instance_id))
+            .instance_register(&membership::registration(
+                ctx.store.as_ref(),
+                &config.instance_id,
+            ))
             .await
             .map_err(EngineError::Store)?;
         let draining = Arc::new(AtomicBool::new(false));
@@ -612,6 +636,7 @@ impl Engine {
 /// mode (shrinking pool maxima in `degraded` mode).
 fn validate_resources(
     store: &dyn Store,
+    database_pool: u32,
     config: &mut EngineConfig,
 ) -> Result<ResourceReport, EngineError> {
     let mut bounds: BTreeMap<ExecutorType, PoolBounds> = config
@@ -638,7 +663,7 @@ fn validate_resources(
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let report = resources::validate(
-        store.connection_pool().max_connections,
+        database_pool,
         &bounds,
         config.failure_mode,
         cores,

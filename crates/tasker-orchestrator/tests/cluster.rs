@@ -61,6 +61,7 @@ async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc
             host: "elsewhere".into(),
             pid: 1,
             version: "0.0.0".into(),
+            connections: 0,
         })
         .await
         .unwrap();
@@ -335,6 +336,64 @@ async fn the_leader_deletes_finished_tasks_after_their_retention(store: Arc<dyn 
     assert!(store.transition_list(task.id).await.unwrap().is_empty());
     assert!(store.step_list(task.id).await.unwrap().is_empty());
     engine.shutdown().await;
+}
+
+/// Instances whose pools would exceed the server's connections: a new one refuses to start in
+/// `fail_fast` mode, saying the numbers, and starts with smaller executor pools in `degraded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_pools_must_fit_the_servers_connections() {
+    let (store, db) = support::postgres().await;
+    let limit = store.server_connection_limit().await.unwrap().unwrap();
+    let own = store.connection_pool().max_connections;
+    // Live instances holding all but twenty of the server's connections: room for this
+    // instance's minimum executors, not for its whole pool.
+    let others = limit - 20;
+    for (id, connections) in [("big-1", others / 2), ("big-2", others - others / 2)] {
+        store
+            .instance_register(&InstanceRegisterParams {
+                id: id.into(),
+                host: "elsewhere".into(),
+                pid: 1,
+                version: "0.0.0".into(),
+                connections,
+            })
+            .await
+            .unwrap();
+    }
+    let refused = Engine::start(
+        store.clone(),
+        EngineConfig::default(),
+        HandlerRegistry::with_builtins(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    for said in [
+        format!("open {}", others + own),
+        format!("allows {limit}"),
+        format!("this instance {own}"),
+        "big-1".to_owned(),
+    ] {
+        assert!(refused.contains(&said), "{said}: {refused}");
+    }
+    let degraded = Engine::start(
+        store.clone(),
+        EngineConfig {
+            failure_mode: tasker_orchestrator::runtime::resources::FailureMode::Degraded,
+            ..EngineConfig::default()
+        },
+        HandlerRegistry::with_builtins(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        degraded.resources().database_pool,
+        20,
+        "sized to what the others leave"
+    );
+    degraded.shutdown().await;
+    store.close().await;
+    db.drop_database().await.unwrap();
 }
 
 on_both_backends!(

@@ -233,6 +233,17 @@ impl Backend for PgBackend {
         create::create_tasks(conn, batch).await
     }
 
+    async fn server_connection_limit(&self) -> Result<Option<u32>> {
+        let limit: i32 = sqlx::query_scalar(
+            "SELECT current_setting('max_connections')::int \
+                    - current_setting('superuser_reserved_connections')::int",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(Some(u32::try_from(limit).unwrap_or(0)))
+    }
+
     async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) -> Result<Counted> {
         results::move_steps(conn, moves).await
     }

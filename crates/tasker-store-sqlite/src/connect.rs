@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention",
         include_str!("../migrations/0006_retention.sql"),
     ),
+    (
+        7,
+        "instance connections",
+        include_str!("../migrations/0007_instance_connections.sql"),
+    ),
 ];
 
 /// How to open a [`SqliteStore`].

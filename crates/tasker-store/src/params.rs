@@ -271,6 +271,8 @@ pub struct InstanceRegisterParams {
     pub pid: u32,
     /// Tasker version.
     pub version: String,
+    /// Its connection pool's size.
+    pub connections: u32,
 }
 
 /// [`crate::InstanceStore::instance_heartbeat`].

@@ -446,6 +446,15 @@ pub trait Store:
     /// The connection pool's size and use, for backpressure and resource validation.
     fn connection_pool(&self) -> ConnectionPoolStats;
 
+    /// How many connections the database server lets clients like this one open in all
+    /// (PostgreSQL: `max_connections` less the superuser reserve); `None` where there is no
+    /// server (SQLite).
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn server_connection_limit(&self) -> Result<Option<u32>>;
+
     /// Subscribes to "queue has new work" announcements from every process sharing the
     /// database: each item is a queue name. `None` when the backend cannot announce across
     /// processes (see [`Capabilities::listen_notify`]); in-process wake-ups cover that case.

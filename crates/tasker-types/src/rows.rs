@@ -16,6 +16,8 @@ pub struct InstanceRow {
     pub pid: u32,
     /// Tasker version.
     pub version: String,
+    /// Its connection pool's size.
+    pub connections: u32,
     /// What it reported last.
     pub state: InstanceState,
     /// When it registered (database clock).

@@ -244,6 +244,9 @@ impl Store for Faulty {
     fn connection_pool(&self) -> ConnectionPoolStats {
         self.inner.connection_pool()
     }
+    async fn server_connection_limit(&self) -> Result<Option<u32>> {
+        self.inner.server_connection_limit().await
+    }
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.inner.wakeup_subscribe().await
     }

@@ -147,13 +147,104 @@ pub async fn view(
 }
 
 /// What this instance registers as.
-pub fn registration(instance_id: &str) -> InstanceRegisterParams {
+pub fn registration(store: &dyn Store, instance_id: &str) -> InstanceRegisterParams {
     InstanceRegisterParams {
         id: instance_id.to_owned(),
         host: host_name(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        connections: store.connection_pool().max_connections,
     }
+}
+
+/// The connections the live instances' pools and this one's would open, against what the
+/// database server allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    /// What the server allows clients in all; `None` without a server (SQLite).
+    pub limit: Option<u32>,
+    /// The other live instances and their pools.
+    pub others: Vec<(String, u32)>,
+    /// This instance's pool.
+    pub own: u32,
+}
+
+impl ConnectionBudget {
+    /// Whether every pool fits the server at once.
+    pub fn fits(&self) -> bool {
+        self.limit.is_none_or(|limit| self.total() <= limit)
+    }
+
+    /// The connections this instance may use for everything to fit (its own pool's size when
+    /// it does).
+    pub fn allowed(&self) -> u32 {
+        match self.limit {
+            Some(limit) => limit.saturating_sub(self.others_total()).min(self.own),
+            None => self.own,
+        }
+    }
+
+    fn others_total(&self) -> u32 {
+        self.others.iter().map(|(_, c)| *c).sum()
+    }
+
+    fn total(&self) -> u32 {
+        self.others_total().saturating_add(self.own)
+    }
+
+    /// The numbers, for an operator.
+    pub fn describe(&self) -> String {
+        let others: Vec<String> = self
+            .others
+            .iter()
+            .map(|(id, c)| format!("{id} {c}"))
+            .collect();
+        format!(
+            "the cluster would open {} connections (this instance {}{}{}), the server allows {} \
+             (max_connections less the superuser reserve); lower database.max_connections, run \
+             fewer instances, or raise the server's max_connections",
+            self.total(),
+            self.own,
+            if others.is_empty() {
+                ""
+            } else {
+                ", live instances: "
+            },
+            others.join(", "),
+            self.limit
+                .map_or_else(|| "any number".to_owned(), |l| l.to_string())
+        )
+    }
+}
+
+/// The budget `instance_id` would start into: the server's limit and the live instances'
+/// pools.
+///
+/// # Errors
+///
+/// Store failures.
+pub async fn connection_budget(
+    store: &dyn Store,
+    instance_id: &str,
+    config: ClusterConfig,
+) -> Result<ConnectionBudget, StoreError> {
+    let limit = store.server_connection_limit().await?;
+    let others = if limit.is_some() {
+        store
+            .instance_list()
+            .await?
+            .into_iter()
+            .filter(|i| i.id != instance_id && !config.is_dead(i))
+            .map(|i| (i.id, i.connections))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(ConnectionBudget {
+        limit,
+        others,
+        own: store.connection_pool().max_connections,
+    })
 }
 
 /// The host's name, as the kernel has it (`localhost` when it cannot be read).
@@ -222,7 +313,9 @@ pub async fn beat(
             instance = instance_id,
             "this instance was declared dead; registering again"
         );
-        store.instance_register(&registration(instance_id)).await?;
+        store
+            .instance_register(&registration(store, instance_id))
+            .await?;
     }
     let Some(epoch) = store.leader_acquire(instance_id, config.dead_after).await? else {
         return Ok(());
@@ -289,12 +382,40 @@ mod tests {
             host: "h".into(),
             pid: 1,
             version: "v".into(),
+            connections: 0,
             state: InstanceState::Running,
             started_at_ms: 0,
             heartbeat_at_ms,
             read_at_ms,
             leases: 0,
         }
+    }
+
+    #[test]
+    fn a_budget_fits_or_names_its_numbers_and_what_is_left() {
+        let budget = ConnectionBudget {
+            limit: Some(90),
+            others: vec![("a".into(), 32), ("b".into(), 32)],
+            own: 32,
+        };
+        assert!(!budget.fits());
+        assert_eq!(budget.allowed(), 26, "what the others leave");
+        let said = budget.describe();
+        for number in ["open 96", "this instance 32", "a 32", "b 32", "allows 90"] {
+            assert!(said.contains(number), "{number}: {said}");
+        }
+        let fits = ConnectionBudget {
+            limit: Some(100),
+            ..budget.clone()
+        };
+        assert!(fits.fits());
+        assert_eq!(fits.allowed(), 32, "its own pool when everything fits");
+        let no_server = ConnectionBudget {
+            limit: None,
+            ..budget
+        };
+        assert!(no_server.fits());
+        assert_eq!(no_server.allowed(), 32);
     }
 
     #[test]

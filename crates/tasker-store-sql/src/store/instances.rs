@@ -16,7 +16,8 @@ use crate::{corrupt, duration_ms, RowExt};
 /// The columns [`instance`] reads, with the leases held and the clock, over `instances i`.
 fn columns<B: Backend>() -> String {
     format!(
-        "i.id, i.host, i.pid, i.version, i.state, i.started_at_ms, i.heartbeat_at_ms, \
+        "i.id, i.host, i.pid, i.version, i.connections, i.state, i.started_at_ms, \
+         i.heartbeat_at_ms, \
          {now} AS read_at_ms, \
          (SELECT COUNT(*) FROM steps s WHERE s.state IN ('Enqueued', 'InProgress') \
             AND s.lease_holder = i.id AND s.visible_at_ms > {now}) AS leases",
@@ -30,6 +31,8 @@ fn instance(row: &impl RowExt) -> Result<InstanceRow> {
         host: row.text("host")?,
         pid: u32::try_from(row.int("pid")?).map_err(|e| corrupt("instance pid", e))?,
         version: row.text("version")?,
+        connections: u32::try_from(row.int("connections")?)
+            .map_err(|e| corrupt("instance connections", e))?,
         state: row
             .text("state")?
             .parse::<InstanceState>()
@@ -48,8 +51,8 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         B::execute(
             &mut conn,
             &Sql::new(format!(
-                "INSERT INTO instances (id, host, pid, version, state, started_at_ms, \
-                 heartbeat_at_ms) VALUES ($1, $2, $3, $4, $5, {now}, {now}) \
+                "INSERT INTO instances (id, host, pid, version, connections, state, \
+                 started_at_ms, heartbeat_at_ms) VALUES ($1, $2, $3, $4, $6, $5, {now}, {now}) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
                  heartbeat_at_ms = excluded.heartbeat_at_ms",
                 now = B::NOW_MS
@@ -58,7 +61,8 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
             .bind(params.host.as_str())
             .bind(i64::from(params.pid))
             .bind(params.version.as_str())
-            .bind(InstanceState::Running.as_str()),
+            .bind(InstanceState::Running.as_str())
+            .bind(i64::from(params.connections)),
         )
         .await?;
         let rows = B::fetch_all(

@@ -140,6 +140,11 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
         params: &StepClaimParams,
     ) -> impl Future<Output = Result<Vec<StepClaimed>>> + Send;
 
+    /// `Store::server_connection_limit`; by default there is no server.
+    fn server_connection_limit(&self) -> impl Future<Output = Result<Option<u32>>> + Send {
+        async { Ok(None) }
+    }
+
     /// `Store::wakeup_subscribe`.
     fn wakeup_subscribe(
         &self,
@@ -224,6 +229,10 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn wakeup_subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
         self.backend.wakeup_subscribe().await
+    }
+
+    async fn server_connection_limit(&self) -> Result<Option<u32>> {
+        self.backend.server_connection_limit().await
     }
 
     async fn close(&self) {

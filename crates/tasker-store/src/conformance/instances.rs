@@ -18,6 +18,7 @@ fn register(id: &str) -> InstanceRegisterParams {
         host: "host-1".into(),
         pid: 4242,
         version: "0.1.0".into(),
+        connections: 12,
     }
 }
 
@@ -28,8 +29,8 @@ pub async fn instance_register_heartbeat_list_deregister(store: Arc<dyn Store>) 
     let a = s.instance_register(&register("a")).await.unwrap();
     assert_eq!((a.id.as_str(), a.state), ("a", InstanceState::Running));
     assert_eq!(
-        (a.host.as_str(), a.pid, a.version.as_str()),
-        ("host-1", 4242, "0.1.0")
+        (a.host.as_str(), a.pid, a.version.as_str(), a.connections),
+        ("host-1", 4242, "0.1.0", 12)
     );
     assert!(a.heartbeat_at_ms <= a.read_at_ms && a.started_at_ms <= a.heartbeat_at_ms);
     assert_eq!(a.leases, 0);
