@@ -23,6 +23,15 @@ use tasker_types::{InstanceState, StepState, TaskState};
 /// Long enough for anything here to happen on a slow machine; reaching it fails the test.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Heartbeats every 100 ms, dead after 500 ms: a cluster that heals within a test.
+fn fast_cluster() -> ClusterConfig {
+    ClusterConfig {
+        heartbeat: Duration::from_millis(100),
+        dead_after: Duration::from_millis(500),
+        ..ClusterConfig::default()
+    }
+}
+
 /// A step held by an instance that stopped heartbeating runs again on another instance soon
 /// after the silent one is declared dead, not after its lease (ten minutes here).
 async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc<dyn Store>) {
@@ -79,11 +88,7 @@ async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc
     assert_eq!(held.len(), 1);
 
     let config = EngineConfig {
-        cluster: ClusterConfig {
-            heartbeat: Duration::from_millis(100),
-            dead_after: Duration::from_millis(500),
-            ..ClusterConfig::default()
-        },
+        cluster: fast_cluster(),
         ..EngineConfig::default()
     };
     let started = tokio::time::Instant::now();
@@ -157,11 +162,7 @@ async fn a_silent_instance_is_failed_over_and_its_steps_run_elsewhere(store: Arc
 /// stops, the other takes over with the next epoch within a few heartbeats.
 async fn one_leader_at_a_time_and_a_takeover_when_it_stops(store: Arc<dyn Store>) {
     let config = EngineConfig {
-        cluster: ClusterConfig {
-            heartbeat: Duration::from_millis(100),
-            dead_after: Duration::from_millis(500),
-            ..ClusterConfig::default()
-        },
+        cluster: fast_cluster(),
         ..EngineConfig::default()
     };
     // Each its own instance (a configuration's default id is made once).
@@ -239,11 +240,7 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
     let mut handlers = HandlerRegistry::with_builtins();
     handlers.register("gate", gate.clone());
     let config = EngineConfig {
-        cluster: ClusterConfig {
-            heartbeat: Duration::from_millis(100),
-            dead_after: Duration::from_millis(500),
-            ..ClusterConfig::default()
-        },
+        cluster: fast_cluster(),
         ..EngineConfig::default()
     };
     let engine = Arc::new(
@@ -303,13 +300,12 @@ async fn the_leader_deletes_finished_tasks_after_their_retention(store: Arc<dyn 
     .await;
     let config = EngineConfig {
         cluster: ClusterConfig {
-            heartbeat: Duration::from_millis(100),
-            dead_after: Duration::from_millis(500),
             retention: RetentionConfig {
                 complete: Some(Duration::from_millis(200)),
                 every_beats: 1,
                 ..RetentionConfig::default()
             },
+            ..fast_cluster()
         },
         ..EngineConfig::default()
     };
