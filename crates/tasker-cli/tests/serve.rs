@@ -611,3 +611,88 @@ fn operator_actions_from_the_cli() {
     assert_eq!(code, 1);
     assert!(err.contains("409"), "{err}");
 }
+
+/// The instance's id, from its pools view.
+fn instance_of(server: &Server) -> String {
+    get(&server.addr, "/v1/health/pools")["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Two `tasker serve` instances on one PostgreSQL database, at the default cluster settings:
+/// kill -9 the one running a step, and the other runs the step again within 10 s (the leader
+/// declares the silent instance dead and ends its lease; the lost attempt is retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_of_a_killed_instance_runs_again_elsewhere_within_ten_seconds() {
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let servers = [
+            serve(&["--database-url", &url], &[]),
+            serve(&["--database-url", &url], &[]),
+        ];
+        let template = "namespace: failover\nname: nap\nversion: 1.0.0\nsteps:\n\
+             - {name: nap, handler: {name: sleep, config: {ms: 2000}}, \
+                retry: {max_attempts: 3, base_ms: 10, max_ms: 10}}\n";
+        let (status, body) = http(
+            &servers[0].addr,
+            "POST",
+            "/v1/templates",
+            "application/yaml",
+            template,
+            None,
+        );
+        assert_eq!(status, 201, "{body}");
+        let (status, task) = post_json(
+            &servers[0].addr,
+            "/v1/tasks",
+            &json!({"namespace": "failover", "name": "nap", "context": {}}),
+        );
+        assert_eq!(status, 201, "{task}");
+        let id = task["id"].as_i64().unwrap();
+        wait_until(&servers[0].addr, id, "the step running", |t| {
+            t["steps"][0]["state"] == "InProgress"
+        });
+        // Whoever holds the step's lease is killed.
+        let cluster = get(&servers[0].addr, "/v1/cluster");
+        let holder = cluster["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["leases"] == 1)
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("nobody holds the step: {cluster}"));
+        let [first, second] = servers;
+        let (mut killed, survivor) = if instance_of(&first) == holder {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        killed.child.kill().unwrap();
+        killed.child.wait().unwrap();
+        let at = Instant::now();
+        let again = wait_until(&survivor.addr, id, "the step started again", |t| {
+            t["steps"][0]["attempts"] == 2
+        });
+        let failover = at.elapsed();
+        eprintln!("failover: the killed instance's step started again {failover:?} after the kill");
+        assert!(failover < Duration::from_secs(10), "{failover:?}: {again}");
+        let done = wait_until(&survivor.addr, id, "the task complete", |t| {
+            t["state"] == "Complete"
+        });
+        assert_eq!(done["steps"][0]["attempts"], 2, "{done}");
+        let cluster = get(&survivor.addr, "/v1/cluster");
+        assert_eq!(
+            cluster["instances"].as_array().unwrap().len(),
+            1,
+            "the killed instance was declared dead: {cluster}"
+        );
+        assert_eq!(cluster["leader"], instance_of(&survivor));
+    })
+    .await
+    .unwrap();
+    db.drop_database().await.unwrap();
+}
