@@ -119,19 +119,7 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
     }
 
     async fn instance_release_leases(&self, holder: &str) -> Result<u64> {
-        // `state IN (…)` is `steps_queue_idx`'s predicate, so only the waiting and running
-        // steps are read, not the finished ones.
-        B::execute(
-            &mut *self.backend().write().await?,
-            &Sql::new(format!(
-                "UPDATE steps SET visible_at_ms = {now} \
-                 WHERE state IN ('Enqueued', 'InProgress') AND state = 'InProgress' \
-                   AND lease_holder = $1 AND visible_at_ms > {now}",
-                now = B::NOW_MS
-            ))
-            .bind(holder),
-        )
-        .await
+        release_leases::<B>(&mut *self.backend().write().await?, holder).await
     }
 
     async fn leader_acquire(&self, holder: &str, ttl: Duration) -> Result<Option<i64>> {
@@ -222,18 +210,7 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         .collect::<Result<Vec<_>>>()?;
         let mut failed_over = Vec::with_capacity(dead.len());
         for id in dead {
-            // `state IN (…)` is `steps_queue_idx`'s predicate (see instance_release_leases).
-            let released = B::execute(
-                &mut tx,
-                &Sql::new(format!(
-                    "UPDATE steps SET visible_at_ms = {now} \
-                     WHERE state IN ('Enqueued', 'InProgress') AND state = 'InProgress' \
-                       AND lease_holder = $1 AND visible_at_ms > {now}",
-                    now = B::NOW_MS
-                ))
-                .bind(id.as_str()),
-            )
-            .await?;
+            let released = release_leases::<B>(&mut tx, &id).await?;
             B::execute(
                 &mut tx,
                 &Sql::new(format!("DELETE FROM instances WHERE id = $1 AND {silent}"))
@@ -316,6 +293,24 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         commit::<B>(tx).await?;
         Ok(swept)
     }
+}
+
+/// Ends the leases `holder` holds on running steps now: `InstanceStore::instance_release_leases`,
+/// and a dead instance's part of `instance_fail_over`. Returns how many.
+async fn release_leases<B: Backend>(conn: &mut Conn<B>, holder: &str) -> Result<u64> {
+    // `state IN (…)` is `steps_queue_idx`'s predicate, so only the waiting and running steps
+    // are read, not the finished ones.
+    B::execute(
+        conn,
+        &Sql::new(format!(
+            "UPDATE steps SET visible_at_ms = {now} \
+             WHERE state IN ('Enqueued', 'InProgress') AND state = 'InProgress' \
+               AND lease_holder = $1 AND visible_at_ms > {now}",
+            now = B::NOW_MS
+        ))
+        .bind(holder),
+    )
+    .await
 }
 
 /// Whether `leader` holds the leadership in `epoch`, unexpired: the guard of every

@@ -15,7 +15,7 @@ use crate::{
 const LONG: Duration = Duration::from_secs(300);
 
 /// Enqueues a `Pending` step of `task` in `queue`.
-async fn enqueue(store: &dyn Store, task: TaskId, name: &str, queue: &str) -> StepId {
+pub(super) async fn enqueue(store: &dyn Store, task: TaskId, name: &str, queue: &str) -> StepId {
     let id = step_id(store, task, name).await;
     let done = store
         .step_enqueue_many(&StepEnqueueManyParams {

@@ -3,13 +3,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tasker_types::{InstanceState, StepState, TaskEvent, TaskState};
+use tasker_types::{InstanceState, TaskEvent, TaskState};
 
-use super::results::{running, walk};
+use super::{
+    claims::enqueue,
+    results::{running, walk},
+};
 use crate::{
     conformance::{create_task, template},
     InstanceHeartbeatParams, InstanceRegisterParams, RetentionSweepParams, RetentionSwept,
-    StepClaimParams, StepEnqueueManyParams, Store,
+    StepClaimParams, Store,
 };
 
 fn register(id: &str) -> InstanceRegisterParams {
@@ -86,16 +89,8 @@ pub async fn instance_release_leases_frees_its_steps_only(store: Arc<dyn Store>)
     );
     let task = create_task(s, &t, None).await;
     running(s, &task).await;
-    let steps = s.step_list(task.id).await.unwrap();
-    for (step, queue) in steps.iter().zip(["qa", "qa", "qb"]) {
-        s.step_enqueue_many(&StepEnqueueManyParams {
-            task_id: task.id,
-            steps: vec![(step.id, StepState::Pending)],
-            queue: queue.into(),
-            instance_id: "conformance".into(),
-        })
-        .await
-        .unwrap();
+    for (name, queue) in [("a1", "qa"), ("a2", "qa"), ("b1", "qb")] {
+        enqueue(s, task.id, name, queue).await;
     }
     let claim = |queue: &str, holder: &str| StepClaimParams {
         queue: queue.into(),
@@ -168,15 +163,7 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
     );
     let task = create_task(s, &t, None).await;
     running(s, &task).await;
-    let step = &s.step_list(task.id).await.unwrap()[0];
-    s.step_enqueue_many(&StepEnqueueManyParams {
-        task_id: task.id,
-        steps: vec![(step.id, StepState::Pending)],
-        queue: "lead".into(),
-        instance_id: "conformance".into(),
-    })
-    .await
-    .unwrap();
+    enqueue(s, task.id, "only", "lead").await;
     s.instance_register(&register("c")).await.unwrap();
     s.instance_register(&register("b")).await.unwrap();
     let claim = StepClaimParams {
