@@ -72,6 +72,7 @@ fn dequeue(max: usize) -> QueueDequeueParams {
         max: u32::try_from(max).unwrap_or(u32::MAX),
         visibility_timeout: Duration::from_secs(300),
         max_deliveries: 5,
+        holder: "conformance".into(),
     }
 }
 

@@ -331,6 +331,7 @@ impl Engine {
             ctx.store.clone(),
             config.instance_id.clone(),
             config.cluster,
+            metrics.cluster(),
             draining.clone(),
             stop_membership.clone(),
         ));
@@ -583,6 +584,7 @@ impl Engine {
             &self.ctx.instance_id,
             InstanceState::Draining,
             self.cluster,
+            &self.metrics.cluster(),
             false,
         )
         .await

@@ -186,11 +186,26 @@ async fn one_leader_at_a_time_and_a_takeover_when_it_stops(store: Arc<dyn Store>
         assert!(tokio::time::Instant::now() < deadline, "nobody leads");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // What each instance believes, as its metrics say: 1 leading, 0 not.
+    let leads = |engine: &Engine| {
+        let metrics = engine.metrics().render();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tasker_cluster_leader "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no leader gauge: {metrics}"))
+    };
     for _ in 0..10 {
         for engine in &engines {
             let view = engine.cluster().await.unwrap();
             assert_eq!(view.leader.as_deref(), Some(leader.as_str()), "one leader");
             assert_eq!(view.leader_epoch, epoch);
+            let believed = if engine.instance_id() == leader {
+                "1"
+            } else {
+                "0"
+            };
+            assert_eq!(leads(engine), believed, "{}", engine.instance_id());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -331,6 +346,15 @@ async fn the_leader_deletes_finished_tasks_after_their_retention(store: Arc<dyn 
     assert!(seen_complete, "it completed before it went");
     assert!(store.transition_list(task.id).await.unwrap().is_empty());
     assert!(store.step_list(task.id).await.unwrap().is_empty());
+    let metrics = engine.metrics().render();
+    assert!(
+        metrics.contains("tasker_retention_deleted_total{kind=\"tasks\"} 1\n"),
+        "the deletion is counted: {metrics}"
+    );
+    assert!(
+        metrics.contains("tasker_retention_deleted_total{kind=\"dead_letters\"} 0\n"),
+        "{metrics}"
+    );
     engine.shutdown().await;
 }
 

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instance connections",
         include_str!("../migrations/0007_instance_connections.sql"),
     ),
+    (
+        8,
+        "message holder",
+        include_str!("../migrations/0008_message_holder.sql"),
+    ),
 ];
 
 /// How to connect a [`PgStore`].

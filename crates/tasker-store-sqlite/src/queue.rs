@@ -20,7 +20,7 @@ impl SqliteBackend {
         let token = uuid::Uuid::new_v4().to_string();
         let rows = sqlx::query(&format!(
             "UPDATE queue_messages SET deliveries = deliveries + 1, lease_token = $1, \
-             visible_at_ms = {now} + $2 \
+             visible_at_ms = {now} + $2, lease_holder = $5 \
              WHERE id IN (SELECT id FROM queue_messages \
                           WHERE queue = $3 AND visible_at_ms <= {now} \
                           ORDER BY visible_at_ms, id LIMIT $4) \
@@ -31,6 +31,7 @@ impl SqliteBackend {
         .bind(duration_ms(params.visibility_timeout))
         .bind(&params.queue)
         .bind(i64::from(params.max))
+        .bind(&params.holder)
         .fetch_all(&self.writer)
         .await
         .map_err(map_err)?;

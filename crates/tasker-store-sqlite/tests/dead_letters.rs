@@ -88,6 +88,7 @@ async fn a_large_batch_of_dead_letters_is_buried_with_bound_ids() {
         max: 10_000,
         visibility_timeout: Duration::ZERO,
         max_deliveries: 1,
+        holder: "conformance".into(),
     };
     // The first delivery leases every message (and the zero lease makes them visible again);
     // the second finds them all past `max_deliveries` and buries them.

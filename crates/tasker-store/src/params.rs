@@ -427,6 +427,9 @@ pub struct QueueDequeueParams {
     /// A visible message already delivered this many times moves to the dead-letter table
     /// instead of being delivered again.
     pub max_deliveries: u32,
+    /// The instance taking the deliveries, recorded on them so that, should it die, a failover
+    /// ends them at once (`InstanceStore::instance_fail_over`).
+    pub holder: String,
 }
 
 /// [`crate::QueueStore::queue_ack`] and [`crate::QueueStore::queue_nack`].

@@ -364,8 +364,9 @@ pub trait InstanceStore: Send + Sync {
     /// Infrastructure errors.
     async fn instance_deregister(&self, id: &str) -> Result<()>;
 
-    /// Ends at once the leases `holder` holds on running steps: they are claimable now, and
-    /// their next claimer reports the attempts lost. Returns how many.
+    /// Ends at once the leases `holder` holds on running steps and on message deliveries:
+    /// the steps are claimable now (their next claimer reports the attempts lost), the messages
+    /// visible (the lost delivery counted). Returns how many.
     ///
     /// # Errors
     ///
@@ -397,9 +398,9 @@ pub trait InstanceStore: Send + Sync {
     async fn leader_get(&self) -> Result<LeaderLease>;
 
     /// Leader-only: every other instance silent for longer than `dead_after` is declared dead,
-    /// its step leases end at once and its registration goes. Does nothing unless `leader`
-    /// holds the leadership in `epoch`, unexpired. Returns each instance failed over with the
-    /// leases it released.
+    /// its leases (steps, message deliveries) end at once and its registration goes. Does
+    /// nothing unless `leader` holds the leadership in `epoch`, unexpired. Returns each
+    /// instance failed over with the leases it released.
     ///
     /// # Errors
     ///

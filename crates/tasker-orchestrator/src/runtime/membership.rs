@@ -25,6 +25,8 @@ use tasker_store::{
 use tasker_types::{InstanceRow, InstanceState};
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::metrics::ClusterMetrics;
+
 /// Heartbeats, failure detection and what the leader keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -264,6 +266,7 @@ pub async fn heartbeat(
     store: Arc<dyn Store>,
     instance_id: String,
     config: ClusterConfig,
+    metrics: ClusterMetrics,
     draining: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
@@ -288,7 +291,8 @@ pub async fn heartbeat(
         } else {
             InstanceState::Running
         };
-        if let Err(error) = beat(store.as_ref(), &instance_id, state, config, sweep).await {
+        if let Err(error) = beat(store.as_ref(), &instance_id, state, config, &metrics, sweep).await
+        {
             tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
         }
     }
@@ -302,6 +306,7 @@ pub async fn beat(
     instance_id: &str,
     state: InstanceState,
     config: ClusterConfig,
+    metrics: &ClusterMetrics,
     sweep: bool,
 ) -> Result<(), StoreError> {
     let params = InstanceHeartbeatParams {
@@ -317,13 +322,17 @@ pub async fn beat(
             .instance_register(&registration(store, instance_id))
             .await?;
     }
-    let Some(epoch) = store.leader_acquire(instance_id, config.dead_after).await? else {
+    let acquired = store.leader_acquire(instance_id, config.dead_after).await;
+    // Not knowing (an error) is not leading.
+    metrics.record_leadership(acquired.as_ref().ok().copied().flatten());
+    let Some(epoch) = acquired? else {
         return Ok(());
     };
     for (dead, released) in store
         .instance_fail_over(instance_id, epoch, config.dead_after)
         .await?
     {
+        metrics.record_failover(released);
         tracing::warn!(
             instance = %dead,
             released,
@@ -345,6 +354,7 @@ pub async fn beat(
             batch: retention.batch,
         })
         .await?;
+    metrics.record_retention(swept.tasks, swept.dead_letters);
     if swept != RetentionSwept::default() {
         tracing::info!(
             tasks = swept.tasks,

@@ -13,6 +13,11 @@
 //! | `tasker_pool_utilization_ratio` | gauge | `executor_type` | busy time over wall time |
 //! | `tasker_circuit_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | `executor_type` | state |
 //! | `tasker_backpressure_factor` | gauge | — | 0..1 |
+//! | `tasker_cluster_leader` | gauge (1 leading, 0 not) | — | this instance's leadership at its last heartbeat |
+//! | `tasker_cluster_leader_epoch` | gauge | — | the epoch this instance last led with |
+//! | `tasker_cluster_instances_failed_over_total` | counter | — | instances this instance, leading, declared dead |
+//! | `tasker_cluster_leases_released_total` | counter | — | step leases those failovers ended |
+//! | `tasker_retention_deleted_total` | counter | `kind` (`tasks`, `dead_letters`) | rows retention deleted |
 //!
 //! # Per engine
 //!
@@ -80,9 +85,14 @@ const POOL_EXECUTORS: &str = "tasker_pool_executors";
 const POOL_UTILIZATION: &str = "tasker_pool_utilization_ratio";
 const BREAKER_STATE: &str = "tasker_circuit_breaker_state";
 const BACKPRESSURE: &str = "tasker_backpressure_factor";
+const LEADER: &str = "tasker_cluster_leader";
+const LEADER_EPOCH: &str = "tasker_cluster_leader_epoch";
+const FAILED_OVER: &str = "tasker_cluster_instances_failed_over_total";
+const LEASES_RELEASED: &str = "tasker_cluster_leases_released_total";
+const RETENTION_DELETED: &str = "tasker_retention_deleted_total";
 
 /// Every metric with its kind and HELP text, for the recorder's descriptions.
-const CATALOGUE: [(&str, Kind, &str); 10] = [
+const CATALOGUE: [(&str, Kind, &str); 15] = [
     (BATCHES, Kind::Counter, "Batches run."),
     (ITEMS, Kind::Counter, "Items processed."),
     (ERRORS, Kind::Counter, "Failed batches."),
@@ -101,6 +111,31 @@ const CATALOGUE: [(&str, Kind, &str); 10] = [
     ),
     (BREAKER_STATE, Kind::Gauge, "0 closed, 1 half-open, 2 open."),
     (BACKPRESSURE, Kind::Gauge, "Applied backpressure, 0 to 1."),
+    (
+        LEADER,
+        Kind::Gauge,
+        "1 when this instance led the cluster at its last heartbeat.",
+    ),
+    (
+        LEADER_EPOCH,
+        Kind::Gauge,
+        "The leadership epoch this instance last led with.",
+    ),
+    (
+        FAILED_OVER,
+        Kind::Counter,
+        "Instances this instance, leading, declared dead.",
+    ),
+    (
+        LEASES_RELEASED,
+        Kind::Counter,
+        "Step leases ended by failing dead instances over.",
+    ),
+    (
+        RETENTION_DELETED,
+        Kind::Counter,
+        "Rows deleted by retention: finished tasks (with their steps), dead letters.",
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -255,6 +290,21 @@ impl EngineMetrics {
         if let Some(utilization) = utilization {
             r.register_gauge(&key(POOL_UTILIZATION, &pool), &METADATA)
                 .set(utilization);
+        }
+    }
+
+    /// Registers the cluster metrics (leadership, failover, retention) and returns their handles.
+    pub fn cluster(&self) -> ClusterMetrics {
+        let r = &self.inner.recorder;
+        let deleted =
+            |kind| r.register_counter(&key(RETENTION_DELETED, &[("kind", kind)]), &METADATA);
+        ClusterMetrics {
+            leader: r.register_gauge(&key(LEADER, &[]), &METADATA),
+            leader_epoch: r.register_gauge(&key(LEADER_EPOCH, &[]), &METADATA),
+            failed_over: r.register_counter(&key(FAILED_OVER, &[]), &METADATA),
+            leases_released: r.register_counter(&key(LEASES_RELEASED, &[]), &METADATA),
+            deleted_tasks: deleted("tasks"),
+            deleted_dead_letters: deleted("dead_letters"),
         }
     }
 
@@ -660,5 +710,52 @@ mod tests {
         assert!((49.0..=51.5).contains(&s.p50_ms), "{s:?}");
         assert!((98.0..=101.0).contains(&s.p99_ms), "{s:?}");
         assert!((1999.0..=2002.0).contains(&s.max_ms), "{s:?}");
+    }
+}
+
+/// The handles of the cluster metrics, written by the membership heartbeat.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    leader: Gauge,
+    leader_epoch: Gauge,
+    failed_over: Counter,
+    leases_released: Counter,
+    deleted_tasks: Counter,
+    deleted_dead_letters: Counter,
+}
+
+impl ClusterMetrics {
+    /// Handles that record nowhere, for a heartbeat outside any engine.
+    pub fn detached() -> Self {
+        Self {
+            leader: Gauge::noop(),
+            leader_epoch: Gauge::noop(),
+            failed_over: Counter::noop(),
+            leases_released: Counter::noop(),
+            deleted_tasks: Counter::noop(),
+            deleted_dead_letters: Counter::noop(),
+        }
+    }
+
+    /// Records this instance's leadership after a heartbeat: the epoch it leads with, or none.
+    pub fn record_leadership(&self, epoch: Option<i64>) {
+        self.leader.set(if epoch.is_some() { 1.0 } else { 0.0 });
+        if let Some(epoch) = epoch {
+            // Epochs count leaderships; f64 holds them exactly far beyond any real cluster.
+            #[allow(clippy::cast_precision_loss)]
+            self.leader_epoch.set(epoch as f64);
+        }
+    }
+
+    /// Counts one instance declared dead and the leases its failover ended.
+    pub fn record_failover(&self, released: u64) {
+        self.failed_over.increment(1);
+        self.leases_released.increment(released);
+    }
+
+    /// Counts what one retention sweep deleted.
+    pub fn record_retention(&self, tasks: u64, dead_letters: u64) {
+        self.deleted_tasks.increment(tasks);
+        self.deleted_dead_letters.increment(dead_letters);
     }
 }

@@ -295,12 +295,27 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
     }
 }
 
-/// Ends the leases `holder` holds on running steps now: `InstanceStore::instance_release_leases`,
-/// and a dead instance's part of `instance_fail_over`. Returns how many.
+/// Ends the leases `holder` holds on running steps and on message deliveries now:
+/// `InstanceStore::instance_release_leases`, and a dead instance's part of
+/// `instance_fail_over`. Returns how many.
 async fn release_leases<B: Backend>(conn: &mut Conn<B>, holder: &str) -> Result<u64> {
+    // A delivery ended this way still counts: a message that kills whoever takes it is
+    // dead-lettered after its deliveries like any other. Nacked messages (no lease token) keep
+    // their delay. No index: this runs when an instance leaves or dies, and the table holds
+    // what waits to be processed, not history.
+    let messages = B::execute(
+        conn,
+        &Sql::new(format!(
+            "UPDATE queue_messages SET visible_at_ms = {now}, lease_token = NULL \
+             WHERE lease_holder = $1 AND lease_token IS NOT NULL AND visible_at_ms > {now}",
+            now = B::NOW_MS
+        ))
+        .bind(holder),
+    )
+    .await?;
     // `state IN (…)` is `steps_queue_idx`'s predicate, so only the waiting and running steps
     // are read, not the finished ones.
-    B::execute(
+    let steps = B::execute(
         conn,
         &Sql::new(format!(
             "UPDATE steps SET visible_at_ms = {now} \
@@ -310,7 +325,8 @@ async fn release_leases<B: Backend>(conn: &mut Conn<B>, holder: &str) -> Result<
         ))
         .bind(holder),
     )
-    .await
+    .await?;
+    Ok(steps + messages)
 }
 
 /// Whether `leader` holds the leadership in `epoch`, unexpired: the guard of every

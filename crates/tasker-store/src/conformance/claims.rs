@@ -346,6 +346,7 @@ pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
         max: 1,
         visibility_timeout: Duration::ZERO,
         max_deliveries: 1,
+        holder: "conformance".into(),
     };
     assert_eq!(s.queue_dequeue(&dequeue).await.unwrap().len(), 1);
     assert!(s.queue_dequeue(&dequeue).await.unwrap().is_empty());

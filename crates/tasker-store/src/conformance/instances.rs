@@ -175,6 +175,22 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
         holder: "c".into(),
     };
     assert_eq!(s.step_claim(&claim).await.unwrap().len(), 1);
+    // c also holds a message delivery, for five minutes.
+    s.queue_enqueue_many(&crate::QueueEnqueueManyParams {
+        queue: "lead-messages".into(),
+        payloads: vec![serde_json::json!("held by c")],
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let deliver = |holder: &str| crate::QueueDequeueParams {
+        queue: "lead-messages".into(),
+        max: 1,
+        visibility_timeout: Duration::from_secs(300),
+        max_deliveries: 5,
+        holder: holder.into(),
+    };
+    assert_eq!(s.queue_dequeue(&deliver("c")).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(150)).await;
     s.leader_acquire("b", Duration::from_secs(30))
         .await
@@ -196,8 +212,8 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
     );
     assert_eq!(
         s.instance_fail_over("b", 2, dead_after).await.unwrap(),
-        [("c".to_owned(), 1)],
-        "c is silent; the leader itself is not declared dead"
+        [("c".to_owned(), 2)],
+        "c is silent (a step lease and a delivery); the leader itself is not declared dead"
     );
     let ids: Vec<String> = s
         .instance_list()
@@ -215,6 +231,9 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
         .await
         .unwrap();
     assert!(taken[0].lease_ran_out, "c's lease was released");
+    let again = s.queue_dequeue(&deliver("b")).await.unwrap();
+    assert_eq!(again.len(), 1, "c's delivery was ended");
+    assert_eq!(again[0].deliveries, 2, "the lost delivery still counts");
 
     s.leader_release("b").await.unwrap();
     assert_eq!(s.leader_get().await.unwrap().leader(), None, "given up");
@@ -273,6 +292,7 @@ pub async fn retention_sweep_deletes_what_is_kept_no_longer(store: Arc<dyn Store
         max: 1,
         visibility_timeout: Duration::ZERO,
         max_deliveries: 1,
+        holder: "conformance".into(),
     };
     s.queue_dequeue(&dequeue).await.unwrap();
     s.queue_dequeue(&dequeue).await.unwrap();

@@ -13,6 +13,7 @@ fn dequeue(queue: &str, max: u32, visibility: Duration, max_deliveries: u32) -> 
         max,
         visibility_timeout: visibility,
         max_deliveries,
+        holder: "conformance".into(),
     }
 }
 

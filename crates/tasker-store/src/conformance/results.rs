@@ -124,6 +124,7 @@ async fn drain(store: &dyn Store, queue: &str) -> Vec<serde_json::Value> {
             max: 100,
             visibility_timeout: LEASE,
             max_deliveries: 5,
+            holder: "conformance".into(),
         })
         .await
         .unwrap()
@@ -155,6 +156,7 @@ pub async fn step_apply_results_enqueues_children_and_finishes_the_task(store: A
             max: 1,
             visibility_timeout: LEASE,
             max_deliveries: 5,
+            holder: "conformance".into(),
         })
         .await
         .unwrap()[0];
@@ -314,6 +316,7 @@ pub async fn queue_forward_publishes_and_consumes_together(store: Arc<dyn Store>
             max: 2,
             visibility_timeout: LEASE,
             max_deliveries: 5,
+            holder: "conformance".into(),
         })
         .await
         .unwrap();

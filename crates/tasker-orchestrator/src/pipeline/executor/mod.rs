@@ -211,6 +211,7 @@ impl ExecutorContext {
                 max,
                 visibility_timeout: lease,
                 max_deliveries: self.max_deliveries,
+                holder: self.instance_id.clone(),
             })
             .await?)
     }
