@@ -522,6 +522,7 @@ impl TaskerConfig {
                         "LOG",
                         "TEST_DATABASE_URL",
                         "TEST_DB_PREFIX",
+                        "TEST_PG_CTL",
                     ])
                     .global(),
             )

@@ -231,6 +231,15 @@ impl Engine {
             budget.allowed()
         };
         let resources = validate_resources(store.as_ref(), database_pool, &mut config)?;
+        // This instance joins the cluster before any executor runs: what it holds (task
+        // claims, say) counts only while it is registered.
+        store
+            .instance_register(&membership::registration(
+                store.as_ref(),
+                &config.instance_id,
+            ))
+            .await
+            .map_err(EngineError::Store)?;
         let (events, _) = broadcast::channel(4096);
         let (claims_tx, claims_rx) = mpsc::channel(config.claims_capacity.max(1));
         let ctx = ExecutorContext {
@@ -316,15 +325,8 @@ impl Engine {
 
         let stop_background = CancellationToken::new();
         let mut background = Vec::new();
-        // This instance joins the cluster: registered, then heartbeating (and failing dead
-        // instances over) until it stops.
-        ctx.store
-            .instance_register(&membership::registration(
-                ctx.store.as_ref(),
-                &config.instance_id,
-            ))
-            .await
-            .map_err(EngineError::Store)?;
+        // Registered (above), this instance heartbeats (and fails dead instances over) until
+        // it stops.
         let draining = Arc::new(AtomicBool::new(false));
         let stop_membership = CancellationToken::new();
         let membership_task = tokio::spawn(membership::heartbeat(

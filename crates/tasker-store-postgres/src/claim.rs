@@ -61,7 +61,7 @@ impl PgBackend {
         .bind(StepState::Enqueued.as_str())
         .bind(StepEvent::Start.name())
         .bind(&params.holder)
-        .fetch_all(&self.lease_pool)
+        .fetch_all(&mut *self.acquire(&self.lease_pool).await?)
         .await
         .map_err(map_err)?;
         claimed_steps(&rows)

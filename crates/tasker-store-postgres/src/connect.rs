@@ -45,8 +45,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "message holder",
-        include_str!("../migrations/0008_message_holder.sql"),
+        "instance holders",
+        include_str!("../migrations/0008_instance_holders.sql"),
     ),
 ];
 
@@ -111,6 +111,7 @@ impl PgStoreOptions {
             pool,
             lease_pool,
             listeners: crate::notify::Listeners::default(),
+            unreachable: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

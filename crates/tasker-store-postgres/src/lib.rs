@@ -18,6 +18,11 @@ mod queue;
 mod results;
 pub mod test_database;
 
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
 use sqlx::{pool::PoolConnection, postgres::PgRow, PgConnection, PgPool, Postgres, Transaction};
 use tasker_store::{
     Capabilities, ConnectionPoolStats, QueueAckParams, QueueDequeueParams, Result, StepClaimParams,
@@ -43,6 +48,10 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT
 /// A Tasker store on a PostgreSQL database.
 pub type PgStore = SqlStore<PgBackend>;
 
+/// How long taking a connection may wait once the server was found unreachable, until a
+/// connection is taken again (see [`PgBackend::acquire`]).
+const UNREACHABLE_ACQUIRE: Duration = Duration::from_millis(500);
+
 /// PostgreSQL under [`SqlStore`]: its pools and the statements it sends its own way.
 #[derive(Debug)]
 pub struct PgBackend {
@@ -51,12 +60,46 @@ pub struct PgBackend {
     lease_pool: PgPool,
     /// The `LISTEN` tasks behind `Store::wakeup_subscribe`, stopped by `Store::close`.
     listeners: notify::Listeners,
+    /// Set when taking a connection timed out with room in the pool (connecting failed, the
+    /// server is down); cleared when one is taken again.
+    unreachable: AtomicBool,
 }
 
 impl PgBackend {
     /// The connection pool, for companions that need their own connection (LISTEN).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Takes a connection of `pool`, failing fast while the server is unreachable.
+    ///
+    /// sqlx retries a refused connection until the pool's acquire timeout (5 s by default),
+    /// which suits a server starting up; but while it is down, every batch would wait that long
+    /// before failing, and executors would take half a minute to open their breakers. So once
+    /// an acquire timed out with room in the pool (it was connecting, not waiting for a busy
+    /// connection), later ones wait [`UNREACHABLE_ACQUIRE`] at most, until one succeeds.
+    async fn acquire(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>> {
+        let acquired = if self.unreachable.load(Ordering::Relaxed) {
+            tokio::time::timeout(UNREACHABLE_ACQUIRE, pool.acquire())
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        } else {
+            pool.acquire().await
+        };
+        self.observe(pool, acquired.as_ref().err());
+        acquired.map_err(map_err)
+    }
+
+    /// Records what taking a connection of `pool` said about the server.
+    fn observe(&self, pool: &PgPool, error: Option<&sqlx::Error>) {
+        match error {
+            None => self.unreachable.store(false, Ordering::Relaxed),
+            Some(sqlx::Error::PoolTimedOut) => self.unreachable.store(
+                pool.size() < pool.options().get_max_connections(),
+                Ordering::Relaxed,
+            ),
+            Some(_) => {}
+        }
     }
 }
 
@@ -124,15 +167,21 @@ impl Backend for PgBackend {
     }
 
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>> {
-        self.pool.begin().await.map_err(map_err)
+        if self.unreachable.load(Ordering::Relaxed) {
+            // A quick try first; the connection it takes goes back to the pool for `begin`.
+            drop(self.acquire(&self.pool).await?);
+        }
+        let begun = self.pool.begin().await;
+        self.observe(&self.pool, begun.as_ref().err());
+        begun.map_err(map_err)
     }
 
     async fn read(&self) -> Result<PoolConnection<Postgres>> {
-        self.pool.acquire().await.map_err(map_err)
+        self.acquire(&self.pool).await
     }
 
     async fn write(&self) -> Result<PoolConnection<Postgres>> {
-        self.pool.acquire().await.map_err(map_err)
+        self.acquire(&self.pool).await
     }
 
     async fn fetch_all(conn: &mut PgConnection, sql: &Sql<'_>) -> Result<Vec<PgRow>> {

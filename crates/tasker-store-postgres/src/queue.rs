@@ -32,7 +32,7 @@ impl PgBackend {
         .bind(&params.queue)
         .bind(i64::from(params.max))
         .bind(&params.holder)
-        .fetch_all(&self.lease_pool)
+        .fetch_all(&mut *self.acquire(&self.lease_pool).await?)
         .await
         .map_err(map_err)?;
         let (live, dead) = leased_messages(&rows, params.max_deliveries)?;
@@ -55,7 +55,7 @@ impl PgBackend {
             now = NOW_MS
         ))
         .bind(&ids)
-        .execute(&self.lease_pool)
+        .execute(&mut *self.acquire(&self.lease_pool).await?)
         .await
         .map_err(map_err)?;
         Ok(())

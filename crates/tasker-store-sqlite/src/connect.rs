@@ -42,8 +42,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "message holder",
-        include_str!("../migrations/0008_message_holder.sql"),
+        "instance holders",
+        include_str!("../migrations/0008_instance_holders.sql"),
     ),
 ];
 

@@ -99,6 +99,9 @@ pub struct TaskClaimParams {
     pub task_id: TaskId,
     /// Who claims it (unique per claiming executor).
     pub claimer: String,
+    /// The instance of the claimer. Its claims hold only while it is registered: once it is
+    /// declared dead (or deregistered), its claims are free before their lease runs out.
+    pub instance_id: String,
     /// How long the claim holds without renewal.
     pub lease: Duration,
 }

@@ -119,8 +119,9 @@ pub trait TaskStore: Send + Sync {
     async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow>;
 
     /// Claims a task for `claimer` until `lease` passes (database clock): succeeds when nobody
-    /// holds it, the claimer already does (the lease is extended), or the holder's lease has
-    /// expired. Returns whether the claim is now held.
+    /// holds it, the claimer already does (the lease is extended), the holder's lease has
+    /// expired, or the holder's instance is not registered (declared dead, or gone). Returns
+    /// whether the claim is now held.
     ///
     /// # Errors
     ///

@@ -279,6 +279,7 @@ pub async fn heartbeat(
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beats: u32 = 0;
+    let mut recorded = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -294,6 +295,24 @@ pub async fn heartbeat(
         if let Err(error) = beat(store.as_ref(), &instance_id, state, config, &metrics, sweep).await
         {
             tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
+            continue;
+        }
+        let silent = recorded.elapsed();
+        recorded = tokio::time::Instant::now();
+        if silent > config.dead_after {
+            // Silent that long (the database was down, say), this instance counts as dead,
+            // whether or not a leader declared it so: what it held is released now, so that it
+            // runs again at once rather than after its leases. Work of it still running is
+            // fenced by its lease tokens, as on any failover.
+            match store.instance_release_leases(&instance_id).await {
+                Ok(released) => tracing::warn!(
+                    silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+                    released,
+                    "heartbeats failed for longer than cluster.dead_after; released what this \
+                     instance held"
+                ),
+                Err(error) => tracing::warn!(%error, "could not release this instance's leases"),
+            }
         }
     }
 }

@@ -374,14 +374,18 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         let done = B::execute(
             &mut *self.backend.write().await?,
             &Sql::new(format!(
-                "UPDATE tasks SET claimed_by = $1, claim_expires_at_ms = {now} + $2 \
+                "UPDATE tasks SET claimed_by = $1, claim_expires_at_ms = {now} + $2, \
+                   claim_instance = $4 \
                  WHERE id = $3 AND (claimed_by IS NULL OR claimed_by = $1 \
-                                    OR claim_expires_at_ms <= {now})",
+                                    OR claim_expires_at_ms <= {now} \
+                                    OR NOT EXISTS (SELECT 1 FROM instances i \
+                                                   WHERE i.id = tasks.claim_instance))",
                 now = B::NOW_MS
             ))
             .bind(&params.claimer)
             .bind(duration_ms(params.lease))
-            .bind(params.task_id.0),
+            .bind(params.task_id.0)
+            .bind(&params.instance_id),
         )
         .await?;
         Ok(done == 1)
@@ -391,7 +395,8 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         let done = B::execute(
             &mut *self.backend.write().await?,
             &Sql::new(
-                "UPDATE tasks SET claimed_by = NULL, claim_expires_at_ms = NULL \
+                "UPDATE tasks SET claimed_by = NULL, claim_expires_at_ms = NULL, \
+                   claim_instance = NULL \
                  WHERE id = $1 AND claimed_by = $2",
             )
             .bind(params.task_id.0)

@@ -295,14 +295,30 @@ pub async fn task_list_filters_and_pages(store: Arc<dyn Store>) {
     assert_eq!(everything.len(), 6);
 }
 
-/// A claim is exclusive while its lease holds: a second claimer is refused, the holder may
-/// renew, a release frees it, and an expired lease lets another claimer take over.
+/// A claim is exclusive while its lease holds and its instance is registered: a second
+/// claimer is refused, the holder may renew, a release frees it, an expired lease lets another
+/// claimer take over, and so does its instance's leaving.
 pub async fn task_claim_is_exclusive_until_released_or_expired(store: Arc<dyn Store>) {
-    use crate::{conformance::eventually, TaskClaimParams, TaskReleaseParams};
+    use crate::{
+        conformance::eventually, InstanceRegisterParams, TaskClaimParams, TaskReleaseParams,
+    };
     let task = create_task(store.as_ref(), &diamond(), None).await;
+    for id in ["instance-a", "instance-b"] {
+        store
+            .instance_register(&InstanceRegisterParams {
+                id: id.into(),
+                host: "host".into(),
+                pid: 1,
+                version: "0".into(),
+                connections: 1,
+            })
+            .await
+            .unwrap();
+    }
     let claim = |who: &str, lease_ms: u64| TaskClaimParams {
         task_id: task.id,
         claimer: who.into(),
+        instance_id: format!("instance-{who}"),
         lease: std::time::Duration::from_millis(lease_ms),
     };
     let release = |who: &str| TaskReleaseParams {
@@ -343,6 +359,13 @@ pub async fn task_claim_is_exclusive_until_released_or_expired(store: Arc<dyn St
     assert!(
         !store.task_release(&release("b")).await.unwrap(),
         "b's claim was taken over"
+    );
+    // a's instance leaves (or is declared dead): its claim is free before its lease ends.
+    assert!(!store.task_claim(&claim("b", 60_000)).await.unwrap());
+    store.instance_deregister("instance-a").await.unwrap();
+    assert!(
+        store.task_claim(&claim("b", 60_000)).await.unwrap(),
+        "a's instance is gone"
     );
     let unknown = TaskClaimParams {
         task_id: TaskId(999_999),

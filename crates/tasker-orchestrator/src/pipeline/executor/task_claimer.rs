@@ -3,8 +3,9 @@
 //! A claim has two halves. The `task_work` message is leased (its visibility timeout), so no
 //! other consumer receives that message; and the task row itself is claimed
 //! (`task_claim`), so no other claimer in any instance holds the *task*, whatever messages
-//! point at it. Both expire with the lease if this instance dies, and another claimer takes
-//! over. The enqueuer releases the claim when it is done.
+//! point at it. If this instance dies, both end once the leader declares it dead (or with
+//! their lease, whichever comes first), and another claimer takes over. The enqueuer releases
+//! the claim when it is done.
 
 use std::time::Duration;
 
@@ -96,6 +97,7 @@ impl OrchestrationExecutor for TaskClaimer {
                 .task_claim(&TaskClaimParams {
                     task_id: task.task_id,
                     claimer: self.claimer.clone(),
+                    instance_id: self.ctx.instance_id.clone(),
                     lease: self.ctx.claim_lease,
                 })
                 .await?;
