@@ -381,7 +381,7 @@ const LOST: &str = "its lease ran out";
 struct Audit {
     tasks: usize,
     steps: usize,
-    attempts: i64,
+    attempts: usize,
     injected: usize,
     lost: usize,
     /// Completions per instance that applied them.
@@ -441,8 +441,8 @@ async fn audit(pool: &PgPool, expected_tasks: usize) -> Audit {
             "{step}: each attempt started once"
         );
         assert_eq!(
-            failures.len() as i64,
-            attempts - 1,
+            failures.len(),
+            usize::try_from(attempts - 1).unwrap(),
             "{step}: each extra attempt follows a failure: {failures:?}"
         );
         let injected = failures.iter().filter(|f| f.contains(INJECTED)).count();
@@ -458,7 +458,7 @@ async fn audit(pool: &PgPool, expected_tasks: usize) -> Audit {
         } else {
             assert_eq!(injected, 0, "{step}: {failures:?}");
         }
-        audit.attempts += attempts;
+        audit.attempts += usize::try_from(attempts).unwrap();
         audit.injected += injected;
         audit.lost += lost;
         *audit
@@ -535,7 +535,8 @@ async fn audit_commands(pool: &PgPool, log: &Path) -> usize {
 }
 
 /// Waits until `count` tasks are Complete, or `deadline`.
-async fn wait_complete(pool: &PgPool, count: i64, deadline: Instant) -> bool {
+async fn wait_complete(pool: &PgPool, count: usize, deadline: Instant) -> bool {
+    let count = i64::try_from(count).unwrap();
     loop {
         let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'Complete'")
             .fetch_one(pool)
@@ -648,7 +649,7 @@ fn kills_lose_nothing_and_apply_nothing_twice() {
     submitter.join().expect("every task submitted");
     let done = rt.block_on(wait_complete(
         &pool,
-        TASKS as i64,
+        TASKS,
         last_kill + Duration::from_secs(15),
     ));
     let finish = last_kill.elapsed();
@@ -676,10 +677,7 @@ fn kills_lose_nothing_and_apply_nothing_twice() {
         finish.as_secs_f64(),
         audit.completed_by.values().collect::<Vec<_>>(),
     );
-    assert_eq!(
-        audit.attempts,
-        (audit.steps + audit.injected + audit.lost) as i64
-    );
+    assert_eq!(audit.attempts, audit.steps + audit.injected + audit.lost);
     drop(cluster);
     rt.block_on(pool.close());
     rt.block_on(db.drop_database()).unwrap();
@@ -855,7 +853,7 @@ fn a_database_restart_is_ridden_out() {
     // (they were silent for longer than `cluster.dead_after`), not after its leases.
     let done = rt.block_on(wait_complete(
         &pool,
-        TASKS as i64,
+        TASKS,
         Instant::now() + Duration::from_secs(20),
     ));
     assert!(
@@ -926,7 +924,7 @@ fn a_transaction_left_open_stops_nothing_else() {
     cluster.client.submit(&quick, Duration::from_secs(5));
     let quick_done = rt.block_on(wait_complete(
         &pool,
-        QUICK as i64,
+        QUICK,
         opened + Duration::from_secs(25),
     ));
     let quick_time = opened.elapsed();
@@ -946,12 +944,16 @@ fn a_transaction_left_open_stops_nothing_else() {
                 .fetch_one(&pool),
         )
         .unwrap();
-    assert_eq!(complete, QUICK as i64, "the held tasks waited for the lock");
+    assert_eq!(
+        usize::try_from(complete).unwrap(),
+        QUICK,
+        "the held tasks waited for the lock"
+    );
     rt.block_on(session.rollback()).unwrap();
     let held_for = opened.elapsed();
     let done = rt.block_on(wait_complete(
         &pool,
-        (QUICK + 3) as i64,
+        QUICK + 3,
         Instant::now() + Duration::from_secs(30),
     ));
     assert!(
