@@ -111,7 +111,7 @@ impl PgStoreOptions {
             pool,
             lease_pool,
             listeners: crate::notify::Listeners::default(),
-            unreachable: std::sync::atomic::AtomicBool::new(false),
+            reach: std::sync::Arc::default(),
         }))
     }
 }

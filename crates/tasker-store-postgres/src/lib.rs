@@ -19,7 +19,10 @@ mod results;
 pub mod test_database;
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -60,9 +63,32 @@ pub struct PgBackend {
     lease_pool: PgPool,
     /// The `LISTEN` tasks behind `Store::wakeup_subscribe`, stopped by `Store::close`.
     listeners: notify::Listeners,
-    /// Set when taking a connection timed out with room in the pool (connecting failed, the
+    /// Whether the server answers, as taking connections found it.
+    reach: Arc<Reach>,
+}
+
+/// The server's reachability, as taking connections found it (see [`PgBackend::acquire`]).
+#[derive(Debug, Default)]
+struct Reach {
+    /// Set when taking a connection timed out with room in the pool (connecting failed: the
     /// server is down); cleared when one is taken again.
     unreachable: AtomicBool,
+    /// A probe with the pool's full acquire timeout is running.
+    probing: AtomicBool,
+}
+
+impl Reach {
+    /// Records what taking a connection of `pool` said about the server.
+    fn observe(&self, pool: &PgPool, error: Option<&sqlx::Error>) {
+        match error {
+            None => self.unreachable.store(false, Ordering::Relaxed),
+            Some(sqlx::Error::PoolTimedOut) => self.unreachable.store(
+                pool.size() < pool.options().get_max_connections(),
+                Ordering::Relaxed,
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 impl PgBackend {
@@ -77,29 +103,33 @@ impl PgBackend {
     /// which suits a server starting up; but while it is down, every batch would wait that long
     /// before failing, and executors would take half a minute to open their breakers. So once
     /// an acquire timed out with room in the pool (it was connecting, not waiting for a busy
-    /// connection), later ones wait [`UNREACHABLE_ACQUIRE`] at most, until one succeeds.
+    /// connection), later ones wait [`UNREACHABLE_ACQUIRE`] at most, until one succeeds, while
+    /// a probe in the background tries with the full timeout (a connection slower to open than
+    /// that still reaches the pool).
     async fn acquire(&self, pool: &PgPool) -> Result<PoolConnection<Postgres>> {
-        let acquired = if self.unreachable.load(Ordering::Relaxed) {
+        let acquired = if self.reach.unreachable.load(Ordering::Relaxed) {
+            self.probe(pool);
             tokio::time::timeout(UNREACHABLE_ACQUIRE, pool.acquire())
                 .await
                 .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         } else {
             pool.acquire().await
         };
-        self.observe(pool, acquired.as_ref().err());
+        self.reach.observe(pool, acquired.as_ref().err());
         acquired.map_err(map_err)
     }
 
-    /// Records what taking a connection of `pool` said about the server.
-    fn observe(&self, pool: &PgPool, error: Option<&sqlx::Error>) {
-        match error {
-            None => self.unreachable.store(false, Ordering::Relaxed),
-            Some(sqlx::Error::PoolTimedOut) => self.unreachable.store(
-                pool.size() < pool.options().get_max_connections(),
-                Ordering::Relaxed,
-            ),
-            Some(_) => {}
+    /// Starts the background probe of [`PgBackend::acquire`], unless one runs.
+    fn probe(&self, pool: &PgPool) {
+        if self.reach.probing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (pool, reach) = (pool.clone(), self.reach.clone());
+        tokio::spawn(async move {
+            let acquired = pool.acquire().await;
+            reach.observe(&pool, acquired.as_ref().err());
+            reach.probing.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -167,12 +197,12 @@ impl Backend for PgBackend {
     }
 
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>> {
-        if self.unreachable.load(Ordering::Relaxed) {
+        if self.reach.unreachable.load(Ordering::Relaxed) {
             // A quick try first; the connection it takes goes back to the pool for `begin`.
             drop(self.acquire(&self.pool).await?);
         }
         let begun = self.pool.begin().await;
-        self.observe(&self.pool, begun.as_ref().err());
+        self.reach.observe(&self.pool, begun.as_ref().err());
         begun.map_err(map_err)
     }
 

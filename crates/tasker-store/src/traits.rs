@@ -365,9 +365,10 @@ pub trait InstanceStore: Send + Sync {
     /// Infrastructure errors.
     async fn instance_deregister(&self, id: &str) -> Result<()>;
 
-    /// Ends at once the leases `holder` holds on running steps and on message deliveries:
-    /// the steps are claimable now (their next claimer reports the attempts lost), the messages
-    /// visible (the lost delivery counted). Returns how many.
+    /// Ends at once the leases instance `holder` holds on running steps, on message deliveries
+    /// and on tasks: the steps are claimable now (their next claimer reports the attempts
+    /// lost), the messages visible (the lost delivery counted), the tasks' claims free.
+    /// Returns how many.
     ///
     /// # Errors
     ///

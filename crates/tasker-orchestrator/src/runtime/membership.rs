@@ -292,18 +292,18 @@ pub async fn heartbeat(
         } else {
             InstanceState::Running
         };
-        if let Err(error) = beat(store.as_ref(), &instance_id, state, config, &metrics, sweep).await
-        {
+        if let Err(error) = record(store.as_ref(), &instance_id, state).await {
             tracing::warn!(%error, "cluster heartbeat failed; trying again at the next");
             continue;
         }
         let silent = recorded.elapsed();
         recorded = tokio::time::Instant::now();
         if silent > config.dead_after {
-            // Silent that long (the database was down, say), this instance counts as dead,
-            // whether or not a leader declared it so: what it held is released now, so that it
-            // runs again at once rather than after its leases. Work of it still running is
-            // fenced by its lease tokens, as on any failover.
+            // Its heartbeat unrecorded that long (the database was down, say), this instance
+            // counts as dead, whether or not a leader declared it so: what it held is released
+            // now, so that it runs again at once rather than after its leases. Work of it still
+            // running is fenced by its lease tokens, as on any failover; claims taken since the
+            // database came back (within a heartbeat) are released too, their attempts retried.
             match store.instance_release_leases(&instance_id).await {
                 Ok(released) => tracing::warn!(
                     silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
@@ -314,12 +314,13 @@ pub async fn heartbeat(
                 Err(error) => tracing::warn!(%error, "could not release this instance's leases"),
             }
         }
+        if let Err(error) = lead(store.as_ref(), &instance_id, config, &metrics, sweep).await {
+            tracing::warn!(%error, "leader duties failed; trying again at the next heartbeat");
+        }
     }
 }
 
-/// One heartbeat: record it (registering again if this instance was declared dead), take or
-/// renew the leadership, and, leading, fail the dead over and, on a `sweep` beat, delete a
-/// batch of what retention keeps no longer.
+/// One heartbeat: [`record`] it, then [`lead`].
 pub async fn beat(
     store: &dyn Store,
     instance_id: &str,
@@ -327,6 +328,16 @@ pub async fn beat(
     config: ClusterConfig,
     metrics: &ClusterMetrics,
     sweep: bool,
+) -> Result<(), StoreError> {
+    record(store, instance_id, state).await?;
+    lead(store, instance_id, config, metrics, sweep).await
+}
+
+/// Records a heartbeat in `state`, registering again if this instance was declared dead.
+async fn record(
+    store: &dyn Store,
+    instance_id: &str,
+    state: InstanceState,
 ) -> Result<(), StoreError> {
     let params = InstanceHeartbeatParams {
         id: instance_id.to_owned(),
@@ -341,6 +352,18 @@ pub async fn beat(
             .instance_register(&registration(store, instance_id))
             .await?;
     }
+    Ok(())
+}
+
+/// Takes or renews the leadership and, leading, fails the dead over and, on a `sweep` beat,
+/// deletes a batch of what retention keeps no longer.
+async fn lead(
+    store: &dyn Store,
+    instance_id: &str,
+    config: ClusterConfig,
+    metrics: &ClusterMetrics,
+    sweep: bool,
+) -> Result<(), StoreError> {
     let acquired = store.leader_acquire(instance_id, config.dead_after).await;
     // Not knowing (an error) is not leading.
     metrics.record_leadership(acquired.as_ref().ok().copied().flatten());

@@ -16,7 +16,7 @@
 //! | `tasker_cluster_leader` | gauge (1 leading, 0 not) | — | this instance's leadership at its last heartbeat |
 //! | `tasker_cluster_leader_epoch` | gauge | — | the epoch this instance last led with |
 //! | `tasker_cluster_instances_failed_over_total` | counter | — | instances this instance, leading, declared dead |
-//! | `tasker_cluster_leases_released_total` | counter | — | step leases those failovers ended |
+//! | `tasker_cluster_leases_released_total` | counter | — | leases (steps, message deliveries, task claims) those failovers ended |
 //! | `tasker_retention_deleted_total` | counter | `kind` (`tasks`, `dead_letters`) | rows retention deleted |
 //!
 //! # Per engine
@@ -129,7 +129,7 @@ const CATALOGUE: [(&str, Kind, &str); 15] = [
     (
         LEASES_RELEASED,
         Kind::Counter,
-        "Step leases ended by failing dead instances over.",
+        "Leases (steps, message deliveries, task claims) ended by failing dead instances over.",
     ),
     (
         RETENTION_DELETED,

@@ -8,7 +8,7 @@ use tasker_store::{
     InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, LeaderLease, Result,
     RetentionSweepParams, RetentionSwept, StoreError,
 };
-use tasker_types::{InstanceRow, InstanceState};
+use tasker_types::{InstanceRow, InstanceState, TaskState};
 
 use super::{commit, fetch_one, fetch_optional, Backend, Conn, Sql, SqlStore};
 use crate::{corrupt, duration_ms, RowExt};
@@ -295,10 +295,28 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
     }
 }
 
-/// Ends the leases `holder` holds on running steps and on message deliveries now:
-/// `InstanceStore::instance_release_leases`, and a dead instance's part of
+/// Ends the leases `holder` holds on running steps, on message deliveries and on tasks (claims)
+/// now: `InstanceStore::instance_release_leases`, and a dead instance's part of
 /// `instance_fail_over`. Returns how many.
 async fn release_leases<B: Backend>(conn: &mut Conn<B>, holder: &str) -> Result<u64> {
+    // Only an unfinished task can be claimed again, so only those are read, through
+    // `tasks_state_idx`; the states come from the task machine.
+    let unfinished = TaskState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let claims = B::execute(
+        conn,
+        &Sql::new(format!(
+            "UPDATE tasks SET claimed_by = NULL, claim_expires_at_ms = NULL, \
+               claim_instance = NULL \
+             WHERE state IN ({unfinished}) AND claim_instance = $1"
+        ))
+        .bind(holder),
+    )
+    .await?;
     // A delivery ended this way still counts: a message that kills whoever takes it is
     // dead-lettered after its deliveries like any other. Nacked messages (no lease token) keep
     // their delay. No index: this runs when an instance leaves or dies, and the table holds
@@ -326,7 +344,7 @@ async fn release_leases<B: Backend>(conn: &mut Conn<B>, holder: &str) -> Result<
         .bind(holder),
     )
     .await?;
-    Ok(steps + messages)
+    Ok(steps + messages + claims)
 }
 
 /// Whether `leader` holds the leadership in `epoch`, unexpired: the guard of every

@@ -378,8 +378,9 @@ impl<B: Backend> TaskStore for SqlStore<B> {
                    claim_instance = $4 \
                  WHERE id = $3 AND (claimed_by IS NULL OR claimed_by = $1 \
                                     OR claim_expires_at_ms <= {now} \
-                                    OR NOT EXISTS (SELECT 1 FROM instances i \
-                                                   WHERE i.id = tasks.claim_instance))",
+                                    OR (claim_instance IS NOT NULL \
+                                        AND NOT EXISTS (SELECT 1 FROM instances i \
+                                                        WHERE i.id = tasks.claim_instance)))",
                 now = B::NOW_MS
             ))
             .bind(&params.claimer)

@@ -79,9 +79,9 @@ pub async fn instance_register_heartbeat_list_deregister(store: Arc<dyn Store>) 
 }
 
 /// A claim records who holds each lease; releasing a holder's leases makes exactly its running
-/// steps claimable at once (their next claimer reports the attempts lost), and the instance
-/// list counts the leases each instance holds.
-pub async fn instance_release_leases_frees_its_steps_only(store: Arc<dyn Store>) {
+/// steps claimable at once (their next claimer reports the attempts lost) and frees its task
+/// claims, and the instance list counts the step leases each instance holds.
+pub async fn instance_release_leases_frees_what_it_holds_only(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = template(
         "namespace: demo\nname: held\nversion: 1.0.0\nsteps:\n\
@@ -112,8 +112,25 @@ pub async fn instance_release_leases_frees_its_steps_only(store: Arc<dyn Store>)
         .map(|i| (i.id, i.leases))
         .collect();
     assert_eq!(leases, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
+    // a also claims the task.
+    let claim_task = |instance: &str| crate::TaskClaimParams {
+        task_id: task.id,
+        claimer: format!("{instance}/claimer"),
+        instance_id: instance.into(),
+        lease: Duration::from_secs(300),
+    };
+    assert!(s.task_claim(&claim_task("a")).await.unwrap());
+    assert!(!s.task_claim(&claim_task("b")).await.unwrap(), "a holds it");
 
-    assert_eq!(s.instance_release_leases("a").await.unwrap(), 2);
+    assert_eq!(
+        s.instance_release_leases("a").await.unwrap(),
+        3,
+        "two steps and a task claim"
+    );
+    assert!(
+        s.task_claim(&claim_task("b")).await.unwrap(),
+        "a's claim was released, though a is still registered"
+    );
     assert_eq!(
         s.instance_release_leases("a").await.unwrap(),
         0,

@@ -88,7 +88,7 @@ macro_rules! store_conformance {
             queue_forward_settles_step_leases,
             step_apply_results_claims_what_it_makes_ready,
             instance_register_heartbeat_list_deregister,
-            instance_release_leases_frees_its_steps_only,
+            instance_release_leases_frees_what_it_holds_only,
             leadership_is_exclusive_and_fences_failover,
             retention_sweep_deletes_what_is_kept_no_longer,
             step_apply_results_enqueues_children_and_finishes_the_task,
