@@ -81,6 +81,26 @@ pub struct TaskerConfig {
     pub cluster: ClusterSettings,
     /// How long finished work is kept.
     pub retention: RetentionSettings,
+    /// Stopping.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// How long a stopping instance lets the work in flight finish before it aborts what is
+    /// left and releases its leases.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            grace: EngineConfig::default().shutdown_grace,
+        }
+    }
 }
 
 /// `[retention]`: how long finished work is kept; `"0s"` keeps it forever.
@@ -564,6 +584,7 @@ impl TaskerConfig {
             claim_lease: self.engine.claim_lease,
             visibility_timeout: self.queues.visibility_timeout,
             max_deliveries: self.queues.max_deliveries,
+            shutdown_grace: self.shutdown.grace,
             cluster: ClusterConfig {
                 heartbeat: self.cluster.heartbeat,
                 dead_after: self.cluster.dead_after,

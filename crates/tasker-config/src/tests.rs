@@ -311,3 +311,27 @@ fn retention_reaches_the_engine_and_zero_keeps_forever() {
         Ok(())
     });
 }
+
+/// `[shutdown] grace` reaches the engine, from a file and from the environment.
+#[test]
+fn shutdown_grace_reaches_the_engine() {
+    Jail::expect_with(|jail| {
+        let default = load_in(jail, "", "development").unwrap();
+        assert_eq!(
+            default.engine_config().shutdown_grace,
+            Duration::from_secs(30)
+        );
+        let config = load_in(jail, "[default.shutdown]\ngrace = \"2m\"\n", "development").unwrap();
+        assert_eq!(
+            config.engine_config().shutdown_grace,
+            Duration::from_secs(120)
+        );
+        jail.set_env("TASKER_SHUTDOWN__GRACE", "5s");
+        let config = load_in(jail, "", "development").unwrap();
+        assert_eq!(
+            config.engine_config().shutdown_grace,
+            Duration::from_secs(5)
+        );
+        Ok(())
+    });
+}

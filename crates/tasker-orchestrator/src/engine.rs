@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub claims_capacity: usize,
     /// Heartbeats and failure detection across the instances sharing the database.
     pub cluster: ClusterConfig,
+    /// How long [`Engine::shutdown`] lets the work in flight finish, in all: an executor still
+    /// running its batch then is aborted, and the leases it held are released.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             max_deliveries: 10,
             claims_capacity: 1024,
             cluster: ClusterConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Heartbeats and failure detection.
     cluster: ClusterConfig,
+    /// The bound of the whole drain at shutdown.
+    shutdown_grace: Duration,
     /// The heartbeat task and its stop, taken by `shutdown` after the pools stopped, so the
     /// instance heartbeats (`Draining`) while it drains.
     membership: std::sync::Mutex<Option<(JoinHandle<()>, CancellationToken)>>,
@@ -369,6 +375,7 @@ impl Engine {
             handlers,
             metrics,
             cluster: config.cluster,
+            shutdown_grace: config.shutdown_grace,
             membership: std::sync::Mutex::new(Some((membership_task, stop_membership))),
             draining,
         })
@@ -603,9 +610,11 @@ impl Engine {
         for task in background {
             let _ = task.await;
         }
-        coordinator.stop(&STOP_ORDER[..2]).await;
+        // One deadline for the whole drain (the pools' `stop_timeout` is for scaling down).
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        coordinator.stop(&STOP_ORDER[..2], deadline).await;
         if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer) {
-            enqueuers.stop_all().await;
+            enqueuers.stop_all_by(deadline).await;
         }
         let mut released = 0;
         {
@@ -616,7 +625,7 @@ impl Engine {
                 }
             }
         }
-        let report = coordinator.stop(&[]).await;
+        let report = coordinator.stop(&[], deadline).await;
         let membership = self
             .membership
             .lock()

@@ -306,6 +306,63 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
     assert!(store.instance_list().await.unwrap().is_empty(), "it left");
 }
 
+/// A step that outlasts the shutdown grace is aborted when the grace runs out, whatever the
+/// pools' own stop timeout, and its lease is released on the way out: the next claimer has it
+/// at once, reporting the attempt lost.
+async fn a_stopping_instance_aborts_what_outlasts_its_grace(store: Arc<dyn Store>) {
+    support::register(
+        store.as_ref(),
+        "namespace: cluster\nname: stuck\nversion: 1.0.0\nsteps:\n- {name: held, handler: gate}\n",
+    )
+    .await;
+    let gate = Arc::new(Gate(tokio::sync::watch::Sender::new(false)));
+    let mut handlers = HandlerRegistry::with_builtins();
+    handlers.register("gate", gate.clone());
+    let config = EngineConfig {
+        cluster: fast_cluster(),
+        shutdown_grace: Duration::from_millis(300),
+        ..EngineConfig::default()
+    }
+    .with_pools(|p| p.stop_timeout = Duration::from_secs(60));
+    let engine = Engine::start(store.clone(), config, handlers)
+        .await
+        .unwrap();
+    let task = engine
+        .submit(&TaskRequest::new("cluster", "stuck", serde_json::json!({})))
+        .await
+        .unwrap()
+        .task;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.step_list(task.id).await.unwrap()[0].state != StepState::InProgress {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = tokio::time::Instant::now();
+    engine.shutdown().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the grace, not the 60 s stop timeout, bounded the drain: {took:?}"
+    );
+    let claimed = store
+        .step_claim(&StepClaimParams {
+            queue: LOCAL_STEPS.into(),
+            max: 1,
+            lease: Duration::from_secs(60),
+            handlers: None,
+            instance_id: "next".into(),
+            holder: "next".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the lease was released");
+    assert!(claimed[0].lease_ran_out, "its attempt is reported lost");
+    drop(gate);
+}
+
 /// The leader deletes finished tasks once retention keeps them no longer, on its heartbeats.
 async fn the_leader_deletes_finished_tasks_after_their_retention(store: Arc<dyn Store>) {
     support::register(
@@ -420,5 +477,6 @@ on_both_backends!(
     the_leader_deletes_finished_tasks_after_their_retention,
     a_silent_instance_is_failed_over_and_its_steps_run_elsewhere,
     one_leader_at_a_time_and_a_takeover_when_it_stops,
-    a_stopping_instance_drains_then_leaves
+    a_stopping_instance_drains_then_leaves,
+    a_stopping_instance_aborts_what_outlasts_its_grace
 );

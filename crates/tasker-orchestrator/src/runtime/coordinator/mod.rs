@@ -186,8 +186,13 @@ impl OrchestrationLoopCoordinator {
         self.pools.get_mut(&executor_type).map(|m| &mut m.pool)
     }
 
-    /// Stops the pools in the order given (those not listed last), each with two-phase removal.
-    pub async fn stop(&mut self, order: &[ExecutorType]) -> RemovalReport {
+    /// Stops the pools in the order given (those not listed last), each with two-phase removal,
+    /// aborting what still runs at `deadline`.
+    pub async fn stop(
+        &mut self,
+        order: &[ExecutorType],
+        deadline: tokio::time::Instant,
+    ) -> RemovalReport {
         let mut total = RemovalReport::default();
         let rest: Vec<ExecutorType> = self
             .pools
@@ -197,7 +202,7 @@ impl OrchestrationLoopCoordinator {
             .collect();
         for executor_type in order.iter().copied().chain(rest) {
             if let Some(m) = self.pools.get_mut(&executor_type) {
-                let r = m.pool.stop_all().await;
+                let r = m.pool.stop_all_by(deadline).await;
                 total.graceful += r.graceful;
                 total.aborted += r.aborted;
             }

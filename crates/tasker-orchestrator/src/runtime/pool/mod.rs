@@ -9,9 +9,10 @@
 //!
 //! # Two-phase removal
 //!
-//! Removing executors first cancels them and waits up to `stop_timeout` for the in-flight batch
-//! to finish; a loop still running then is aborted (`JoinHandle::abort`) and awaited. Every
-//! removal is accounted as graceful or aborted; no task is left detached.
+//! Removing executors first cancels them and waits up to `stop_timeout` (at shutdown: until the
+//! engine's grace runs out) for the in-flight batch to finish; a loop still running then is
+//! aborted (`JoinHandle::abort`) and awaited. Every removal is accounted as graceful or
+//! aborted; no task is left detached.
 
 use std::{
     sync::{
@@ -48,7 +49,9 @@ pub struct PoolConfig {
     pub batch_size: u32,
     /// Fallback sleep when a batch found no work and no wake-up came (before backpressure).
     pub polling_interval: Duration,
-    /// How long a stopping executor may take to finish its batch before it is aborted.
+    /// How long an executor removed while the pool runs (scaling down, replaced as unhealthy)
+    /// may take to finish its batch before it is aborted. At shutdown the engine's
+    /// `shutdown_grace` bounds the whole drain instead.
     pub stop_timeout: Duration,
     /// The pool's circuit breaker around its batches.
     pub circuit_breaker: CircuitBreakerConfig,
@@ -374,16 +377,32 @@ impl ExecutorPool {
     pub async fn remove_executors(&mut self, count: usize) -> RemovalReport {
         let count = count.min(self.executors.len());
         let leaving = self.executors.split_off(self.executors.len() - count);
-        self.stop_executors(leaving).await
+        self.stop_executors(leaving, None).await
     }
 
     /// Stops every executor (two-phase).
     pub async fn stop_all(&mut self) -> RemovalReport {
         let leaving = std::mem::take(&mut self.executors);
-        self.stop_executors(leaving).await
+        self.stop_executors(leaving, None).await
     }
 
-    async fn stop_executors(&mut self, leaving: Vec<RunningExecutor>) -> RemovalReport {
+    /// [`Self::stop_all`] at shutdown: what still runs at `deadline` is aborted (the pool's
+    /// `stop_timeout` does not apply; the engine's shutdown grace does).
+    pub async fn stop_all_by(&mut self, deadline: tokio::time::Instant) -> RemovalReport {
+        let leaving = std::mem::take(&mut self.executors);
+        self.stop_executors(leaving, Some(deadline)).await
+    }
+
+    /// Cancels `leaving`, then waits for them until `deadline`, or `stop_timeout` when there is
+    /// none, and aborts what still runs.
+    async fn stop_executors(
+        &mut self,
+        leaving: Vec<RunningExecutor>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> RemovalReport {
+        // Cancelled together, they share one wait.
+        let until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.config.stop_timeout);
         for e in &leaving {
             e.state
                 .move_toward(ExecutorHealth::Stopping, "removed from pool");
@@ -400,7 +419,7 @@ impl ExecutorPool {
             } = e;
             // Release our strong reference first: the loop's Weak can no longer upgrade.
             drop(executor);
-            match tokio::time::timeout(self.config.stop_timeout, &mut task).await {
+            match tokio::time::timeout_at(until, &mut task).await {
                 Ok(_) => report.graceful += 1,
                 Err(_) => {
                     tracing::warn!(
@@ -452,7 +471,7 @@ impl ExecutorPool {
             count = n,
             "replacing unhealthy executors"
         );
-        report.add(self.stop_executors(sick).await);
+        report.add(self.stop_executors(sick, None).await);
         for _ in 0..n {
             self.add_executor();
         }

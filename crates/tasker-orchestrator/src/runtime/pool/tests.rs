@@ -151,11 +151,30 @@ async fn a_stuck_executor_is_aborted_after_the_stop_timeout() {
             aborted: 2
         }
     );
+    // Cancelled together, they share one stop timeout (200 ms), not one each in turn.
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() >= Duration::from_millis(400),
-        "each waited its stop timeout"
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(400),
+        "{waited:?}"
     );
     assert_eq!(p.live_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_shutdown_the_deadline_replaces_the_stop_timeout() {
+    let (mut p, _) = pool(None, config(0, 2));
+    p.add_executor();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    let report = p
+        .stop_all_by(tokio::time::Instant::now() + Duration::from_millis(50))
+        .await;
+    assert_eq!(report.aborted, 1);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_millis(200),
+        "the deadline, not the 200 ms stop timeout: {waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
