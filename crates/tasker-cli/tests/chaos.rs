@@ -574,14 +574,6 @@ async fn wait_complete(pool: &PgPool, count: usize, deadline: Instant) -> bool {
     }
 }
 
-async fn connect(url: &str) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .unwrap()
-}
-
 /// A tiny seeded generator (xorshift64*) for the kill schedule: the seed is printed so that a
 /// failing schedule can be replayed with `TASKER_CHAOS_SEED`; a crate would add nothing here.
 struct Dice(u64);
@@ -595,18 +587,54 @@ impl Dice {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// What each test here sets up and takes down: the lock that runs it alone, a runtime for its
+/// database reads, a fresh database and a pool of connections to it.
+struct Run {
+    rt: tokio::runtime::Runtime,
+    db: TestDatabase,
+    pool: PgPool,
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    ALONE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Run {
+    fn new() -> Self {
+        let alone = ALONE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(TestDatabase::create()).unwrap();
+        let pool = rt
+            .block_on(PgPoolOptions::new().max_connections(2).connect(&db.url))
+            .unwrap();
+        Self {
+            rt,
+            db,
+            pool,
+            _alone: alone,
+        }
+    }
+
+    /// Waits until `count` tasks are Complete; at `deadline`, fails saying `what` with the
+    /// processes' logs.
+    fn expect_complete(&self, cluster: &Cluster, count: usize, deadline: Instant, what: &str) {
+        let done = self.rt.block_on(wait_complete(&self.pool, count, deadline));
+        assert!(done, "{what}:\n{}", cluster.tails());
+    }
+
+    fn audit(&self, tasks: usize) -> Audit {
+        self.rt.block_on(audit(&self.pool, tasks))
+    }
+
+    /// Stops the processes, then drops the database.
+    fn finish(self, cluster: Cluster) {
+        drop(cluster);
+        self.rt.block_on(self.pool.close());
+        self.rt.block_on(self.db.drop_database()).unwrap();
+    }
 }
 
 /// The value of the unlabelled gauge `name` in a `/metrics` text.
@@ -623,10 +651,7 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn kills_lose_nothing_and_apply_nothing_twice() {
     const TASKS: usize = 2_000;
-    let _alone = alone();
-    let rt = runtime();
-    let db = rt.block_on(TestDatabase::create()).unwrap();
-    let pool = rt.block_on(connect(&db.url));
+    let run = Run::new();
     let seed = std::env::var("TASKER_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -639,7 +664,7 @@ fn kills_lose_nothing_and_apply_nothing_twice() {
         });
     eprintln!("chaos: seed {seed} (TASKER_CHAOS_SEED={seed} replays the kill schedule)");
 
-    let mut cluster = Cluster::start(&db, "chaos", 3, 2);
+    let mut cluster = Cluster::start(&run.db, "chaos", 3, 2);
     for template in chaos_templates() {
         cluster.client.register(&template);
     }
@@ -668,20 +693,16 @@ fn kills_lose_nothing_and_apply_nothing_twice() {
         *kills.entry(process.name.clone()).or_default() += 1;
     }
     submitter.join().expect("every task submitted");
-    let done = rt.block_on(wait_complete(
-        &pool,
+    run.expect_complete(
+        &cluster,
         TASKS,
         last_kill + Duration::from_secs(15),
-    ));
-    let finish = last_kill.elapsed();
-    assert!(
-        done,
-        "not every task complete within 15 s of the last kill (seed {seed}):\n{}",
-        cluster.tails()
+        &format!("not every task complete within 15 s of the last kill (seed {seed})"),
     );
+    let finish = last_kill.elapsed();
     cluster.assert_all_running();
-    let audit = rt.block_on(audit(&pool, TASKS));
-    let executions = rt.block_on(audit_commands(&pool, &log));
+    let audit = run.audit(TASKS);
+    let executions = run.rt.block_on(audit_commands(&run.pool, &log));
     eprintln!(
         "chaos: {} kills ({kills:?}) in {:.1} s; {} tasks and {} steps Complete, each step \
          completed once; {} attempts = {} steps + {} injected failures + {} attempts lost to \
@@ -699,9 +720,7 @@ fn kills_lose_nothing_and_apply_nothing_twice() {
         audit.completed_by.values().collect::<Vec<_>>(),
     );
     assert_eq!(audit.attempts, audit.steps + audit.injected + audit.lost);
-    drop(cluster);
-    rt.block_on(pool.close());
-    rt.block_on(db.drop_database()).unwrap();
+    run.finish(cluster);
 }
 
 /// Which instances believe they lead, by their own `tasker_cluster_leader` gauge (those that
@@ -721,10 +740,8 @@ fn believers(client: &Client) -> Vec<usize> {
 /// within 10 s with the next epoch; at no sampled moment do two believe they lead.
 #[test]
 fn a_killed_leader_is_replaced_within_ten_seconds() {
-    let _alone = alone();
-    let rt = runtime();
-    let db = rt.block_on(TestDatabase::create()).unwrap();
-    let mut cluster = Cluster::start(&db, "leader", 3, 0);
+    let run = Run::new();
+    let mut cluster = Cluster::start(&run.db, "leader", 3, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut samples = 0;
     let leader = loop {
@@ -784,8 +801,7 @@ fn a_killed_leader_is_replaced_within_ten_seconds() {
         takeover.as_secs_f64(),
         after["leader_epoch"]
     );
-    drop(cluster);
-    rt.block_on(db.drop_database()).unwrap();
+    run.finish(cluster);
 }
 
 /// Stops or starts the database server with `TASKER_TEST_PG_CTL` (set by `scripts/test`).
@@ -852,10 +868,8 @@ fn breaker_trips(client: &Client, i: usize) -> u64 {
 #[test]
 fn a_database_restart_is_ridden_out() {
     const TASKS: usize = 300;
-    let _alone = alone();
-    let rt = runtime();
-    let db = rt.block_on(TestDatabase::create()).unwrap();
-    let mut cluster = Cluster::start(&db, "pg-restart", 2, 1);
+    let run = Run::new();
+    let mut cluster = Cluster::start(&run.db, "pg-restart", 2, 1);
     for template in chaos_templates() {
         cluster.client.register(&template);
     }
@@ -884,24 +898,19 @@ fn a_database_restart_is_ridden_out() {
         cluster.tails()
     );
 
-    let pool = rt.block_on(connect(&db.url));
     // What the instances held when the server went is released as their heartbeats resume
     // (they were silent for longer than `cluster.dead_after`), not after its leases (30 s for
     // task claims, 60 s for steps and messages).
-    let done = rt.block_on(wait_complete(
-        &pool,
+    run.expect_complete(
+        &cluster,
         TASKS,
         Instant::now() + Duration::from_secs(10),
-    ));
-    assert!(
-        done,
-        "not every task complete within 10 s of the server's return:\n{}",
-        cluster.tails()
+        "not every task complete within 10 s of the server's return",
     );
     let recovered = stopped.elapsed() - outage;
     cluster.assert_all_running();
-    let audit = rt.block_on(audit(&pool, TASKS));
-    rt.block_on(audit_commands(&pool, &log));
+    let audit = run.audit(TASKS);
+    run.rt.block_on(audit_commands(&run.pool, &log));
     eprintln!(
         "restart: server down {:.1} s; breakers opened {trips:?} times per instance; every task \
          complete {:.1} s after it was back; {} steps, {} attempts lost, no process exited",
@@ -910,9 +919,7 @@ fn a_database_restart_is_ridden_out() {
         audit.steps,
         audit.lost
     );
-    drop(cluster);
-    rt.block_on(pool.close());
-    rt.block_on(db.drop_database()).unwrap();
+    run.finish(cluster);
 }
 
 /// A session holds a transaction open for 30 s with row locks on waiting steps: the
@@ -921,10 +928,8 @@ fn a_database_restart_is_ridden_out() {
 #[test]
 fn a_transaction_left_open_stops_nothing_else() {
     const QUICK: usize = 300;
-    let _alone = alone();
-    let rt = runtime();
-    let db = rt.block_on(TestDatabase::create()).unwrap();
-    let mut cluster = Cluster::start(&db, "idle-tx", 2, 0);
+    let run = Run::new();
+    let mut cluster = Cluster::start(&run.db, "idle-tx", 2, 0);
     cluster.client.register(
         "namespace: chaos\nname: held\nversion: 1.0.0\nsteps:\n\
          - {name: first, handler: {name: sleep, config: {ms: 1000}}}\n\
@@ -940,10 +945,10 @@ fn a_transaction_left_open_stops_nothing_else() {
         .collect();
     cluster.client.submit(&held, Duration::ZERO);
 
-    let pool = rt.block_on(connect(&db.url));
     // The open transaction: the held tasks' second steps locked, a snapshot kept.
-    let mut session = rt.block_on(pool.begin()).unwrap();
-    let locked: Vec<i64> = rt
+    let mut session = run.rt.block_on(run.pool.begin()).unwrap();
+    let locked: Vec<i64> = run
+        .rt
         .block_on(
             sqlx::query_scalar("SELECT id FROM steps WHERE name = 'second' ORDER BY id FOR UPDATE")
                 .fetch_all(&mut *session),
@@ -959,26 +964,23 @@ fn a_transaction_left_open_stops_nothing_else() {
         })
         .collect();
     cluster.client.submit(&quick, Duration::from_secs(5));
-    let quick_done = rt.block_on(wait_complete(
-        &pool,
+    run.expect_complete(
+        &cluster,
         QUICK,
         opened + Duration::from_secs(25),
-    ));
-    let quick_time = opened.elapsed();
-    assert!(
-        quick_done,
-        "the other tasks stalled behind the open transaction:\n{}",
-        cluster.tails()
+        "the other tasks stalled behind the open transaction",
     );
+    let quick_time = opened.elapsed();
     let view: Value = serde_json::from_str(&cluster.client.get(0, "/v1/cluster").unwrap()).unwrap();
     assert_eq!(view["instances"].as_array().unwrap().len(), 2, "{view}");
     cluster.assert_all_running();
 
     std::thread::sleep(Duration::from_secs(30).saturating_sub(opened.elapsed()));
-    let complete: i64 = rt
+    let complete: i64 = run
+        .rt
         .block_on(
             sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'Complete'")
-                .fetch_one(&pool),
+                .fetch_one(&run.pool),
         )
         .unwrap();
     assert_eq!(
@@ -986,19 +988,15 @@ fn a_transaction_left_open_stops_nothing_else() {
         QUICK,
         "the held tasks waited for the lock"
     );
-    rt.block_on(session.rollback()).unwrap();
+    run.rt.block_on(session.rollback()).unwrap();
     let held_for = opened.elapsed();
-    let done = rt.block_on(wait_complete(
-        &pool,
+    run.expect_complete(
+        &cluster,
         QUICK + 3,
         Instant::now() + Duration::from_secs(30),
-    ));
-    assert!(
-        done,
-        "the held tasks did not complete:\n{}",
-        cluster.tails()
+        "the held tasks did not complete",
     );
-    let audit = rt.block_on(audit(&pool, QUICK + 3));
+    let audit = run.audit(QUICK + 3);
     eprintln!(
         "idle transaction: held {:.1} s; the {QUICK} other tasks complete {:.1} s after it \
          opened; the held ones {:.1} s after it ended; {} attempts lost",
@@ -1008,9 +1006,7 @@ fn a_transaction_left_open_stops_nothing_else() {
         audit.lost
     );
     cluster.assert_all_running();
-    drop(cluster);
-    rt.block_on(pool.close());
-    rt.block_on(db.drop_database()).unwrap();
+    run.finish(cluster);
 }
 
 /// The step leases instance `i` holds, by the cluster view.
@@ -1037,10 +1033,8 @@ fn held_by(client: &Client, i: usize) -> u64 {
 #[test]
 fn a_rolling_restart_loses_and_reruns_nothing() {
     const TASKS: usize = 600;
-    let _alone = alone();
-    let rt = runtime();
-    let db = rt.block_on(TestDatabase::create()).unwrap();
-    let mut cluster = Cluster::start(&db, "rolling", 3, 0);
+    let run = Run::new();
+    let mut cluster = Cluster::start(&run.db, "rolling", 3, 0);
     let nap = "handler: {name: sleep, config: {ms: 300}}";
     cluster.client.register(&format!(
         "namespace: chaos\nname: naps\nversion: 1.0.0\nsteps:\n\
@@ -1068,14 +1062,13 @@ fn a_rolling_restart_loses_and_reruns_nothing() {
         cluster.wait_ready(i);
     }
     submitter.join().expect("every task submitted");
-    let pool = rt.block_on(connect(&db.url));
-    let done = rt.block_on(wait_complete(
-        &pool,
+    run.expect_complete(
+        &cluster,
         TASKS,
         Instant::now() + Duration::from_secs(60),
-    ));
-    assert!(done, "not every task complete:\n{}", cluster.tails());
-    let audit = rt.block_on(audit(&pool, TASKS));
+        "not every task complete",
+    );
+    let audit = run.audit(TASKS);
     assert_eq!(
         (audit.lost, audit.injected, audit.attempts),
         (0, 0, audit.steps),
@@ -1086,7 +1079,5 @@ fn a_rolling_restart_loses_and_reruns_nothing() {
          and {} steps Complete with {} attempts, none lost",
         drains, audit.tasks, audit.steps, audit.attempts
     );
-    drop(cluster);
-    rt.block_on(pool.close());
-    rt.block_on(db.drop_database()).unwrap();
+    run.finish(cluster);
 }

@@ -243,28 +243,29 @@ impl StepHandler for Gate {
     }
 }
 
-/// A stopping engine reports `Draining` (heartbeating on) while its in-flight step finishes,
-/// then completes it and leaves the cluster.
-async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
+/// Starts an engine of `config` with a `gate` handler, submits a task of one gated step
+/// (template `cluster/<name>`), and waits until the step runs, held at the gate.
+async fn a_gated_step_running(
+    store: &Arc<dyn Store>,
+    name: &str,
+    config: EngineConfig,
+) -> (Engine, Arc<Gate>, tasker_types::TaskId) {
     support::register(
         store.as_ref(),
-        "namespace: cluster\nname: drain\nversion: 1.0.0\nsteps:\n- {name: held, handler: gate}\n",
+        &format!(
+            "namespace: cluster\nname: {name}\nversion: 1.0.0\nsteps:\n\
+             - {{name: held, handler: gate}}\n"
+        ),
     )
     .await;
     let gate = Arc::new(Gate(tokio::sync::watch::Sender::new(false)));
     let mut handlers = HandlerRegistry::with_builtins();
     handlers.register("gate", gate.clone());
-    let config = EngineConfig {
-        cluster: fast_cluster(),
-        ..EngineConfig::default()
-    };
-    let engine = Arc::new(
-        Engine::start(store.clone(), config, handlers)
-            .await
-            .unwrap(),
-    );
+    let engine = Engine::start(store.clone(), config, handlers)
+        .await
+        .unwrap();
     let task = engine
-        .submit(&TaskRequest::new("cluster", "drain", serde_json::json!({})))
+        .submit(&TaskRequest::new("cluster", name, serde_json::json!({})))
         .await
         .unwrap()
         .task;
@@ -276,6 +277,19 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (engine, gate, task.id)
+}
+
+/// A stopping engine reports `Draining` (heartbeating on) while its in-flight step finishes,
+/// then completes it and leaves the cluster.
+async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
+    let config = EngineConfig {
+        cluster: fast_cluster(),
+        ..EngineConfig::default()
+    };
+    let (engine, gate, task_id) = a_gated_step_running(&store, "drain", config).await;
+    let engine = Arc::new(engine);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     let stopping = tokio::spawn({
         let engine = engine.clone();
         async move { engine.shutdown().await }
@@ -299,7 +313,7 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
     gate.0.send_replace(true);
     stopping.await.unwrap();
     assert_eq!(
-        store.task_get(task.id).await.unwrap().state,
+        store.task_get(task_id).await.unwrap().state,
         TaskState::Complete,
         "the in-flight step finished before the instance left"
     );
@@ -310,36 +324,13 @@ async fn a_stopping_instance_drains_then_leaves(store: Arc<dyn Store>) {
 /// pools' own stop timeout, and its lease is released on the way out: the next claimer has it
 /// at once, reporting the attempt lost.
 async fn a_stopping_instance_aborts_what_outlasts_its_grace(store: Arc<dyn Store>) {
-    support::register(
-        store.as_ref(),
-        "namespace: cluster\nname: stuck\nversion: 1.0.0\nsteps:\n- {name: held, handler: gate}\n",
-    )
-    .await;
-    let gate = Arc::new(Gate(tokio::sync::watch::Sender::new(false)));
-    let mut handlers = HandlerRegistry::with_builtins();
-    handlers.register("gate", gate.clone());
     let config = EngineConfig {
         cluster: fast_cluster(),
         shutdown_grace: Duration::from_millis(300),
         ..EngineConfig::default()
     }
     .with_pools(|p| p.stop_timeout = Duration::from_secs(60));
-    let engine = Engine::start(store.clone(), config, handlers)
-        .await
-        .unwrap();
-    let task = engine
-        .submit(&TaskRequest::new("cluster", "stuck", serde_json::json!({})))
-        .await
-        .unwrap()
-        .task;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while store.step_list(task.id).await.unwrap()[0].state != StepState::InProgress {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the step never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (engine, gate, _) = a_gated_step_running(&store, "stuck", config).await;
     let stopping = tokio::time::Instant::now();
     engine.shutdown().await;
     let took = stopping.elapsed();
