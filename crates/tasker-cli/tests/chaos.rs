@@ -736,24 +736,37 @@ fn believers(client: &Client) -> Vec<usize> {
         .collect()
 }
 
+/// Samples the instances' leader gauges every 50 ms until exactly one leads, and returns it;
+/// fails if two ever do, or if nobody leads by `deadline`. Counts the samples.
+fn the_one_leader(cluster: &Cluster, samples: &mut usize, deadline: Instant) -> usize {
+    loop {
+        let leading = believers(&cluster.client);
+        *samples += 1;
+        assert!(leading.len() <= 1, "two leaders: {leading:?}");
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody leads:\n{}",
+            cluster.tails()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Three instances at the default settings: kill -9 the leader, and another takes over
 /// within 10 s with the next epoch; at no sampled moment do two believe they lead.
 #[test]
 fn a_killed_leader_is_replaced_within_ten_seconds() {
     let run = Run::new();
     let mut cluster = Cluster::start(&run.db, "leader", 3, 0);
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut samples = 0;
-    let leader = loop {
-        let leading = believers(&cluster.client);
-        samples += 1;
-        assert!(leading.len() <= 1, "two leaders: {leading:?}");
-        if let [one] = leading[..] {
-            break one;
-        }
-        assert!(Instant::now() < deadline, "nobody leads");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let leader = the_one_leader(
+        &cluster,
+        &mut samples,
+        Instant::now() + Duration::from_secs(30),
+    );
     let view = |i: usize| -> Value {
         serde_json::from_str(&cluster.client.get(i, "/v1/cluster").unwrap()).unwrap()
     };
@@ -767,20 +780,7 @@ fn a_killed_leader_is_replaced_within_ten_seconds() {
 
     cluster.servers[leader].kill();
     let killed = Instant::now();
-    let successor = loop {
-        let leading = believers(&cluster.client);
-        samples += 1;
-        assert!(leading.len() <= 1, "two leaders: {leading:?}");
-        if let [one] = leading[..] {
-            break one;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "no takeover within 10 s:\n{}",
-            cluster.tails()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let successor = the_one_leader(&cluster, &mut samples, killed + Duration::from_secs(10));
     let takeover = killed.elapsed();
     let after = view(successor);
     assert!(
