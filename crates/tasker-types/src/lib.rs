@@ -13,7 +13,8 @@ pub mod state;
 
 pub use ids::{StepId, TaskId, UnixMillis};
 pub use rows::{
-    DeadLetter, Entity, InstanceRow, QueueMessage, StepRow, TaskRow, TemplateRecord, TransitionRow,
+    is_dead, DeadLetter, Entity, InstanceRow, QueueMessage, StepRow, TaskRow, TemplateRecord,
+    TransitionRow,
 };
 pub use spec::{StepSpec, TemplateDefinition};
 pub use state::{

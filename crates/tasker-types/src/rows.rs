@@ -30,6 +30,25 @@ pub struct InstanceRow {
     pub leases: u64,
 }
 
+impl InstanceRow {
+    /// Whether the instance, as read, is dead (see [`is_dead`]).
+    pub fn is_dead(&self, dead_after: std::time::Duration) -> bool {
+        is_dead(self.heartbeat_at_ms, self.read_at_ms, dead_after)
+    }
+}
+
+/// The one rule of an instance's death: its last heartbeat (`heartbeat_at_ms`) is older than
+/// `dead_after` at `read_at_ms`, both on the database clock. The cluster view, the connection
+/// budget and the leader's failover all judge by it.
+pub fn is_dead(
+    heartbeat_at_ms: UnixMillis,
+    read_at_ms: UnixMillis,
+    dead_after: std::time::Duration,
+) -> bool {
+    let age = read_at_ms.saturating_sub(heartbeat_at_ms);
+    u128::try_from(age).unwrap_or(0) > dead_after.as_millis()
+}
+
 /// A registered template, as stored: its identity and the validated definition as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateRecord {

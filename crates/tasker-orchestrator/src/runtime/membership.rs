@@ -79,14 +79,6 @@ impl Default for RetentionConfig {
     }
 }
 
-impl ClusterConfig {
-    /// Whether `instance`, as read, is dead.
-    pub fn is_dead(&self, instance: &InstanceRow) -> bool {
-        let age = instance.read_at_ms.saturating_sub(instance.heartbeat_at_ms);
-        u128::try_from(age).unwrap_or(0) > self.dead_after.as_millis()
-    }
-}
-
 /// The cluster as one instance sees it: every registered instance, judged alive or dead by
 /// that instance's bound.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -134,7 +126,7 @@ pub async fn view(
         .into_iter()
         .map(|row| InstanceView {
             heartbeat_age_ms: row.read_at_ms.saturating_sub(row.heartbeat_at_ms).max(0),
-            alive: !config.is_dead(&row),
+            alive: !row.is_dead(config.dead_after),
             this: row.id == instance_id,
             row,
         })
@@ -236,7 +228,7 @@ pub async fn connection_budget(
             .instance_list()
             .await?
             .into_iter()
-            .filter(|i| i.id != instance_id && !config.is_dead(i))
+            .filter(|i| i.id != instance_id && !i.is_dead(config.dead_after))
             .map(|i| (i.id, i.connections))
             .collect()
     } else {
@@ -472,11 +464,11 @@ mod tests {
 
     #[test]
     fn dead_means_silent_for_longer_than_the_bound() {
-        let config = ClusterConfig::default();
-        assert!(!config.is_dead(&row(10_000, 15_000)), "exactly the bound");
-        assert!(config.is_dead(&row(10_000, 15_001)));
+        let bound = ClusterConfig::default().dead_after;
+        assert!(!row(10_000, 15_000).is_dead(bound), "exactly the bound");
+        assert!(row(10_000, 15_001).is_dead(bound));
         assert!(
-            !config.is_dead(&row(10_000, 9_000)),
+            !row(10_000, 9_000).is_dead(bound),
             "a clock read before the beat"
         );
     }

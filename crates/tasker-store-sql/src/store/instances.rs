@@ -8,7 +8,7 @@ use tasker_store::{
     InstanceHeartbeatParams, InstanceRegisterParams, InstanceStore, LeaderLease, Result,
     RetentionSweepParams, RetentionSwept, StoreError,
 };
-use tasker_types::{InstanceRow, InstanceState, TaskState};
+use tasker_types::{is_dead, InstanceRow, InstanceState, TaskState};
 
 use super::{commit, fetch_one, fetch_optional, Backend, Conn, Sql, SqlStore};
 use crate::{corrupt, duration_ms, RowExt};
@@ -175,49 +175,51 @@ impl<B: Backend> InstanceStore for SqlStore<B> {
         epoch: i64,
         dead_after: Duration,
     ) -> Result<Vec<(String, u64)>> {
-        let silent = format!(
-            "heartbeat_at_ms < {} - {}",
-            B::NOW_MS,
-            duration_ms(dead_after)
-        );
-        // Most heartbeats find nobody silent: a read, without taking the (SQLite: single)
-        // writer.
-        let anyone = fetch_optional::<B>(
+        // Every instance's heartbeat, read with the clock, judged by the one rule of death.
+        // Most heartbeats find nobody dead: a read, without taking the (SQLite: single) writer.
+        let dead: Vec<(String, i64)> = B::fetch_all(
             &mut *self.backend().read().await?,
             &Sql::new(format!(
-                "SELECT id FROM instances WHERE id <> $1 AND {silent} LIMIT 1"
+                "SELECT id, heartbeat_at_ms, {} AS read_at_ms FROM instances WHERE id <> $1",
+                B::NOW_MS
             ))
             .bind(leader),
         )
-        .await?;
-        if anyone.is_none() {
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.text("id")?,
+                r.int("heartbeat_at_ms")?,
+                r.int("read_at_ms")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|&(_, heartbeat, read)| is_dead(heartbeat, read, dead_after))
+        .map(|(id, heartbeat, _)| (id, heartbeat))
+        .collect();
+        if dead.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.backend().begin_write().await?;
         if !leads::<B>(&mut tx, leader, epoch).await? {
             return Ok(Vec::new());
         }
-        let dead = B::fetch_all(
-            &mut tx,
-            &Sql::new(format!(
-                "SELECT id FROM instances WHERE id <> $1 AND {silent} ORDER BY id"
-            ))
-            .bind(leader),
-        )
-        .await?
-        .iter()
-        .map(|r| r.text("id"))
-        .collect::<Result<Vec<_>>>()?;
         let mut failed_over = Vec::with_capacity(dead.len());
-        for id in dead {
-            let released = release_leases::<B>(&mut tx, &id).await?;
-            B::execute(
+        for (id, heartbeat) in dead {
+            // Applied only to the heartbeat judged: an instance that beat since lives on.
+            let gone = B::execute(
                 &mut tx,
-                &Sql::new(format!("DELETE FROM instances WHERE id = $1 AND {silent}"))
-                    .bind(id.as_str()),
+                &Sql::new("DELETE FROM instances WHERE id = $1 AND heartbeat_at_ms = $2")
+                    .bind(id.as_str())
+                    .bind(heartbeat),
             )
             .await?;
-            failed_over.push((id, released));
+            if gone == 1 {
+                let released = release_leases::<B>(&mut tx, &id).await?;
+                failed_over.push((id, released));
+            }
         }
         commit::<B>(tx).await?;
         Ok(failed_over)
