@@ -192,6 +192,17 @@ impl Cluster {
     /// `servers` instances of `tasker serve` and `workers` Python workers of namespace
     /// `chaos` (worker `i` talks to instance `i`), each started and the instances ready.
     fn start(db: &TestDatabase, test: &str, servers: usize, workers: usize) -> Self {
+        Self::start_with(db, test, servers, workers, &[])
+    }
+
+    /// [`Cluster::start`], the instances with the settings `env` too.
+    fn start_with(
+        db: &TestDatabase,
+        test: &str,
+        servers: usize,
+        workers: usize,
+        env: &[(&'static str, &str)],
+    ) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{}", db.name));
         std::fs::create_dir_all(&dir).unwrap();
         let addrs: Vec<String> = (0..servers)
@@ -209,11 +220,15 @@ impl Cluster {
                 "--database-url".into(),
                 db.url.clone(),
             ],
-            envs: vec![
-                ("TASKER_DATABASE__MAX_CONNECTIONS", CONNECTIONS.into()),
-                ("TASKER_ENGINE__FAILURE_MODE", "degraded".into()),
-                ("NO_COLOR", "1".into()),
-            ],
+            envs: [
+                ("TASKER_DATABASE__MAX_CONNECTIONS", CONNECTIONS),
+                ("TASKER_ENGINE__FAILURE_MODE", "degraded"),
+                ("NO_COLOR", "1"),
+            ]
+            .iter()
+            .chain(env)
+            .map(|&(k, v)| (k, v.to_owned()))
+            .collect(),
             log: dir.join(format!("server-{i}.log")),
             child: None,
         };
@@ -909,6 +924,15 @@ fn a_database_restart_is_ridden_out() {
     );
     let recovered = stopped.elapsed() - outage;
     cluster.assert_all_running();
+    for server in &cluster.servers {
+        let log = std::fs::read_to_string(&server.log).unwrap();
+        assert!(
+            log.contains("released what this instance held"),
+            "{} released what it held after its silence:\n{}",
+            server.name,
+            server.tail()
+        );
+    }
     let audit = run.audit(TASKS);
     run.rt.block_on(audit_commands(&run.pool, &log));
     eprintln!(
@@ -1034,7 +1058,15 @@ fn held_by(client: &Client, i: usize) -> u64 {
 fn a_rolling_restart_loses_and_reruns_nothing() {
     const TASKS: usize = 600;
     let run = Run::new();
-    let mut cluster = Cluster::start(&run.db, "rolling", 3, 0);
+    // A grace well under the wait for each stop below, so that a drain cut short by its grace
+    // and a stop that hangs tell apart.
+    let mut cluster = Cluster::start_with(
+        &run.db,
+        "rolling",
+        3,
+        0,
+        &[("TASKER_SHUTDOWN__GRACE", "10s")],
+    );
     let nap = "handler: {name: sleep, config: {ms: 300}}";
     cluster.client.register(&format!(
         "namespace: chaos\nname: naps\nversion: 1.0.0\nsteps:\n\
@@ -1057,7 +1089,12 @@ fn a_rolling_restart_loses_and_reruns_nothing() {
             assert!(Instant::now() < deadline, "instance {i} never ran a step");
             std::thread::sleep(Duration::from_millis(20));
         }
-        drains.push(cluster.servers[i].terminate(Duration::from_secs(30)));
+        let drain = cluster.servers[i].terminate(Duration::from_secs(20));
+        assert!(
+            drain < Duration::from_secs(10),
+            "instance {i} drained within its grace: {drain:?}"
+        );
+        drains.push(drain);
         cluster.servers[i].start();
         cluster.wait_ready(i);
     }

@@ -170,7 +170,10 @@ pub enum EngineError {
     Connections(String),
 }
 
-/// The order pools stop in: intake first, then the work in flight drains.
+/// How long a stopping instance tries to release its leases and deregister, after its drain.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pools that stop first, in this order: intake. The work in flight drains after them.
 const STOP_ORDER: [ExecutorType; 3] = [
     ExecutorType::TaskRequestProcessor,
     ExecutorType::TaskClaimer,
@@ -244,6 +247,12 @@ impl Engine {
                 store.as_ref(),
                 &config.instance_id,
             ))
+            .await
+            .map_err(EngineError::Store)?;
+        // A new process holds nothing yet: what is recorded under its id (a configured id
+        // reused after a crash) is a former run's, released now rather than after its leases.
+        store
+            .instance_release_leases(&config.instance_id)
             .await
             .map_err(EngineError::Store)?;
         let (events, _) = broadcast::channel(4096);
@@ -582,23 +591,28 @@ impl Engine {
     /// or is aborted after its pool's stop timeout. Claims taken but not yet enqueued are
     /// released at once rather than left to their lease. Safe to call twice.
     pub async fn shutdown(&self) {
+        // One deadline for the whole drain, from now (the pools' `stop_timeout` is for scaling
+        // down).
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         // Taken back from the monitor, which stops; a second call finds nothing to take.
         let Some(mut coordinator) = self.monitor.release().await else {
             return;
         };
         // The cluster sees it draining at once; heartbeats go on until the pools stopped.
         self.draining.store(true, Ordering::Relaxed);
-        if let Err(error) = membership::beat(
+        let cluster_metrics = self.metrics.cluster();
+        let report_draining = membership::beat(
             self.ctx.store.as_ref(),
             &self.ctx.instance_id,
             InstanceState::Draining,
             self.cluster,
-            &self.metrics.cluster(),
+            &cluster_metrics,
             false,
-        )
-        .await
-        {
-            tracing::warn!(%error, "could not report draining");
+        );
+        match tokio::time::timeout_at(deadline, report_draining).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not report draining"),
+            Err(_) => tracing::warn!("could not report draining within the shutdown grace"),
         }
         self.stop_background.cancel();
         let background = std::mem::take(
@@ -610,22 +624,24 @@ impl Engine {
         for task in background {
             let _ = task.await;
         }
-        // One deadline for the whole drain (the pools' `stop_timeout` is for scaling down).
-        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        coordinator.stop(&STOP_ORDER[..2], deadline).await;
-        if let Some(enqueuers) = coordinator.pool_mut(ExecutorType::StepEnqueuer) {
-            enqueuers.stop_all_by(deadline).await;
-        }
+        // Intake first: no new task, claim or enqueue.
+        let mut report = coordinator.stop(&STOP_ORDER, deadline).await;
+        // Claims still in the channel go back at once, while there is time; past the
+        // deadline, leaving the cluster below releases them.
         let mut released = 0;
         {
             let mut claims = self.ctx.claims_rx.lock().await;
             while let Ok(claim) = claims.try_recv() {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 if claim.give_back(&self.ctx, Duration::ZERO).await.is_ok() {
                     released += 1;
                 }
             }
         }
-        let report = coordinator.stop(&[], deadline).await;
+        // Then the work in flight drains: workers, result processors, finalizers.
+        report.add(coordinator.stop_all(deadline).await);
         let membership = self
             .membership
             .lock()
@@ -635,7 +651,16 @@ impl Engine {
             stop.cancel();
             let _ = task.await;
         }
-        membership::leave(self.ctx.store.as_ref(), &self.ctx.instance_id).await;
+        // A few statements; bounded, since the database may be what is failing.
+        if tokio::time::timeout(
+            LEAVE_TIMEOUT,
+            membership::leave(self.ctx.store.as_ref(), &self.ctx.instance_id),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("could not leave the cluster in time; the leader will fail it over");
+        }
         tracing::info!(
             released_claims = released,
             graceful = report.graceful,

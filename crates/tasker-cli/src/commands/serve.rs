@@ -111,7 +111,11 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     eprintln!("tasker: stopping (a second signal forces)");
     tokio::select! {
         () = engine.shutdown() => {}
-        () = shutdown_signal() => eprintln!("tasker: forced stop"),
+        () = shutdown_signal() => {
+            // At once: what this instance held is failed over by the cluster's leader.
+            eprintln!("tasker: forced stop");
+            return Ok(ExitCode::from(130));
+        }
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)

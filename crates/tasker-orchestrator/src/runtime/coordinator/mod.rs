@@ -186,21 +186,22 @@ impl OrchestrationLoopCoordinator {
         self.pools.get_mut(&executor_type).map(|m| &mut m.pool)
     }
 
-    /// Stops the pools in the order given (those not listed last), each with two-phase removal,
-    /// aborting what still runs at `deadline`.
+    /// Stops every pool (those stopped before have nothing left), aborting what still runs at
+    /// `deadline`.
+    pub async fn stop_all(&mut self, deadline: tokio::time::Instant) -> RemovalReport {
+        let all: Vec<ExecutorType> = self.pools.keys().copied().collect();
+        self.stop(&all, deadline).await
+    }
+
+    /// Stops the pools listed, in that order, each with two-phase removal, aborting what still
+    /// runs at `deadline`. A pool stopped before has nothing left to stop.
     pub async fn stop(
         &mut self,
         order: &[ExecutorType],
         deadline: tokio::time::Instant,
     ) -> RemovalReport {
         let mut total = RemovalReport::default();
-        let rest: Vec<ExecutorType> = self
-            .pools
-            .keys()
-            .filter(|k| !order.contains(k))
-            .copied()
-            .collect();
-        for executor_type in order.iter().copied().chain(rest) {
+        for &executor_type in order {
             if let Some(m) = self.pools.get_mut(&executor_type) {
                 let r = m.pool.stop_all_by(deadline).await;
                 total.graceful += r.graceful;

@@ -167,7 +167,8 @@ pub struct RemovalReport {
 }
 
 impl RemovalReport {
-    fn add(&mut self, other: RemovalReport) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: RemovalReport) {
         self.graceful += other.graceful;
         self.aborted += other.aborted;
     }
