@@ -73,8 +73,8 @@ pub struct EngineConfig {
     pub claims_capacity: usize,
     /// Heartbeats and failure detection across the instances sharing the database.
     pub cluster: ClusterConfig,
-    /// How long [`Engine::shutdown`] lets the work in flight finish, in all: an executor still
-    /// running its batch then is aborted, and the leases it held are released.
+    /// How long [`Engine::shutdown`] lets the work in flight finish, from its call: an executor
+    /// still running its batch then is aborted, and the leases it held are released.
     pub shutdown_grace: Duration,
 }
 
@@ -588,8 +588,9 @@ impl Engine {
 
     /// Stops intake first (request processors, claimers, enqueuers), then lets the work in
     /// flight drain (workers, result processors, finalizers); each executor finishes its batch
-    /// or is aborted after its pool's stop timeout. Claims taken but not yet enqueued are
-    /// released at once rather than left to their lease. Safe to call twice.
+    /// or is aborted once `shutdown_grace` has passed since the call. Claims taken but not yet
+    /// enqueued are released at once rather than left to their lease; then the instance
+    /// releases what it still holds and leaves the cluster. Safe to call twice.
     pub async fn shutdown(&self) {
         // One deadline for the whole drain, from now (the pools' `stop_timeout` is for scaling
         // down).
