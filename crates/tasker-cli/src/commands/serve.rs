@@ -1,6 +1,6 @@
 //! `tasker serve`: the orchestrator, the REST API and in-process workers in one process.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{future::IntoFuture, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
@@ -104,10 +104,25 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     // Diagnostics go to stderr; this one line tells scripts where to connect.
     eprintln!("tasker: serving http://{local} on {}", store.backend_name());
-    axum::serve(listener, tasker_api::router(engine.clone(), api))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the API")?;
+    // The first signal stops the API's intake and starts the engine's drain together, so that
+    // requests still in flight do not hold the drain (and its grace) back.
+    let (signalled, mut api_stopping) = tokio::sync::watch::channel(false);
+    let mut http = tokio::spawn(
+        axum::serve(listener, tasker_api::router(engine.clone(), api))
+            .with_graceful_shutdown(async move {
+                let _ = api_stopping.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    let served = tokio::select! {
+        served = &mut http => {
+            // The server stopped without a signal: it failed.
+            served.context("the API server task")?.context("serving the API")?;
+            true
+        }
+        () = shutdown_signal() => false,
+    };
+    signalled.send_replace(true);
     eprintln!("tasker: stopping (a second signal forces)");
     tokio::select! {
         () = engine.shutdown() => {}
@@ -115,6 +130,11 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
             // At once: what this instance held is failed over by the cluster's leader.
             eprintln!("tasker: forced stop");
             return Ok(ExitCode::from(130));
+        }
+    }
+    if !served {
+        if let Ok(result) = http.await {
+            result.context("serving the API")?;
         }
     }
     store.close().await;
