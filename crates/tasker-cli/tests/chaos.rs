@@ -570,6 +570,40 @@ async fn audit_commands(pool: &PgPool, log: &Path) -> usize {
     lines
 }
 
+/// What holds the unfinished tasks back, for a failure message (the database is dropped after
+/// a CI run): their steps with state, attempts, lease holder and visibility, and what waits in
+/// the queues.
+async fn stuck(pool: &PgPool) -> String {
+    let steps: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', s.task_id, t.state, s.name, s.state, s.attempts, \
+           COALESCE(s.lease_holder, '-'), \
+           s.visible_at_ms - (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT) \
+         FROM steps s JOIN tasks t ON t.id = s.task_id \
+         WHERE t.state <> 'Complete' AND s.state <> 'Complete' ORDER BY s.task_id, s.id LIMIT 40",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let queues: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT queue, COUNT(*), \
+           MAX(visible_at_ms) - (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT \
+         FROM queue_messages GROUP BY queue",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut out = String::from(
+        "unfinished steps (task, task state, step, state, attempts, holder, visible in ms):\n",
+    );
+    for step in steps {
+        out.push_str(&format!("  {step}\n"));
+    }
+    out.push_str(&format!(
+        "messages (queue, count, latest visible in ms): {queues:?}"
+    ));
+    out
+}
+
 /// Waits until `count` tasks are Complete, or `deadline`.
 async fn wait_complete(pool: &PgPool, count: usize, deadline: Instant) -> bool {
     let count = i64::try_from(count).unwrap();
@@ -637,7 +671,10 @@ impl Run {
     /// processes' logs.
     fn expect_complete(&self, cluster: &Cluster, count: usize, deadline: Instant, what: &str) {
         let done = self.rt.block_on(wait_complete(&self.pool, count, deadline));
-        assert!(done, "{what}:\n{}", cluster.tails());
+        if !done {
+            let stuck = self.rt.block_on(stuck(&self.pool));
+            panic!("{what}:\n{stuck}\n{}", cluster.tails());
+        }
     }
 
     fn audit(&self, tasks: usize) -> Audit {
