@@ -40,7 +40,7 @@ use crate::{
         CoordinatorConfig, CoordinatorSnapshot, OrchestrationLoopCoordinator, WorkSource,
     },
     runtime::membership::{self, ClusterConfig},
-    runtime::metrics::EngineMetrics,
+    runtime::metrics::{ClusterMetrics, EngineMetrics},
     runtime::monitor::{self, MonitorHandle},
     runtime::pool::{ExecutorFactory, ExecutorPool, PoolConfig},
     runtime::resources::{self, FailureMode, PoolBounds, ResourceReport},
@@ -196,6 +196,8 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Heartbeats and failure detection.
     cluster: ClusterConfig,
+    /// The cluster metrics' handles, shared with the heartbeat task.
+    cluster_metrics: ClusterMetrics,
     /// The bound of the whole drain at shutdown.
     shutdown_grace: Duration,
     /// The heartbeat task and its stop, taken by `shutdown` after the pools stopped, so the
@@ -344,11 +346,12 @@ impl Engine {
         // it stops.
         let draining = Arc::new(AtomicBool::new(false));
         let stop_membership = CancellationToken::new();
+        let cluster_metrics = metrics.cluster();
         let membership_task = tokio::spawn(membership::heartbeat(
             ctx.store.clone(),
             config.instance_id.clone(),
             config.cluster,
-            metrics.cluster(),
+            cluster_metrics.clone(),
             draining.clone(),
             stop_membership.clone(),
         ));
@@ -384,6 +387,7 @@ impl Engine {
             handlers,
             metrics,
             cluster: config.cluster,
+            cluster_metrics,
             shutdown_grace: config.shutdown_grace,
             membership: std::sync::Mutex::new(Some((membership_task, stop_membership))),
             draining,
@@ -601,13 +605,12 @@ impl Engine {
         };
         // The cluster sees it draining at once; heartbeats go on until the pools stopped.
         self.draining.store(true, Ordering::Relaxed);
-        let cluster_metrics = self.metrics.cluster();
         let report_draining = membership::beat(
             self.ctx.store.as_ref(),
             &self.ctx.instance_id,
             InstanceState::Draining,
             self.cluster,
-            &cluster_metrics,
+            &self.cluster_metrics,
             false,
         );
         match tokio::time::timeout_at(deadline, report_draining).await {

@@ -81,7 +81,12 @@ impl Reach {
     /// Records what taking a connection of `pool` said about the server.
     fn observe(&self, pool: &PgPool, error: Option<&sqlx::Error>) {
         match error {
-            None => self.unreachable.store(false, Ordering::Relaxed),
+            // A read first: every statement passes here, and most find nothing to clear.
+            None => {
+                if self.unreachable.load(Ordering::Relaxed) {
+                    self.unreachable.store(false, Ordering::Relaxed);
+                }
+            }
             Some(sqlx::Error::PoolTimedOut) => self.unreachable.store(
                 pool.size() < pool.options().get_max_connections(),
                 Ordering::Relaxed,

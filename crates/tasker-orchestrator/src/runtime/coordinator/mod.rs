@@ -203,9 +203,7 @@ impl OrchestrationLoopCoordinator {
         let mut total = RemovalReport::default();
         for &executor_type in order {
             if let Some(m) = self.pools.get_mut(&executor_type) {
-                let r = m.pool.stop_all_by(deadline).await;
-                total.graceful += r.graceful;
-                total.aborted += r.aborted;
+                total.add(m.pool.stop_all_by(deadline).await);
             }
         }
         tracing::info!(
