@@ -75,7 +75,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "lease_lost", e.to_string())
             }
             // Storage is down, or the transaction lost a conflict: try again later.
-            StoreError::Unavailable { .. } | StoreError::Contended { .. } => ApiError::new(
+            StoreError::Unavailable { .. }
+            | StoreError::Contended { .. }
+            | StoreError::Locked { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),

@@ -990,6 +990,8 @@ fn a_database_restart_is_ridden_out() {
 fn a_transaction_left_open_stops_nothing_else() {
     const QUICK: usize = 300;
     let run = Run::new();
+    // The open transaction is dropped in the runtime's context, should the test fail.
+    let context = run.rt.enter();
     let mut cluster = Cluster::start(&run.db, "idle-tx", 2, 0);
     cluster.client.register(
         "namespace: chaos\nname: held\nversion: 1.0.0\nsteps:\n\
@@ -1032,6 +1034,16 @@ fn a_transaction_left_open_stops_nothing_else() {
         "the other tasks stalled behind the open transaction",
     );
     let quick_time = opened.elapsed();
+    let handed_over = cluster.servers.iter().any(|server| {
+        std::fs::read_to_string(&server.log)
+            .unwrap()
+            .contains("handing them to the result processors")
+    });
+    assert!(
+        handed_over,
+        "the results that met the lock went to the result processors:\n{}",
+        cluster.tails()
+    );
     let view: Value = serde_json::from_str(&cluster.client.get(0, "/v1/cluster").unwrap()).unwrap();
     assert_eq!(view["instances"].as_array().unwrap().len(), 2, "{view}");
     cluster.assert_all_running();
@@ -1067,6 +1079,7 @@ fn a_transaction_left_open_stops_nothing_else() {
         audit.lost
     );
     cluster.assert_all_running();
+    drop(context);
     run.finish(cluster);
 }
 

@@ -198,6 +198,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                         evaluate_queue: "bench.evaluate".into(),
                         instance_id: "bench".into(),
                         chain: None,
+                        lock_wait: None,
                     }))
                     .expect("apply");
                 assert_eq!(applied.finished.len(), STEPS);

@@ -10,6 +10,8 @@ const CODES: ErrorCodes = ErrorCodes {
         "08000", "08001", "08003", "08004", "08006", "53300", "57P01", "57P02", "57P03",
     ],
     contended: &["40001", "40P01"],
+    // lock_not_available: `lock_timeout` ran out.
+    locked: &["55P03"],
 };
 
 /// Normalizes a sqlx error from this backend into a [`StoreError`] kind, keeping the sqlx

@@ -242,6 +242,16 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    /// `lock_timeout` for the rest of the transaction (`set_config(..., true)` is `SET LOCAL`).
+    async fn limit_lock_wait(conn: &mut PgConnection, wait: std::time::Duration) -> Result<()> {
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", wait.as_millis().max(1)))
+            .execute(conn)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     /// `NOTIFY`s the queue's name on [`notify::CHANNEL`]; delivered when the transaction
     /// commits.
     async fn announce_enqueued(conn: &mut PgConnection, queue: &str) -> Result<()> {

@@ -57,6 +57,9 @@ impl Backend for Portable {
     async fn lock_tasks(conn: &mut Conn<Self>, ids: &[i64]) -> Result<()> {
         PgBackend::lock_tasks(conn, ids).await
     }
+    async fn limit_lock_wait(conn: &mut PgConnection, wait: Duration) -> Result<()> {
+        PgBackend::limit_lock_wait(conn, wait).await
+    }
     async fn announce_enqueued(conn: &mut PgConnection, queue: &str) -> Result<()> {
         PgBackend::announce_enqueued(conn, queue).await
     }
@@ -223,6 +226,7 @@ async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
                     evaluate_queue: "finalize".into(),
                     instance_id: "diff".into(),
                     chain,
+                    lock_wait: None,
                 })
                 .await
                 .unwrap();

@@ -10,6 +10,8 @@ pub struct ErrorCodes {
     /// The transaction was rolled back to resolve a conflict with another one (deadlock,
     /// serialization failure): safe to run again at once.
     pub contended: &'static [&'static str],
+    /// A lock was not granted within the transaction's lock wait.
+    pub locked: &'static [&'static str],
 }
 
 /// Normalizes a sqlx error into a [`StoreError`] kind, keeping it as the source.
@@ -24,6 +26,7 @@ pub fn map_err(err: sqlx::Error, codes: &ErrorCodes) -> StoreError {
     };
     let unique = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
     let contended = code_in(codes.contended);
+    let locked = code_in(codes.locked);
     let unavailable = code_in(codes.unavailable)
         || matches!(
             err,
@@ -35,6 +38,8 @@ pub fn map_err(err: sqlx::Error, codes: &ErrorCodes) -> StoreError {
     let source = Some(Box::new(err) as tasker_store::BoxError);
     if unique {
         StoreError::Conflict { message, source }
+    } else if locked {
+        StoreError::Locked { message, source }
     } else if contended {
         StoreError::Contended { message, source }
     } else if unavailable {

@@ -8,6 +8,8 @@ use tasker_store_sql::ErrorCodes;
 const CODES: ErrorCodes = ErrorCodes {
     unavailable: &["5", "6", "261", "517"],
     contended: &[],
+    // No row locks: the one writer waits for the file (`busy_timeout`) instead.
+    locked: &[],
 };
 
 /// Normalizes a sqlx error from this backend.

@@ -13,7 +13,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// timed out, the server shutting down, or (SQLite) the file busy. `Other` is the catch-all of
 /// the normalization, so it also holds errors a bad statement or bad data causes (constraint
 /// and data errors, statement timeouts, decoding): they count too, as the engine cannot tell
-/// them from a sick database. [`StoreError::Contended`] (a deadlock or serialization failure:
+/// them from a sick database. Neither [`StoreError::Locked`] (a row lock waited for longer
+/// than the caller allowed) nor [`StoreError::Contended`] (a deadlock or serialization failure:
 /// the database rolled one transaction back) does not count; the hot write paths run such a
 /// transaction again ([`crate::retry_contended`]), elsewhere it reaches the caller as a
 /// retryable error. The other variants are answers about the data (`NotFound`, `Conflict`,
@@ -82,6 +83,18 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
+    /// A row lock the transaction needed was not granted within the wait its caller allowed
+    /// (`StepApplyResultsParams::lock_wait`): another session holds the row. The database
+    /// rolled the transaction back, so nothing was written; it may run again once the lock is
+    /// gone, or its work may take a path that does not wait.
+    #[error("row lock not granted in time: {message}")]
+    Locked {
+        /// Backend's description.
+        message: String,
+        /// The backend's error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Stored data could not be decoded (a bug or a foreign write).
     #[error("corrupt {what}: {message}")]
     Corrupt {
@@ -128,11 +141,13 @@ impl StoreError {
 
     /// Worth retrying: the infrastructure failed or the transaction lost a conflict, not the
     /// request. A write that failed `Unavailable` may still have committed (the answer was
-    /// lost); one that failed `Contended` did not.
+    /// lost); one that failed `Contended` or `Locked` did not.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable { .. } | StoreError::Contended { .. }
+            StoreError::Unavailable { .. }
+                | StoreError::Contended { .. }
+                | StoreError::Locked { .. }
         )
     }
 

@@ -234,6 +234,11 @@ pub struct StepApplyResultsParams {
     /// Claim the steps these results make ready in one queue for the caller, in the same
     /// transaction (an in-process worker runs a task's next steps without claiming them).
     pub chain: Option<StepChain>,
+    /// Longest wait for a row lock another session holds; `None` waits as long as it takes.
+    /// Past it the call fails [`crate::StoreError::Locked`] having written nothing, so a
+    /// caller that has other work (an in-process worker's next claims) can hand these results
+    /// to a path that may wait. Backends without row locks ignore it.
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 /// [`StepApplyResultsParams::chain`]: children that the results enqueue in `queue`, at most

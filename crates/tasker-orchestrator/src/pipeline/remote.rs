@@ -190,7 +190,7 @@ pub(crate) async fn claim(
     if !ran_out.is_empty() {
         // Best effort: the claimed steps are this worker's now, whatever happens here; a lost
         // attempt not settled now is claimed again when its new lease runs out.
-        if let Err(error) = apply_results(ctx, &ran_out, Vec::new(), None).await {
+        if let Err(error) = apply_results(ctx, &ran_out, Vec::new(), None, None).await {
             tracing::warn!(%error, steps = ran_out.len(), "could not settle lost attempts");
         }
     }

@@ -18,6 +18,9 @@
 //! - A handler that panics fails its attempt (retryable, so the step's retry policy decides)
 //!   with an error naming the panic; the worker goes on, and that result is applied like any
 //!   other.
+//! - A result transaction waits at most [`LOCK_WAIT`] for a row lock. Results that meet a
+//!   lock held longer (by another session) are handed to the result processors through
+//!   `step_results`, as a remote worker's are, and the worker goes on claiming.
 //! - A claimed step whose earlier lease ran out (its worker died with the attempt) is not run
 //!   at once: that attempt is reported failed, and settlement decides by the step's retry
 //!   policy whether, and after what backoff, another follows.
@@ -30,7 +33,9 @@
 use std::{any::Any, collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use tasker_store::{StepChain, StepClaimed, StepLease, StepLeaseExtendParams};
+use tasker_store::{
+    QueueForwardParams, StepChain, StepClaimed, StepLease, StepLeaseExtendParams, StoreError,
+};
 use tasker_types::{StepId, StepRow, TaskId};
 use tokio::task::{Id as TaskHandle, JoinError, JoinSet};
 use tracing::Instrument;
@@ -40,12 +45,18 @@ use crate::{
     pipeline::executor::{
         apply_results, ExecutorContext, ExecutorError, ExecutorType, OrchestrationExecutor,
     },
-    pipeline::messages::{StepOutcome, StepResult},
+    pipeline::messages::{StepOutcome, StepResult, STEP_RESULTS},
 };
 
 /// A batch running longer than this applies its finished results before going on, and again
 /// each time this much longer has passed.
 const FLUSH_AFTER: Duration = Duration::from_millis(500);
+
+/// Longest wait of a worker's result transaction for a row lock. Result transactions of the
+/// engine hold their locks for milliseconds; a wait this long means another session (an
+/// operator's open transaction, a stuck client) holds the row, and waiting on would stop this
+/// worker claiming anything else.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the steps of some namespaces in this process.
 #[derive(Debug, Clone)]
@@ -234,11 +245,93 @@ impl InProcessWorker {
             max: room,
             lease: self.ctx.visibility_timeout,
         });
-        let claimed = apply_results(&self.ctx, &batch.finished, Vec::new(), chain).await?;
+        let applied = apply_results(
+            &self.ctx,
+            &batch.finished,
+            Vec::new(),
+            chain,
+            Some(LOCK_WAIT),
+        )
+        .await;
+        let claimed = match applied {
+            Ok(claimed) => claimed,
+            Err(ExecutorError::Store(error @ StoreError::Locked { .. })) => {
+                tracing::warn!(
+                    %error,
+                    results = batch.finished.len(),
+                    "a row these results move is locked by another session; handing them to \
+                     the result processors"
+                );
+                self.hand_over(batch).await?;
+                Vec::new()
+            }
+            Err(error) => return Err(error),
+        };
         for result in batch.finished.drain(..) {
             batch.held.remove(&result.step_id);
         }
         self.start(batch, claimed);
+        Ok(())
+    }
+
+    /// Publishes the batch's finished results to `step_results`, each step's lease handed
+    /// over to its result's message as a remote worker's is: the result processors apply them
+    /// (waiting for the lock as long as it takes) while this worker goes on claiming. A result
+    /// whose lease was lost meanwhile is dropped: its step runs again elsewhere, and the
+    /// result would be refused as stale.
+    async fn hand_over(&self, batch: &Batch) -> Result<(), ExecutorError> {
+        let forward = |results: &[StepResult]| {
+            // Every finished result's lease is held until its result is applied or handed over.
+            let (payloads, settled) = results
+                .iter()
+                .filter_map(|r| {
+                    let lease = batch.held.get(&r.step_id)?.clone();
+                    let handed = StepResult {
+                        lease_token: None,
+                        ..r.clone()
+                    };
+                    Some((
+                        serde_json::to_value(&handed).expect("step results serialize"),
+                        lease,
+                    ))
+                })
+                .unzip();
+            QueueForwardParams {
+                consumed: Vec::new(),
+                queue: STEP_RESULTS.to_owned(),
+                payloads,
+                settled,
+                settle_within: self.ctx.visibility_timeout,
+            }
+        };
+        match self
+            .ctx
+            .store
+            .queue_forward(&forward(&batch.finished))
+            .await
+        {
+            Ok(_) => {}
+            // One lease lost fails them all: forward one by one, dropping the lost.
+            Err(StoreError::LeaseLost { .. }) => {
+                for result in &batch.finished {
+                    match self
+                        .ctx
+                        .store
+                        .queue_forward(&forward(std::slice::from_ref(result)))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost { .. }) => tracing::warn!(
+                            step_id = %result.step_id,
+                            "a step's lease was lost before its result was handed over"
+                        ),
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.ctx.wakeups.wake(STEP_RESULTS);
         Ok(())
     }
 

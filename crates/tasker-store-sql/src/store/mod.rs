@@ -82,6 +82,17 @@ pub trait Backend: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// concurrently (the portable [`move_steps`] does, so that batches cannot deadlock).
     fn lock_tasks(conn: &mut Conn<Self>, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
 
+    /// Bounds how long the rest of the transaction waits for any one row lock; past it, the
+    /// statement fails [`StoreError::Locked`]. By default nothing: a backend without row locks
+    /// has nothing to bound.
+    fn limit_lock_wait(
+        conn: &mut Conn<Self>,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (conn, wait);
+        std::future::ready(Ok(()))
+    }
+
     /// Tells other processes, when the transaction commits, that `queue` has new work.
     fn announce_enqueued(
         conn: &mut Conn<Self>,

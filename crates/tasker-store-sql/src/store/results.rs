@@ -126,6 +126,9 @@ pub(super) async fn apply_results<B: Backend>(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut tx = store.backend().begin_write().await?;
+    if let Some(wait) = params.lock_wait {
+        B::limit_lock_wait(&mut tx, wait).await?;
+    }
     let mut counted = B::move_steps(&mut tx, &moves).await?;
     counted
         .moved

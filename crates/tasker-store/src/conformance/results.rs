@@ -107,6 +107,7 @@ pub(super) fn apply(results: Vec<StepResultApply>, routing: StepRouting) -> Step
         evaluate_queue: "evaluate".into(),
         instance_id: "conformance".into(),
         chain: None,
+        lock_wait: None,
     }
 }
 

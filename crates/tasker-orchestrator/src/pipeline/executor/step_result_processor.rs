@@ -87,7 +87,8 @@ async fn prepare(
 /// work and announces the moved steps and finished tasks. Shared by the StepResultProcessor
 /// (results from remote workers) and the in-process workers, which apply their own results
 /// rather than cross a queue to this process, and may `chain`: claim the children the results
-/// make ready in their own queue, returned to run next.
+/// make ready in their own queue, returned to run next. `lock_wait` bounds the wait for a row
+/// lock another session holds (see [`StepApplyResultsParams::lock_wait`]).
 ///
 /// # Errors
 ///
@@ -97,6 +98,7 @@ pub(crate) async fn apply_results(
     results: &[StepResult],
     consumed: Vec<QueueAckParams>,
     chain: Option<StepChain>,
+    lock_wait: Option<Duration>,
 ) -> Result<Vec<StepClaimed>, ExecutorError> {
     let mut apply = Vec::with_capacity(results.len());
     for result in results {
@@ -109,6 +111,7 @@ pub(crate) async fn apply_results(
         evaluate_queue: TASK_FINALIZE.to_owned(),
         instance_id: ctx.instance_id.clone(),
         chain,
+        lock_wait,
     };
     let applied = retry_contended(|| ctx.store.step_apply_results(&params)).await?;
     for queue in &applied.queues {
@@ -154,7 +157,7 @@ impl OrchestrationExecutor for StepResultProcessor {
             });
         }
         if !consumed.is_empty() {
-            apply_results(&self.ctx, &results, consumed, None).await?;
+            apply_results(&self.ctx, &results, consumed, None, None).await?;
         }
         Ok(messages.len())
     }
