@@ -50,7 +50,7 @@ pub fn task(task: &TaskRow, steps: &[StepRow], edges: &[(StepId, StepId)]) -> Va
 
 /// One step.
 pub fn step(s: &StepRow) -> Value {
-    json!({
+    let mut view = json!({
         "id": s.id,
         "name": s.name,
         "handler": s.handler,
@@ -62,7 +62,12 @@ pub fn step(s: &StepRow) -> Value {
         "next_attempt_at": timestamp(s.next_attempt_at_ms),
         "result": s.result,
         "error": s.last_error,
-    })
+    });
+    if let Some(branches) = &s.branches {
+        // A decision: the children its output chooses among.
+        view["branches"] = json!(branches);
+    }
+    view
 }
 
 /// A task without its steps (for lists).

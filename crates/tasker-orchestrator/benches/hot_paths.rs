@@ -110,6 +110,8 @@ fn policies(c: &mut Criterion) {
             retry_max_ms: 1000,
             retry_jitter: true,
             pending_parents: u32::from(i >= 75),
+            live_parents: 0,
+            branches: None,
             next_attempt_at_ms: None,
             timeout_ms: None,
             result: None,

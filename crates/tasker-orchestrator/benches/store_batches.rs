@@ -185,6 +185,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                             error: None,
                             backoff: None,
                             lease_token: Some(st.lease_token),
+                            unchosen: Vec::new(),
                         })
                         .collect::<Vec<_>>()
                 })

@@ -64,7 +64,8 @@ pub(crate) async fn move_steps(conn: &mut PgConnection, moves: &[StepMove<'_>]) 
            WHERE tasks.id = d.task_id \
            RETURNING tasks.id, tasks.state, tasks.namespace, tasks.unfinished_steps), \
          woken AS ( \
-           UPDATE steps SET pending_parents = pending_parents - e.n \
+           UPDATE steps SET pending_parents = pending_parents - e.n, \
+             live_parents = live_parents + e.n \
            FROM (SELECT child_id, count(*) AS n FROM step_edges \
                  WHERE parent_id IN (SELECT id FROM moved WHERE done) GROUP BY child_id) AS e \
            WHERE steps.id = e.child_id RETURNING {steps}) \

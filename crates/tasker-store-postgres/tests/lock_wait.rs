@@ -66,6 +66,7 @@ async fn a_result_meeting_a_held_row_lock_fails_locked_and_writes_nothing() {
             error: None,
             backoff: None,
             lease_token: Some(claimed[0].lease_token.clone()),
+            unchosen: Vec::new(),
         }],
         consumed: Vec::new(),
         routing: routing.clone(),

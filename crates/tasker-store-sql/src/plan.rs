@@ -29,6 +29,9 @@ pub struct PlannedStep<'a> {
     pub timeout_ms: Option<i64>,
     /// Number of parents: the readiness counter's start value.
     pub pending_parents: i64,
+    /// A decision's direct children, by name in template order (a JSON array); `None` for
+    /// any other step.
+    pub branches: Option<serde_json::Value>,
 }
 
 impl PlannedStep<'_> {
@@ -68,6 +71,13 @@ impl<'a> StepPlan<'a> {
                 retry_jitter: s.retry_jitter,
                 timeout_ms: s.timeout_ms.map(to_i64),
                 pending_parents: i64::try_from(s.depends_on.len()).unwrap_or(i64::MAX),
+                branches: s.decision.then(|| {
+                    specs
+                        .iter()
+                        .filter(|child| child.depends_on.contains(&s.name))
+                        .map(|child| serde_json::Value::from(child.name.as_str()))
+                        .collect()
+                }),
             })
             .collect();
         Self { specs, steps }

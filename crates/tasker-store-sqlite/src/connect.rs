@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instance holders",
         include_str!("../migrations/0008_instance_holders.sql"),
     ),
+    (
+        9,
+        "control flow",
+        include_str!("../migrations/0009_control_flow.sql"),
+    ),
 ];
 
 /// How to open a [`SqliteStore`].

@@ -214,6 +214,9 @@ pub struct StepResultApply {
     /// claim. `None` for a remote worker's result, whose lease went with it (the attempt
     /// fences it).
     pub lease_token: Option<String>,
+    /// For a decision step's success, the direct children its output left out
+    /// (`tasker_types::settle::unchosen`): they count the step finished but not choosing them.
+    pub unchosen: Vec<String>,
 }
 
 /// [`crate::StepStore::step_apply_results`].

@@ -192,6 +192,8 @@ pub enum ProblemKind {
     },
     /// `timeout_ms` is 0.
     ZeroTimeout,
+    /// `decision: true` on a step no other step depends on: it has nothing to choose from.
+    DecisionWithoutChildren,
     /// A duration beyond what the engine accepts.
     TooLong {
         /// The configured value in milliseconds.
@@ -234,6 +236,9 @@ impl fmt::Display for ProblemKind {
                 "base_ms ({base_ms}) must not be greater than max_ms ({max_ms})"
             ),
             Self::ZeroTimeout => f.write_str("must be greater than 0 when given"),
+            Self::DecisionWithoutChildren => {
+                f.write_str("a decision step needs children to choose from: no step depends on it")
+            }
             Self::TooLong { value_ms, max_ms } => {
                 write!(f, "{value_ms} ms is longer than the {max_ms} ms allowed")
             }

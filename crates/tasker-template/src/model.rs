@@ -54,6 +54,10 @@ pub struct StepTemplate {
     /// Overrides whether failures of this step may be retried; `None` lets the handler decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// A decision step: its output's `next` lists which of its direct children run; the
+    /// others are skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decision: bool,
 }
 
 /// Which handler runs a step, and its configuration.
@@ -174,6 +178,7 @@ impl TaskTemplate {
                 retry_jitter: s.retry.jitter,
                 timeout_ms: s.timeout_ms,
                 depends_on: s.depends_on.clone(),
+                decision: s.decision,
             })
             .collect()
     }

@@ -15,6 +15,7 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("handlers.yaml", "demo/handlers@1.0.0", 4),
     ("linear.yaml", "demo/linear@1.0.0", 4),
     ("order_fulfillment.yaml", "shop/order_fulfillment@1.0.0", 4),
+    ("shipping.yaml", "shop/shipping@1.0.0", 5),
     ("tree.yaml", "demo/tree@1.0.0", 7),
 ];
 

@@ -124,8 +124,17 @@ pub struct StepRow {
     pub retry_max_ms: u64,
     /// Retry policy: randomize the delay.
     pub retry_jitter: bool,
-    /// Parents not yet `Complete`; the step is viable only when this is zero.
+    /// Parents that still hold it back (not yet `Complete`, resolved or `Skipped`); the
+    /// step is viable only when this is zero.
     pub pending_parents: u32,
+    /// Parents that finished choosing it (see `settle::is_skippable`): once no parent holds
+    /// it back, it runs if this is above zero and is skipped otherwise.
+    #[serde(default)]
+    pub live_parents: u32,
+    /// A decision step's direct children, the names its output's `next` may list; `None`
+    /// for any other step.
+    #[serde(default)]
+    pub branches: Option<Vec<String>>,
     /// Earliest time of the next attempt, while `WaitingForRetry`.
     pub next_attempt_at_ms: Option<UnixMillis>,
     /// Per-attempt timeout, if any.

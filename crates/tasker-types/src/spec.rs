@@ -46,4 +46,7 @@ pub struct StepSpec {
     pub timeout_ms: Option<u64>,
     /// Names of the steps it waits for.
     pub depends_on: Vec<String>,
+    /// A decision: its output's `next` chooses which of its children run.
+    #[serde(default)]
+    pub decision: bool,
 }

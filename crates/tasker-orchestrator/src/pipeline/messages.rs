@@ -77,6 +77,48 @@ pub struct StepResult {
     /// into the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_token: Option<String>,
+    /// A decision step's success: the children its output left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchosen: Vec<String>,
+}
+
+impl StepResult {
+    /// The result of `attempt` of a step whose output chooses among `branches` when it is a
+    /// decision. A decision's success is read here, by `settle::unchosen`: an output that is
+    /// no such choice fails the attempt permanently, naming the bad entry; otherwise the
+    /// children it leaves out go with the result.
+    pub fn new(
+        task_id: TaskId,
+        step_id: StepId,
+        attempt: u32,
+        branches: Option<&[String]>,
+        outcome: StepOutcome,
+    ) -> Self {
+        let mut unchosen = Vec::new();
+        let outcome = match (branches, outcome) {
+            (Some(branches), StepOutcome::Success { output }) => {
+                match tasker_types::settle::unchosen(branches, &output) {
+                    Ok(left_out) => {
+                        unchosen = left_out;
+                        StepOutcome::Success { output }
+                    }
+                    Err(error) => StepOutcome::Failure {
+                        error,
+                        retryable: false,
+                    },
+                }
+            }
+            (_, outcome) => outcome,
+        };
+        Self {
+            task_id,
+            step_id,
+            attempt,
+            outcome,
+            lease_token: None,
+            unchosen,
+        }
+    }
 }
 
 /// The outcome of one attempt.

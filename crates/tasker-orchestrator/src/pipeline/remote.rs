@@ -265,13 +265,13 @@ pub(crate) async fn finish(
     if step.attempts != lease.attempt {
         return Err(RemoteError::LeaseLost(step_id));
     }
-    let result = StepResult {
-        task_id: step.task_id,
+    let result = StepResult::new(
+        step.task_id,
         step_id,
-        attempt: lease.attempt,
+        lease.attempt,
+        step.branches.as_deref(),
         outcome,
-        lease_token: None,
-    };
+    );
     // The step waits for the result's message; gone without moving the step (dead-lettered),
     // the step is claimed again once this much has passed since the hand-over.
     let forwarded = ctx

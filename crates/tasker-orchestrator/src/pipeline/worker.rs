@@ -91,6 +91,8 @@ struct Running {
     step_id: StepId,
     attempt: u32,
     lease_token: String,
+    /// A decision's children, which its output chooses among.
+    branches: Option<Vec<String>>,
 }
 
 impl InProcessWorker {
@@ -195,6 +197,7 @@ impl InProcessWorker {
                     step_id: step.id,
                     attempt: step.attempts,
                     lease_token,
+                    branches: step.branches.clone(),
                 },
             );
         }
@@ -429,11 +432,14 @@ fn collect(
         }
     };
     StepResult {
-        task_id: attempt.task_id,
-        step_id: attempt.step_id,
-        attempt: attempt.attempt,
-        outcome,
         lease_token: Some(attempt.lease_token),
+        ..StepResult::new(
+            attempt.task_id,
+            attempt.step_id,
+            attempt.attempt,
+            attempt.branches.as_deref(),
+            outcome,
+        )
     }
 }
 
@@ -450,19 +456,17 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// answering), reported by whoever claimed the step next under `lease_token`. Retryable:
 /// settlement decides by the step's retry policy, as for any failure.
 pub(crate) fn lost_attempt(step: &StepRow, lease_token: &str) -> StepResult {
+    let outcome = StepOutcome::Failure {
+        error: format!(
+            "attempt {} of {} got no result: its lease ran out (the worker running it \
+             stopped or lost its connection)",
+            step.attempts, step.max_attempts
+        ),
+        retryable: true,
+    };
     StepResult {
-        task_id: step.task_id,
-        step_id: step.id,
-        attempt: step.attempts,
-        outcome: StepOutcome::Failure {
-            error: format!(
-                "attempt {} of {} got no result: its lease ran out (the worker running it \
-                 stopped or lost its connection)",
-                step.attempts, step.max_attempts
-            ),
-            retryable: true,
-        },
         lease_token: Some(lease_token.to_owned()),
+        ..StepResult::new(step.task_id, step.id, step.attempts, None, outcome)
     }
 }
 

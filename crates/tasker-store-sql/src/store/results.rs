@@ -160,7 +160,7 @@ pub(super) async fn apply_results<B: Backend>(
         });
     }
     let mut applied = ResultsApplied {
-        steps: counted.moved,
+        steps: std::mem::take(&mut counted.moved),
         ..ResultsApplied::default()
     };
     if settled.is_empty() {
@@ -169,8 +169,37 @@ pub(super) async fn apply_results<B: Backend>(
         return Ok(applied);
     }
 
+    // A decision's left-out children lose the choice its move counted.
+    let decisions: Vec<(StepId, &[String])> = order
+        .iter()
+        .filter(|r| {
+            r.event == StepEvent::Complete && !r.unchosen.is_empty() && moved.contains(&r.step_id)
+        })
+        .map(|r| (r.step_id, r.unchosen.as_slice()))
+        .collect();
+    if !decisions.is_empty() {
+        for row in unchoose::<B>(&mut tx, &decisions).await? {
+            if let Some(child) = counted.children.iter_mut().find(|c| c.id == row.id) {
+                *child = row;
+            }
+        }
+    }
+
     // Settlement decides; the store applies.
-    let effects = settle::settle(&settled, &counted.tasks, &counted.children);
+    let mut effects = settle::settle(&settled, &counted.tasks, &counted.children);
+    if !effects.skip.is_empty() {
+        let skipped;
+        (effects, skipped) = skip_rounds::<B>(
+            &mut tx,
+            effects,
+            &mut settled,
+            &mut counted,
+            &mut transitions,
+            &params.instance_id,
+        )
+        .await?;
+        applied.steps.extend(skipped);
+    }
     let children: HashMap<StepId, &StepRow> = counted.children.iter().map(|c| (c.id, c)).collect();
     let enqueue = effects
         .enqueue
@@ -234,6 +263,63 @@ pub(super) async fn apply_results<B: Backend>(
     Ok(applied)
 }
 
+/// Applies `effects.skip`, and settles again with the skipped steps counted, until a round
+/// skips nothing: a skip travels down a branch in one transaction. Keeps `settled`, `counted`
+/// and `transitions` up to date; returns the last round's effects and the skipped steps.
+async fn skip_rounds<'a, B: Backend>(
+    tx: &mut Conn<B>,
+    mut effects: settle::Effects,
+    settled: &mut Vec<settle::Moved>,
+    counted: &mut Counted,
+    transitions: &mut Vec<NewTransition<'a>>,
+    instance_id: &'a str,
+) -> Result<(settle::Effects, Vec<StepRow>)> {
+    let mut tasks: BTreeMap<TaskId, settle::TaskCount> =
+        counted.tasks.iter().map(|t| (t.task_id, *t)).collect();
+    let mut children: BTreeMap<StepId, StepRow> = std::mem::take(&mut counted.children)
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let mut skipped = Vec::new();
+    while !effects.skip.is_empty() {
+        let round = skip_steps::<B>(tx, &effects.skip).await?;
+        for id in &effects.skip {
+            // One that is no longer `Pending` moved elsewhere: settlement forgets it.
+            if !round.moved.iter().any(|s| s.id == *id) {
+                children.remove(id);
+            }
+        }
+        for step in &round.moved {
+            transitions.push(NewTransition {
+                entity: Entity::Step,
+                task_id: step.task_id,
+                step_id: Some(step.id),
+                from_state: Some(StepState::Pending.as_str()),
+                to_state: step.state.as_str(),
+                event: StepEvent::Skip.name(),
+                reason: None,
+                instance_id,
+            });
+            settled.push(settle::Moved {
+                task_id: step.task_id,
+                step_id: step.id,
+                to: step.state,
+            });
+            children.insert(step.id, step.clone());
+        }
+        tasks.extend(round.tasks.into_iter().map(|t| (t.task_id, t)));
+        counted.namespaces.extend(round.namespaces);
+        children.extend(round.children.into_iter().map(|c| (c.id, c)));
+        skipped.extend(round.moved);
+        let task_counts: Vec<settle::TaskCount> = tasks.values().copied().collect();
+        let rows: Vec<StepRow> = children.values().cloned().collect();
+        effects = settle::settle(settled, &task_counts, &rows);
+    }
+    counted.tasks = tasks.into_values().collect();
+    counted.children = children.into_values().collect();
+    Ok((effects, skipped))
+}
+
 /// [`Backend::move_steps`] as portable statements: lock the tasks, move the steps, count the
 /// finished ones on their tasks, then on their children.
 pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) -> Result<Counted> {
@@ -275,15 +361,68 @@ pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) 
     if counted.moved.is_empty() {
         return Ok(counted);
     }
+    count_finished::<B>(conn, &mut counted).await?;
+    Ok(counted)
+}
 
+/// Moves `ids` from `Pending` to `Skipped` (those still `Pending`), and counts them finished
+/// on their tasks and their children, as not choosing them: what [`settle::Effects::skip`]
+/// asks. Skips are rare, so every backend uses these portable statements.
+pub(super) async fn skip_steps<B: Backend>(conn: &mut Conn<B>, ids: &[StepId]) -> Result<Counted> {
+    let to = StepState::Pending.transition(StepEvent::Skip)?;
+    let mut counted = Counted::default();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::new("UPDATE steps SET state = ");
+        sql.push_bind(to.as_str())
+            .push(&format!(", finished_at_ms = {} WHERE state = ", B::NOW_MS))
+            .push_bind(StepState::Pending.as_str())
+            .push(" AND id IN (")
+            .push_list(chunk.iter().map(|id| id.0))
+            .push(&format!(") RETURNING {STEP_COLUMNS}"));
+        for row in B::fetch_all(conn, &sql).await? {
+            counted.moved.push(decode_step(&row)?);
+        }
+    }
+    if !counted.moved.is_empty() {
+        count_finished::<B>(conn, &mut counted).await?;
+    }
+    Ok(counted)
+}
+
+/// The children a decision left out count it finished but not choosing them: each loses
+/// the choice the move counted. Returns the children as they now are.
+async fn unchoose<B: Backend>(
+    conn: &mut Conn<B>,
+    decisions: &[(StepId, &[String])],
+) -> Result<Vec<StepRow>> {
+    let mut children = Vec::new();
+    for (decision, names) in decisions {
+        let mut sql = Sql::new(
+            "UPDATE steps SET live_parents = live_parents - 1 \
+             WHERE id IN (SELECT child_id FROM step_edges WHERE parent_id = ",
+        );
+        sql.push_bind(decision.0)
+            .push(") AND name IN (")
+            .push_list(names.iter().map(String::as_str))
+            .push(&format!(") RETURNING {STEP_COLUMNS}"));
+        for row in B::fetch_all(conn, &sql).await? {
+            children.push(decode_step(&row)?);
+        }
+    }
+    Ok(children)
+}
+
+/// Counts `counted.moved`'s steps that released their dependents on their tasks, then on their
+/// children, each of which a satisfied parent chooses; fills in `counted`'s tasks and children.
+async fn count_finished<B: Backend>(conn: &mut Conn<B>, counted: &mut Counted) -> Result<()> {
     // 2. Their tasks count the finished steps...
     let mut done_per_task: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut finished: Vec<i64> = Vec::new();
+    let mut finished: Vec<(i64, bool)> = Vec::new();
     for step in &counted.moved {
         let done = done_per_task.entry(step.task_id.0).or_default();
-        if step.state.satisfies_dependents() {
+        if step.state.releases_dependents() {
             *done += 1;
-            finished.push(step.id.0);
+            finished.push((step.id.0, step.state.satisfies_dependents()));
         }
     }
     let mut sql = Sql::new(format!(
@@ -311,21 +450,33 @@ pub async fn move_steps<B: Backend>(conn: &mut Conn<B>, moves: &[StepMove<'_>]) 
         counted.namespaces.insert(task_id, row.text("namespace")?);
     }
 
-    // 3. ...and the children of the finished steps count their finished parents.
-    for chunk in finished.chunks(INSERT_CHUNK) {
-        let mut sql = Sql::new(
-            "UPDATE steps SET pending_parents = pending_parents - c.n \
-             FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN (",
-        );
-        sql.push_list(chunk.iter().copied()).push(&format!(
-            ") GROUP BY child_id) AS c WHERE steps.id = c.child_id RETURNING {}",
-            qualified("steps", STEP_COLUMNS)
-        ));
-        for row in B::fetch_all(conn, &sql).await? {
-            counted.children.push(decode_step(&row)?);
+    // 3. ...and the children of the finished steps count their finished parents, and the
+    // satisfied ones as choosing them.
+    let mut by_kind: BTreeMap<bool, Vec<i64>> = BTreeMap::new();
+    for (id, satisfied) in finished {
+        by_kind.entry(satisfied).or_default().push(id);
+    }
+    for (satisfied, ids) in by_kind {
+        let live = if satisfied {
+            ", live_parents = live_parents + c.n"
+        } else {
+            ""
+        };
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(format!(
+                "UPDATE steps SET pending_parents = pending_parents - c.n{live} \
+                 FROM (SELECT child_id, COUNT(*) AS n FROM step_edges WHERE parent_id IN ("
+            ));
+            sql.push_list(chunk.iter().copied()).push(&format!(
+                ") GROUP BY child_id) AS c WHERE steps.id = c.child_id RETURNING {}",
+                qualified("steps", STEP_COLUMNS)
+            ));
+            for row in B::fetch_all(conn, &sql).await? {
+                counted.children.push(decode_step(&row)?);
+            }
         }
     }
-    Ok(counted)
+    Ok(())
 }
 
 /// [`Backend::apply_effects`] as portable statements: enqueue the children, check which idle

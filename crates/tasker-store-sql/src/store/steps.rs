@@ -142,7 +142,8 @@ impl<B: Backend> StepStore for SqlStore<B> {
             B::execute(
                 &mut tx,
                 &Sql::new(
-                    "UPDATE steps SET pending_parents = pending_parents - 1 \
+                    "UPDATE steps SET pending_parents = pending_parents - 1, \
+                     live_parents = live_parents + 1 \
                      WHERE id IN (SELECT child_id FROM step_edges WHERE parent_id = $1)",
                 )
                 .bind(step.id.0),

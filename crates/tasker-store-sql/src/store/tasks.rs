@@ -187,7 +187,7 @@ pub async fn create_tasks<B: Backend>(
         let mut sql = Sql::new(
             "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
                  max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
-                 pending_parents, queue, visible_at_ms) ",
+                 pending_parents, branches, queue, visible_at_ms) ",
         );
         sql.push_values(chunk, |b, (task, queue, s)| {
             let state = if queue.is_some() {
@@ -207,6 +207,7 @@ pub async fn create_tasks<B: Backend>(
                 .bind(s.retry_jitter)
                 .bind(s.timeout_ms)
                 .bind(s.pending_parents)
+                .bind(s.branches.as_ref())
                 .bind(queue.as_deref());
             if queue.is_some() {
                 b.push(B::NOW_MS);

@@ -167,8 +167,11 @@ pub async fn leadership_is_exclusive_and_fences_failover(store: Arc<dyn Store>) 
 
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(s.leader_get().await.unwrap().leader(), None, "lapsed");
+    // Held long enough that the failover below, however slow the machine, runs in epoch 2.
     assert_eq!(
-        s.leader_acquire("b", short).await.unwrap(),
+        s.leader_acquire("b", Duration::from_secs(30))
+            .await
+            .unwrap(),
         Some(2),
         "taken over"
     );

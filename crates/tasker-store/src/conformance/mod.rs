@@ -93,6 +93,7 @@ macro_rules! store_conformance {
             retention_sweep_deletes_what_is_kept_no_longer,
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
+            step_apply_results_skips_what_a_decision_left_out,
             queue_forward_publishes_and_consumes_together,
             task_create_can_start_the_task,
             queue_enqueue_dequeue_ack,

@@ -96,6 +96,7 @@ pub(super) fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepRe
         error: None,
         backoff: None,
         lease_token: None,
+        unchosen: Vec::new(),
     }
 }
 
@@ -425,4 +426,138 @@ pub async fn task_create_can_start_the_task(store: Arc<dyn Store>) {
     assert!(!again.created && again.queues.is_empty());
     assert_eq!(again.task.id, task.id);
     assert_eq!(ready(s, "local").await, 1);
+}
+
+/// `demo/shipping@1.0.0`: `route` decides between `express` and `standard`; `pack` and
+/// `label` follow `standard` only; `notify` joins `express` and `pack`; `mixed` follows
+/// `route` and the root `side`.
+fn shipping() -> tasker_template::TaskTemplate {
+    template(
+        "namespace: demo\nname: shipping\nversion: 1.0.0\nsteps:\n\
+         - {name: route, handler: noop, decision: true}\n\
+         - {name: side, handler: noop}\n\
+         - {name: express, handler: noop, depends_on: [route]}\n\
+         - {name: standard, handler: noop, depends_on: [route]}\n\
+         - {name: pack, handler: noop, depends_on: [standard]}\n\
+         - {name: label, handler: noop, depends_on: [pack]}\n\
+         - {name: notify, handler: noop, depends_on: [express, pack]}\n\
+         - {name: mixed, handler: noop, depends_on: [route, side]}\n",
+    )
+}
+
+/// A decision's result skips the children it left out, and the skip travels down their
+/// branch in the same transaction, audited, until a join another branch reaches: that join
+/// runs once the chosen branch completes. A child left out that another parent chose runs.
+/// A decision that chooses nothing skips every step that only it leads to.
+pub async fn step_apply_results_skips_what_a_decision_left_out(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let task = create_task(s, &shipping(), None).await;
+    let route = s
+        .step_get(step_id(s, task.id, "route").await)
+        .await
+        .unwrap();
+    assert_eq!(
+        route.branches.as_deref(),
+        Some(
+            &[
+                "express".to_owned(),
+                "standard".to_owned(),
+                "mixed".to_owned()
+            ][..]
+        )
+    );
+    running(s, &task).await;
+    let decided = start(s, task.id, "route").await;
+    let choice = StepResultApply {
+        output: Some(json!({"next": ["express"]})),
+        unchosen: vec!["standard".into(), "mixed".into()],
+        ..success(task.id, decided)
+    };
+    let applied = s
+        .step_apply_results(&apply(vec![choice], local_noop()))
+        .await
+        .unwrap();
+    let mut skipped: Vec<&str> = applied
+        .steps
+        .iter()
+        .filter(|st| st.state == StepState::Skipped)
+        .map(|st| st.name.as_str())
+        .collect();
+    skipped.sort_unstable();
+    assert_eq!(skipped, ["label", "pack", "standard"]);
+    for (name, state) in [
+        ("express", StepState::Enqueued),
+        ("standard", StepState::Skipped),
+        ("pack", StepState::Skipped),
+        ("label", StepState::Skipped),
+        ("notify", StepState::Pending),
+        ("mixed", StepState::Pending),
+    ] {
+        assert_eq!(state_of(s, task.id, name).await, state, "{name}");
+    }
+    let log = s.transition_list(task.id).await.unwrap();
+    let skips: Vec<(Option<String>, String, String)> = log
+        .iter()
+        .filter(|t| t.event == "skip")
+        .map(|t| (t.from_state.clone(), t.to_state.clone(), t.event.clone()))
+        .collect();
+    assert_eq!(skips.len(), 3, "{log:?}");
+    assert!(skips
+        .iter()
+        .all(|(from, to, _)| from.as_deref() == Some("Pending") && to == "Skipped"));
+
+    // `mixed` was left out by `route` but `side` chooses it.
+    let side = start(s, task.id, "side").await;
+    s.step_apply_results(&apply(vec![success(task.id, side)], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(state_of(s, task.id, "mixed").await, StepState::Enqueued);
+    for name in ["express", "mixed"] {
+        let ran = start(s, task.id, name).await;
+        s.step_apply_results(&apply(vec![success(task.id, ran)], local_noop()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(state_of(s, task.id, "notify").await, StepState::Enqueued);
+    let notify = start(s, task.id, "notify").await;
+    let last = s
+        .step_apply_results(&apply(vec![success(task.id, notify)], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(last.finished.len(), 1, "the task completes");
+    assert_eq!(last.finished[0].state, TaskState::Complete);
+
+    // Choosing nothing skips every step that only the decision leads to.
+    let other = create_task(s, &shipping(), Some("choose-nothing")).await;
+    running(s, &other).await;
+    let side = start(s, other.id, "side").await;
+    let decided = start(s, other.id, "route").await;
+    let nothing = StepResultApply {
+        output: Some(json!({"next": []})),
+        unchosen: vec!["express".into(), "standard".into(), "mixed".into()],
+        ..success(other.id, decided)
+    };
+    s.step_apply_results(&apply(vec![nothing], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(state_of(s, other.id, "mixed").await, StepState::Pending);
+    let done = s
+        .step_apply_results(&apply(vec![success(other.id, side)], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(state_of(s, other.id, "mixed").await, StepState::Enqueued);
+    assert!(done.finished.is_empty());
+    let steps = s.step_list(other.id).await.unwrap();
+    let skipped = steps
+        .iter()
+        .filter(|st| st.state == StepState::Skipped)
+        .count();
+    assert_eq!(skipped, 5, "{steps:?}");
+    let mixed = start(s, other.id, "mixed").await;
+    let last = s
+        .step_apply_results(&apply(vec![success(other.id, mixed)], local_noop()))
+        .await
+        .unwrap();
+    assert_eq!(last.finished.len(), 1);
+    assert_eq!(last.finished[0].state, TaskState::Complete);
 }

@@ -12,6 +12,7 @@ fn step(name: &str, depends_on: &[&str]) -> StepTemplate {
         retry: RetryPolicy::default(),
         timeout_ms: None,
         retryable: None,
+        decision: false,
     }
 }
 

@@ -93,6 +93,10 @@ fn check_identifier(problems: &mut Vec<TemplateProblem>, field: &str, value: &st
 
 fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
     let names: HashSet<&str> = steps.iter().map(|step| step.name.as_str()).collect();
+    let parents: HashSet<&str> = steps
+        .iter()
+        .flat_map(|step| step.depends_on.iter().map(String::as_str))
+        .collect();
     let mut seen_names = HashSet::new();
     for step in steps {
         let name = step.name.as_str();
@@ -146,6 +150,13 @@ fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
                     },
                 ));
             }
+        }
+        if step.decision && !parents.contains(name) {
+            problems.push(TemplateProblem::step(
+                name,
+                "decision",
+                ProblemKind::DecisionWithoutChildren,
+            ));
         }
         if step.timeout_ms == Some(0) {
             problems.push(TemplateProblem::step(

@@ -335,3 +335,24 @@ fn durations_are_bounded() {
         ]
     );
 }
+
+#[test]
+fn a_decision_needs_children() {
+    assert_eq!(
+        lines(&with_steps(
+            "  - {name: route, handler: noop, decision: true}\n  - {name: other, handler: noop}\n"
+        )),
+        [
+            "examples/bad.yaml: step \"route\": decision: a decision step needs children to \
+          choose from: no step depends on it"
+        ]
+    );
+    let yaml = with_steps(
+        "  - {name: route, handler: noop, decision: true}\n\
+         \x20 - {name: express, handler: noop, depends_on: [route]}\n",
+    );
+    let template = TaskTemplate::from_yaml_str(&yaml, ORIGIN).expect("valid");
+    assert!(template.steps[0].decision && !template.steps[1].decision);
+    let specs = template.step_specs();
+    assert!(specs[0].decision);
+}

@@ -1,7 +1,15 @@
 //! Settlement: what moving some steps means for the rest of their task. This module is the one
-//! home of the rules "which step may run", "which children become ready", "when a task is
-//! finished" and "when a task goes to the evaluator"; the store keeps the counters these rules
-//! read and applies the changes they return, guarded by the states they were decided on.
+//! home of the rules "which step may run", "which children become ready", "which are
+//! skipped", "which children a decision chose", "when a task is finished" and "when a task
+//! goes to the evaluator"; the store keeps the counters these rules read and applies the
+//! changes they return, guarded by the states they were decided on.
+//!
+//! Control flow rests on two counters per step: `pending_parents` (parents that still hold it
+//! back) and `live_parents` (parents that finished choosing it). A finished parent chooses
+//! every child, except a decision, which chooses those its output names ([`unchosen`]); a
+//! skipped parent chooses none. Once no parent holds a step back, it runs if some parent chose
+//! it and is skipped otherwise ([`is_skippable`]), so a skip travels down a branch until it
+//! meets a join that another branch reached.
 //!
 //! Two callers decide here:
 //! - the store, when it applies a batch of step results: [`settle`] turns the moved steps, their
@@ -18,7 +26,9 @@ use crate::{StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskState,
 #[cfg(test)]
 mod tests;
 
-/// A step may be enqueued now: it waits for nothing and has attempts left.
+/// A step may be enqueued now: it waits for nothing and has attempts left. (A step whose
+/// parents all finished without choosing it never waits `Pending`: the transaction that
+/// finished its last parent skipped it, see [`is_skippable`].)
 pub fn is_ready(step: &StepRow) -> bool {
     step.state == StepState::Pending && step.pending_parents == 0 && has_attempts_left(step)
 }
@@ -30,6 +40,64 @@ pub fn is_viable(step: &StepRow, now_ms: UnixMillis) -> bool {
         && step.next_attempt_at_ms.is_some_and(|due| due <= now_ms)
         && has_attempts_left(step);
     is_ready(step) || retry_due
+}
+
+/// A child (a step with parents) that none of them holds back any more and none chose: it is
+/// skipped, not run. Only children are asked; a root chose itself when its task started.
+pub fn is_skippable(child: &StepRow) -> bool {
+    child.state == StepState::Pending && child.pending_parents == 0 && child.live_parents == 0
+}
+
+/// The children a decision step's `output` leaves out: its output must be an object whose
+/// `next` lists names of the step's direct children (`branches`), possibly none.
+///
+/// # Errors
+///
+/// Why the output is not such a choice, naming the bad entry: the step then fails
+/// permanently.
+pub fn unchosen(branches: &[String], output: &serde_json::Value) -> Result<Vec<String>, String> {
+    let Some(next) = output.get("next") else {
+        return Err(format!(
+            "a decision's output must be an object with \"next\": the list of children to run \
+             (of {}), got {}",
+            branches.join(", "),
+            abbreviate(output)
+        ));
+    };
+    let Some(next) = next.as_array() else {
+        return Err(format!(
+            "a decision's \"next\" must be a list of step names, got {}",
+            abbreviate(next)
+        ));
+    };
+    let mut chosen = BTreeSet::new();
+    for entry in next {
+        let name = entry.as_str().filter(|n| branches.iter().any(|b| b == n));
+        let Some(name) = name else {
+            return Err(format!(
+                "a decision's \"next\" names {}, which is not a direct child of the step (its \
+                 children: {})",
+                abbreviate(entry),
+                branches.join(", ")
+            ));
+        };
+        chosen.insert(name);
+    }
+    Ok(branches
+        .iter()
+        .filter(|b| !chosen.contains(b.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// `value` as JSON, cut short for an error message.
+fn abbreviate(value: &serde_json::Value) -> String {
+    const MOST: usize = 120;
+    let text = value.to_string();
+    match text.char_indices().nth(MOST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
 }
 
 fn has_attempts_left(step: &StepRow) -> bool {
@@ -79,6 +147,10 @@ pub struct TaskCount {
 pub struct Effects {
     /// Children to enqueue (`Pending` → `Enqueued`).
     pub enqueue: Vec<StepId>,
+    /// Children to skip (`Pending` → `Skipped`). Skipping finishes them for their own
+    /// children: the store moves them, counts them like [`Moved`] steps and settles again,
+    /// until a round skips nothing.
+    pub skip: Vec<StepId>,
     /// Running tasks to complete along [`COMPLETE_FROM_RUNNING`].
     pub complete: Vec<TaskId>,
     /// Tasks to hand to the evaluator.
@@ -92,9 +164,11 @@ pub struct Effects {
 /// `children` the children of its newly finished steps with their parent counters already
 /// lowered.
 ///
+/// - A child that no parent holds back or chose is skipped, whatever its unfinished task's
+///   state ([`is_skippable`]).
 /// - A child is enqueued when it is ready and its task is running (`StepsInProcess`); in any
 ///   other state the task's evaluator decides what runs next.
-/// - A running task whose last unfinished step completed is complete.
+/// - A running task whose last unfinished step completed or was skipped is complete.
 /// - A running task with a step that failed goes to the evaluator, which decides between a
 ///   retry, a block and a failure.
 /// - A running task whose batch completed steps but enqueued no child, with steps still
@@ -110,8 +184,13 @@ pub fn settle(moved: &[Moved], tasks: &[TaskCount], children: &[StepRow]) -> Eff
     };
     let mut effects = Effects::default();
     let mut woke: BTreeSet<TaskId> = BTreeSet::new();
+    let unfinished = |task: TaskId| counts.get(&task).is_some_and(|t| !t.state.is_terminal());
     for child in children {
-        if is_ready(child) && running(child.task_id) {
+        if is_skippable(child) {
+            if unfinished(child.task_id) {
+                effects.skip.push(child.id);
+            }
+        } else if is_ready(child) && running(child.task_id) {
             effects.enqueue.push(child.id);
             woke.insert(child.task_id);
         }
@@ -120,7 +199,7 @@ pub fn settle(moved: &[Moved], tasks: &[TaskCount], children: &[StepRow]) -> Eff
     let mut batch: BTreeMap<TaskId, (u32, bool)> = BTreeMap::new();
     for m in moved {
         let entry = batch.entry(m.task_id).or_default();
-        if m.to.satisfies_dependents() {
+        if m.to.releases_dependents() {
             entry.0 += 1;
         } else {
             entry.1 = true;
@@ -148,7 +227,7 @@ pub fn settle(moved: &[Moved], tasks: &[TaskCount], children: &[StepRow]) -> Eff
 /// What the steps of a task say about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every step is complete (or resolved).
+    /// Every step is complete, resolved or skipped.
     Complete,
     /// A step failed permanently and nothing runs any more.
     Fail,
@@ -181,7 +260,7 @@ pub fn verdict(steps: &[StepRow]) -> Verdict {
     let running = steps
         .iter()
         .any(|s| matches!(s.state, StepState::Enqueued | StepState::InProgress));
-    if steps.iter().all(|s| s.state.satisfies_dependents()) {
+    if steps.iter().all(|s| s.state.releases_dependents()) {
         return Verdict::Complete;
     }
     if steps.iter().any(|s| s.state == StepState::Error) {

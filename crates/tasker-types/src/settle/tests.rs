@@ -17,6 +17,8 @@ fn step(id: i64, state: StepState, pending_parents: u32) -> StepRow {
         retry_max_ms: 1,
         retry_jitter: false,
         pending_parents,
+        live_parents: 0,
+        branches: None,
         next_attempt_at_ms: None,
         timeout_ms: None,
         result: None,
@@ -123,7 +125,10 @@ fn children_of_a_task_that_is_not_running_wait_for_its_evaluator() {
         step_id: StepId(1),
         to: StepState::Complete,
     }];
-    let children = [step(2, StepState::Pending, 0)];
+    let children = [StepRow {
+        live_parents: 1,
+        ..step(2, StepState::Pending, 0)
+    }];
     let blocked = [TaskCount {
         task_id: TaskId(1),
         state: TaskState::BlockedByFailures,
@@ -191,10 +196,23 @@ struct Model {
     steps: Vec<StepRow>,
     parents: Vec<Vec<usize>>,
     children: Vec<Vec<usize>>,
+    /// Per decision step, the children its output chooses.
+    choices: Vec<Option<Vec<usize>>>,
 }
 
 impl Model {
     fn new(parents: Vec<Vec<usize>>, max_attempts: &[u32]) -> Self {
+        let choices = vec![None; parents.len()];
+        Self::with_decisions(parents, max_attempts, choices)
+    }
+
+    /// Steps `i` with `choices[i]` set are decisions that choose those children (their other
+    /// children are left out).
+    fn with_decisions(
+        parents: Vec<Vec<usize>>,
+        max_attempts: &[u32],
+        choices: Vec<Option<Vec<usize>>>,
+    ) -> Self {
         let mut children = vec![Vec::new(); parents.len()];
         for (child, ps) in parents.iter().enumerate() {
             for &p in ps {
@@ -217,7 +235,15 @@ impl Model {
             steps,
             parents,
             children,
+            choices,
         }
+    }
+
+    /// Whether step `parent`, finished, chooses `child`.
+    fn chooses(&self, parent: usize, child: usize) -> bool {
+        self.choices[parent]
+            .as_ref()
+            .is_none_or(|chosen| chosen.contains(&child))
     }
 
     fn index(&self, id: StepId) -> usize {
@@ -278,7 +304,7 @@ impl Model {
     }
 
     fn all_finished(&self) -> bool {
-        self.steps.iter().all(|s| s.state.satisfies_dependents())
+        self.steps.iter().all(|s| s.state.releases_dependents())
     }
 
     /// Applies the results of the started steps `batch` like `step_apply_results` does:
@@ -303,26 +329,59 @@ impl Model {
                 self.unfinished -= 1;
                 for c in self.children[i].clone() {
                     self.steps[c].pending_parents -= 1;
+                    self.steps[c].live_parents += u32::from(self.chooses(i, c));
                     lowered.push(c);
                 }
             }
         }
-        lowered.sort_unstable();
-        lowered.dedup();
-        let children: Vec<StepRow> = lowered.iter().map(|&c| self.steps[c].clone()).collect();
-        let count = TaskCount {
-            task_id: TaskId(1),
-            state: self.task,
-            unfinished_steps: self.unfinished,
+        // Rounds, as the store runs them: skipped children finish for their own children.
+        let effects = loop {
+            lowered.sort_unstable();
+            lowered.dedup();
+            let children: Vec<StepRow> = lowered.iter().map(|&c| self.steps[c].clone()).collect();
+            let count = TaskCount {
+                task_id: TaskId(1),
+                state: self.task,
+                unfinished_steps: self.unfinished,
+            };
+            let effects = settle(&moved, &[count], &children);
+            if effects.skip.is_empty() {
+                break effects;
+            }
+            for id in &effects.skip {
+                let i = self.index(*id);
+                assert!(
+                    self.parents[i]
+                        .iter()
+                        .all(|&p| self.steps[p].state.releases_dependents()),
+                    "skipped step {i} before its parents finished"
+                );
+                self.move_step(i, StepEvent::Skip);
+                self.unfinished -= 1;
+                moved.push(Moved {
+                    task_id: TaskId(1),
+                    step_id: *id,
+                    to: StepState::Skipped,
+                });
+                for c in self.children[i].clone() {
+                    self.steps[c].pending_parents -= 1;
+                    lowered.push(c);
+                }
+            }
         };
-        let effects = settle(&moved, &[count], &children);
         for id in &effects.enqueue {
             let i = self.index(*id);
             assert!(
                 self.parents[i]
                     .iter()
-                    .all(|&p| self.steps[p].state.satisfies_dependents()),
+                    .all(|&p| self.steps[p].state.releases_dependents()),
                 "enqueued step {i} before its parents finished"
+            );
+            assert!(
+                self.parents[i]
+                    .iter()
+                    .any(|&p| self.steps[p].state.satisfies_dependents() && self.chooses(p, i)),
+                "enqueued step {i} that no parent chose"
             );
             self.move_step(i, StepEvent::Enqueue);
         }
@@ -410,7 +469,162 @@ proptest! {
         }
         prop_assert_eq!(
             model.unfinished,
-            i64::try_from(model.steps.iter().filter(|s| !s.state.satisfies_dependents()).count()).unwrap()
+            i64::try_from(model.steps.iter().filter(|s| !s.state.releases_dependents()).count()).unwrap()
         );
     }
+
+    /// Whatever the DAG and the decisions' choices, with every attempt succeeding: the steps
+    /// skipped are exactly those no chosen path reaches (a root is reached; a step is reached
+    /// when a reached parent chooses it), every other step completes, and so does the task.
+    #[test]
+    fn skips_are_exactly_the_steps_no_chosen_branch_reaches(
+        (parents, choices) in decisions()
+    ) {
+        let n = parents.len();
+        let mut model = Model::with_decisions(parents.clone(), &vec![1; n], choices.clone());
+        model.move_task(TaskEvent::Initialize);
+        model.claim();
+        for _round in 0..100 {
+            let enqueued: Vec<usize> = (0..n)
+                .filter(|&i| model.steps[i].state == StepState::Enqueued)
+                .collect();
+            if enqueued.is_empty() {
+                break;
+            }
+            let batch: Vec<(usize, Outcome)> =
+                enqueued.iter().map(|&i| (i, Outcome::Success)).collect();
+            for &(i, _) in &batch {
+                model.move_step(i, StepEvent::Start);
+            }
+            model.apply(&batch);
+        }
+        // Reachability, step by step in order (parents come first).
+        let mut reached: Vec<bool> = Vec::with_capacity(n);
+        for (i, ps) in parents.iter().enumerate() {
+            let chosen = |p: usize| choices[p].as_ref().is_none_or(|c| c.contains(&i));
+            reached.push(ps.is_empty() || ps.iter().any(|&p| reached[p] && chosen(p)));
+        }
+        for (i, (&live, st)) in reached.iter().zip(&model.steps).enumerate() {
+            let expected = if live { StepState::Complete } else { StepState::Skipped };
+            prop_assert_eq!(st.state, expected, "step {} of {:?} with choices {:?}", i, parents, choices);
+        }
+        prop_assert_eq!(model.task, TaskState::Complete);
+        prop_assert_eq!(model.unfinished, 0);
+    }
+}
+
+/// A DAG of 1..=10 steps and, for some steps with children, the children they choose as
+/// decisions.
+fn decisions() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<Option<Vec<usize>>>)> {
+    (1_usize..=10)
+        .prop_flat_map(|n| {
+            let parents = (0..n)
+                .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3)))
+                .collect::<Vec<_>>();
+            (
+                parents,
+                proptest::collection::vec(any::<bool>(), n),
+                proptest::collection::vec(any::<u16>(), n),
+            )
+        })
+        .prop_map(|(parents, is_decision, masks)| {
+            let choices = (0..parents.len())
+                .map(|i| {
+                    let children: Vec<usize> = (0..parents.len())
+                        .filter(|&c| parents[c].contains(&i))
+                        .collect();
+                    (is_decision[i] && !children.is_empty()).then(|| {
+                        children
+                            .iter()
+                            .enumerate()
+                            .filter(|(k, _)| masks[i] >> k & 1 == 1)
+                            .map(|(_, &c)| c)
+                            .collect()
+                    })
+                })
+                .collect();
+            (parents, choices)
+        })
+}
+
+#[test]
+fn a_decision_chooses_among_its_children_and_names_a_bad_entry() {
+    let branches = vec!["express".to_owned(), "standard".to_owned()];
+    assert_eq!(
+        unchosen(&branches, &serde_json::json!({"next": ["express"]})),
+        Ok(vec!["standard".to_owned()])
+    );
+    assert_eq!(
+        unchosen(&branches, &serde_json::json!({"next": []})),
+        Ok(branches.clone())
+    );
+    assert_eq!(
+        unchosen(
+            &branches,
+            &serde_json::json!({"next": ["standard", "express", "express"]})
+        ),
+        Ok(vec![])
+    );
+    let bad = unchosen(
+        &branches,
+        &serde_json::json!({"next": ["express", "overnight"]}),
+    )
+    .unwrap_err();
+    assert!(
+        bad.contains("\"overnight\"") && bad.contains("express, standard"),
+        "{bad}"
+    );
+    let missing = unchosen(&branches, &serde_json::json!({"route": "express"})).unwrap_err();
+    assert!(missing.contains("\"next\""), "{missing}");
+    let not_a_list = unchosen(&branches, &serde_json::json!({"next": "express"})).unwrap_err();
+    assert!(not_a_list.contains("list"), "{not_a_list}");
+    let not_a_name = unchosen(&branches, &serde_json::json!({"next": [3]})).unwrap_err();
+    assert!(not_a_name.contains("names 3"), "{not_a_name}");
+}
+
+#[test]
+fn a_child_nobody_chose_is_skipped_and_its_task_completes() {
+    let moved = [Moved {
+        task_id: TaskId(1),
+        step_id: StepId(1),
+        to: StepState::Complete,
+    }];
+    let count = TaskCount {
+        task_id: TaskId(1),
+        state: TaskState::StepsInProcess,
+        unfinished_steps: 1,
+    };
+    let chosen = StepRow {
+        live_parents: 1,
+        ..step(2, StepState::Pending, 0)
+    };
+    let left_out = step(3, StepState::Pending, 0);
+    let effects = settle(&moved, &[count], &[chosen, left_out]);
+    assert_eq!(effects.enqueue, vec![StepId(2)]);
+    assert_eq!(effects.skip, vec![StepId(3)]);
+
+    // The next round: the skipped step was the last unfinished one.
+    let skipped = Moved {
+        task_id: TaskId(1),
+        step_id: StepId(3),
+        to: StepState::Skipped,
+    };
+    let done = TaskCount {
+        unfinished_steps: 0,
+        ..count
+    };
+    let effects = settle(&[skipped], &[done], &[]);
+    assert_eq!(effects.complete, vec![TaskId(1)]);
+    assert!(effects.skip.is_empty());
+}
+
+#[test]
+fn a_finished_task_skips_nothing() {
+    let count = TaskCount {
+        task_id: TaskId(1),
+        state: TaskState::Error,
+        unfinished_steps: 2,
+    };
+    let effects = settle(&[], &[count], &[step(3, StepState::Pending, 0)]);
+    assert!(effects.skip.is_empty());
 }

@@ -6,6 +6,7 @@
 //! InProgress -> Error                              (permanent failure, or attempts exhausted)
 //! Enqueued | InProgress -> Enqueued                (lease expired: redelivery)
 //! Pending | Enqueued | InProgress | WaitingForRetry -> Cancelled
+//! Pending -> Skipped                               (no finished parent chose it)
 //! Error -> ResolvedManually | Pending              (operator)
 //! ```
 
@@ -31,6 +32,9 @@ states!(
         Cancelled,
         /// An operator marked it done. Final.
         ResolvedManually,
+        /// Not run: every parent finished and none chose it (a decision left it out, or its
+        /// parents were skipped). Final.
+        Skipped,
     }
 );
 
@@ -56,6 +60,8 @@ pub enum StepEvent {
     ResolveManually,
     /// An operator asked for the failed step to run again.
     Retry,
+    /// Its parents all finished without choosing it.
+    Skip,
 }
 
 impl StepEvent {
@@ -71,6 +77,7 @@ impl StepEvent {
             StepEvent::Cancel => "cancel",
             StepEvent::ResolveManually => "resolve",
             StepEvent::Retry => "retry",
+            StepEvent::Skip => "skip",
         }
     }
 }
@@ -80,7 +87,10 @@ impl StepState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            StepState::Complete | StepState::Cancelled | StepState::ResolvedManually
+            StepState::Complete
+                | StepState::Cancelled
+                | StepState::ResolvedManually
+                | StepState::Skipped
         )
     }
 
@@ -89,9 +99,15 @@ impl StepState {
         self.is_final() || self == StepState::Error
     }
 
-    /// Counts as satisfied for the step's children.
+    /// Counts as satisfied for the step's children: a child may run because of it.
     pub fn satisfies_dependents(self) -> bool {
         matches!(self, StepState::Complete | StepState::ResolvedManually)
+    }
+
+    /// Holds its children back no longer, and counts as done for its task: satisfied, or
+    /// skipped.
+    pub fn releases_dependents(self) -> bool {
+        self.satisfies_dependents() || self == StepState::Skipped
     }
 
     /// The one transition function of the step machine.
@@ -114,6 +130,7 @@ impl StepState {
             }
             (S::Error, E::ResolveManually) => S::ResolvedManually,
             (S::Error, E::Retry) => S::Pending,
+            (S::Pending, E::Skip) => S::Skipped,
             (from, event) => return Err(rejected("step", from, event)),
         };
         Ok(next)
@@ -136,6 +153,7 @@ mod tests {
         StepEvent::Cancel,
         StepEvent::ResolveManually,
         StepEvent::Retry,
+        StepEvent::Skip,
     ];
 
     /// The moves docs/state_machines.md lists, written out independently of `transition`.
@@ -156,6 +174,7 @@ mod tests {
             (WaitingForRetry, Cancelled),
             (Error, ResolvedManually),
             (Error, Pending),
+            (Pending, Skipped),
         ]
     };
 

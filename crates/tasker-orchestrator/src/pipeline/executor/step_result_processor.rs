@@ -53,6 +53,7 @@ async fn prepare(
         error: None,
         backoff: None,
         lease_token: result.lease_token.clone(),
+        unchosen: result.unchosen.clone(),
     };
     match &result.outcome {
         StepOutcome::Success { output } => apply.output = Some(output.clone()),
