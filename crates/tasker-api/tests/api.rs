@@ -592,6 +592,68 @@ async fn remote_workers_claim_heartbeat_complete_and_stale_leases_get_409() {
     );
 }
 
+/// A decision run by a remote worker: its reported output chooses the branch; a choice of a
+/// step that is not its child fails it for good, saying which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_decision_chooses_its_branch() {
+    let api = api(ApiConfig::default()).await;
+    api.register(
+        "namespace: remote\nname: route\nversion: 1.0.0\nsteps:\n\
+         - {name: pick, handler: py_pick, decision: true}\n\
+         - {name: left, handler: noop, depends_on: [pick]}\n\
+         - {name: right, handler: noop, depends_on: [pick]}\n",
+    )
+    .await;
+    for (output, end) in [
+        (json!({"next": ["left"]}), "Complete"),
+        (json!({"next": ["up"]}), "Error"),
+    ] {
+        let (_, task) = api
+            .post(
+                "/v1/tasks",
+                &json!({"namespace": "remote", "name": "route", "context": {}}),
+            )
+            .await;
+        let id = task["id"].as_i64().unwrap();
+        let claim = json!({"namespace": "remote", "worker_id": "w", "max": 1, "lease_ms": 30000});
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let step = loop {
+            let (_, body) = api.post("/v1/workers/claim", &claim).await;
+            if let Some(step) = body["steps"].as_array().unwrap().first() {
+                break step.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "nothing to claim");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (status, body) = api
+            .post(
+                &format!("/v1/steps/{}/complete", step["step_id"]),
+                &json!({"lease_token": step["lease_token"], "output": output}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let task = api.wait_for(id, end).await;
+        let state = |name: &str| {
+            task["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        if end == "Complete" {
+            assert_eq!(state("left")["state"], "Complete", "{task}");
+            assert_eq!(state("right")["state"], "Skipped", "{task}");
+        } else {
+            let pick = state("pick");
+            assert_eq!(pick["state"], "Error", "{task}");
+            let error = pick["error"].as_str().unwrap();
+            assert!(error.contains("\"up\""), "{error}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_pools_and_metrics() {
     let api = api(ApiConfig {
