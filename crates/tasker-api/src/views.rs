@@ -67,6 +67,14 @@ pub fn step(s: &StepRow) -> Value {
         // A decision: the children its output chooses among.
         view["branches"] = json!(branches);
     }
+    match (&s.map, &s.map_instance) {
+        (Some(map), None) => view["map"] = json!(map),
+        (_, Some(instance)) => {
+            view["instance_of"] = json!(instance.of);
+            view["index"] = json!(instance.index);
+        }
+        (None, None) => {}
+    }
     view
 }
 

@@ -1,7 +1,8 @@
-//! Control flow end to end, as a user runs it: `tasker serve` runs the decision example of
-//! `examples/templates`, each branch in turn, on SQLite and on PostgreSQL; the branch left out
-//! is skipped (with `skip` transitions in the audit trail), the join runs after the branch
-//! that ran, and a decision naming a step that is not its child fails, saying which.
+//! Control flow end to end, as a user runs it, on SQLite and on PostgreSQL: `tasker serve` runs
+//! the decision example of `examples/templates`, each branch in turn (the branch left out is
+//! skipped, with `skip` transitions in the audit trail, and the join runs after the branch that
+//! ran), and the map example over 0, 1 and 10 items; a decision naming a step that is not its
+//! child, and a map over something that is not an array, fail saying why.
 
 mod support;
 
@@ -91,6 +92,93 @@ fn decisions(addr: &str) {
         "{error}"
     );
     assert_eq!(step(&task, "only")["state"], "Pending", "{task}");
+}
+
+/// Submits the line items example with `items` and waits for it to finish.
+fn charge(addr: &str, items: &Value) -> Value {
+    let (status, task) = post_json(
+        addr,
+        "/v1/tasks",
+        &json!({"namespace": "shop", "name": "line_items", "context": {"items": items}}),
+    );
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    wait_until(addr, id, "finished", |t| {
+        t["state"] == "Complete" || t["state"] == "Error"
+    })
+}
+
+fn maps(addr: &str) {
+    let yaml = std::fs::read_to_string(root().join("examples/templates/line_items.yaml")).unwrap();
+    register_yaml(addr, &yaml);
+    for n in [0_usize, 1, 10] {
+        let items: Vec<Value> = (0..n)
+            .map(|i| json!({"sku": format!("sku-{i}"), "cents": i * 100}))
+            .collect();
+        let task = charge(addr, &json!(items));
+        assert_eq!(task["state"], "Complete", "{n} items: {task}");
+        let steps = task["steps"].as_array().unwrap();
+        let instances: Vec<&Value> = steps
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap().starts_with("charge["))
+            .collect();
+        assert_eq!(instances.len(), n, "{task}");
+        let charges: Vec<Value> = (0..n)
+            .map(|i| json!({"sku": format!("sku-{i}"), "charged": i * 100, "line": i}))
+            .collect();
+        assert_eq!(step(&task, "charge")["result"], json!(charges), "{task}");
+        assert_eq!(
+            step(&task, "total")["result"],
+            json!({"charges": charges}),
+            "{task}"
+        );
+    }
+    // A path that names no array fails the mapped step for good, naming the path.
+    register_yaml(
+        addr,
+        "namespace: shop\nname: astray_map\nversion: 1.0.0\nsteps:\n\
+         - {name: load, handler: {name: echo, config: {value: {items: 3}}}}\n\
+         - {name: each, handler: noop, depends_on: [load], map: {over: parents.load.items}}\n",
+    );
+    let (_, task) = post_json(
+        addr,
+        "/v1/tasks",
+        &json!({"namespace": "shop", "name": "astray_map", "context": {}}),
+    );
+    let task = wait_until(addr, task["id"].as_i64().unwrap(), "failed", |t| {
+        t["state"] == "Error"
+    });
+    let each = step(&task, "each");
+    assert_eq!(
+        (each["state"].clone(), each["attempts"].clone()),
+        (json!("Error"), json!(1))
+    );
+    let error = each["error"].as_str().unwrap();
+    assert!(
+        error.contains("parents.load.items") && error.contains("not an array"),
+        "{error}"
+    );
+}
+
+#[test]
+fn maps_on_sqlite() {
+    let server = serve(&[], &[]);
+    maps(&server.addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_on_postgres() {
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let server = serve(&["--database-url", &url], &[]);
+        maps(&server.addr);
+    })
+    .await
+    .unwrap();
+    db.drop_database().await.unwrap();
 }
 
 #[test]

@@ -112,6 +112,8 @@ fn policies(c: &mut Criterion) {
             pending_parents: u32::from(i >= 75),
             live_parents: 0,
             branches: None,
+            map: None,
+            map_instance: None,
             next_attempt_at_ms: None,
             timeout_ms: None,
             result: None,

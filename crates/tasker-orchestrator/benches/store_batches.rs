@@ -186,6 +186,7 @@ fn bench_backend(c: &mut Criterion, rt: &tokio::runtime::Runtime, store: &Arc<dy
                             backoff: None,
                             lease_token: Some(st.lease_token),
                             unchosen: Vec::new(),
+                            instances: Vec::new(),
                         })
                         .collect::<Vec<_>>()
                 })

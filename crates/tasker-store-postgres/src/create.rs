@@ -59,7 +59,7 @@ pub(crate) async fn create_tasks(
                     .start
                     .as_ref()
                     .filter(|_| started)
-                    .and_then(|routing| routing.local_queue_for(step.handler)),
+                    .and_then(|routing| routing.local_queue_of(step.handler, step.map.is_some())),
                 started,
             });
         }
@@ -104,20 +104,21 @@ pub(crate) async fn create_tasks(
              FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::jsonb[], \
                          $12::bigint[], $13::bigint[], $14::bigint[], $15::bool[], \
                          $16::bigint[], $17::bigint[], $18::text[], $19::bool[], \
-                         $34::jsonb[]) \
+                         $34::jsonb[], $35::jsonb[]) \
                   WITH ORDINALITY AS u(task, position, name, handler, config, max_attempts, \
                                        base, cap, jitter, timeout, parents, local_queue, \
-                                       started, branches, k) \
+                                       started, branches, map, k) \
              JOIN placed ON placed.n = u.task \
              ORDER BY u.k) AS u), \
          new_steps AS ( \
            INSERT INTO steps (id, task_id, position, name, handler, handler_config, state, \
                               max_attempts, retry_base_ms, retry_max_ms, retry_jitter, \
-                              timeout_ms, pending_parents, branches, queue, visible_at_ms) \
+                              timeout_ms, pending_parents, branches, map, queue, \
+                              visible_at_ms) \
            OVERRIDING SYSTEM VALUE \
            SELECT s.id, s.task_id, s.position, s.name, s.handler, s.config, \
                   CASE WHEN s.started THEN $20 ELSE $21 END, s.max_attempts, s.base, s.cap, \
-                  s.jitter, s.timeout, s.parents, s.branches, s.queue, \
+                  s.jitter, s.timeout, s.parents, s.branches, s.map, s.queue, \
                   CASE WHEN s.started THEN {now} END \
            FROM s ORDER BY s.id \
            RETURNING queue), \
@@ -231,6 +232,12 @@ pub(crate) async fn create_tasks(
             .map(|s| s.plan.branches.as_ref().map(Json))
             .collect::<Vec<_>>(),
     )
+    .bind(
+        steps
+            .iter()
+            .map(|s| s.plan.map.as_ref().map(Json))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *conn)
     .await
     .map_err(map_err)?;
@@ -245,7 +252,7 @@ pub(crate) async fn create_tasks(
             .steps
             .iter()
             .filter(|s| s.is_root())
-            .map(|s| routing.queue(&namespace, s.handler).to_owned())
+            .map(|s| s.queue(routing, &namespace).to_owned())
             .collect();
         queues.sort_unstable();
         queues.dedup();

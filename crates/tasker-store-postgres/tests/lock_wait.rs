@@ -67,6 +67,7 @@ async fn a_result_meeting_a_held_row_lock_fails_locked_and_writes_nothing() {
             backoff: None,
             lease_token: Some(claimed[0].lease_token.clone()),
             unchosen: Vec::new(),
+            instances: Vec::new(),
         }],
         consumed: Vec::new(),
         routing: routing.clone(),

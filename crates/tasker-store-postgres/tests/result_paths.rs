@@ -197,6 +197,7 @@ async fn drive(store: &dyn Store, sc: &Scenario) -> usize {
                 // Half the results are fenced by their lease as well as their attempt.
                 lease_token: (outcome % 2 == 0).then(|| s.lease_token.clone()),
                 unchosen: Vec::new(),
+                instances: Vec::new(),
             };
             if outcome == 9 {
                 // Delivered twice, and once for an attempt that is not running.

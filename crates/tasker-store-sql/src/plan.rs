@@ -32,6 +32,16 @@ pub struct PlannedStep<'a> {
     /// A decision's direct children, by name in template order (a JSON array); `None` for
     /// any other step.
     pub branches: Option<serde_json::Value>,
+    /// A mapped step's fan-out (JSON); `None` for any other step.
+    pub map: Option<serde_json::Value>,
+}
+
+impl PlannedStep<'_> {
+    /// A mapped step waits in the in-process queue whatever its handler: the engine expands
+    /// it there.
+    pub fn queue<'r>(&self, routing: &'r tasker_store::StepRouting, namespace: &'r str) -> &'r str {
+        routing.queue_of(namespace, self.handler, self.map.is_some())
+    }
 }
 
 impl PlannedStep<'_> {
@@ -71,6 +81,10 @@ impl<'a> StepPlan<'a> {
                 retry_jitter: s.retry_jitter,
                 timeout_ms: s.timeout_ms.map(to_i64),
                 pending_parents: i64::try_from(s.depends_on.len()).unwrap_or(i64::MAX),
+                map: s
+                    .map
+                    .as_ref()
+                    .map(|m| serde_json::to_value(m).expect("a map spec serializes")),
                 branches: s.decision.then(|| {
                     specs
                         .iter()

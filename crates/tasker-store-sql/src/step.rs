@@ -7,8 +7,8 @@ use crate::{corrupt, get_state, get_u32, get_u64, RowExt};
 
 /// The columns [`step`] reads, for `SELECT` and `RETURNING` lists.
 pub const STEP_COLUMNS: &str = "id, task_id, name, handler, handler_config, state, queue, attempts, \
-     max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, live_parents, branches, next_attempt_at_ms, \
-     timeout_ms, result, last_error, started_at_ms, finished_at_ms";
+     max_attempts, retry_base_ms, retry_max_ms, retry_jitter, pending_parents, live_parents, branches, map, map_of, map_index, \
+     map_input, next_attempt_at_ms, timeout_ms, result, last_error, started_at_ms, finished_at_ms";
 
 /// `columns` (a comma-separated list such as [`STEP_COLUMNS`]) each qualified with `table`,
 /// for `RETURNING` lists of statements that join another relation.
@@ -44,6 +44,20 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
             .map(|j| serde_json::from_value(j.0))
             .transpose()
             .map_err(|e| corrupt("branches", e))?,
+        map: row
+            .opt_json("map")?
+            .filter(|j| !j.0.is_null())
+            .map(|j| serde_json::from_value(j.0))
+            .transpose()
+            .map_err(|e| corrupt("map", e))?,
+        map_instance: match row.opt_int("map_of")? {
+            None => None,
+            Some(of) => Some(tasker_types::MapInstance {
+                of: StepId(of),
+                index: get_u32(row, "map_index")?,
+                input: row.json("map_input")?,
+            }),
+        },
         next_attempt_at_ms: row.opt_int("next_attempt_at_ms")?,
         timeout_ms: timeout_ms
             .map(u64::try_from)

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "control flow",
         include_str!("../migrations/0009_control_flow.sql"),
     ),
+    (10, "map", include_str!("../migrations/0010_map.sql")),
 ];
 
 /// How to open a [`SqliteStore`].

@@ -184,6 +184,21 @@ impl StepRouting {
         self.local_queue_for(handler).unwrap_or(namespace)
     }
 
+    /// The queue of a step with `handler` in a task of `namespace`, or of a mapped step
+    /// (`mapped`): the in-process queue, where the engine expands it into its instances.
+    pub fn queue_of<'a>(&'a self, namespace: &'a str, handler: &str, mapped: bool) -> &'a str {
+        self.local_queue_of(handler, mapped).unwrap_or(namespace)
+    }
+
+    /// [`Self::local_queue_for`], or the in-process queue for a mapped step.
+    pub fn local_queue_of(&self, handler: &str, mapped: bool) -> Option<&str> {
+        if mapped {
+            Some(&self.local_queue)
+        } else {
+            self.local_queue_for(handler)
+        }
+    }
+
     /// The in-process queue when this process runs `handler`; otherwise `None`: the step waits
     /// in its task's namespace queue.
     pub fn local_queue_for(&self, handler: &str) -> Option<&str> {
@@ -217,6 +232,9 @@ pub struct StepResultApply {
     /// For a decision step's success, the direct children its output left out
     /// (`tasker_types::settle::unchosen`): they count the step finished but not choosing them.
     pub unchosen: Vec<String>,
+    /// For a mapped step's expansion (`event` is `Expand`), its instances' inputs
+    /// (`tasker_types::settle::expand`): the step becomes `Mapped` and they are created.
+    pub instances: Vec<Value>,
 }
 
 /// [`crate::StepStore::step_apply_results`].

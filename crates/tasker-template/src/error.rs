@@ -194,6 +194,29 @@ pub enum ProblemKind {
     ZeroTimeout,
     /// `decision: true` on a step no other step depends on: it has nothing to choose from.
     DecisionWithoutChildren,
+    /// `map.over` is not `context.<path>` or `parents.<a parent>[.<path>]`.
+    MapOver {
+        /// The path given.
+        over: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `map` count that must be at least 1 is 0.
+    ZeroCount,
+    /// `map.max_items` above what the engine accepts.
+    TooManyItems {
+        /// The value given.
+        value: u32,
+        /// The largest accepted.
+        max: u32,
+    },
+    /// A step that is both a decision and mapped.
+    DecisionAndMap,
+    /// A step name with `[` or `]`, which name the instances of mapped steps.
+    ReservedName {
+        /// The name.
+        name: String,
+    },
     /// A duration beyond what the engine accepts.
     TooLong {
         /// The configured value in milliseconds.
@@ -236,6 +259,16 @@ impl fmt::Display for ProblemKind {
                 "base_ms ({base_ms}) must not be greater than max_ms ({max_ms})"
             ),
             Self::ZeroTimeout => f.write_str("must be greater than 0 when given"),
+            Self::MapOver { over, reason } => write!(f, "{over:?}: {reason}"),
+            Self::ZeroCount => f.write_str("must be at least 1"),
+            Self::TooManyItems { value, max } => {
+                write!(f, "{value} is more than the {max} allowed")
+            }
+            Self::DecisionAndMap => f.write_str("a step is a decision or mapped, not both"),
+            Self::ReservedName { name } => write!(
+                f,
+                "{name:?}: `[` and `]` are kept for the instances of mapped steps (`step[0]`)"
+            ),
             Self::DecisionWithoutChildren => {
                 f.write_str("a decision step needs children to choose from: no step depends on it")
             }

@@ -58,6 +58,10 @@ pub struct StepTemplate {
     /// others are skipped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub decision: bool,
+    /// A mapped step: one instance per batch of the array at `map.over`, each running the
+    /// handler on its `item` (or `items`) and `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<tasker_types::MapSpec>,
 }
 
 /// Which handler runs a step, and its configuration.
@@ -179,6 +183,7 @@ impl TaskTemplate {
                 timeout_ms: s.timeout_ms,
                 depends_on: s.depends_on.clone(),
                 decision: s.decision,
+                map: s.map.clone(),
             })
             .collect()
     }

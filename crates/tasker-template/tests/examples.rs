@@ -13,6 +13,7 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("diamond.yaml", "demo/diamond@1.0.0", 4),
     ("greeting.yaml", "greeting/hello@1.0.0", 4),
     ("handlers.yaml", "demo/handlers@1.0.0", 4),
+    ("line_items.yaml", "shop/line_items@1.0.0", 3),
     ("linear.yaml", "demo/linear@1.0.0", 4),
     ("order_fulfillment.yaml", "shop/order_fulfillment@1.0.0", 4),
     ("shipping.yaml", "shop/shipping@1.0.0", 5),

@@ -13,10 +13,10 @@ pub mod state;
 
 pub use ids::{StepId, TaskId, UnixMillis};
 pub use rows::{
-    is_dead, DeadLetter, Entity, InstanceRow, QueueMessage, StepRow, TaskRow, TemplateRecord,
-    TransitionRow,
+    is_dead, DeadLetter, Entity, InstanceRow, MapInstance, QueueMessage, StepRow, TaskRow,
+    TemplateRecord, TransitionRow,
 };
-pub use spec::{StepSpec, TemplateDefinition};
+pub use spec::{MapSpec, OnFailure, StepSpec, TemplateDefinition};
 pub use state::{
     instance::InstanceState,
     step::{StepEvent, StepState},

@@ -135,6 +135,13 @@ pub struct StepRow {
     /// for any other step.
     #[serde(default)]
     pub branches: Option<Vec<String>>,
+    /// A mapped step's fan-out, also kept on each of its instances.
+    #[serde(default)]
+    pub map: Option<crate::MapSpec>,
+    /// An instance: the mapped step it belongs to, its index among that step's instances and
+    /// the input it runs on (`{"item": …, "index": …}`, or `items` for batches).
+    #[serde(default)]
+    pub map_instance: Option<MapInstance>,
     /// Earliest time of the next attempt, while `WaitingForRetry`.
     pub next_attempt_at_ms: Option<UnixMillis>,
     /// Per-attempt timeout, if any.
@@ -147,6 +154,18 @@ pub struct StepRow {
     pub started_at_ms: Option<UnixMillis>,
     /// When the step reached a terminal state.
     pub finished_at_ms: Option<UnixMillis>,
+}
+
+/// What makes a step an instance of a mapped step (not to be confused with an engine
+/// instance, [`InstanceRow`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapInstance {
+    /// The mapped step.
+    pub of: StepId,
+    /// Its index, from 0 in item order.
+    pub index: u32,
+    /// What its handler receives besides the context: `item` or `items`, and `index`.
+    pub input: serde_json::Value,
 }
 
 /// Which state machine a transition row belongs to.

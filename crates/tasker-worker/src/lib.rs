@@ -37,6 +37,8 @@ pub struct StepInput {
     pub parents: Map<String, Value>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// An instance of a mapped step: `{"item": …, "index": i}`, or `items` for a batch.
+    pub map_input: Option<Value>,
 }
 
 /// A failed attempt.

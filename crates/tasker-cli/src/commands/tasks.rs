@@ -119,7 +119,8 @@ fn failed_attempt(task: &Value, step: &Value) -> u64 {
 }
 
 /// The task as a tree of steps: each step under its first parent, with state, attempts and
-/// duration; a step with several parents names the others.
+/// duration; a step with several parents names the others; a mapped step counts its instances
+/// per state and lists the failed ones.
 pub(crate) fn render_tree(task: &Value) -> String {
     let steps = task["steps"].as_array().cloned().unwrap_or_default();
     let parents = |s: &Value| -> Vec<String> {
@@ -179,6 +180,34 @@ pub(crate) fn render_tree(task: &Value) -> String {
                 out.push_str(&format!("{indent}  attempt {attempt} failed: {error}\n"));
             }
         }
+        // A mapped step: its instances' counts per state, and those that failed.
+        let instances: Vec<&Value> = steps
+            .iter()
+            .filter(|i| !step["id"].is_null() && i["instance_of"] == step["id"])
+            .collect();
+        if !instances.is_empty() {
+            let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for instance in &instances {
+                *counts
+                    .entry(instance["state"].as_str().unwrap_or("?"))
+                    .or_default() += 1;
+            }
+            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let indent = "  ".repeat(depth + 1);
+            out.push_str(&format!(
+                "{indent}  instances: {} ({})\n",
+                instances.len(),
+                counts.join(", ")
+            ));
+            for failed in instances.iter().filter(|i| i["state"] == "Error") {
+                out.push_str(&format!(
+                    "{indent}  {} [Error] attempts {}: {}\n",
+                    failed["name"].as_str().unwrap_or("?"),
+                    failed["attempts"],
+                    failed["error"].as_str().unwrap_or("")
+                ));
+            }
+        }
         for child in steps
             .iter()
             .filter(|c| parents(c).first().map(String::as_str) == Some(name))
@@ -186,7 +215,11 @@ pub(crate) fn render_tree(task: &Value) -> String {
             line(out, task, steps, child, depth + 1, parents);
         }
     }
-    for root in steps.iter().filter(|s| parents(s).is_empty()) {
+    // Instances are shown under their mapped step.
+    for root in steps
+        .iter()
+        .filter(|s| parents(s).is_empty() && s["instance_of"].is_null())
+    {
         line(&mut out, task, &steps, root, 0, &parents);
     }
     out
@@ -552,6 +585,30 @@ mod tests {
         assert!(
             tree.contains("- broken [Error] attempts 2\n    error: second\n"),
             "{tree}"
+        );
+    }
+
+    #[test]
+    fn instances_are_counted_under_their_mapped_step() {
+        let instance = |id: i64, index: u64, state: &str| {
+            json!({"id": id, "name": format!("charge[{index}]"), "state": state, "attempts": 1,
+                   "instance_of": 2, "index": index, "error": (state == "Error").then_some("declined")})
+        };
+        let task = json!({
+            "id": 4, "namespace": "shop", "name": "items", "version": "1.0.0", "state": "Error",
+            "steps": [
+                {"id": 1, "name": "load", "state": "Complete", "attempts": 1, "depends_on": []},
+                {"id": 2, "name": "charge", "state": "Mapped", "attempts": 1, "depends_on": ["load"],
+                 "map": {"over": "parents.load.items"}},
+                instance(3, 0, "Complete"), instance(4, 1, "Error"), instance(5, 2, "Complete"),
+            ],
+        });
+        let tree = render_tree(&task);
+        assert_eq!(
+            tree,
+            "task 4 shop/items@1.0.0: Error\n  - load [Complete] attempts 1\n    \
+             └ charge [Mapped] attempts 1\n      instances: 3 (Complete 2, Error 1)\n      \
+             charge[1] [Error] attempts 1: declined\n"
         );
     }
 

@@ -80,6 +80,9 @@ pub struct StepResult {
     /// A decision step's success: the children its output left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchosen: Vec<String>,
+    /// A mapped step's expansion: its instances' inputs (`tasker_types::settle::expand`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<serde_json::Value>,
 }
 
 impl StepResult {
@@ -117,6 +120,7 @@ impl StepResult {
             outcome,
             lease_token: None,
             unchosen,
+            instances: Vec::new(),
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct ClaimedStep {
     pub attempt: u32,
     /// Present it on heartbeat, complete and fail.
     pub lease_token: String,
+    /// An instance of a mapped step: `item` (or `items`) and `index`, beside the fields above.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub map_input: Option<Map<String, Value>>,
 }
 
 /// Why a worker call was refused.
@@ -185,6 +188,10 @@ pub(crate) async fn claim(
             parents: input.parents,
             attempt: step.attempts,
             lease_token: lease.encode(),
+            map_input: match input.map_input {
+                Some(Value::Object(fields)) => Some(fields),
+                _ => None,
+            },
         });
     }
     if !ran_out.is_empty() {

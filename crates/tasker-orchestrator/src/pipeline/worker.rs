@@ -187,6 +187,10 @@ impl InProcessWorker {
                     .push(lost_attempt(&claim.step, &claim.lease_token));
                 continue;
             }
+            if tasker_types::settle::is_mapped(&claim.step) {
+                batch.finished.push(expansion(&claim));
+                continue;
+            }
             let lease_token = claim.lease_token.clone();
             let (step, input) = handler_input(claim);
             let handle = batch.tasks.spawn(self.attempt(&step, input));
@@ -470,6 +474,41 @@ pub(crate) fn lost_attempt(step: &StepRow, lease_token: &str) -> StepResult {
     }
 }
 
+/// The result of a mapped step's attempt, which runs no handler: its instances' inputs, from
+/// the array its `map.over` names in the claimed input (`settle::expand`); none completes it at
+/// once with `[]`; no such array fails it for good, naming the path.
+fn expansion(claim: &StepClaimed) -> StepResult {
+    let step = &claim.step;
+    let spec = step.map.as_ref().expect("a mapped step has its map");
+    let (outcome, instances) =
+        match tasker_types::settle::expand(spec, &claim.context, &claim.parents) {
+            Ok(inputs) if inputs.is_empty() => (
+                StepOutcome::Success {
+                    output: serde_json::json!([]),
+                },
+                inputs,
+            ),
+            Ok(inputs) => (
+                StepOutcome::Success {
+                    output: serde_json::Value::Null,
+                },
+                inputs,
+            ),
+            Err(error) => (
+                StepOutcome::Failure {
+                    error,
+                    retryable: false,
+                },
+                Vec::new(),
+            ),
+        };
+    StepResult {
+        lease_token: Some(claim.lease_token.clone()),
+        instances,
+        ..StepResult::new(step.task_id, step.id, step.attempts, None, outcome)
+    }
+}
+
 /// A claimed step and what its handler is called with.
 pub(crate) fn handler_input(claim: StepClaimed) -> (StepRow, StepInput) {
     let StepClaimed {
@@ -486,6 +525,7 @@ pub(crate) fn handler_input(claim: StepClaimed) -> (StepRow, StepInput) {
             .map(|(name, output)| (name, output.unwrap_or(serde_json::Value::Null)))
             .collect(),
         attempt: step.attempts,
+        map_input: step.map_instance.as_ref().map(|m| m.input.clone()),
     };
     (step, input)
 }

@@ -8,7 +8,7 @@
 //! functions here are those operations as a few portable statements each, which a backend
 //! uses unless it does one in a single statement (PostgreSQL, with data-modifying CTEs).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tasker_store::{QueueAckParams, Result, ResultsApplied, StepApplyResultsParams};
 use tasker_store::{StepResultApply, TaskMessage};
@@ -169,6 +169,67 @@ pub(super) async fn apply_results<B: Backend>(
         return Ok(applied);
     }
 
+    // Mapped steps that expanded make their instances; instances that moved start the next
+    // ones in their map's free slots, or complete it.
+    let mut map_queues: Vec<String> = Vec::new();
+    for r in &order {
+        if r.event != StepEvent::Expand || !moved.contains(&r.step_id) {
+            continue;
+        }
+        let Some(mapped) = applied.steps.iter().find(|s| s.id == r.step_id) else {
+            continue;
+        };
+        let namespace = counted
+            .namespaces
+            .get(&mapped.task_id)
+            .cloned()
+            .unwrap_or_default();
+        let queue = params.routing.queue(&namespace, &mapped.handler);
+        let (count, started) = expand_map::<B>(
+            &mut tx,
+            mapped,
+            &r.instances,
+            queue,
+            &mut transitions,
+            &params.instance_id,
+        )
+        .await?;
+        set_task_count(&mut counted, count);
+        if started {
+            map_queues.push(queue.to_owned());
+        }
+    }
+    let maps: BTreeSet<StepId> = applied
+        .steps
+        .iter()
+        .filter_map(|s| s.map_instance.as_ref().map(|m| m.of))
+        .collect();
+    for of in maps {
+        let progress = progress_map::<B>(
+            &mut tx,
+            of,
+            &params.routing,
+            &mut counted,
+            &mut transitions,
+            &params.instance_id,
+        )
+        .await?;
+        map_queues.extend(progress.queue);
+        if let Some(done) = progress.completed {
+            settled.push(settle::Moved {
+                task_id: done.task_id,
+                step_id: done.id,
+                to: done.state,
+            });
+            applied.steps.push(done);
+        }
+    }
+    map_queues.sort_unstable();
+    map_queues.dedup();
+    for queue in &map_queues {
+        B::announce_enqueued(&mut tx, queue).await?;
+    }
+
     // A decision's left-out children lose the choice its move counted.
     let decisions: Vec<(StepId, &[String])> = order
         .iter()
@@ -214,7 +275,10 @@ pub(super) async fn apply_results<B: Backend>(
                 .map_or("", String::as_str);
             Ok((
                 *id,
-                params.routing.queue(namespace, &child.handler).to_owned(),
+                params
+                    .routing
+                    .queue_of(namespace, &child.handler, settle::is_mapped(child))
+                    .to_owned(),
             ))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -259,8 +323,253 @@ pub(super) async fn apply_results<B: Backend>(
     commit::<B>(tx).await?;
     applied.finished = done.finished;
     applied.queues = done.queues;
+    for queue in map_queues {
+        if !applied.queues.contains(&queue) {
+            applied.queues.push(queue);
+        }
+    }
     applied.claimed = done.claimed;
     Ok(applied)
+}
+
+/// Replaces `counted`'s count of `count`'s task, or adds it.
+fn set_task_count(counted: &mut Counted, count: settle::TaskCount) {
+    match counted
+        .tasks
+        .iter_mut()
+        .find(|t| t.task_id == count.task_id)
+    {
+        Some(known) => *known = count,
+        None => counted.tasks.push(count),
+    }
+}
+
+/// Creates the instances of `mapped`, which just moved to `Mapped`, one per input: those in its
+/// first slots `Enqueued` in `queue`, the rest `Pending` waiting for a slot; counts them on its
+/// task. Returns the task's count and whether any instance was enqueued.
+async fn expand_map<'a, B: Backend>(
+    conn: &mut Conn<B>,
+    mapped: &StepRow,
+    inputs: &[serde_json::Value],
+    queue: &str,
+    transitions: &mut Vec<NewTransition<'a>>,
+    instance_id: &'a str,
+) -> Result<(settle::TaskCount, bool)> {
+    let spec = mapped
+        .map
+        .as_ref()
+        .ok_or_else(|| corrupt("map", format!("step {} expanded without a map", mapped.id)))?;
+    let first = settle::first_slots(spec, inputs.len());
+    let enqueue = StepState::Pending.transition(StepEvent::Enqueue)?;
+    let names: Vec<String> = (0..inputs.len())
+        .map(|index| format!("{}[{index}]", mapped.name))
+        .collect();
+    let rows: Vec<(usize, &serde_json::Value)> = inputs.iter().enumerate().collect();
+    for chunk in rows.chunks(INSERT_CHUNK / 8) {
+        let mut sql = Sql::new(format!(
+            "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
+               max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
+               pending_parents, map, map_of, map_index, map_input, queue, visible_at_ms) \
+             SELECT m.task_id, m.position, v.column1, m.handler, m.handler_config, v.column2, \
+               m.max_attempts, m.retry_base_ms, m.retry_max_ms, m.retry_jitter, m.timeout_ms, \
+               v.column3, m.map, m.id, v.column4, v.column5, v.column6, \
+               CASE WHEN v.column6 IS NULL THEN NULL ELSE {} END \
+             FROM steps m, (",
+            B::NOW_MS
+        ));
+        sql.push_values(chunk, |b, &(index, input)| {
+            let started = index < first;
+            let name = names[index].as_str();
+            let index = i64::try_from(index).unwrap_or(i64::MAX);
+            b.bind(name)
+                .bind(if started { enqueue } else { StepState::Pending }.as_str())
+                .bind(i64::from(!started))
+                .bind(index)
+                .bind(input)
+                .bind(started.then_some(queue));
+        });
+        sql.push(") AS v WHERE m.id = ")
+            .push_bind(mapped.id.0)
+            .push(" RETURNING id, state");
+        for row in B::fetch_all(conn, &sql).await? {
+            let step_id = Some(StepId(row.int("id")?));
+            let state: StepState = row
+                .text("state")?
+                .parse()
+                .map_err(|e| corrupt("step state", e))?;
+            let mut moves = vec![(None, StepState::Pending, "create")];
+            if state == enqueue {
+                moves.push((
+                    Some(StepState::Pending.as_str()),
+                    enqueue,
+                    StepEvent::Enqueue.name(),
+                ));
+            }
+            for (from, to, event) in moves {
+                transitions.push(NewTransition {
+                    entity: Entity::Step,
+                    task_id: mapped.task_id,
+                    step_id,
+                    from_state: from,
+                    to_state: to.as_str(),
+                    event,
+                    reason: None,
+                    instance_id,
+                });
+            }
+        }
+    }
+    let count = count_task::<B>(
+        conn,
+        mapped.task_id,
+        i64::try_from(inputs.len()).unwrap_or(i64::MAX),
+    )
+    .await?;
+    Ok((count, first > 0))
+}
+
+/// Adds `more` to the unfinished steps of `task` (subtracts when negative); returns its count.
+async fn count_task<B: Backend>(
+    conn: &mut Conn<B>,
+    task: TaskId,
+    more: i64,
+) -> Result<settle::TaskCount> {
+    let mut sql = Sql::new("UPDATE tasks SET unfinished_steps = unfinished_steps + ");
+    sql.push_bind(more)
+        .push(" WHERE id = ")
+        .push_bind(task.0)
+        .push(" RETURNING id, state, unfinished_steps");
+    let row = B::fetch_all(conn, &sql)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| corrupt("task", format!("task {task} of a moved step is gone")))?;
+    Ok(settle::TaskCount {
+        task_id: task,
+        state: row
+            .text("state")?
+            .parse()
+            .map_err(|e| corrupt("task state", e))?,
+        unfinished_steps: row.int("unfinished_steps")?,
+    })
+}
+
+/// What moving some instances did to their map.
+#[derive(Debug, Default)]
+struct MapMoved {
+    /// The queue of the instances it started, if any.
+    queue: Option<String>,
+    /// The mapped step, when it completed.
+    completed: Option<StepRow>,
+}
+
+/// Reads the mapped step `of` with its instances and applies `settle::map_progress`: starts
+/// the instances its free slots allow, and completes it with its output once they have all
+/// finished, counting it on its task and children like any completed step (into `counted`).
+async fn progress_map<'a, B: Backend>(
+    conn: &mut Conn<B>,
+    of: StepId,
+    routing: &tasker_store::StepRouting,
+    counted: &mut Counted,
+    transitions: &mut Vec<NewTransition<'a>>,
+    instance_id: &'a str,
+) -> Result<MapMoved> {
+    let mut sql = Sql::new(format!("SELECT {STEP_COLUMNS} FROM steps WHERE id = "));
+    sql.push_bind(of.0).push(" OR map_of = ").push_bind(of.0);
+    let mut instances = Vec::new();
+    let mut mapped = None;
+    for row in B::fetch_all(conn, &sql).await? {
+        let step = decode_step(&row)?;
+        if step.id == of {
+            mapped = Some(step);
+        } else {
+            instances.push(step);
+        }
+    }
+    let Some(mapped) = mapped else {
+        return Ok(MapMoved::default());
+    };
+    let progress = settle::map_progress(&mapped, &instances);
+    let mut moved = MapMoved::default();
+    if !progress.start.is_empty() {
+        let namespace = counted
+            .namespaces
+            .get(&mapped.task_id)
+            .map_or("", String::as_str);
+        let queue = routing.queue(namespace, &mapped.handler).to_owned();
+        let to = StepState::Pending.transition(StepEvent::Enqueue)?;
+        let mut sql = Sql::new("UPDATE steps SET state = ");
+        sql.push_bind(to.as_str())
+            .push(", pending_parents = 0, lease_token = NULL, queue = ")
+            .push_bind(queue.as_str())
+            .push(&format!(", visible_at_ms = {} WHERE state = ", B::NOW_MS))
+            .push_bind(StepState::Pending.as_str())
+            .push(" AND id IN (")
+            .push_list(progress.start.iter().map(|id| id.0))
+            .push(") RETURNING id");
+        for row in B::fetch_all(conn, &sql).await? {
+            transitions.push(NewTransition {
+                entity: Entity::Step,
+                task_id: mapped.task_id,
+                step_id: Some(StepId(row.int("id")?)),
+                from_state: Some(StepState::Pending.as_str()),
+                to_state: to.as_str(),
+                event: StepEvent::Enqueue.name(),
+                reason: None,
+                instance_id,
+            });
+            moved.queue = Some(queue.clone());
+        }
+    }
+    let Some(output) = progress.output else {
+        return Ok(moved);
+    };
+    // Failed instances that do not hold the map back are done for the task now.
+    let tolerated = instances
+        .iter()
+        .filter(|i| settle::is_tolerated_failure(i))
+        .count();
+    if tolerated > 0 {
+        let count =
+            count_task::<B>(conn, mapped.task_id, -i64::try_from(tolerated).unwrap_or(0)).await?;
+        set_task_count(counted, count);
+    }
+    let to = StepState::Mapped.transition(StepEvent::Gather)?;
+    let mut sql = Sql::new("UPDATE steps SET state = ");
+    sql.push_bind(to.as_str())
+        .push(", result = ")
+        .push_bind(&output)
+        .push(&format!(", finished_at_ms = {} WHERE state = ", B::NOW_MS))
+        .push_bind(StepState::Mapped.as_str())
+        .push(" AND id = ")
+        .push_bind(of.0)
+        .push(&format!(" RETURNING {STEP_COLUMNS}"));
+    let Some(row) = B::fetch_all(conn, &sql).await?.into_iter().next() else {
+        return Ok(moved);
+    };
+    let done = decode_step(&row)?;
+    transitions.push(NewTransition {
+        entity: Entity::Step,
+        task_id: done.task_id,
+        step_id: Some(done.id),
+        from_state: Some(StepState::Mapped.as_str()),
+        to_state: to.as_str(),
+        event: StepEvent::Gather.name(),
+        reason: None,
+        instance_id,
+    });
+    let mut gathered = Counted {
+        moved: vec![done.clone()],
+        ..Counted::default()
+    };
+    count_finished::<B>(conn, &mut gathered).await?;
+    for count in gathered.tasks {
+        set_task_count(counted, count);
+    }
+    counted.namespaces.extend(gathered.namespaces);
+    counted.children.extend(gathered.children);
+    moved.completed = Some(done);
+    Ok(moved)
 }
 
 /// Applies `effects.skip`, and settles again with the skipped steps counted, until a round

@@ -176,7 +176,7 @@ pub async fn create_tasks<B: Backend>(
             plans[i].steps.iter().map(move |s| {
                 let queue = start
                     .filter(|_| s.is_root())
-                    .map(|routing| routing.queue(&task.namespace, s.handler).to_owned());
+                    .map(|routing| s.queue(routing, &task.namespace).to_owned());
                 (task.id, queue, s)
             })
         })
@@ -187,7 +187,7 @@ pub async fn create_tasks<B: Backend>(
         let mut sql = Sql::new(
             "INSERT INTO steps (task_id, position, name, handler, handler_config, state, \
                  max_attempts, retry_base_ms, retry_max_ms, retry_jitter, timeout_ms, \
-                 pending_parents, branches, queue, visible_at_ms) ",
+                 pending_parents, branches, map, queue, visible_at_ms) ",
         );
         sql.push_values(chunk, |b, (task, queue, s)| {
             let state = if queue.is_some() {
@@ -208,6 +208,7 @@ pub async fn create_tasks<B: Backend>(
                 .bind(s.timeout_ms)
                 .bind(s.pending_parents)
                 .bind(s.branches.as_ref())
+                .bind(s.map.as_ref())
                 .bind(queue.as_deref());
             if queue.is_some() {
                 b.push(B::NOW_MS);

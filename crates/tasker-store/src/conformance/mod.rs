@@ -94,6 +94,7 @@ macro_rules! store_conformance {
             step_apply_results_enqueues_children_and_finishes_the_task,
             step_apply_results_hands_the_rest_to_the_evaluator,
             step_apply_results_skips_what_a_decision_left_out,
+            step_apply_results_expands_a_map_and_gathers_its_outputs,
             queue_forward_publishes_and_consumes_together,
             task_create_can_start_the_task,
             queue_enqueue_dequeue_ack,

@@ -97,6 +97,7 @@ pub(super) fn success(task: TaskId, (step_id, attempt): (StepId, u32)) -> StepRe
         backoff: None,
         lease_token: None,
         unchosen: Vec::new(),
+        instances: Vec::new(),
     }
 }
 
@@ -560,4 +561,144 @@ pub async fn step_apply_results_skips_what_a_decision_left_out(store: Arc<dyn St
         .unwrap();
     assert_eq!(last.finished.len(), 1);
     assert_eq!(last.finished[0].state, TaskState::Complete);
+}
+
+/// `demo/charges@1.0.0`: `load`, then `charge` mapped over its `items` two at a time
+/// (`on_failure` as given), then `total`.
+fn charges(on_failure: &str) -> tasker_template::TaskTemplate {
+    template(&format!(
+        "namespace: demo\nname: charges-{on_failure}\nversion: 1.0.0\nsteps:\n\
+         - {{name: load, handler: noop}}\n\
+         - {{name: charge, handler: noop, depends_on: [load], \
+             map: {{over: parents.load.items, max_parallel: 2, on_failure: {on_failure}}}}}\n\
+         - {{name: total, handler: noop, depends_on: [charge]}}\n"
+    ))
+}
+
+/// Runs `name` of `task` to the given end (`None`: success with output `n * 10`).
+async fn finish(
+    s: &dyn Store,
+    task: TaskId,
+    name: &str,
+    n: i64,
+    failure: bool,
+) -> crate::ResultsApplied {
+    let ran = start(s, task, name).await;
+    let result = if failure {
+        StepResultApply {
+            event: StepEvent::Fail { will_retry: false },
+            output: None,
+            error: Some("declined".into()),
+            ..success(task, ran)
+        }
+    } else {
+        StepResultApply {
+            output: Some(json!(n * 10)),
+            ..success(task, ran)
+        }
+    };
+    s.step_apply_results(&apply(vec![result], local_noop()))
+        .await
+        .unwrap()
+}
+
+/// A mapped step's expansion creates its instances, `Enqueued` up to `max_parallel` and the
+/// rest waiting; each one that finishes starts the next; the last completes the mapped step
+/// with their outputs in item order, its children run and the task completes. With
+/// `on_failure: continue`, a failed instance contributes `null` and the task still completes.
+pub async fn step_apply_results_expands_a_map_and_gathers_its_outputs(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    for on_failure in ["fail", "continue"] {
+        let task = create_task(s, &charges(on_failure), None).await;
+        running(s, &task).await;
+        let load = start(s, task.id, "load").await;
+        let loaded = StepResultApply {
+            output: Some(json!({"items": ["a", "b", "c"]})),
+            ..success(task.id, load)
+        };
+        s.step_apply_results(&apply(vec![loaded], local_noop()))
+            .await
+            .unwrap();
+        let mapped = s
+            .step_get(step_id(s, task.id, "charge").await)
+            .await
+            .unwrap();
+        assert_eq!(mapped.state, StepState::Enqueued);
+        assert_eq!(
+            mapped.queue.as_deref(),
+            Some("local"),
+            "expanded in-process"
+        );
+
+        let expanding = start(s, task.id, "charge").await;
+        let inputs: Vec<serde_json::Value> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(index, item)| json!({"item": item, "index": index}))
+            .collect();
+        let expand = StepResultApply {
+            event: StepEvent::Expand,
+            output: None,
+            instances: inputs.clone(),
+            ..success(task.id, expanding)
+        };
+        let applied = s
+            .step_apply_results(&apply(vec![expand], local_noop()))
+            .await
+            .unwrap();
+        assert_eq!(applied.queues, ["local"]);
+        assert_eq!(state_of(s, task.id, "charge").await, StepState::Mapped);
+        let steps = s.step_list(task.id).await.unwrap();
+        let instances: Vec<_> = steps
+            .iter()
+            .filter(|st| st.map_instance.is_some())
+            .collect();
+        assert_eq!(instances.len(), 3);
+        for (i, instance) in instances.iter().enumerate() {
+            let expected = if i < 2 {
+                StepState::Enqueued
+            } else {
+                StepState::Pending
+            };
+            assert_eq!(instance.name, format!("charge[{i}]"));
+            assert_eq!(instance.state, expected, "{}", instance.name);
+            let of = instance.map_instance.as_ref().unwrap();
+            assert_eq!((of.of, of.input.clone()), (mapped.id, inputs[i].clone()));
+        }
+
+        finish(s, task.id, "charge[0]", 0, false).await;
+        assert_eq!(
+            state_of(s, task.id, "charge[2]").await,
+            StepState::Enqueued,
+            "a slot freed"
+        );
+        finish(s, task.id, "charge[1]", 1, on_failure == "continue").await;
+        let last = finish(s, task.id, "charge[2]", 2, false).await;
+        let gathered = s.step_get(mapped.id).await.unwrap();
+        if on_failure == "fail" {
+            assert_eq!(gathered.state, StepState::Complete, "{last:?}");
+            assert_eq!(gathered.result, Some(json!([0, 10, 20])));
+        } else {
+            assert_eq!(gathered.state, StepState::Complete, "{last:?}");
+            assert_eq!(gathered.result, Some(json!([0, null, 20])));
+            assert_eq!(state_of(s, task.id, "charge[1]").await, StepState::Error);
+        }
+        let done = finish(s, task.id, "total", 0, false).await;
+        assert_eq!(done.finished.len(), 1, "{on_failure}: the task completes");
+        assert_eq!(done.finished[0].state, TaskState::Complete);
+        let events: Vec<String> = s
+            .transition_list(task.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.step_id == Some(mapped.id))
+            .map(|t| t.event)
+            .collect();
+        assert_eq!(
+            events,
+            ["create", "enqueue", "start", "expand", "gather"],
+            "{on_failure}"
+        );
+        drain(s, "evaluate").await;
+    }
 }

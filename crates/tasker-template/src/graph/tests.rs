@@ -13,6 +13,7 @@ fn step(name: &str, depends_on: &[&str]) -> StepTemplate {
         timeout_ms: None,
         retryable: None,
         decision: false,
+        map: None,
     }
 }
 

@@ -151,6 +151,18 @@ fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
                 ));
             }
         }
+        if name.contains(['[', ']']) {
+            problems.push(TemplateProblem::step(
+                name,
+                "name",
+                ProblemKind::ReservedName {
+                    name: name.to_owned(),
+                },
+            ));
+        }
+        if let Some(map) = &step.map {
+            check_map(problems, step, map);
+        }
         if step.decision && !parents.contains(name) {
             problems.push(TemplateProblem::step(
                 name,
@@ -165,6 +177,64 @@ fn check_steps(problems: &mut Vec<TemplateProblem>, steps: &[StepTemplate]) {
                 ProblemKind::ZeroTimeout,
             ));
         }
+    }
+}
+
+/// Most elements a mapped step may fan out over: each becomes a step row.
+pub(crate) const MAX_MAP_ITEMS: u32 = 100_000;
+
+fn check_map(
+    problems: &mut Vec<TemplateProblem>,
+    step: &StepTemplate,
+    map: &tasker_types::MapSpec,
+) {
+    let name = step.name.as_str();
+    let mut keys = map.over.split('.');
+    let reason = match (keys.next(), keys.next()) {
+        (Some("context"), Some(key)) if !key.is_empty() => None,
+        (Some("parents"), Some(parent)) if step.depends_on.iter().any(|d| d == parent) => None,
+        (Some("parents"), Some(parent)) => Some(format!(
+            "{parent:?} is not a parent of this step (depends_on: [{}])",
+            step.depends_on.join(", ")
+        )),
+        _ => Some("must start with `context.` or `parents.<a parent>`".to_owned()),
+    };
+    let empty_key = map.over.split('.').any(str::is_empty);
+    if let Some(reason) = reason.or_else(|| empty_key.then(|| "has an empty key".to_owned())) {
+        problems.push(TemplateProblem::step(
+            name,
+            "map.over",
+            ProblemKind::MapOver {
+                over: map.over.clone(),
+                reason,
+            },
+        ));
+    }
+    for (field, value) in [
+        ("map.batch_size", Some(map.batch_size)),
+        ("map.max_parallel", map.max_parallel),
+        ("map.max_items", Some(map.max_items)),
+    ] {
+        if value == Some(0) {
+            problems.push(TemplateProblem::step(name, field, ProblemKind::ZeroCount));
+        }
+    }
+    if map.max_items > MAX_MAP_ITEMS {
+        problems.push(TemplateProblem::step(
+            name,
+            "map.max_items",
+            ProblemKind::TooManyItems {
+                value: map.max_items,
+                max: MAX_MAP_ITEMS,
+            },
+        ));
+    }
+    if step.decision {
+        problems.push(TemplateProblem::step(
+            name,
+            "map",
+            ProblemKind::DecisionAndMap,
+        ));
     }
 }
 

@@ -356,3 +356,39 @@ fn a_decision_needs_children() {
     let specs = template.step_specs();
     assert!(specs[0].decision);
 }
+
+#[test]
+fn a_map_reads_from_the_context_or_a_parent_with_counts_of_at_least_one() {
+    let found = lines(&with_steps(
+        "  - {name: load, handler: noop}\n\
+         \x20 - {name: a, handler: noop, depends_on: [load], map: {over: parents.other.items}}\n\
+         \x20 - {name: b, handler: noop, map: {over: items, batch_size: 0}}\n\
+         \x20 - {name: c, handler: noop, map: {over: context.xs, max_items: 200000}}\n\
+         \x20 - {name: \"d[0]\", handler: noop}\n",
+    ));
+    assert_eq!(
+        found,
+        [
+            "examples/bad.yaml: step \"a\": map.over: \"parents.other.items\": \"other\" is not a \
+             parent of this step (depends_on: [load])",
+            "examples/bad.yaml: step \"b\": map.over: \"items\": must start with `context.` or \
+             `parents.<a parent>`",
+            "examples/bad.yaml: step \"b\": map.batch_size: must be at least 1",
+            "examples/bad.yaml: step \"c\": map.max_items: 200000 is more than the 100000 allowed",
+            "examples/bad.yaml: step \"d[0]\": name: \"d[0]\": `[` and `]` are kept for the \
+             instances of mapped steps (`step[0]`)",
+        ]
+    );
+    let yaml = with_steps(
+        "  - {name: load, handler: noop}\n\
+         \x20 - {name: each, handler: noop, depends_on: [load], \
+         map: {over: parents.load.items, max_parallel: 8, on_failure: continue}}\n",
+    );
+    let template = TaskTemplate::from_yaml_str(&yaml, ORIGIN).expect("valid");
+    let map = template.step_specs()[1].map.clone().expect("mapped");
+    assert_eq!(
+        (map.batch_size, map.max_parallel, map.max_items),
+        (1, Some(8), 10_000)
+    );
+    assert_eq!(map.on_failure, tasker_types::OnFailure::Continue);
+}

@@ -23,8 +23,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{StepEvent, StepId, StepRow, StepState, TaskEvent, TaskId, TaskState, UnixMillis};
 
+mod map;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+
+pub use map::{
+    expand, first_slots, is_mapped, is_tolerated_failure, map_progress, waits_for_a_slot,
+    MapProgress,
+};
 
 /// A step may be enqueued now: it waits for nothing and has attempts left. (A step whose
 /// parents all finished without choosing it never waits `Pending`: the transaction that
@@ -201,7 +207,8 @@ pub fn settle(moved: &[Moved], tasks: &[TaskCount], children: &[StepRow]) -> Eff
         let entry = batch.entry(m.task_id).or_default();
         if m.to.releases_dependents() {
             entry.0 += 1;
-        } else {
+        } else if m.to != StepState::Mapped {
+            // A retry or a failure; a step that expanded into instances waits for them.
             entry.1 = true;
         }
     }
@@ -227,7 +234,8 @@ pub fn settle(moved: &[Moved], tasks: &[TaskCount], children: &[StepRow]) -> Eff
 /// What the steps of a task say about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every step is complete, resolved or skipped.
+    /// Every step is complete, resolved or skipped (or a failed instance of a mapped step
+    /// that tolerates failures).
     Complete,
     /// A step failed permanently and nothing runs any more.
     Fail,
@@ -260,10 +268,16 @@ pub fn verdict(steps: &[StepRow]) -> Verdict {
     let running = steps
         .iter()
         .any(|s| matches!(s.state, StepState::Enqueued | StepState::InProgress));
-    if steps.iter().all(|s| s.state.releases_dependents()) {
+    if steps
+        .iter()
+        .all(|s| s.state.releases_dependents() || is_tolerated_failure(s))
+    {
         return Verdict::Complete;
     }
-    if steps.iter().any(|s| s.state == StepState::Error) {
+    if steps
+        .iter()
+        .any(|s| s.state == StepState::Error && !is_tolerated_failure(s))
+    {
         return if running {
             Verdict::Block
         } else {

@@ -2,7 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn step(id: i64, state: StepState, pending_parents: u32) -> StepRow {
+pub(crate) fn step(id: i64, state: StepState, pending_parents: u32) -> StepRow {
     StepRow {
         id: StepId(id),
         task_id: TaskId(1),
@@ -19,6 +19,8 @@ fn step(id: i64, state: StepState, pending_parents: u32) -> StepRow {
         pending_parents,
         live_parents: 0,
         branches: None,
+        map: None,
+        map_instance: None,
         next_attempt_at_ms: None,
         timeout_ms: None,
         result: None,

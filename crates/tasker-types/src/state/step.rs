@@ -7,6 +7,8 @@
 //! Enqueued | InProgress -> Enqueued                (lease expired: redelivery)
 //! Pending | Enqueued | InProgress | WaitingForRetry -> Cancelled
 //! Pending -> Skipped                               (no finished parent chose it)
+//! InProgress -> Mapped -> Complete | Error          (a mapped step: its instances run)
+//! Mapped -> Cancelled
 //! Error -> ResolvedManually | Pending              (operator)
 //! ```
 
@@ -35,6 +37,8 @@ states!(
         /// Not run: every parent finished and none chose it (a decision left it out, or its
         /// parents were skipped). Final.
         Skipped,
+        /// A mapped step whose instances run; it completes when they have finished.
+        Mapped,
     }
 );
 
@@ -62,6 +66,10 @@ pub enum StepEvent {
     Retry,
     /// Its parents all finished without choosing it.
     Skip,
+    /// A mapped step made its instances.
+    Expand,
+    /// A mapped step's instances finished: it completes with their outputs.
+    Gather,
 }
 
 impl StepEvent {
@@ -78,6 +86,8 @@ impl StepEvent {
             StepEvent::ResolveManually => "resolve",
             StepEvent::Retry => "retry",
             StepEvent::Skip => "skip",
+            StepEvent::Expand => "expand",
+            StepEvent::Gather => "gather",
         }
     }
 }
@@ -125,12 +135,15 @@ impl StepState {
             (S::InProgress, E::Fail { will_retry: true }) => S::WaitingForRetry,
             (S::InProgress, E::Fail { will_retry: false }) => S::Error,
             (S::Enqueued | S::InProgress, E::LeaseExpired) => S::Enqueued,
-            (S::Pending | S::Enqueued | S::InProgress | S::WaitingForRetry, E::Cancel) => {
-                S::Cancelled
-            }
+            (
+                S::Pending | S::Enqueued | S::InProgress | S::WaitingForRetry | S::Mapped,
+                E::Cancel,
+            ) => S::Cancelled,
             (S::Error, E::ResolveManually) => S::ResolvedManually,
             (S::Error, E::Retry) => S::Pending,
             (S::Pending, E::Skip) => S::Skipped,
+            (S::InProgress, E::Expand) => S::Mapped,
+            (S::Mapped, E::Gather) => S::Complete,
             (from, event) => return Err(rejected("step", from, event)),
         };
         Ok(next)
@@ -154,6 +167,8 @@ mod tests {
         StepEvent::ResolveManually,
         StepEvent::Retry,
         StepEvent::Skip,
+        StepEvent::Expand,
+        StepEvent::Gather,
     ];
 
     /// The moves docs/state_machines.md lists, written out independently of `transition`.
@@ -175,6 +190,9 @@ mod tests {
             (Error, ResolvedManually),
             (Error, Pending),
             (Pending, Skipped),
+            (InProgress, Mapped),
+            (Mapped, Complete),
+            (Mapped, Cancelled),
         ]
     };
 

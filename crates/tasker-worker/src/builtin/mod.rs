@@ -17,9 +17,15 @@ use crate::{
     read_config, ConfigProblem, StepFailure, StepHandler, StepInput,
 };
 
-/// The scope `{{ … }}` placeholders are rendered against.
+/// The scope `{{ … }}` placeholders are rendered against: `context`, `parents`, `attempt`,
+/// and for an instance of a mapped step `item` (or `items`) and `index`.
 pub(crate) fn scope(input: &StepInput) -> Value {
-    json!({"context": input.context, "parents": input.parents, "attempt": input.attempt})
+    let mut scope =
+        json!({"context": input.context, "parents": input.parents, "attempt": input.attempt});
+    if let (Some(Value::Object(instance)), Value::Object(scope)) = (&input.map_input, &mut scope) {
+        scope.extend(instance.clone());
+    }
+    scope
 }
 
 /// `noop`: succeeds at once with `{}`. Its config is not read, so any config passes (useful

@@ -76,7 +76,11 @@ impl StepEnqueuer {
             std::collections::BTreeMap::new();
         for step in &viable {
             by_queue
-                .entry(self.ctx.routing.queue(&task.namespace, &step.handler))
+                .entry(self.ctx.routing.queue_of(
+                    &task.namespace,
+                    &step.handler,
+                    tasker_types::settle::is_mapped(step),
+                ))
                 .or_default()
                 .push((step.id, step.state));
         }

@@ -54,8 +54,13 @@ async fn prepare(
         backoff: None,
         lease_token: result.lease_token.clone(),
         unchosen: result.unchosen.clone(),
+        instances: result.instances.clone(),
     };
     match &result.outcome {
+        // A mapped step expands; its output comes when its instances have finished.
+        StepOutcome::Success { .. } if !result.instances.is_empty() => {
+            apply.event = StepEvent::Expand;
+        }
         StepOutcome::Success { output } => apply.output = Some(output.clone()),
         StepOutcome::Failure { error, retryable } => {
             let step = match ctx.store.step_get(result.step_id).await {
