@@ -206,7 +206,15 @@ impl Backend for PgBackend {
             // A quick try first; the connection it takes goes back to the pool for `begin`.
             drop(self.acquire(&self.pool).await?);
         }
-        let begun = self.pool.begin().await;
+        // sqlx 0.8.6's `begin` on PostgreSQL is not cancel-safe: dropped while its `BEGIN` is in
+        // flight (an HTTP client gone mid-request, an aborted executor), it hands the connection
+        // back to the pool inside a transaction nothing ends, whose locks then stall every
+        // writer of those rows (sqlx issue #4393). On a task of its own the `BEGIN` always
+        // completes; a transaction nobody takes is then dropped, which rolls it back.
+        let pool = self.pool.clone();
+        let begun = tokio::spawn(async move { pool.begin().await })
+            .await
+            .map_err(|e| StoreError::other(format!("beginning a transaction: {e}")))?;
         self.reach.observe(&self.pool, begun.as_ref().err());
         begun.map_err(map_err)
     }
