@@ -15,6 +15,7 @@ Environment: TASKER_API_TOKEN (bearer token, when the server requires one).
 """
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -159,6 +160,8 @@ def main():
     parser.add_argument("--url", default=os.environ.get("TASKER_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--max", type=int, default=10, help="steps per claim")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="claimed steps run at once (each on a thread of its own)")
     parser.add_argument("--lease-ms", type=int, default=30000)
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between empty claims")
     parser.add_argument("--exit-when-idle", type=float, default=None,
@@ -168,6 +171,9 @@ def main():
     if not args.url.startswith(("http://", "https://")):
         parser.error(f"--url must start with http:// or https://, not {args.url!r}")
 
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, not {args.concurrency}")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.concurrency)
     api = Api(args.url, os.environ.get("TASKER_API_TOKEN"))
     worker_id = f"python-{uuid.uuid4().hex[:8]}"
     idle_since = time.monotonic()
@@ -185,8 +191,8 @@ def main():
             if status == 200:
                 backoff.reset()
                 steps = answer.get("steps", [])
-                for step in steps:
-                    run_step(api, step, args.lease_ms)
+                # A claim's steps run `--concurrency` at a time; the next claim waits for all.
+                list(pool.map(lambda step: run_step(api, step, args.lease_ms), steps))
                 if steps:
                     idle_since = time.monotonic()
                 elif args.exit_when_idle is not None and time.monotonic() - idle_since > args.exit_when_idle:

