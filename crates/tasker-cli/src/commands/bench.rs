@@ -29,6 +29,8 @@ pub(crate) enum Shape {
     Fanout100,
     /// One step.
     Single,
+    /// One step mapped over 1,000 items: 1,000 instances.
+    Map1000,
 }
 
 /// What to measure.
@@ -68,6 +70,26 @@ impl Shape {
             Shape::Tree7 => "tree7",
             Shape::Fanout100 => "fanout100",
             Shape::Single => "single",
+            Shape::Map1000 => "map1000",
+        }
+    }
+
+    /// Items of the mapped step of `map1000`.
+    const MAP_ITEMS: usize = 1000;
+
+    /// The context each task is submitted with.
+    fn context(self) -> serde_json::Value {
+        match self {
+            Shape::Map1000 => json!({"items": (0..Self::MAP_ITEMS).collect::<Vec<_>>()}),
+            _ => json!({}),
+        }
+    }
+
+    /// Steps each task runs: its template's, and a mapped step's instances.
+    fn steps_per_task(self, template: &TaskTemplate) -> usize {
+        match self {
+            Shape::Map1000 => template.steps.len() + Self::MAP_ITEMS,
+            _ => template.steps.len(),
         }
     }
 
@@ -104,6 +126,11 @@ impl Shape {
                 steps.push(("end".into(), middle));
             }
             Shape::Single => steps.push(s("only", &[])),
+            Shape::Map1000 => {
+                return "namespace: bench\nname: map1000\nversion: 1.0.0\nsteps:\n\
+                        - {name: each, handler: noop, map: {over: context.items}}\n"
+                    .to_owned()
+            }
         }
         let mut yaml = format!(
             "namespace: bench\nname: {}\nversion: 1.0.0\nsteps:\n",
@@ -154,7 +181,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let store = super::store::open(&url, 32).await?;
     let template = TaskTemplate::from_yaml_str(&args.shape.template(), "bench")?;
-    let steps_per_task = template.steps.len();
+    let steps_per_task = args.shape.steps_per_task(&template);
     store
         .template_register(&TemplateRegisterParams {
             template: template.to_definition(),
@@ -180,7 +207,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         bar
     });
-    let request = TaskRequest::new("bench", args.shape.name(), json!({}));
+    let request = TaskRequest::new("bench", args.shape.name(), args.shape.context());
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let mut events = engine.subscribe();
     // Counted from the driver's statement events (see `tasker_store::statements`).

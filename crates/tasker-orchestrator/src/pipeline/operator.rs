@@ -126,13 +126,23 @@ async fn step_for(
     name: &str,
     event: StepEvent,
 ) -> Result<(StepRow, bool), OperatorError> {
-    let step = ctx
-        .store
-        .step_list(task_id)
-        .await?
-        .into_iter()
+    let steps = ctx.store.step_list(task_id).await?;
+    let step = steps
+        .iter()
         .find(|s| s.name == name)
+        .cloned()
         .ok_or_else(|| OperatorError::NotFound(format!("step {name:?} of task {task_id}")))?;
+    // A failed instance whose map went on without it (`on_failure: continue`) was counted
+    // done when the map completed: running or resolving it now would count it twice.
+    if let Some(instance) = &step.map_instance {
+        let mapped = steps.iter().find(|s| s.id == instance.of);
+        if step.state == StepState::Error && mapped.is_some_and(|m| m.state != StepState::Mapped) {
+            return Err(OperatorError::Conflict(format!(
+                "step {name:?} failed, but its mapped step went on without it (on_failure: \
+                 continue); retry or resolve the task's later steps instead"
+            )));
+        }
+    }
     if step.state == StepState::Error {
         return Ok((step, false));
     }

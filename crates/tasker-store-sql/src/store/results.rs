@@ -208,7 +208,7 @@ pub(super) async fn apply_results<B: Backend>(
         let progress = progress_map::<B>(
             &mut tx,
             of,
-            &params.routing,
+            Some(&params.routing),
             &mut counted,
             &mut transitions,
             &params.instance_id,
@@ -463,13 +463,35 @@ struct MapMoved {
     completed: Option<StepRow>,
 }
 
+/// [`progress_map`] outside a result batch (an operator resolved an instance): completes the
+/// mapped step `of` if that was its last instance. Starts none: a finished instance freed its
+/// slot when it failed.
+pub(super) async fn settle_map<'a, B: Backend>(
+    conn: &mut Conn<B>,
+    of: StepId,
+    transitions: &mut Vec<NewTransition<'a>>,
+    instance_id: &'a str,
+) -> Result<()> {
+    progress_map::<B>(
+        conn,
+        of,
+        None,
+        &mut Counted::default(),
+        transitions,
+        instance_id,
+    )
+    .await?;
+    Ok(())
+}
+
 /// Reads the mapped step `of` with its instances and applies `settle::map_progress`: starts
-/// the instances its free slots allow, and completes it with its output once they have all
-/// finished, counting it on its task and children like any completed step (into `counted`).
+/// the instances its free slots allow (when `routing` says where they wait), and completes it
+/// with its output once they have all finished, counting it on its task and children like any
+/// completed step (into `counted`).
 async fn progress_map<'a, B: Backend>(
     conn: &mut Conn<B>,
     of: StepId,
-    routing: &tasker_store::StepRouting,
+    routing: Option<&tasker_store::StepRouting>,
     counted: &mut Counted,
     transitions: &mut Vec<NewTransition<'a>>,
     instance_id: &'a str,
@@ -491,7 +513,7 @@ async fn progress_map<'a, B: Backend>(
     };
     let progress = settle::map_progress(&mapped, &instances);
     let mut moved = MapMoved::default();
-    if !progress.start.is_empty() {
+    if let (false, Some(routing)) = (progress.start.is_empty(), routing) {
         let namespace = counted
             .namespaces
             .get(&mapped.task_id)
@@ -524,16 +546,6 @@ async fn progress_map<'a, B: Backend>(
     let Some(output) = progress.output else {
         return Ok(moved);
     };
-    // Failed instances that do not hold the map back are done for the task now.
-    let tolerated = instances
-        .iter()
-        .filter(|i| settle::is_tolerated_failure(i))
-        .count();
-    if tolerated > 0 {
-        let count =
-            count_task::<B>(conn, mapped.task_id, -i64::try_from(tolerated).unwrap_or(0)).await?;
-        set_task_count(counted, count);
-    }
     let to = StepState::Mapped.transition(StepEvent::Gather)?;
     let mut sql = Sql::new("UPDATE steps SET state = ");
     sql.push_bind(to.as_str())
@@ -548,6 +560,16 @@ async fn progress_map<'a, B: Backend>(
         return Ok(moved);
     };
     let done = decode_step(&row)?;
+    // Failed instances that do not hold the map back are done for the task now.
+    let tolerated = instances
+        .iter()
+        .filter(|i| settle::is_tolerated_failure(i))
+        .count();
+    if tolerated > 0 {
+        let count =
+            count_task::<B>(conn, mapped.task_id, -i64::try_from(tolerated).unwrap_or(0)).await?;
+        set_task_count(counted, count);
+    }
     transitions.push(NewTransition {
         entity: Entity::Step,
         task_id: done.task_id,

@@ -156,20 +156,28 @@ impl<B: Backend> StepStore for SqlStore<B> {
             )
             .await?;
         }
-        insert_transitions::<B>(
-            &mut tx,
-            &[NewTransition {
-                entity: Entity::Step,
-                task_id: step.task_id,
-                step_id: Some(step.id),
-                from_state: Some(params.from.as_str()),
-                to_state: to.as_str(),
-                event: params.event.name(),
-                reason: params.error.as_deref(),
-                instance_id: &params.instance_id,
-            }],
-        )
-        .await?;
+        let mut transitions = vec![NewTransition {
+            entity: Entity::Step,
+            task_id: step.task_id,
+            step_id: Some(step.id),
+            from_state: Some(params.from.as_str()),
+            to_state: to.as_str(),
+            event: params.event.name(),
+            reason: params.error.as_deref(),
+            instance_id: &params.instance_id,
+        }];
+        // An instance resolved by hand may be its map's last: the map completes now, and the
+        // task's evaluator enqueues its children.
+        if let (Some(instance), true) = (&step.map_instance, to.satisfies_dependents()) {
+            super::results::settle_map::<B>(
+                &mut tx,
+                instance.of,
+                &mut transitions,
+                &params.instance_id,
+            )
+            .await?;
+        }
+        insert_transitions::<B>(&mut tx, &transitions).await?;
         commit::<B>(tx).await?;
         Ok(step)
     }

@@ -7,7 +7,7 @@
 //! Enqueued | InProgress -> Enqueued                (lease expired: redelivery)
 //! Pending | Enqueued | InProgress | WaitingForRetry -> Cancelled
 //! Pending -> Skipped                               (no finished parent chose it)
-//! InProgress -> Mapped -> Complete | Error          (a mapped step: its instances run)
+//! InProgress -> Mapped -> Complete                  (a mapped step: its instances run)
 //! Mapped -> Cancelled
 //! Error -> ResolvedManually | Pending              (operator)
 //! ```
