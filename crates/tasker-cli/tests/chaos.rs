@@ -4,9 +4,9 @@
 //! table. After each, the audit trail is read straight from the database: every task
 //! complete, every step completed exactly once, every extra attempt explained.
 //!
-//! Every instance runs at the default cluster settings (heartbeat 1 s, dead after 5 s), with 12
+//! Every instance runs at the default cluster settings (heartbeat 1 s, dead after 5 s), with 16
 //! database connections in `degraded` mode so that instances killed but not yet declared dead
-//! never push a restarted one over the server's connection limit.
+//! never push a restarted one over the server's connection limit (it starts smaller).
 //!
 //! These tests run one at a time and alone (`.config/nextest.toml`, and a lock here for
 //! `cargo test`): one stops the shared server, and the others bound times that the load of
