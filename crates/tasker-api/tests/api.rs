@@ -654,6 +654,65 @@ async fn a_remote_decision_chooses_its_branch() {
     }
 }
 
+/// A mapped step whose handler only a remote worker has: the server expands it, the worker
+/// claims each instance with its `item` and `index`, and the mapped step gathers the outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_workers_run_the_instances_of_a_mapped_step() {
+    let api = api(ApiConfig::default()).await;
+    api.register(
+        "namespace: remote\nname: fan\nversion: 1.0.0\nsteps:\n\
+         - {name: load, handler: {name: echo, config: {value: {xs: [7, 8]}}}}\n\
+         - {name: each, handler: py_double, depends_on: [load], map: {over: parents.load.xs}}\n",
+    )
+    .await;
+    let (_, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "remote", "name": "fan", "context": {}}),
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let claim = json!({"namespace": "remote", "worker_id": "w", "max": 5, "lease_ms": 30000});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (_, body) = api.post("/v1/workers/claim", &claim).await;
+        for step in body["steps"].as_array().unwrap() {
+            let item = step["item"].as_i64().expect("an instance carries its item");
+            seen.push((step["name"].clone(), step["index"].clone(), item));
+            let (status, answer) = api
+                .post(
+                    &format!("/v1/steps/{}/complete", step["step_id"]),
+                    &json!({"lease_token": step["lease_token"], "output": item * 2}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instances never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen.sort_by_key(|(_, _, item)| *item);
+    assert_eq!(
+        seen,
+        [
+            (json!("each[0]"), json!(0), 7),
+            (json!("each[1]"), json!(1), 8)
+        ]
+    );
+    let task = api.wait_for(id, "Complete").await;
+    let each = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "each")
+        .unwrap()
+        .clone();
+    assert_eq!(each["result"], json!([14, 16]), "{task}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_pools_and_metrics() {
     let api = api(ApiConfig {

@@ -554,8 +554,10 @@ async fn audit_commands(pool: &PgPool, log: &Path) -> usize {
         lines += 1;
     }
     let steps: Vec<(String, String, i64)> = sqlx::query_as(
+        // A mapped step runs no handler: its instances do.
         "SELECT t.context->>'key', s.name, s.attempts FROM steps s \
-         JOIN tasks t ON t.id = s.task_id WHERE s.handler = 'command'",
+         JOIN tasks t ON t.id = s.task_id \
+         WHERE s.handler = 'command' AND NOT (s.map IS NOT NULL AND s.map_of IS NULL)",
     )
     .fetch_all(pool)
     .await
@@ -1110,6 +1112,97 @@ fn a_transaction_left_open_stops_nothing_else() {
     );
     cluster.assert_all_running();
     drop(context);
+    run.finish(cluster);
+}
+
+/// The only instance is killed with SIGKILL while a 200-item mapped step runs on PostgreSQL, 8
+/// instances at a time, and started again: every instance runs to Complete, each completed
+/// once, no attempt's command ran twice, and the mapped step gathers all 200 outputs.
+#[test]
+fn a_map_survives_a_kill_mid_way() {
+    const ITEMS: usize = 200;
+    let run = Run::new();
+    let mut cluster = Cluster::start(&run.db, "map-kill", 1, 0);
+    let log = cluster.dir.join("commands.log");
+    cluster.client.register(
+        "namespace: chaos\nname: fan\nversion: 1.0.0\nsteps:\n\
+         - name: each\n  map: {over: context.xs, max_parallel: 8}\n\
+         \x20 retry: {max_attempts: 20, base_ms: 10, max_ms: 100}\n\
+         \x20 handler: {name: command, config: {program: 'sleep 0.02; echo \"$1 each[$2] $3\" \
+         >> \"$4\"; echo $2', shell: true, args: ['{{ context.key }}', '{{ index }}', \
+         '{{ attempt }}', '{{ context.log }}']}}\n",
+    );
+    let xs: Vec<usize> = (0..ITEMS).collect();
+    let task = json!({"namespace": "chaos", "name": "fan",
+                      "context": {"xs": xs, "key": "k0", "log": log}});
+    cluster.client.submit(&[task], Duration::ZERO);
+    let completed = || -> i64 {
+        run.rt
+            .block_on(
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM steps WHERE map_of IS NOT NULL AND state = 'Complete'",
+                )
+                .fetch_one(&run.pool),
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the map never got going:\n{}",
+            cluster.tails()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_kill = completed();
+    let server = cluster.process(0);
+    server.kill();
+    server.start();
+    run.expect_complete(
+        &cluster,
+        1,
+        Instant::now() + Duration::from_secs(30),
+        "the map did not finish after the restart",
+    );
+    let instances: Vec<(String, i64, i64, i64)> = run
+        .rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT s.name, s.attempts, \
+                   (SELECT COUNT(*) FROM transitions t \
+                    WHERE t.step_id = s.id AND t.event = 'complete'), \
+                   (SELECT COUNT(*) FROM transitions t \
+                    WHERE t.step_id = s.id AND t.event = 'start') \
+                 FROM steps s WHERE s.map_of IS NOT NULL ORDER BY s.map_index",
+            )
+            .fetch_all(&run.pool),
+        )
+        .unwrap();
+    assert_eq!(instances.len(), ITEMS);
+    for (name, attempts, completes, starts) in &instances {
+        assert_eq!(*completes, 1, "{name} completed once");
+        assert_eq!(starts, attempts, "{name}: each attempt started once");
+    }
+    let (state, result, gathers): (String, Value, i64) = run
+        .rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT s.state, s.result, (SELECT COUNT(*) FROM transitions t \
+                   WHERE t.step_id = s.id AND t.event = 'gather') \
+                 FROM steps s WHERE s.name = 'each'",
+            )
+            .fetch_one(&run.pool),
+        )
+        .unwrap();
+    assert_eq!((state.as_str(), gathers), ("Complete", 1));
+    assert_eq!(result, json!(xs), "every output, in item order");
+    let executions = run.rt.block_on(audit_commands(&run.pool, &log));
+    let lost: i64 = instances.iter().map(|(_, a, _, _)| a - 1).sum();
+    eprintln!(
+        "map kill: killed with {at_kill} of {ITEMS} instances complete; all {ITEMS} Complete, \
+         each once; {executions} command executions, {lost} attempts lost to the kill"
+    );
     run.finish(cluster);
 }
 

@@ -7,18 +7,13 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{post_json, register_yaml, root, serve, step, tasker, wait_until};
+use support::{
+    register_yaml, root, serve, step, submit_context, tasker, wait_until, with_postgres,
+};
 
-/// Submits the shipping example with `shipping` and waits for it to finish; returns the view.
-fn ship(addr: &str, shipping: &str) -> Value {
-    let (status, task) = post_json(
-        addr,
-        "/v1/tasks",
-        &json!({"namespace": "shop", "name": "shipping",
-                "context": {"order_id": format!("o-{shipping}"), "shipping": shipping}}),
-    );
-    assert_eq!(status, 201, "{task}");
-    let id = task["id"].as_i64().unwrap();
+/// Submits a task of `namespace/name` with `context` and waits for it to finish.
+fn run(addr: &str, namespace: &str, name: &str, context: &Value) -> Value {
+    let id = submit_context(addr, namespace, name, context);
     wait_until(addr, id, "finished", |t| {
         t["state"] == "Complete" || t["state"] == "Error"
     })
@@ -28,7 +23,8 @@ fn decisions(addr: &str) {
     let yaml = std::fs::read_to_string(root().join("examples/templates/shipping.yaml")).unwrap();
     register_yaml(addr, &yaml);
     for (chosen, left_out) in [("express", "standard"), ("standard", "express")] {
-        let task = ship(addr, chosen);
+        let context = json!({"order_id": format!("o-{chosen}"), "shipping": chosen});
+        let task = run(addr, "shop", "shipping", &context);
         assert_eq!(task["state"], "Complete", "{task}");
         assert_eq!(
             step(&task, "route")["branches"],
@@ -74,15 +70,8 @@ fn decisions(addr: &str) {
          - {name: route, decision: true, handler: {name: echo, config: {value: {next: [nowhere]}}}}\n\
          - {name: only, handler: noop, depends_on: [route]}\n",
     );
-    let (status, task) = post_json(
-        addr,
-        "/v1/tasks",
-        &json!({"namespace": "shop", "name": "astray", "context": {}}),
-    );
-    assert_eq!(status, 201, "{task}");
-    let task = wait_until(addr, task["id"].as_i64().unwrap(), "failed", |t| {
-        t["state"] == "Error"
-    });
+    let task = run(addr, "shop", "astray", &json!({}));
+    assert_eq!(task["state"], "Error", "{task}");
     let route = step(&task, "route");
     assert_eq!(route["state"], "Error", "{task}");
     assert_eq!(route["attempts"], 1, "a bad choice is not retried: {task}");
@@ -94,20 +83,6 @@ fn decisions(addr: &str) {
     assert_eq!(step(&task, "only")["state"], "Pending", "{task}");
 }
 
-/// Submits the line items example with `items` and waits for it to finish.
-fn charge(addr: &str, items: &Value) -> Value {
-    let (status, task) = post_json(
-        addr,
-        "/v1/tasks",
-        &json!({"namespace": "shop", "name": "line_items", "context": {"items": items}}),
-    );
-    assert_eq!(status, 201, "{task}");
-    let id = task["id"].as_i64().unwrap();
-    wait_until(addr, id, "finished", |t| {
-        t["state"] == "Complete" || t["state"] == "Error"
-    })
-}
-
 fn maps(addr: &str) {
     let yaml = std::fs::read_to_string(root().join("examples/templates/line_items.yaml")).unwrap();
     register_yaml(addr, &yaml);
@@ -115,7 +90,7 @@ fn maps(addr: &str) {
         let items: Vec<Value> = (0..n)
             .map(|i| json!({"sku": format!("sku-{i}"), "cents": i * 100}))
             .collect();
-        let task = charge(addr, &json!(items));
+        let task = run(addr, "shop", "line_items", &json!({ "items": items }));
         assert_eq!(task["state"], "Complete", "{n} items: {task}");
         let steps = task["steps"].as_array().unwrap();
         let instances: Vec<&Value> = steps
@@ -140,14 +115,8 @@ fn maps(addr: &str) {
          - {name: load, handler: {name: echo, config: {value: {items: 3}}}}\n\
          - {name: each, handler: noop, depends_on: [load], map: {over: parents.load.items}}\n",
     );
-    let (_, task) = post_json(
-        addr,
-        "/v1/tasks",
-        &json!({"namespace": "shop", "name": "astray_map", "context": {}}),
-    );
-    let task = wait_until(addr, task["id"].as_i64().unwrap(), "failed", |t| {
-        t["state"] == "Error"
-    });
+    let task = run(addr, "shop", "astray_map", &json!({}));
+    assert_eq!(task["state"], "Error", "{task}");
     let each = step(&task, "each");
     assert_eq!(
         (each["state"].clone(), each["attempts"].clone()),
@@ -158,17 +127,6 @@ fn maps(addr: &str) {
         error.contains("parents.load.items") && error.contains("not an array"),
         "{error}"
     );
-}
-
-/// Submits `namespace/name` with `context`; returns its id.
-fn submit_with(addr: &str, name: &str, context: &Value) -> i64 {
-    let (status, task) = post_json(
-        addr,
-        "/v1/tasks",
-        &json!({"namespace": "flow", "name": name, "context": context}),
-    );
-    assert_eq!(status, 201, "{task}");
-    task["id"].as_i64().unwrap()
 }
 
 /// Milliseconds since the epoch of an RFC 3339 timestamp in a view.
@@ -203,7 +161,12 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
          - {name: each, handler: {name: sleep, config: {ms: 30}}, \
             map: {over: context.xs, max_parallel: 3}}\n",
     );
-    let id = submit_with(addr, "paced", &json!({"xs": (0..12).collect::<Vec<_>>()}));
+    let id = submit_context(
+        addr,
+        "flow",
+        "paced",
+        &json!({"xs": (0..12).collect::<Vec<_>>()}),
+    );
     let task = wait_until(addr, id, "complete", |t| t["state"] == "Complete");
     let mut edges: Vec<(u128, i32)> = Vec::new();
     for instance in instances(&task) {
@@ -234,8 +197,9 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
          - {name: small, handler: noop, depends_on: [route]}\n\
          - {name: large, handler: noop, depends_on: [route]}\n",
     );
-    let id = submit_with(
+    let id = submit_context(
         addr,
+        "flow",
         "batched",
         &json!({"xs": [1, 2, 3, 4, 5], "then": "large"}),
     );
@@ -254,7 +218,7 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
             map: {over: context.xs}}\n\
          - {name: after, handler: noop, depends_on: [each]}\n",
     );
-    let id = submit_with(addr, "thousand", &json!({ "xs": xs }));
+    let id = submit_context(addr, "flow", "thousand", &json!({ "xs": xs }));
     let task = wait_until(addr, id, "complete", |t| t["state"] == "Complete");
     assert_eq!(instances(&task).len(), 1000);
     assert_eq!(step(&task, "each")["result"], json!(xs));
@@ -268,7 +232,12 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
             config: {program: /bin/sh, args: [-c, \"test {{ item }} != 1 || test -e {{ context.flag }}\"]}}}\n\
          - {name: after, handler: noop, depends_on: [each]}\n",
     );
-    let id = submit_with(addr, "flaky", &json!({"xs": [0, 1, 2], "flag": flag}));
+    let id = submit_context(
+        addr,
+        "flow",
+        "flaky",
+        &json!({"xs": [0, 1, 2], "flag": flag}),
+    );
     let task = wait_until(addr, id, "failed", |t| t["state"] == "Error");
     let states: Vec<Value> = instances(&task)
         .iter()
@@ -299,7 +268,7 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
          - {name: after, handler: {name: echo, config: {value: \"{{ parents.each }}\"}}, \
             depends_on: [each]}\n",
     );
-    let id = submit_with(addr, "tolerant", &json!({"xs": [0, 1, 2]}));
+    let id = submit_context(addr, "flow", "tolerant", &json!({"xs": [0, 1, 2]}));
     let task = wait_until(addr, id, "complete", |t| t["state"] == "Complete");
     assert_eq!(instances(&task)[1]["state"], "Error", "{task}");
     assert_eq!(
@@ -320,7 +289,12 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
          - {name: each, handler: {name: sleep, config: {ms: 200}}, \
             map: {over: context.xs, max_parallel: 2}}\n",
     );
-    let id = submit_with(addr, "slow", &json!({"xs": (0..20).collect::<Vec<_>>()}));
+    let id = submit_context(
+        addr,
+        "flow",
+        "slow",
+        &json!({"xs": (0..20).collect::<Vec<_>>()}),
+    );
     wait_until(addr, id, "mapped", |t| {
         instances(t).iter().any(|i| i["state"] == "Complete")
     });
@@ -352,19 +326,13 @@ fn maps_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maps_on_postgres() {
-    let db = tasker_store_postgres::test_database::TestDatabase::create()
-        .await
-        .unwrap();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || {
+    with_postgres(|url| {
         let server = serve(&["--database-url", &url], &[]);
         maps(&server.addr);
         let dir = tempfile::tempdir().unwrap();
         map_controls(&server.addr, dir.path());
     })
-    .await
-    .unwrap();
-    db.drop_database().await.unwrap();
+    .await;
 }
 
 #[test]
@@ -375,15 +343,9 @@ fn decisions_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_on_postgres() {
-    let db = tasker_store_postgres::test_database::TestDatabase::create()
-        .await
-        .unwrap();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || {
+    with_postgres(|url| {
         let server = serve(&["--database-url", &url], &[]);
         decisions(&server.addr);
     })
-    .await
-    .unwrap();
-    db.drop_database().await.unwrap();
+    .await;
 }

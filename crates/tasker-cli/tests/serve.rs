@@ -13,7 +13,7 @@ use std::{
 use serde_json::{json, Value};
 use support::{
     get, http, post_json, register_yaml, root, serve, step, submit, tasker, wait_for_state,
-    wait_until, Server,
+    wait_until, with_postgres, Server,
 };
 
 fn run_the_tour(server: &Server) {
@@ -105,17 +105,11 @@ fn the_tour_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tour_on_postgres() {
-    let db = tasker_store_postgres::test_database::TestDatabase::create()
-        .await
-        .unwrap();
-    let url = db.url.clone();
-    tokio::task::spawn_blocking(move || {
+    with_postgres(|url| {
         let server = serve(&["--database-url", &url], &[]);
         run_the_tour(&server);
     })
-    .await
-    .unwrap();
-    db.drop_database().await.unwrap();
+    .await;
 }
 
 #[test]

@@ -203,3 +203,25 @@ pub fn tasker(addr: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8(out.stderr).unwrap(),
     )
 }
+
+/// Runs `f` with the URL of a fresh PostgreSQL database on a blocking thread (the servers the
+/// CLI tests start are driven with blocking calls), then drops the database.
+pub async fn with_postgres(f: impl FnOnce(String) + Send + 'static) {
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || f(url)).await.unwrap();
+    db.drop_database().await.unwrap();
+}
+
+/// Submits a task of `namespace/name` with `context`; returns its id.
+pub fn submit_context(addr: &str, namespace: &str, name: &str, context: &Value) -> i64 {
+    let (status, task) = post_json(
+        addr,
+        "/v1/tasks",
+        &json!({"namespace": namespace, "name": name, "context": context}),
+    );
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_i64().unwrap()
+}
