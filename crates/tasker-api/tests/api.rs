@@ -119,6 +119,17 @@ const SHOP: &str = "namespace: shop\nname: order\nversion: 1.0.0\ncontext_schema
 const REMOTE: &str = "namespace: remote\nname: job\nversion: 1.0.0\nsteps:\n- {name: work, handler: py_thing}\n- {name: after, handler: noop, depends_on: [work]}\n";
 const FAILING: &str = "namespace: shop\nname: broken\nversion: 1.0.0\nsteps:\n- {name: bad, handler: {name: fail, config: {retryable: false}}}\n- {name: next, handler: noop, depends_on: [bad]}\n";
 
+/// The step called `name` of a task view.
+fn step_named(task: &Value, name: &str) -> Value {
+    task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {task}"))
+        .clone()
+}
+
 fn error_code(body: &Value) -> &str {
     body["error"]["code"]
         .as_str()
@@ -633,15 +644,7 @@ async fn a_remote_decision_chooses_its_branch() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let task = api.wait_for(id, end).await;
-        let state = |name: &str| {
-            task["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["name"] == name)
-                .unwrap()
-                .clone()
-        };
+        let state = |name: &str| step_named(&task, name);
         if end == "Complete" {
             assert_eq!(state("left")["state"], "Complete", "{task}");
             assert_eq!(state("right")["state"], "Skipped", "{task}");
@@ -703,14 +706,11 @@ async fn remote_workers_run_the_instances_of_a_mapped_step() {
         ]
     );
     let task = api.wait_for(id, "Complete").await;
-    let each = task["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "each")
-        .unwrap()
-        .clone();
-    assert_eq!(each["result"], json!([14, 16]), "{task}");
+    assert_eq!(
+        step_named(&task, "each")["result"],
+        json!([14, 16]),
+        "{task}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
