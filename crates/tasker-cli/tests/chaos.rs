@@ -4,9 +4,10 @@
 //! table. After each, the audit trail is read straight from the database: every task
 //! complete, every step completed exactly once, every extra attempt explained.
 //!
-//! Every instance runs at the default cluster settings (heartbeat 1 s, dead after 5 s), with 16
+//! Every instance runs at the default cluster settings (heartbeat 1 s, dead after 5 s), with 12
 //! database connections in `degraded` mode so that instances killed but not yet declared dead
-//! never push a restarted one over the server's connection limit (it starts smaller).
+//! never push a restarted one over the server's connection limit (16 did: six registered
+//! instances of 16 left a restarted one none).
 //!
 //! These tests run one at a time and alone (`.config/nextest.toml`, and a lock here for
 //! `cargo test`): one stops the shared server, and the others bound times that the load of
@@ -32,7 +33,7 @@ use tasker_store_postgres::test_database::TestDatabase;
 static ALONE: Mutex<()> = Mutex::new(());
 
 /// Connections per instance (see the module docs).
-const CONNECTIONS: &str = "16";
+const CONNECTIONS: &str = "12";
 
 /// A process the tests start, kill and start again, its output appended to a log file.
 struct Proc {
@@ -339,11 +340,12 @@ impl Drop for Cluster {
     }
 }
 
-/// The templates of namespace `chaos`: three shapes mixing in-process steps, a step that fails
-/// once (`fail`, in the linear shape: a retry costs a trip through the evaluator), `command` steps that append `<task key> <step> <attempt>` to the file at
-/// `context.log` per execution, and steps only the Python worker runs (`py_greet`,
-/// `py_total`, one per task: two workers of a few threads keep up with three instances on two
-/// cores). Every step may be tried often: attempts are lost to the kills.
+/// The templates of namespace `chaos`: three shapes of in-process steps, each task with one
+/// `command` step (it appends `<task key> <step> <attempt>` to the file at `context.log` per
+/// execution) and one step only the Python worker runs (`py_greet`, `py_total`), the linear
+/// shape with a step that fails once (`fail`: a retry costs a trip through the evaluator).
+/// Kept to that on two cores: a shell per command and a Python round trip per step are the
+/// dearest work of the run. Every step may be tried often: attempts are lost to the kills.
 fn chaos_templates() -> Vec<String> {
     let retry = "retry: {max_attempts: 20, base_ms: 10, max_ms: 100}";
     let command = |name: &str| {
@@ -391,8 +393,8 @@ fn chaos_templates() -> Vec<String> {
                 ("branch_r", "handler: py_greet".into(), &["root"]),
                 ("leaf_ll", "handler: noop".into(), &["branch_l"]),
                 ("leaf_lr", "handler: noop".into(), &["branch_l"]),
-                ("leaf_rl", command("leaf_rl"), &["branch_r"]),
-                ("leaf_rr", command("leaf_rr"), &["branch_r"]),
+                ("leaf_rl", "handler: noop".into(), &["branch_r"]),
+                ("leaf_rr", "handler: noop".into(), &["branch_r"]),
             ],
         ),
     ]

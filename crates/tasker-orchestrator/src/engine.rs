@@ -318,6 +318,12 @@ impl Engine {
             coordinator.add_pool(pool, source).await;
         }
         let handlers = Arc::new(handlers);
+        if !config.local_workers {
+            tracing::info!(
+                "local_workers = false: this instance runs no step and expands no mapped step; \
+                 mapped steps wait for an instance that runs in-process workers"
+            );
+        }
         if config.local_workers {
             let worker = InProcessWorker {
                 ctx: ctx.clone(),

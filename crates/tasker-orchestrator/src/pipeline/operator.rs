@@ -90,12 +90,21 @@ pub(crate) async fn cancel_task(
     let task = task.ok_or_else(|| {
         OperatorError::Conflict(format!("task {task_id} kept changing; try again"))
     })?;
-    // The task is cancelled: cancelling its steps follows, repeatable until it is done.
+    // The task is cancelled: cancelling its steps follows, repeatable until it is done. A
+    // mapped step that expanded meanwhile added instances the pass did not see: passes go on
+    // until one finds no step the one before did not (a cancelled mapped step expands no more).
     retry_while_unavailable(FOLLOW_UP_PATIENCE, || async {
-        for step in ctx.store.step_list(task_id).await? {
-            cancel_step(ctx, step).await?;
+        let mut seen = 0;
+        loop {
+            let steps = ctx.store.step_list(task_id).await?;
+            if steps.len() == seen {
+                return Ok::<_, OperatorError>(());
+            }
+            seen = steps.len();
+            for step in steps {
+                cancel_step(ctx, step).await?;
+            }
         }
-        Ok::<_, OperatorError>(())
     })
     .await?;
     Ok(task)
