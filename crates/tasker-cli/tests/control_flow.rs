@@ -265,15 +265,15 @@ fn map_controls(addr: &str, dir: &std::path::Path) {
          - {name: each, retry: {max_attempts: 1}, map: {over: context.xs, on_failure: continue}, \
             handler: {name: command, config: {program: /bin/sh, \
             args: [-c, \"test {{ item }} != 1 && echo {{ item }}\"]}}}\n\
-         - {name: after, handler: {name: echo, config: {value: \"{{ parents.each }}\"}}, \
-            depends_on: [each]}\n",
+         - {name: after, handler: {name: echo, config: {value: {all: \"{{ parents.each }}\", \
+            failed: \"{{ parents_meta.each.failed }}\"}}}, depends_on: [each]}\n",
     );
     let id = submit_context(addr, "flow", "tolerant", &json!({"xs": [0, 1, 2]}));
     let task = wait_until(addr, id, "complete", |t| t["state"] == "Complete");
     assert_eq!(instances(&task)[1]["state"], "Error", "{task}");
     assert_eq!(
         step(&task, "after")["result"],
-        json!([0, null, 2]),
+        json!({"all": [0, null, 2], "failed": 1}),
         "{task}"
     );
     for action in ["retry", "resolve"] {

@@ -14,7 +14,8 @@ use tasker_store::Result;
 
 use tasker_store_sql::{
     claimed_steps, qualified, step as decode_step, step_token_sql, task as decode_task, Counted,
-    EffectsApplied, EffectsPlan, JsonRow, RowExt, StepMove, STEP_COLUMNS, TASK_COLUMNS,
+    EffectsApplied, EffectsPlan, JsonRow, RowExt, StepMove, PARENT_FAILURES, STEP_COLUMNS,
+    TASK_COLUMNS,
 };
 use tasker_types::{settle, Entity, StepEvent, StepId, StepState};
 
@@ -134,6 +135,7 @@ fn claimed_object() -> String {
             "t.context AS context".to_owned(),
             "p.name AS parent_name".to_owned(),
             "p.result AS parent_result".to_owned(),
+            format!("{PARENT_FAILURES} AS parent_failures"),
             "false AS lease_ran_out".to_owned(),
         ])
         .map(|column| {

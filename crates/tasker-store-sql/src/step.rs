@@ -70,12 +70,27 @@ pub fn step(row: &impl RowExt) -> Result<StepRow> {
     })
 }
 
+/// [`PARENT_FAILURES`], for `concat!`.
+macro_rules! parent_failures {
+    () => {
+        "CASE WHEN p.map IS NULL OR p.map_of IS NOT NULL THEN NULL \
+         ELSE (SELECT COUNT(*) FROM steps f WHERE f.map_of = p.id AND f.state = 'Error') END"
+    };
+}
+
+/// For a parent `p` that is a mapped step, how many of its instances failed (`Error`, the step
+/// machine's name): what its children see in `parents_meta`; `NULL` for any other parent.
+pub const PARENT_FAILURES: &str = parent_failures!();
+
 /// The columns after a claimed step's own in [`claimed_steps`]' rows: its lease token, its
-/// task's context and one parent's name and output, for a `SELECT` whose steps are aliased
-/// `s`, tasks `t` and parents `p`. Each backend's claim adds `lease_ran_out` (a flag: the step
-/// was leased without a new attempt).
-pub const CLAIMED_INPUT_COLUMNS: &str =
-    "s.lease_token, t.context, p.name AS parent_name, p.result AS parent_result";
+/// task's context and one parent's name, output and failed instances ([`PARENT_FAILURES`]),
+/// for a `SELECT` whose steps are aliased `s`, tasks `t` and parents `p`. Each backend's claim
+/// adds `lease_ran_out` (a flag: the step was leased without a new attempt).
+pub const CLAIMED_INPUT_COLUMNS: &str = concat!(
+    "s.lease_token, t.context, p.name AS parent_name, p.result AS parent_result, ",
+    parent_failures!(),
+    " AS parent_failures"
+);
 
 /// The statement that reads claimed steps back with their handlers' input, in the row shape
 /// [`claimed_steps`] decodes: the steps `ids`, of which `ran_out` were leased without a new
@@ -136,11 +151,16 @@ pub fn claimed_steps(rows: &[impl RowExt]) -> Result<Vec<tasker_store::StepClaim
                 step: step(row)?,
                 context: row.json("context")?,
                 parents: Vec::new(),
+                parents_meta: Vec::new(),
                 lease_token: row.text("lease_token")?,
                 lease_ran_out: row.flag("lease_ran_out")?,
             });
         }
         if let (Some(name), Some(last)) = (row.opt_text("parent_name")?, claimed.last_mut()) {
+            if let Some(failed) = row.opt_int("parent_failures")? {
+                last.parents_meta
+                    .push((name.clone(), serde_json::json!({ "failed": failed })));
+            }
             last.parents
                 .push((name, row.opt_json("parent_result")?.map(|j| j.0)));
         }

@@ -389,6 +389,8 @@ pub struct StepClaimed {
     pub context: Value,
     /// The parents' outputs by name (`None` for a parent without output).
     pub parents: Vec<(String, Option<Value>)>,
+    /// What a parent that is a mapped step says of its instances, by name: `{"failed": n}`.
+    pub parents_meta: Vec<(String, Value)>,
     /// Proves the lease on later calls; a new claim of the step replaces it.
     pub lease_token: String,
     /// The step's earlier lease ran out while its attempt ran (the worker stopped answering):

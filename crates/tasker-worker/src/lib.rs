@@ -39,6 +39,9 @@ pub struct StepInput {
     pub attempt: u32,
     /// An instance of a mapped step: `{"item": …, "index": i}`, or `items` for a batch.
     pub map_input: Option<Value>,
+    /// For parents that are mapped steps, by name: `{"failed": n}`, the instances that failed
+    /// (with `on_failure: continue`; they contributed `null`).
+    pub parents_meta: Map<String, Value>,
 }
 
 /// A failed attempt.

@@ -59,6 +59,9 @@ pub struct ClaimedStep {
     pub context: Value,
     /// Parents' outputs by name.
     pub parents: Map<String, Value>,
+    /// For parents that are mapped steps: `{"failed": n}` by name.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub parents_meta: Map<String, Value>,
     /// This attempt's number.
     pub attempt: u32,
     /// Present it on heartbeat, complete and fail.
@@ -186,6 +189,7 @@ pub(crate) async fn claim(
             config: input.config,
             context: input.context,
             parents: input.parents,
+            parents_meta: input.parents_meta,
             attempt: step.attempts,
             lease_token: lease.encode(),
             map_input: match input.map_input {

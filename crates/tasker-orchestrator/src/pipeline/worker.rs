@@ -515,6 +515,7 @@ pub(crate) fn handler_input(claim: StepClaimed) -> (StepRow, StepInput) {
         step,
         context,
         parents,
+        parents_meta,
         ..
     } = claim;
     let input = StepInput {
@@ -526,6 +527,7 @@ pub(crate) fn handler_input(claim: StepClaimed) -> (StepRow, StepInput) {
             .collect(),
         attempt: step.attempts,
         map_input: step.map_instance.as_ref().map(|m| m.input.clone()),
+        parents_meta: parents_meta.into_iter().collect(),
     };
     (step, input)
 }

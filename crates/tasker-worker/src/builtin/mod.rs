@@ -17,11 +17,12 @@ use crate::{
     read_config, ConfigProblem, StepFailure, StepHandler, StepInput,
 };
 
-/// The scope `{{ … }}` placeholders are rendered against: `context`, `parents`, `attempt`,
+/// The scope `{{ … }}` placeholders are rendered against: `context`, `parents`, `parents_meta`,
+/// `attempt`,
 /// and for an instance of a mapped step `item` (or `items`) and `index`.
 pub(crate) fn scope(input: &StepInput) -> Value {
-    let mut scope =
-        json!({"context": input.context, "parents": input.parents, "attempt": input.attempt});
+    let mut scope = json!({"context": input.context, "parents": input.parents,
+                           "parents_meta": input.parents_meta, "attempt": input.attempt});
     if let (Some(Value::Object(instance)), Value::Object(scope)) = (&input.map_input, &mut scope) {
         scope.extend(instance.clone());
     }
