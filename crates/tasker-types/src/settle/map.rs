@@ -112,7 +112,7 @@ fn holds_a_slot(instance: &StepRow) -> bool {
 
 /// An instance left waiting for a slot when its map expanded (`pending_parents` counts the
 /// slot it waits for).
-pub fn waits_for_a_slot(instance: &StepRow) -> bool {
+fn waits_for_a_slot(instance: &StepRow) -> bool {
     instance.state == StepState::Pending && instance.pending_parents > 0
 }
 

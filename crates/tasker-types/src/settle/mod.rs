@@ -27,10 +27,7 @@ mod map;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use map::{
-    expand, first_slots, is_mapped, is_tolerated_failure, map_progress, waits_for_a_slot,
-    MapProgress,
-};
+pub use map::{expand, first_slots, is_mapped, is_tolerated_failure, map_progress, MapProgress};
 
 /// A step may be enqueued now: it waits for nothing and has attempts left. (A step whose
 /// parents all finished without choosing it never waits `Pending`: the transaction that
