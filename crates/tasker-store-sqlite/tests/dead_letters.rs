@@ -96,7 +96,14 @@ async fn a_large_batch_of_dead_letters_is_buried_with_bound_ids() {
     statements.0.lock().unwrap().clear();
     assert!(store.queue_dequeue(&dequeue).await.unwrap().is_empty());
 
-    let dead = store.dead_letter_list("dlq").await.unwrap();
+    let dead = store
+        .dead_letter_list(&tasker_store::DeadLetterListParams {
+            queue: Some("dlq".into()),
+            after_id: None,
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
     assert_eq!(dead.len(), n);
     let mut dead_ids: Vec<i64> = dead.iter().map(|d| d.id).collect();
     dead_ids.sort_unstable();

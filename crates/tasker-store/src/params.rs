@@ -77,6 +77,42 @@ pub struct TaskListParams {
     pub limit: u32,
 }
 
+/// [`crate::TaskStore::task_count`]: the filters of [`TaskListParams`] but the state, combined
+/// with AND.
+#[derive(Debug, Clone, Default)]
+pub struct TaskCountParams {
+    /// Only tasks of this namespace.
+    pub namespace: Option<String>,
+    /// Only tasks of this template name.
+    pub name: Option<String>,
+    /// Only tasks created at or after this time (ms since the epoch).
+    pub created_after_ms: Option<i64>,
+    /// Only tasks created before this time (ms since the epoch).
+    pub created_before_ms: Option<i64>,
+}
+
+/// How far one task has come, from [`crate::StepStore::step_progress_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepProgress {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its steps, mapped steps' instances included.
+    pub total: u64,
+    /// Those done for their task ([`tasker_types::StepState::releases_dependents`]).
+    pub done: u64,
+}
+
+/// [`crate::QueueStore::dead_letter_list`]: oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterListParams {
+    /// Only the dead letters of this queue.
+    pub queue: Option<String>,
+    /// Only dead letters with an id above this (keyset pagination).
+    pub after_id: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
 /// [`crate::TaskStore::task_transition`].
 #[derive(Debug, Clone)]
 pub struct TaskTransitionParams {

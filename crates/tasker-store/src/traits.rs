@@ -2,18 +2,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tasker_types::{
-    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord,
-    TransitionRow,
+    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TaskState,
+    TemplateRecord, TransitionRow,
 };
 
 use crate::{
-    InstanceHeartbeatParams, InstanceRegisterParams, LeaderLease, QueueAckParams, QueueDepth,
-    QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams, QueueForwardParams,
-    QueueLeaseParams, Result, ResultsApplied, RetentionSweepParams, RetentionSwept,
-    StepApplyResultsParams, StepClaimParams, StepClaimed, StepEnqueueManyParams,
-    StepLeaseExtendParams, StepTransitionParams, StepViableManyParams, TaskClaimParams,
-    TaskCreateParams, TaskCreated, TaskListParams, TaskReleaseParams, TaskTransitionParams,
-    TemplateGetParams, TemplateRegisterParams,
+    DeadLetterListParams, InstanceHeartbeatParams, InstanceRegisterParams, LeaderLease,
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
+    QueueForwardParams, QueueLeaseParams, Result, ResultsApplied, RetentionSweepParams,
+    RetentionSwept, StepApplyResultsParams, StepClaimParams, StepClaimed, StepEnqueueManyParams,
+    StepLeaseExtendParams, StepProgress, StepTransitionParams, StepViableManyParams,
+    TaskClaimParams, TaskCountParams, TaskCreateParams, TaskCreated, TaskListParams,
+    TaskReleaseParams, TaskTransitionParams, TemplateGetParams, TemplateRegisterParams,
 };
 
 /// What a backend can do; the engine branches on these, never on the backend's name.
@@ -109,6 +109,14 @@ pub trait TaskStore: Send + Sync {
     /// Infrastructure errors.
     async fn task_list(&self, params: &TaskListParams) -> Result<Vec<TaskRow>>;
 
+    /// How many tasks are in each state, among those the filters keep; states without a
+    /// task are left out.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn task_count(&self, params: &TaskCountParams) -> Result<Vec<(TaskState, u64)>>;
+
     /// Moves a task by its state machine, compare-and-swap on `from`, with its audit row in the
     /// same transaction.
     ///
@@ -159,6 +167,13 @@ pub trait StepStore: Send + Sync {
     ///
     /// Infrastructure errors.
     async fn step_edges(&self, task_id: TaskId) -> Result<Vec<(StepId, StepId)>>;
+
+    /// Steps done and in all, for each of these tasks that has steps, in one statement.
+    ///
+    /// # Errors
+    ///
+    /// Infrastructure errors.
+    async fn step_progress_many(&self, task_ids: &[TaskId]) -> Result<Vec<StepProgress>>;
 
     /// Moves a step by its state machine, compare-and-swap on `from`, with its audit row in the
     /// same transaction. `Start` counts an attempt. A step reaching `Complete` or
@@ -323,12 +338,36 @@ pub trait QueueStore: Send + Sync {
     /// Infrastructure errors.
     async fn queue_depth(&self, queue: &str) -> Result<QueueDepth>;
 
-    /// Dead letters of one queue, oldest first.
+    /// Dead letters, oldest first.
     ///
     /// # Errors
     ///
     /// Infrastructure errors.
-    async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>>;
+    async fn dead_letter_list(&self, params: &DeadLetterListParams) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] when there is none with this id.
+    async fn dead_letter_get(&self, id: i64) -> Result<DeadLetter>;
+
+    /// Puts a dead letter back in its queue as a new message, visible at once with no
+    /// deliveries counted, and removes it from the dead letters, in one transaction. Returns
+    /// the new message's id.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] when there is none with this id (requeued or
+    /// discarded already).
+    async fn dead_letter_requeue(&self, id: i64) -> Result<i64>;
+
+    /// Deletes a dead letter for good.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::StoreError::NotFound`] when there is none with this id.
+    async fn dead_letter_discard(&self, id: i64) -> Result<()>;
 }
 
 /// The cluster's orchestrator instances: registration, heartbeats, and the leases they hold.

@@ -14,8 +14,8 @@ use std::{
 use async_trait::async_trait;
 use tasker_store::*;
 use tasker_types::{
-    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TemplateRecord,
-    TransitionRow,
+    DeadLetter, InstanceRow, QueueMessage, StepId, StepRow, TaskId, TaskRow, TaskState,
+    TemplateRecord, TransitionRow,
 };
 
 #[derive(Debug)]
@@ -97,6 +97,9 @@ impl TaskStore for Faulty {
     async fn task_list(&self, p: &TaskListParams) -> Result<Vec<TaskRow>> {
         self.inner.task_list(p).await
     }
+    async fn task_count(&self, p: &TaskCountParams) -> Result<Vec<(TaskState, u64)>> {
+        self.inner.task_count(p).await
+    }
     async fn task_transition(&self, p: &TaskTransitionParams) -> Result<TaskRow> {
         let out = self.inner.task_transition(p).await;
         self.wrote();
@@ -123,6 +126,9 @@ impl StepStore for Faulty {
     async fn step_edges(&self, task_id: TaskId) -> Result<Vec<(StepId, StepId)>> {
         self.read()?;
         self.inner.step_edges(task_id).await
+    }
+    async fn step_progress_many(&self, ids: &[TaskId]) -> Result<Vec<StepProgress>> {
+        self.inner.step_progress_many(ids).await
     }
     async fn step_transition(&self, p: &StepTransitionParams) -> Result<StepRow> {
         self.inner.step_transition(p).await
@@ -179,8 +185,17 @@ impl QueueStore for Faulty {
         }
         self.inner.queue_depth(queue).await
     }
-    async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>> {
-        self.inner.dead_letter_list(queue).await
+    async fn dead_letter_list(&self, p: &DeadLetterListParams) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letter_list(p).await
+    }
+    async fn dead_letter_get(&self, id: i64) -> Result<DeadLetter> {
+        self.inner.dead_letter_get(id).await
+    }
+    async fn dead_letter_requeue(&self, id: i64) -> Result<i64> {
+        self.inner.dead_letter_requeue(id).await
+    }
+    async fn dead_letter_discard(&self, id: i64) -> Result<()> {
+        self.inner.dead_letter_discard(id).await
     }
 }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tasker_store::{
-    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
-    QueueForwardParams, QueueLeaseParams, QueueStore, Result, StoreError,
+    DeadLetterListParams, QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams,
+    QueueExtendManyParams, QueueForwardParams, QueueLeaseParams, QueueStore, Result, StoreError,
 };
 use tasker_types::{DeadLetter, QueueMessage};
 
@@ -70,6 +70,16 @@ fn push_held<'a>(sql: &mut Sql<'a>, held: &'a [QueueAckParams]) {
             .push(" AND lease_token = ")
             .push_bind(&ack.lease_token)
             .push(")");
+    }
+}
+
+/// The columns [`dead_letter`] reads.
+const DEAD_LETTER_COLUMNS: &str = "id, queue, payload, deliveries, dead_at_ms";
+
+fn dead_letter_missing(id: i64) -> StoreError {
+    StoreError::NotFound {
+        entity: "dead letter",
+        id: id.to_string(),
     }
 }
 
@@ -260,16 +270,70 @@ impl<B: Backend> QueueStore for SqlStore<B> {
         queue_depth(&row)
     }
 
-    async fn dead_letter_list(&self, queue: &str) -> Result<Vec<DeadLetter>> {
-        let rows = B::fetch_all(
+    async fn dead_letter_list(&self, params: &DeadLetterListParams) -> Result<Vec<DeadLetter>> {
+        let mut sql = Sql::new(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE 1=1"
+        ));
+        if let Some(queue) = &params.queue {
+            sql.push(" AND queue = ").push_bind(queue);
+        }
+        if let Some(after) = params.after_id {
+            sql.push(" AND id > ").push_bind(after);
+        }
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(params.limit));
+        let rows = B::fetch_all(&mut *self.read().await?, &sql).await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn dead_letter_get(&self, id: i64) -> Result<DeadLetter> {
+        let row = fetch_optional::<B>(
             &mut *self.read().await?,
-            &Sql::new(
-                "SELECT id, queue, payload, deliveries, dead_at_ms FROM dead_letters \
-                 WHERE queue = $1 ORDER BY id",
-            )
-            .bind(queue),
+            &Sql::new(format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1"
+            ))
+            .bind(id),
         )
         .await?;
-        rows.iter().map(dead_letter).collect()
+        row.as_ref()
+            .map(dead_letter)
+            .transpose()?
+            .ok_or_else(|| dead_letter_missing(id))
+    }
+
+    async fn dead_letter_requeue(&self, id: i64) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        // Deleting first takes the row, so two operators requeueing at once make one message.
+        let row = fetch_optional::<B>(
+            &mut tx,
+            &Sql::new(format!(
+                "DELETE FROM dead_letters WHERE id = $1 RETURNING {DEAD_LETTER_COLUMNS}"
+            ))
+            .bind(id),
+        )
+        .await?;
+        let dead = row
+            .as_ref()
+            .map(dead_letter)
+            .transpose()?
+            .ok_or_else(|| dead_letter_missing(id))?;
+        let ids =
+            insert_messages::<B>(&mut tx, &dead.queue, &[dead.payload], Duration::ZERO).await?;
+        commit::<B>(tx).await?;
+        ids.first()
+            .copied()
+            .ok_or_else(|| crate::corrupt("requeue", "the insert returned no id"))
+    }
+
+    async fn dead_letter_discard(&self, id: i64) -> Result<()> {
+        let deleted = B::execute(
+            &mut *self.backend().write().await?,
+            &Sql::new("DELETE FROM dead_letters WHERE id = $1").bind(id),
+        )
+        .await?;
+        if deleted == 0 {
+            return Err(dead_letter_missing(id));
+        }
+        Ok(())
     }
 }

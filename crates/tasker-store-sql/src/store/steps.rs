@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use tasker_store::{
     Result, ResultsApplied, StepApplyResultsParams, StepClaimParams, StepClaimed,
-    StepEnqueueManyParams, StepLease, StepLeaseExtendParams, StepStore, StepTransitionParams,
-    StepViableManyParams, StoreError,
+    StepEnqueueManyParams, StepLease, StepLeaseExtendParams, StepProgress, StepStore,
+    StepTransitionParams, StepViableManyParams, StoreError,
 };
 use tasker_types::{Entity, StepEvent, StepId, StepRow, StepState, TaskId};
 
@@ -90,6 +90,38 @@ impl<B: Backend> StepStore for SqlStore<B> {
         rows.iter()
             .map(|r| Ok((StepId(r.int("parent_id")?), StepId(r.int("child_id")?))))
             .collect()
+    }
+
+    async fn step_progress_many(&self, task_ids: &[TaskId]) -> Result<Vec<StepProgress>> {
+        // What counts as done comes from the step machine, written as literals.
+        let done = StepState::ALL
+            .iter()
+            .filter(|s| s.releases_dependents())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut progress = Vec::with_capacity(task_ids.len());
+        let mut conn = self.read().await?;
+        for chunk in task_ids.chunks(crate::INSERT_CHUNK) {
+            let mut sql = Sql::new(format!(
+                "SELECT task_id, COUNT(*) AS total, \
+                   SUM(CASE WHEN state IN ({done}) THEN 1 ELSE 0 END) AS done \
+                 FROM steps WHERE task_id IN ("
+            ));
+            sql.push_list(chunk.iter().map(|id| id.0))
+                .push(") GROUP BY task_id");
+            for row in B::fetch_all(&mut conn, &sql).await? {
+                let count = |column: &str| -> Result<u64> {
+                    u64::try_from(row.int(column)?).map_err(|e| crate::corrupt("step count", e))
+                };
+                progress.push(StepProgress {
+                    task_id: TaskId(row.int("task_id")?),
+                    total: count("total")?,
+                    done: count("done")?,
+                });
+            }
+        }
+        Ok(progress)
     }
 
     async fn step_transition(&self, params: &StepTransitionParams) -> Result<StepRow> {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tasker_store::{
-    Result, StoreError, TaskClaimParams, TaskCreateParams, TaskCreated, TaskListParams,
-    TaskReleaseParams, TaskStore, TaskTransitionParams, TransitionLog,
+    Result, StoreError, TaskClaimParams, TaskCountParams, TaskCreateParams, TaskCreated,
+    TaskListParams, TaskReleaseParams, TaskStore, TaskTransitionParams, TransitionLog,
 };
 use tasker_types::{Entity, StepId, StepState, TaskId, TaskRow, TaskState, TransitionRow};
 
@@ -306,18 +306,13 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         if let Some(state) = params.state {
             sql.push(" AND state = ").push_bind(state.as_str());
         }
-        if let Some(ns) = &params.namespace {
-            sql.push(" AND namespace = ").push_bind(ns);
-        }
-        if let Some(name) = &params.name {
-            sql.push(" AND name = ").push_bind(name);
-        }
-        if let Some(after) = params.created_after_ms {
-            sql.push(" AND created_at_ms >= ").push_bind(after);
-        }
-        if let Some(before) = params.created_before_ms {
-            sql.push(" AND created_at_ms < ").push_bind(before);
-        }
+        push_task_filters(
+            &mut sql,
+            params.namespace.as_deref(),
+            params.name.as_deref(),
+            params.created_after_ms,
+            params.created_before_ms,
+        );
         if let Some(before) = params.before_id {
             sql.push(" AND id < ").push_bind(before.0);
         }
@@ -325,6 +320,29 @@ impl<B: Backend> TaskStore for SqlStore<B> {
             .push_bind(i64::from(params.limit));
         let rows = B::fetch_all(&mut *self.read().await?, &sql).await?;
         rows.iter().map(decode_task).collect()
+    }
+
+    async fn task_count(&self, params: &TaskCountParams) -> Result<Vec<(TaskState, u64)>> {
+        let mut sql = Sql::new("SELECT state, COUNT(*) AS n FROM tasks WHERE 1=1");
+        push_task_filters(
+            &mut sql,
+            params.namespace.as_deref(),
+            params.name.as_deref(),
+            params.created_after_ms,
+            params.created_before_ms,
+        );
+        sql.push(" GROUP BY state");
+        let rows = B::fetch_all(&mut *self.read().await?, &sql).await?;
+        rows.iter()
+            .map(|r| {
+                let state = r
+                    .text("state")?
+                    .parse::<TaskState>()
+                    .map_err(|e| corrupt("task state", e))?;
+                let n = u64::try_from(r.int("n")?).map_err(|e| corrupt("task count", e))?;
+                Ok((state, n))
+            })
+            .collect()
     }
 
     async fn task_transition(&self, params: &TaskTransitionParams) -> Result<TaskRow> {
@@ -422,5 +440,27 @@ impl<B: Backend> TransitionLog for SqlStore<B> {
         )
         .await?;
         rows.iter().map(decode_transition).collect()
+    }
+}
+
+/// ` AND …` for each filter given: one home for what `task_list` and `task_count` keep.
+fn push_task_filters<'a>(
+    sql: &mut Sql<'a>,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    created_after_ms: Option<i64>,
+    created_before_ms: Option<i64>,
+) {
+    if let Some(ns) = namespace {
+        sql.push(" AND namespace = ").push_bind(ns);
+    }
+    if let Some(name) = name {
+        sql.push(" AND name = ").push_bind(name);
+    }
+    if let Some(after) = created_after_ms {
+        sql.push(" AND created_at_ms >= ").push_bind(after);
+    }
+    if let Some(before) = created_before_ms {
+        sql.push(" AND created_at_ms < ").push_bind(before);
     }
 }

@@ -7,7 +7,7 @@ use tasker_types::{StepEvent, StepId, StepState, TaskId};
 
 use super::results::{apply, local_noop, ready, running, start, state_of, step_id, success};
 use crate::{
-    conformance::{claim, create_task, diamond, template},
+    conformance::{claim, create_task, dead_in, diamond, template},
     QueueForwardParams, StepChain, StepClaimParams, StepEnqueueManyParams, StepLease,
     StepLeaseExtendParams, Store, StoreError,
 };
@@ -350,7 +350,10 @@ pub async fn queue_forward_settles_step_leases(store: Arc<dyn Store>) {
     };
     assert_eq!(s.queue_dequeue(&dequeue).await.unwrap().len(), 1);
     assert!(s.queue_dequeue(&dequeue).await.unwrap().is_empty());
-    assert_eq!(s.dead_letter_list("handed").await.unwrap().len(), 1);
+    assert_eq!(
+        s.dead_letter_list(&dead_in("handed")).await.unwrap().len(),
+        1
+    );
     let again = claim(s, "handover", 1, LONG).await;
     assert_eq!(
         again

@@ -10,7 +10,7 @@ use super::{
     results::{running, walk},
 };
 use crate::{
-    conformance::{create_task, template},
+    conformance::{create_task, dead_in, template},
     InstanceHeartbeatParams, InstanceRegisterParams, RetentionSweepParams, RetentionSwept,
     StepClaimParams, Store,
 };
@@ -316,7 +316,7 @@ pub async fn retention_sweep_deletes_what_is_kept_no_longer(store: Arc<dyn Store
     };
     s.queue_dequeue(&dequeue).await.unwrap();
     s.queue_dequeue(&dequeue).await.unwrap();
-    assert_eq!(s.dead_letter_list("dl").await.unwrap().len(), 1);
+    assert_eq!(s.dead_letter_list(&dead_in("dl")).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let epoch = s
@@ -350,7 +350,7 @@ pub async fn retention_sweep_deletes_what_is_kept_no_longer(store: Arc<dyn Store
     assert!(s.step_list(done[0].id).await.unwrap().is_empty());
     assert!(s.step_edges(done[0].id).await.unwrap().is_empty());
     assert!(s.transition_list(done[0].id).await.unwrap().is_empty());
-    assert!(s.dead_letter_list("dl").await.unwrap().is_empty());
+    assert!(s.dead_letter_list(&dead_in("dl")).await.unwrap().is_empty());
     let second = s.retention_sweep(&sweep("l", epoch, None)).await.unwrap();
     assert_eq!(second.tasks, 1);
     let kept = s.retention_sweep(&sweep("l", epoch, None)).await.unwrap();

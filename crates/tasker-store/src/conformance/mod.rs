@@ -75,6 +75,7 @@ macro_rules! store_conformance {
             task_transition_is_compare_and_swap,
             task_claim_is_exclusive_until_released_or_expired,
             task_list_filters_and_pages,
+            task_count_and_step_progress,
             step_readiness_follows_completed_parents,
             step_retry_and_error_paths,
             step_viable_query_agrees_with_settlement,
@@ -105,6 +106,7 @@ macro_rules! store_conformance {
             queue_get_reads_the_held_delivery,
             queue_release_does_not_count_a_delivery,
             queue_dead_letters_after_max_deliveries,
+            dead_letters_are_requeued_or_discarded,
             queue_concurrent_dequeuers_receive_each_message_once,
             queue_enqueue_announces_wakeups,
         );
@@ -171,6 +173,15 @@ pub fn assert_listed(listed: &[&str]) {
         "conformance tests written but not in store_conformance!: {missing:?}; \
          listed but not written: {unknown:?}"
     );
+}
+
+/// The first page of dead letters of `queue`.
+pub fn dead_in(queue: &str) -> crate::DeadLetterListParams {
+    crate::DeadLetterListParams {
+        queue: Some(queue.to_owned()),
+        after_id: None,
+        limit: 100,
+    }
 }
 
 /// Parses a template from YAML, panicking on problems (fixtures are trusted).

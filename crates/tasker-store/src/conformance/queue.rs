@@ -3,8 +3,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use serde_json::json;
 
 use crate::{
-    conformance::eventually, QueueAckParams, QueueDepth, QueueDequeueParams,
-    QueueEnqueueManyParams, QueueExtendManyParams, QueueLeaseParams, Store, StoreError,
+    conformance::{dead_in, eventually},
+    QueueAckParams, QueueDepth, QueueDequeueParams, QueueEnqueueManyParams, QueueExtendManyParams,
+    QueueLeaseParams, Store, StoreError,
 };
 
 fn dequeue(queue: &str, max: u32, visibility: Duration, max_deliveries: u32) -> QueueDequeueParams {
@@ -200,7 +201,7 @@ pub async fn queue_dead_letters_after_max_deliveries(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
-    let dead = s.dead_letter_list("dlq").await.unwrap();
+    let dead = s.dead_letter_list(&dead_in("dlq")).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].id, dead[0].deliveries), (ids[0], 2));
     assert_eq!(dead[0].payload, json!({"i": 0}));
@@ -382,7 +383,11 @@ pub async fn queue_release_does_not_count_a_delivery(store: Arc<dyn Store>) {
         .await
         .unwrap_err();
     assert!(matches!(stale, StoreError::LeaseLost { .. }), "{stale}");
-    assert!(s.dead_letter_list("rel").await.unwrap().is_empty());
+    assert!(s
+        .dead_letter_list(&dead_in("rel"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// `queue_get` returns the delivery a lease token holds, as it is, and changes nothing; a wrong
@@ -429,4 +434,82 @@ pub async fn queue_get_reads_the_held_delivery(store: Arc<dyn Store>) {
         s.queue_get(&held(&got[1])).await,
         Err(StoreError::LeaseLost { .. })
     ));
+}
+
+/// A dead letter can be read, listed by queue in pages, put back in its queue as a fresh
+/// message (once), or discarded; both answer `NotFound` for one that is gone.
+pub async fn dead_letters_are_requeued_or_discarded(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    enqueue(s, "dlr", 3).await;
+    enqueue(s, "other", 1).await;
+    for queue in ["dlr", "other"] {
+        // One delivery allowed: the first lease uses it, the next dequeue buries the rest.
+        let got = s.queue_dequeue(&dequeue(queue, 10, LONG, 1)).await.unwrap();
+        for m in got {
+            s.queue_nack(&QueueLeaseParams {
+                id: m.id,
+                lease_token: m.lease_token,
+                delay: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(s
+            .queue_dequeue(&dequeue(queue, 10, LONG, 1))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let all = s
+        .dead_letter_list(&crate::DeadLetterListParams {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    let dead = s.dead_letter_list(&dead_in("dlr")).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    let page = s
+        .dead_letter_list(&crate::DeadLetterListParams {
+            queue: Some("dlr".into()),
+            after_id: Some(dead[0].id),
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, [dead[1].clone()]);
+    assert_eq!(s.dead_letter_get(dead[2].id).await.unwrap(), dead[2]);
+
+    let requeued = s.dead_letter_requeue(dead[0].id).await.unwrap();
+    assert!(matches!(
+        s.dead_letter_requeue(dead[0].id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let back = s.queue_dequeue(&dequeue("dlr", 10, LONG, 5)).await.unwrap();
+    assert_eq!(back.len(), 1, "requeued once: {back:?}");
+    assert_eq!(back[0].id, requeued);
+    assert_eq!(back[0].payload, dead[0].payload);
+    assert_eq!(back[0].deliveries, 1, "its count starts again");
+
+    s.dead_letter_discard(dead[1].id).await.unwrap();
+    for gone in [dead[0].id, dead[1].id] {
+        assert!(matches!(
+            s.dead_letter_get(gone).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    assert!(matches!(
+        s.dead_letter_discard(dead[1].id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let left: Vec<i64> = s
+        .dead_letter_list(&dead_in("dlr"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(left, [dead[2].id]);
+    assert_eq!(s.queue_depth("dlr").await.unwrap().dead, 1);
 }

@@ -702,3 +702,66 @@ pub async fn step_apply_results_expands_a_map_and_gathers_its_outputs(store: Arc
         drain(s, "evaluate").await;
     }
 }
+
+/// `task_count` counts tasks per state under the list's filters, and `step_progress_many`
+/// counts each task's steps and those done with it (complete, resolved or skipped).
+pub async fn task_count_and_step_progress(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let other = template(
+        "namespace: etl\nname: load\nversion: 1.0.0\nsteps:\n- {name: a, handler: noop}\n",
+    );
+    let task = create_task(s, &diamond(), None).await;
+    let idle = create_task(s, &diamond(), None).await;
+    let etl = create_task(s, &other, None).await;
+    running(s, &task).await;
+    let first = start(s, task.id, "start").await;
+    s.step_apply_results(&apply(vec![success(task.id, first)], local_noop()))
+        .await
+        .unwrap();
+
+    let counts = s
+        .task_count(&crate::TaskCountParams::default())
+        .await
+        .unwrap();
+    let count_of = |state: TaskState| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(count_of(TaskState::Pending), 2, "{counts:?}");
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 3, "{counts:?}");
+    assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
+    let etl_only = s
+        .task_count(&crate::TaskCountParams {
+            namespace: Some("etl".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(etl_only, [(TaskState::Pending, 1)]);
+    let none = s
+        .task_count(&crate::TaskCountParams {
+            created_before_ms: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+
+    let mut progress = s
+        .step_progress_many(&[task.id, idle.id, etl.id, TaskId(i64::MAX)])
+        .await
+        .unwrap();
+    progress.sort_by_key(|p| p.task_id);
+    let seen: Vec<_> = progress
+        .iter()
+        .map(|p| (p.task_id, p.done, p.total))
+        .collect();
+    assert_eq!(
+        seen,
+        [(task.id, 1, 4), (idle.id, 0, 4), (etl.id, 0, 1)],
+        "a task that does not exist has no row"
+    );
+    assert!(s.step_progress_many(&[]).await.unwrap().is_empty());
+}
