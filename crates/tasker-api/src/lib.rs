@@ -1,11 +1,16 @@
 //! Tasker's REST API: versioned JSON routes under `/v1` over an embedded [`Engine`], plus
 //! `/health`, `/health/ready` and `/metrics`.
 //!
+//! The web dashboard ([`dashboard`]) is served from the same router, at `/`.
+//!
 //! Every error is `{"error": {"code", "message"}}` with its status chosen in one place
 //! ([`error::ApiError`]). With a bearer token configured, every route but `/health` requires
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`, or the dashboard's cookie holding the same token.
 
+pub mod dashboard;
+mod dead_letters;
 pub mod error;
+mod events;
 pub mod extract;
 mod health;
 mod tasks;
@@ -37,6 +42,9 @@ pub struct ApiConfig {
     /// How long the answer to a committed write waits out a storage outage before it is built
     /// from what the write returned (default [`tasker_store::FOLLOW_UP_PATIENCE`]).
     pub follow_up_patience: std::time::Duration,
+    /// Turns `true` when the server starts to stop: long-lived event streams end then, so
+    /// they do not hold a graceful shutdown open. `None`: they end only on their own.
+    pub stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +53,7 @@ impl Default for ApiConfig {
             auth_token: None,
             body_limit: 1024 * 1024,
             follow_up_patience: tasker_store::FOLLOW_UP_PATIENCE,
+            stopping: None,
         }
     }
 }
@@ -78,6 +87,8 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::show))
+        .route("/v1/tasks/counts", get(tasks::counts))
+        .route("/v1/tasks/{id}/events", get(events::task_events))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/steps/{step}/retry", post(tasks::retry_step))
         .route(
@@ -88,6 +99,12 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/v1/steps/{id}/heartbeat", post(workers::heartbeat))
         .route("/v1/steps/{id}/complete", post(workers::complete))
         .route("/v1/steps/{id}/fail", post(workers::fail))
+        .route("/v1/dead_letters", get(dead_letters::list))
+        .route(
+            "/v1/dead_letters/{id}",
+            get(dead_letters::show).delete(dead_letters::discard),
+        )
+        .route("/v1/dead_letters/{id}/requeue", post(dead_letters::requeue))
         .route("/v1/health/pools", get(health::pools))
         .route("/v1/cluster", get(health::cluster))
         .route("/health/ready", get(health::ready))
@@ -96,6 +113,7 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
     Router::new()
         .route("/health", get(health::live))
         .merge(protected)
+        .merge(dashboard::router(state.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -110,26 +128,65 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .with_state(state)
 }
 
-/// Requires the bearer token when one is configured. The scheme is matched case-insensitively
-/// (RFC 7235) and the token compared in constant time, so the answer's timing says nothing
-/// about how much of a guess was right.
+/// How a request proved it holds the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// The dashboard's cookie.
+    Cookie,
+}
+
+/// Whether the request carries `expected`, and how. A bearer header, when present, decides
+/// alone. The scheme is matched case-insensitively (RFC 7235) and the token compared in
+/// constant time, so the answer's timing says nothing about how much of a guess was right.
+pub(crate) fn credentials_match(
+    headers: &axum::http::HeaderMap,
+    expected: &str,
+) -> Option<Credential> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    if let Some(given) = bearer {
+        return token_matches(given, expected).then_some(Credential::Bearer);
+    }
+    dashboard::cookie_token(headers)
+        .filter(|given| token_matches(given, expected))
+        .map(|_| Credential::Cookie)
+}
+
+/// Requires the token when one is configured: as a bearer header, or as the dashboard's
+/// cookie. A write on the cookie's authority must also carry the dashboard's own header, which
+/// a page of another site cannot send, so the cookie never lends itself to a forged request.
 async fn authenticate(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = &state.config.auth_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        if !given.is_some_and(|g| token_matches(g, expected)) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-            ));
+        match credentials_match(request.headers(), expected) {
+            Some(Credential::Bearer) => {}
+            Some(Credential::Cookie)
+                if request.method().is_safe()
+                    || request.headers().contains_key(dashboard::DASHBOARD_HEADER) => {}
+            Some(Credential::Cookie) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "a write authorized by the dashboard's cookie must carry the {} header",
+                        dashboard::DASHBOARD_HEADER
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                ))
+            }
         }
     }
     Ok(next.run(request).await)
@@ -168,12 +225,13 @@ async fn reject_nul_in_uri(request: Request, next: Next) -> Result<Response, Api
 /// query, 405, 413 from the body limit on any route, 415) and rewrites their plain text.
 async fn error_shape(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    // JSON is ours already; HTML is a dashboard page (its error page or the login form).
+    let is_ours = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_ours {
         return response;
     }
     let headers = response.headers().clone();

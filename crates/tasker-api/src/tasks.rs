@@ -14,7 +14,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tasker_orchestrator::pipeline::messages::TaskRequest;
-use tasker_store::{retry_while_unavailable, TaskCreated, TaskListParams};
+use tasker_store::{retry_while_unavailable, TaskCountParams, TaskCreated, TaskListParams};
 use tasker_types::{TaskId, TaskRow, TaskState};
 
 use crate::{
@@ -158,7 +158,7 @@ pub(crate) struct ListQuery {
     created_before: Option<String>,
 }
 
-fn millis(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn millis(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| {
             let t = humantime::parse_rfc3339_weak(&v)
@@ -172,7 +172,8 @@ fn millis(field: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-/// `GET /v1/tasks`: newest first, keyset-paginated.
+/// `GET /v1/tasks`: newest first, keyset-paginated; each task with its `progress` (steps
+/// done and in all).
 pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -205,9 +206,58 @@ pub(crate) async fn list(
     let next = (tasks.len() == limit as usize)
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
-    Ok(Json(
-        json!({"tasks": tasks.iter().map(views::task_summary).collect::<Vec<_>>(), "next": next}),
-    ))
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let progress = state.engine.store().step_progress_many(&ids).await?;
+    let views: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            let mut view = views::task_summary(t);
+            let (done, total) = progress
+                .iter()
+                .find(|p| p.task_id == t.id)
+                .map_or((0, 0), |p| (p.done, p.total));
+            view["progress"] = json!({"done": done, "total": total});
+            view
+        })
+        .collect();
+    Ok(Json(json!({"tasks": views, "next": next})))
+}
+
+/// Filters of `GET /v1/tasks/counts`: those of the list but the state and the page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CountQuery {
+    namespace: Option<String>,
+    name: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+}
+
+/// `GET /v1/tasks/counts`: `{"counts": {"<state>": n, …}, "total": n}`, every state listed.
+pub(crate) async fn counts(
+    State(state): State<AppState>,
+    query: Result<Query<CountQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let counts = state
+        .engine
+        .store()
+        .task_count(&TaskCountParams {
+            created_after_ms: millis("created_after", q.created_after)?,
+            created_before_ms: millis("created_before", q.created_before)?,
+            namespace: q.namespace,
+            name: q.name,
+        })
+        .await?;
+    let by_state: serde_json::Map<String, Value> = TaskState::ALL
+        .iter()
+        .map(|s| {
+            let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+            (s.as_str().to_owned(), json!(n))
+        })
+        .collect();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    Ok(Json(json!({"counts": by_state, "total": total})))
 }
 
 /// `POST /v1/tasks/{id}/cancel`.

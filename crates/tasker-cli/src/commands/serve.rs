@@ -96,17 +96,20 @@ async fn serve(config: TaskerConfig) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the engine")?,
     );
+    // The first signal stops the API's intake and starts the engine's drain together, so that
+    // requests still in flight do not hold the drain (and its grace) back; event streams end
+    // on it too.
+    let (signalled, mut api_stopping) = tokio::sync::watch::channel(false);
     let api = ApiConfig {
         auth_token: Some(config.server.auth_token.clone()).filter(|t| !t.is_empty()),
         body_limit: config.server.body_limit_bytes,
+        stopping: Some(api_stopping.clone()),
         ..ApiConfig::default()
     };
     let local = listener.local_addr()?;
     // Diagnostics go to stderr; this one line tells scripts where to connect.
     eprintln!("tasker: serving http://{local} on {}", store.backend_name());
-    // The first signal stops the API's intake and starts the engine's drain together, so that
-    // requests still in flight do not hold the drain (and its grace) back.
-    let (signalled, mut api_stopping) = tokio::sync::watch::channel(false);
+    eprintln!("tasker: dashboard at http://{local}/");
     let mut http = tokio::spawn(
         axum::serve(listener, tasker_api::router(engine.clone(), api))
             .with_graceful_shutdown(async move {
