@@ -75,6 +75,18 @@ impl Api {
         )
     }
 
+    /// Any request; the answer's status, headers and body as text.
+    async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.call("POST", path, "application/json", body.to_string(), None)
             .await
@@ -896,4 +908,397 @@ async fn metrics_show_batch_latency_buckets_after_work_has_run() {
         Some(0.0)
     );
     assert!(sample(&text, &format!("tasker_pool_utilization_ratio{{{worker}}}")).is_some());
+}
+
+/// Messages of `queue` buried after one delivery: `n` dead letters, oldest first.
+async fn bury(api: &Api, queue: &str, n: usize) -> Vec<i64> {
+    use tasker_store::{QueueDequeueParams, QueueEnqueueManyParams, QueueLeaseParams};
+    let store = api.engine.store();
+    store
+        .queue_enqueue_many(&QueueEnqueueManyParams {
+            queue: queue.into(),
+            payloads: (0..n).map(|i| json!({"n": i})).collect(),
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let dequeue = || QueueDequeueParams {
+        queue: queue.into(),
+        max: 100,
+        visibility_timeout: Duration::from_secs(60),
+        max_deliveries: 1,
+        holder: "test".into(),
+    };
+    for m in store.queue_dequeue(&dequeue()).await.unwrap() {
+        store
+            .queue_nack(&QueueLeaseParams {
+                id: m.id,
+                lease_token: m.lease_token,
+                delay: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+    }
+    assert!(store.queue_dequeue(&dequeue()).await.unwrap().is_empty());
+    let dead = store
+        .dead_letter_list(&tasker_store::DeadLetterListParams {
+            queue: Some(queue.into()),
+            after_id: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), n);
+    dead.iter().map(|d| d.id).collect()
+}
+
+/// Dead letters are listed in pages, read, requeued once (as a fresh message) and discarded,
+/// through the API and on the dashboard's pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_requeued_and_discarded() {
+    let api = api(ApiConfig::default()).await;
+    let ids = bury(&api, "test.dead", 3).await;
+
+    let (status, page) = api.get("/v1/dead_letters?queue=test.dead&limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed: Vec<i64> = page["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, ids[..2]);
+    assert_eq!(page["next"], json!(ids[1]));
+    let (_, rest) = api
+        .get(&format!(
+            "/v1/dead_letters?queue=test.dead&after={}",
+            ids[1]
+        ))
+        .await;
+    assert_eq!(rest["dead_letters"][0]["id"], json!(ids[2]));
+    assert_eq!(rest["next"], Value::Null);
+    let (status, one) = api.get(&format!("/v1/dead_letters/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            one["queue"].clone(),
+            one["payload"].clone(),
+            one["deliveries"].clone()
+        ),
+        (json!("test.dead"), json!({"n": 0}), json!(1))
+    );
+    for bad in ["/v1/dead_letters?limit=0", "/v1/dead_letters?color=red"] {
+        assert_eq!(
+            api.get(bad).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+
+    let page = |path: String| {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        api.send(request)
+    };
+    let (status, _, html) = page("/dead-letters?queue=test.dead".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    for id in &ids {
+        assert!(
+            html.contains(&format!("data-dead-letter=\"{id}\"")),
+            "{html}"
+        );
+    }
+    let (status, _, html) = page(format!("/dead-letters/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("&quot;n&quot;: 0") && html.contains("/requeue"),
+        "{html}"
+    );
+
+    let (status, requeued) = api
+        .post(
+            &format!("/v1/dead_letters/{}/requeue", ids[0]),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{requeued}");
+    assert!(requeued["message_id"].as_i64().unwrap() > 0);
+    let (status, again) = api
+        .post(
+            &format!("/v1/dead_letters/{}/requeue", ids[0]),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&again)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let depth = api.engine.store().queue_depth("test.dead").await.unwrap();
+    assert_eq!((depth.ready, depth.dead), (1, 2), "back in its queue, once");
+
+    let discard = format!("/v1/dead_letters/{}", ids[1]);
+    let (status, _) = api
+        .call("DELETE", &discard, "application/json", Body::empty(), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call("DELETE", &discard, "application/json", Body::empty(), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&discard).await.0, StatusCode::NOT_FOUND);
+    let (status, _, html) = page(format!("/dead-letters/{}", ids[1])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        html.contains("<html"),
+        "a missing dead letter is a page too: {html}"
+    );
+    assert_eq!(
+        api.get("/v1/dead_letters/x1").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Counts per state follow the filters; the task list carries each task's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_counts_and_progress() {
+    let api = api(ApiConfig::default()).await;
+    api.register(SHOP).await;
+    api.register(FAILING).await;
+    let mut ids = Vec::new();
+    for (ns, name, context) in [
+        ("shop", "order", json!({"order_id": 1})),
+        ("shop", "order", json!({"order_id": 2})),
+        ("shop", "broken", json!({})),
+    ] {
+        let (_, task) = api
+            .post(
+                "/v1/tasks",
+                &json!({"namespace": ns, "name": name, "context": context}),
+            )
+            .await;
+        ids.push(task["id"].as_i64().unwrap());
+    }
+    api.wait_for(ids[0], "Complete").await;
+    api.wait_for(ids[1], "Complete").await;
+    api.wait_for(ids[2], "Error").await;
+
+    let (status, counts) = api.get("/v1/tasks/counts").await;
+    assert_eq!(status, StatusCode::OK, "{counts}");
+    assert_eq!(counts["total"], 3);
+    assert_eq!(counts["counts"]["Complete"], 2);
+    assert_eq!(counts["counts"]["Error"], 1);
+    assert_eq!(counts["counts"]["Pending"], 0, "every state is listed");
+    let (_, orders) = api.get("/v1/tasks/counts?name=order").await;
+    assert_eq!(
+        (orders["total"].clone(), orders["counts"]["Error"].clone()),
+        (json!(2), json!(0))
+    );
+    let (status, _) = api.get("/v1/tasks/counts?state=Error").await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the state is what is counted"
+    );
+
+    let (_, list) = api.get("/v1/tasks").await;
+    let progress: Vec<(i64, Value)> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_i64().unwrap(), t["progress"].clone()))
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            (ids[2], json!({"done": 0, "total": 2})),
+            (ids[1], json!({"done": 2, "total": 2})),
+            (ids[0], json!({"done": 2, "total": 2})),
+        ]
+    );
+}
+
+/// A task's events arrive as server-sent events while it runs: a `ready` first, a `step`
+/// event per step that finishes, and `task` when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_events_stream_while_the_task_runs() {
+    use futures::StreamExt;
+    let api = api(ApiConfig::default()).await;
+    api.register("namespace: ev\nname: slow\nversion: 1.0.0\nsteps:\n- {name: wait, handler: {name: sleep, config: {ms: 300}}}\n- {name: after, handler: noop, depends_on: [wait]}\n").await;
+    let (status, task) = api
+        .post(
+            "/v1/tasks",
+            &json!({"namespace": "ev", "name": "slow", "context": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    let response = api
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/v1/tasks/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !text.contains("event: task") {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no task event in time: {text}"))
+            .expect("the stream ended early")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: ready"), "{text}");
+    for step in ["wait", "after"] {
+        assert!(
+            text.contains(&format!("\"step\":\"{step}\""))
+                && text.contains("\"state\":\"Complete\""),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("{{\"state\":\"Complete\",\"task_id\":{id}}}")),
+        "{text}"
+    );
+    assert_eq!(
+        api.get("/v1/tasks/999999/events").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// The dashboard's pages render from a real engine; with a token they answer the sign-in form
+/// (401) until it is given, keep it in a cookie the API accepts for reads, and refuse a write
+/// on the cookie alone unless the dashboard's header comes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pages_render_and_ask_for_the_token() {
+    let api = api(ApiConfig {
+        auth_token: Some("t0k en".into()),
+        ..ApiConfig::default()
+    })
+    .await;
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut request = Request::get(path);
+        if let Some(c) = cookie {
+            request = request.header(header::COOKIE, c);
+        }
+        api.send(request.body(Body::empty()).unwrap())
+    };
+    let (status, headers, html) = get("/", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        html.contains("name=\"token\"") && html.contains("value=\"/\""),
+        "{html}"
+    );
+    let (status, _, js) = get("/assets/app.js", None).await;
+    assert_eq!(status, StatusCode::OK, "assets need no token");
+    assert!(js.contains("EventSource"));
+
+    let login = |token: &str| {
+        let body = serde_urlencoded::to_string([("token", token), ("next", "/pools")]).unwrap();
+        api.send(
+            Request::post("/login")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    let (status, headers, html) = login("guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    assert!(html.contains("not the one"), "{html}");
+    let (status, headers, _) = login("t0k en").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/pools");
+    let set = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    let (status, _, json) = get("/v1/tasks", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let token = Some("t0k en");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/templates",
+            "application/yaml",
+            SHOP.to_owned(),
+            token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, task) = api
+        .call(
+            "POST",
+            "/v1/tasks",
+            "application/json",
+            json!({"namespace": "shop", "name": "order", "context": {"order_id": 7}}).to_string(),
+            token,
+        )
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    for (path, expect) in [
+        ("/".to_owned(), format!("data-task=\"{id}\"")),
+        (format!("/tasks/{id}"), "data-step=\"b\"".to_owned()),
+        (
+            format!("/tasks/{id}?part=live"),
+            "id=\"task-live\"".to_owned(),
+        ),
+        (format!("/tasks/{id}/steps/a"), "Transitions".to_owned()),
+        (
+            "/pools".to_owned(),
+            "data-executor-type=\"task_finalizer\"".to_owned(),
+        ),
+        ("/pools?part=main".to_owned(), "Backpressure".to_owned()),
+        ("/templates".to_owned(), "/templates/shop/order".to_owned()),
+        ("/templates/shop/order".to_owned(), "<svg".to_owned()),
+        ("/dead-letters".to_owned(), "No dead letters".to_owned()),
+    ] {
+        let (status, _, html) = get(&path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {html}");
+        assert!(html.contains(&expect), "{path} lacks {expect}: {html}");
+    }
+    let (status, _, html) = get("/tasks/424242", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("task 424242 not found"), "{html}");
+    let (status, _, html) = get("/?state=Nope", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("state:"), "{html}");
+
+    let cancel = |with_header: bool| {
+        let mut request =
+            Request::post(format!("/v1/tasks/{id}/cancel")).header(header::COOKIE, &cookie);
+        if with_header {
+            request = request.header("x-tasker-dashboard", "1");
+        }
+        api.send(request.body(Body::empty()).unwrap())
+    };
+    let (status, _, body) = cancel(false).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, body) = cancel(true).await;
+    assert!(
+        status == StatusCode::OK || status == StatusCode::CONFLICT,
+        "the cookie with the header is let through: {status} {body}"
+    );
+    let (status, _, _) = get("/v1/tasks", Some("tasker_token=6775657373")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a cookie with the wrong token"
+    );
 }
