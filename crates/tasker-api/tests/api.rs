@@ -1261,6 +1261,10 @@ async fn dashboard_pages_render_and_ask_for_the_token() {
         ),
         (format!("/tasks/{id}/steps/a"), "Transitions".to_owned()),
         (
+            format!("/tasks/{id}?step=b"),
+            "data-selected=\"b\"".to_owned(),
+        ),
+        (
             "/pools".to_owned(),
             "data-executor-type=\"task_finalizer\"".to_owned(),
         ),

@@ -364,6 +364,116 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
     drop(server);
 }
 
+/// A template of 1,000 steps (a root, 997 in parallel, a join, and a step mapped over 1,000
+/// items): every step is drawn, a live refresh of the page and a step's panel each come back
+/// in well under the bound, and the mapped step is one node whose panel lists its instances.
+fn thousand_steps() -> String {
+    let mut yaml = String::from(
+        "namespace: e2e\nname: big\nversion: 1.0.0\nsteps:\n  - name: start\n    handler: {name: echo, config: {value: {items: \"{{ context.items }}\"}}}\n",
+    );
+    let fan: Vec<String> = (0..997).map(|i| format!("fan{i:03}")).collect();
+    for name in &fan {
+        yaml.push_str(&format!(
+            "  - {{name: {name}, handler: noop, depends_on: [start]}}\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "  - {{name: join, handler: noop, depends_on: [{}]}}\n",
+        fan.join(", ")
+    ));
+    yaml.push_str("  - name: each\n    depends_on: [start, join]\n    map: {over: parents.start.items}\n    handler: noop\n");
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_step_task_stays_responsive() {
+    let server = serve(&[], &[]);
+    let addr = server.addr.clone();
+    register_yaml(&addr, &thousand_steps());
+    let items: Vec<Value> = (0..1000).map(|i| json!(i)).collect();
+    let id = support::submit_context(&addr, "e2e", "big", &json!({"items": items}));
+    let browser = browser().await;
+    let c = &browser.client;
+    c.goto(&format!("http://{addr}/tasks/{id}")).await.unwrap();
+    assert_eq!(
+        eval(
+            c,
+            "return document.querySelectorAll('svg.dag .node').length;"
+        )
+        .await,
+        json!(1000),
+        "999 steps and the mapped one, its instances folded into it"
+    );
+    until(
+        c,
+        "the task Complete",
+        "return document.getElementById('task-live').dataset.state === 'Complete';",
+    )
+    .await;
+    until(
+        c,
+        "the mapped node counts its instances",
+        &step_is("each", "Complete"),
+    )
+    .await;
+    let detail = eval(
+        c,
+        "return document.querySelector('.node[data-step=\"each\"] text.detail').textContent;",
+    )
+    .await;
+    assert!(
+        detail.as_str().unwrap_or("").contains("✓1000 of 1000"),
+        "{detail}"
+    );
+
+    // One live refresh as the script does it, timed in the page.
+    let refresh_ms = eval(
+        c,
+        "const t = performance.now(); const r = new XMLHttpRequest(); \
+         r.open('GET', location.pathname + '?part=live', false); r.send(); \
+         const holder = document.createElement('div'); holder.innerHTML = r.responseText; \
+         document.getElementById('task-live').replaceWith(holder.firstElementChild); \
+         document.body.offsetHeight; return performance.now() - t;",
+    )
+    .await;
+    let refresh_ms = refresh_ms.as_f64().unwrap();
+    eprintln!("1,000-step task: a live refresh took {refresh_ms:.0} ms");
+    assert!(refresh_ms < 5000.0, "a refresh took {refresh_ms:.0} ms");
+
+    let opened = Instant::now();
+    c.find(Locator::Css(".node[data-step=\"each\"]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        c,
+        "the mapped step's instances",
+        "return document.querySelectorAll('#step-panel table.instances tbody tr').length === 500;",
+    )
+    .await;
+    eprintln!(
+        "1,000-step task: the mapped step's panel opened in {:?}",
+        opened.elapsed()
+    );
+    let first = eval(c, "return Array.from(document.querySelectorAll('#step-panel [data-open-step]')).slice(0, 3).map(b => b.dataset.openStep);").await;
+    assert_eq!(
+        first,
+        json!(["each[0]", "each[1]", "each[2]"]),
+        "in item order"
+    );
+    c.find(Locator::Css("#step-panel [data-open-step=\"each[7]\"]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(c, "an instance's panel", "const p = document.querySelector('#step-panel .step'); return !!p && p.dataset.step === 'each[7]';").await;
+    screenshot(c, "task-1000-steps").await;
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_pages_ask_for_it_and_refuse_without_it() {
     let server = serve(&[], &[("TASKER_API_TOKEN", "s3cret token")]);

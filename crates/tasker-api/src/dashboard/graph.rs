@@ -77,7 +77,7 @@ pub(crate) fn of_task(steps: &[StepRow], edges: &[(StepId, StepId)]) -> Graph {
                         .map(|(state, n)| format!("{}{n}", step_look(*state).0))
                         .collect::<Vec<_>>()
                         .join(" ");
-                    format!("{} · {} items: {counts}", s.state.as_str(), instances.len())
+                    format!("{counts} of {}", instances.len())
                 }
             } else if s.attempts > 1 {
                 format!("{} · attempt {}", s.state.as_str(), s.attempts)
@@ -141,6 +141,22 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// An SVG path through `points`: a vertical-tangent curve between each pair, so a line
+/// leaves a node downwards and enters the next from above.
+fn path(points: &[(f64, f64)]) -> String {
+    let mut d = String::new();
+    for (i, &(x, y)) in points.iter().enumerate() {
+        if i == 0 {
+            d.push_str(&format!("M {x} {y}"));
+        } else {
+            let (px, py) = points[i - 1];
+            let mid = (py + y) / 2.0;
+            d.push_str(&format!(" C {px} {mid}, {x} {mid}, {x} {y}"));
+        }
+    }
+    d
+}
+
 /// The SVG: edges first (under the nodes), then one focusable group per node carrying its
 /// step's name; the state shows as a symbol and a word, and as a colour.
 pub(crate) fn svg(graph: &Graph) -> Markup {
@@ -155,15 +171,11 @@ pub(crate) fn svg(graph: &Graph) -> Markup {
                 }
             }
             g.edges {
-                @for &(p, c) in &graph.edges {
-                    @let (a, b) = (placed.nodes[p], placed.nodes[c]);
-                    @let (x1, y1) = (a.x + NODE_WIDTH / 2.0, a.y + NODE_HEIGHT);
-                    @let (x2, y2) = (b.x + NODE_WIDTH / 2.0, b.y);
-                    @let mid = (y1 + y2) / 2.0;
-                    @let skipped = graph.nodes[c].state == Some(StepState::Skipped);
+                @for route in &placed.edges {
+                    @let skipped = graph.nodes[route.to].state == Some(StepState::Skipped);
                     path class=(if skipped { "edge not-taken" } else { "edge" }) marker-end="url(#arrow)"
-                        data-from=(graph.nodes[p].name) data-to=(graph.nodes[c].name)
-                        d=(format!("M {x1} {y1} C {x1} {mid}, {x2} {mid}, {x2} {y2}")) {}
+                        data-from=(graph.nodes[route.from].name) data-to=(graph.nodes[route.to].name)
+                        d=(path(&route.points)) {}
                 }
             }
             g.nodes {

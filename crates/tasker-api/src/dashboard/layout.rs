@@ -37,11 +37,25 @@ pub struct Placed {
     pub y: f64,
 }
 
+/// The line of one edge: from the parent's bottom centre, down through the slots its dummy
+/// nodes hold in the layers it crosses, to the child's top centre.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The parent's index.
+    pub from: usize,
+    /// The child's index.
+    pub to: usize,
+    /// The points to draw through, top to bottom.
+    pub points: Vec<(f64, f64)>,
+}
+
 /// A whole drawing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     /// One per node, in the caller's node order.
     pub nodes: Vec<Placed>,
+    /// One per edge that names two different nodes in range, in the caller's order.
+    pub edges: Vec<Route>,
     /// Width of the drawing, margins included.
     pub width: f64,
     /// Height of the drawing, margins included.
@@ -49,8 +63,10 @@ pub struct Layout {
 }
 
 /// Lays out `n` nodes with `edges` as `(parent, child)` indices. Edges naming a node out of
-/// range are ignored. A cycle (no template has one: registration refuses it) does not loop:
-/// its nodes go on a layer after the others.
+/// range are ignored. An edge that crosses layers gets a dummy node in each layer between, so
+/// it is ordered with the nodes and drawn around them rather than through them. A cycle (no
+/// template has one: registration refuses it) does not loop: its nodes go on a layer after
+/// the others.
 pub fn layered(n: usize, edges: &[(usize, usize)], max_per_row: usize) -> Layout {
     let max_per_row = max_per_row.max(1);
     let edges: Vec<(usize, usize)> = edges
@@ -64,13 +80,34 @@ pub fn layered(n: usize, edges: &[(usize, usize)], max_per_row: usize) -> Layout
         parents[c].push(p);
         children[p].push(c);
     }
-    let layer_of = longest_path_layers(n, &parents, &children);
+    let mut layer_of = longest_path_layers(n, &parents, &children);
+
+    // Each edge as a chain of nodes, dummies appended after the real ones.
+    let mut chains: Vec<Vec<usize>> = Vec::with_capacity(edges.len());
+    let (mut up, mut down) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    for &(p, c) in &edges {
+        let mut chain = vec![p];
+        for layer in layer_of[p] + 1..layer_of[c] {
+            let dummy = layer_of.len();
+            layer_of.push(layer);
+            up.push(Vec::new());
+            down.push(Vec::new());
+            chain.push(dummy);
+        }
+        chain.push(c);
+        for pair in chain.windows(2) {
+            down[pair[0]].push(pair[1]);
+            up[pair[1]].push(pair[0]);
+        }
+        chains.push(chain);
+    }
+    let total = layer_of.len();
     let depth = layer_of.iter().map(|l| l + 1).max().unwrap_or(0);
     let mut layers: Vec<Vec<usize>> = vec![Vec::new(); depth];
     for (node, &layer) in layer_of.iter().enumerate() {
         layers[layer].push(node);
     }
-    order_by_barycentre(&mut layers, &parents, &children, n);
+    order_by_barycentre(&mut layers, &up, &down, total);
 
     let pitch_x = NODE_WIDTH + H_GAP;
     let pitch_y = NODE_HEIGHT + V_GAP;
@@ -84,14 +121,14 @@ pub fn layered(n: usize, edges: &[(usize, usize)], max_per_row: usize) -> Layout
     } else {
         widest as f64 * pitch_x - H_GAP + 2.0 * MARGIN
     };
-    let mut nodes = vec![
+    let mut placed = vec![
         Placed {
             layer: 0,
             order: 0,
             x: 0.0,
             y: 0.0
         };
-        n
+        total
     ];
     let mut row = 0usize;
     for (layer, members) in layers.iter().enumerate() {
@@ -99,7 +136,7 @@ pub fn layered(n: usize, edges: &[(usize, usize)], max_per_row: usize) -> Layout
             let row_width = chunk.len() as f64 * pitch_x - H_GAP;
             let left = MARGIN + (width - 2.0 * MARGIN - row_width) / 2.0;
             for (i, &node) in chunk.iter().enumerate() {
-                nodes[node] = Placed {
+                placed[node] = Placed {
                     layer,
                     order: chunk_index * max_per_row + i,
                     x: left + i as f64 * pitch_x,
@@ -114,8 +151,25 @@ pub fn layered(n: usize, edges: &[(usize, usize)], max_per_row: usize) -> Layout
     } else {
         row as f64 * pitch_y - V_GAP + 2.0 * MARGIN
     };
+    let centre = |p: &Placed| p.x + NODE_WIDTH / 2.0;
+    let routes = edges
+        .iter()
+        .zip(&chains)
+        .map(|(&(from, to), chain)| {
+            let mut points = vec![(centre(&placed[from]), placed[from].y + NODE_HEIGHT)];
+            for &dummy in &chain[1..chain.len() - 1] {
+                let at = &placed[dummy];
+                points.push((centre(at), at.y));
+                points.push((centre(at), at.y + NODE_HEIGHT));
+            }
+            points.push((centre(&placed[to]), placed[to].y));
+            Route { from, to, points }
+        })
+        .collect();
+    placed.truncate(n);
     Layout {
-        nodes,
+        nodes: placed,
+        edges: routes,
         width,
         height,
     }
@@ -262,6 +316,17 @@ mod tests {
                 prop_assert!(child.layer > parent.layer, "edge {}->{} does not go down a layer", p, c);
                 prop_assert!(child.y >= parent.y + NODE_HEIGHT, "edge {}->{} is not drawn downwards", p, c);
             }
+            let drawn: Vec<(usize, usize)> = edges.iter().copied().filter(|(a, b)| a != b).collect();
+            prop_assert_eq!(layout.edges.len(), drawn.len());
+            for route in &layout.edges {
+                prop_assert!(
+                    route.points.windows(2).all(|w| w[1].1 >= w[0].1),
+                    "route {:?} goes up", route
+                );
+                // Crossing k layers, it passes through k - 1 dummy slots, two points each.
+                let span = layout.nodes[route.to].layer - layout.nodes[route.from].layer;
+                prop_assert_eq!(route.points.len(), 2 * span);
+            }
         }
 
         #[test]
@@ -287,6 +352,24 @@ mod tests {
         let layout = layered(4, &edges, 10);
         assert_eq!(crossings(&layout, &edges), 0);
         assert!(layout.nodes[3].x < layout.nodes[2].x);
+    }
+
+    #[test]
+    fn a_long_edge_goes_around_the_node_in_its_way() {
+        // a -> b -> c, and a -> c: the long edge passes beside b, not through it.
+        let layout = layered(3, &[(0, 1), (1, 2), (0, 2)], 10);
+        let long = layout
+            .edges
+            .iter()
+            .find(|r| (r.from, r.to) == (0, 2))
+            .unwrap();
+        assert_eq!(long.points.len(), 4);
+        let b = layout.nodes[1];
+        let (x, _) = long.points[1];
+        assert!(
+            x < b.x || x > b.x + NODE_WIDTH,
+            "the dummy slot is beside b: {long:?} {b:?}"
+        );
     }
 
     #[test]

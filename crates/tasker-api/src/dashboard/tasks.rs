@@ -225,24 +225,42 @@ async fn load(
     Ok((task, steps, edges))
 }
 
+/// `GET /tasks/{id}[?step=NAME]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ShowQuery {
+    part: Option<String>,
+    /// The step whose panel is open.
+    step: Option<String>,
+}
+
 /// `GET /tasks/{id}`: the task's head and DAG (refreshed live by the script from
-/// `?part=live`), and the panel its steps open in.
+/// `?part=live`), and the panel its steps open in (`?step=` opens one).
 pub(crate) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(part): Query<Part>,
+    Query(q): Query<ShowQuery>,
 ) -> PageResult {
+    let part = Part { part: q.part };
     let id = TaskId(parse_id(&id, "task")?);
     let (task, steps, edges) = load(&state, id).await?;
     let live = live_part(&task, &steps, &edges);
     if part.is("live") {
         return Ok(live);
     }
+    let selected = q.step.filter(|s| !s.is_empty());
+    let panel = match &selected {
+        Some(name) => Some(panel(&state, id, name).await?),
+        None => None,
+    };
     let body = html! {
-        div #task data-task-id=(task.id.0) {
+        div #task data-task-id=(task.id.0) data-selected=[selected.as_deref()] {
             (live)
             aside #step-panel aria-live="polite" {
-                p.hint { "Select a step to see its attempts, input, output, errors and transitions." }
+                @if let Some(panel) = panel {
+                    (panel)
+                } @else {
+                    p.hint { "Select a step to see its attempts, input, output, errors and transitions." }
+                }
             }
         }
         details.context {
@@ -317,6 +335,11 @@ pub(crate) async fn step_panel(
     Path((id, name)): Path<(String, String)>,
 ) -> PageResult {
     let id = TaskId(parse_id(&id, "task")?);
+    panel(&state, id, &name).await
+}
+
+/// A step's panel: its facts, actions, input, output, error and transitions.
+async fn panel(state: &AppState, id: TaskId, name: &str) -> PageResult {
     let store = state.engine.store();
     let task = store.task_get(id).await?;
     let steps = store.step_list(id).await?;
@@ -330,10 +353,11 @@ pub(crate) async fn step_panel(
         .into_iter()
         .filter(|t| t.step_id == Some(step.id))
         .collect();
-    let instances: Vec<&StepRow> = steps
+    let mut instances: Vec<&StepRow> = steps
         .iter()
         .filter(|i| i.map_instance.as_ref().is_some_and(|m| m.of == step.id))
         .collect();
+    instances.sort_by_key(|i| i.map_instance.as_ref().map(|m| m.index));
     let base = format!(
         "/v1/tasks/{}/steps/{}",
         task.id.0,

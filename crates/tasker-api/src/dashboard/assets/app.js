@@ -79,13 +79,17 @@
     if (!root) return null;
     const id = root.dataset.taskId;
     const panel = document.getElementById("step-panel");
-    let selected = null;
+    let selected = root.dataset.selected || null;
     let pending = null;
     let last = 0;
 
     async function openStep(name) {
       selected = name;
       mark();
+      // The address names the open step, so a reload or a shared link opens it again.
+      const here = new URL(location.href);
+      here.searchParams.set("step", name);
+      history.replaceState(null, "", here);
       try {
         panel.innerHTML = await fetchText("/tasks/" + id + "/steps/" + encodeURIComponent(name));
       } catch (e) {
@@ -147,6 +151,7 @@
       if (!document.hidden && live && live.dataset.terminal !== "true") soon();
     }, 3000);
 
+    mark();
     return { refresh, openStep };
   }
 
