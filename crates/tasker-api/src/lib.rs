@@ -123,6 +123,7 @@ pub fn router(engine: Arc<Engine>, config: ApiConfig) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(refuse_cross_site_writes))
         .layer(middleware::from_fn(reject_nul_in_uri))
         .layer(middleware::map_response(error_shape))
         .with_state(state)
@@ -204,6 +205,26 @@ fn bearer_token(value: &str) -> Option<&str> {
 fn token_matches(given: &str, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+/// 403 for a write a browser sent from another page than this server's own (its
+/// `Sec-Fetch-Site` is `cross-site` or `same-site`; ports do not make sites differ, so a page
+/// on another port of the same host is `same-site`). Without a token nothing else would stop
+/// a page elsewhere from posting to a server on localhost. Clients that are not browsers send
+/// no such header and are not affected.
+async fn refuse_cross_site_writes(request: Request, next: Next) -> Result<Response, ApiError> {
+    let from_elsewhere = request
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v == "cross-site" || v == "same-site");
+    if from_elsewhere && !request.method().is_safe() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a page of another site may not write to this server",
+        ));
+    }
+    Ok(next.run(request).await)
 }
 
 /// 400 for a path or query that percent-decodes to a NUL character: no id, name or filter

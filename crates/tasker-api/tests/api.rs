@@ -1158,12 +1158,14 @@ async fn task_events_stream_while_the_task_runs() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.starts_with("event: ready"), "{text}");
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
     for step in ["wait", "after"] {
-        assert!(
-            text.contains(&format!("\"step\":\"{step}\""))
-                && text.contains("\"state\":\"Complete\""),
-            "{text}"
-        );
+        let event = json!({"task_id": id, "step": step, "state": "Complete", "attempts": 1});
+        assert!(events.contains(&event), "{event} in {text}");
     }
     assert!(
         text.contains(&format!("{{\"state\":\"Complete\",\"task_id\":{id}}}")),
@@ -1194,6 +1196,10 @@ async fn dashboard_pages_render_and_ask_for_the_token() {
     };
     let (status, headers, html) = get("/", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers[header::CONTENT_SECURITY_POLICY],
+        "default-src 'self'; frame-ancestors 'none'"
+    );
     assert!(headers[header::CONTENT_TYPE]
         .to_str()
         .unwrap()
@@ -1224,7 +1230,7 @@ async fn dashboard_pages_render_and_ask_for_the_token() {
     assert_eq!(headers[header::LOCATION], "/pools");
     let set = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
     assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
         "{set}"
     );
     let cookie = set.split(';').next().unwrap().to_owned();
@@ -1305,4 +1311,21 @@ async fn dashboard_pages_render_and_ask_for_the_token() {
         StatusCode::UNAUTHORIZED,
         "a cookie with the wrong token"
     );
+    // A browser page of another site (another port of this host included) may not write,
+    // whatever it holds; reads are not refused.
+    for site in ["cross-site", "same-site"] {
+        let request = Request::post(format!("/v1/tasks/{id}/cancel"))
+            .header(header::AUTHORIZATION, "Bearer t0k en")
+            .header("sec-fetch-site", site)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = api.send(request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{site}: {body}");
+    }
+    let request = Request::get("/v1/tasks")
+        .header(header::AUTHORIZATION, "Bearer t0k en")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(api.send(request).await.0, StatusCode::OK);
 }

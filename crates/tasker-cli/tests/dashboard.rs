@@ -101,6 +101,28 @@ async fn screenshot(client: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// Clicks the element `css` selects.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// The text of the element `css` selects.
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Evaluates `script` (a function body that returns a value) in the page.
 async fn eval(client: &Client, script: &str) -> Value {
     client.execute(script, vec![]).await.expect("script ran")
@@ -199,20 +221,9 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
     .await;
 
     // The failed step's panel: its error, then retry with a confirmation.
-    c.find(Locator::Css(".node[data-step=\"publish\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, ".node[data-step=\"publish\"]").await;
     until(c, "publish's panel", "const p = document.querySelector('#step-panel .step'); return !!p && p.dataset.step === 'publish';").await;
-    let panel = c
-        .find(Locator::Css("#step-panel"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let panel = text_of(c, "#step-panel").await;
     assert!(
         panel.contains("upstream said no"),
         "the error shows: {panel}"
@@ -222,24 +233,14 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
         "the transitions show: {panel}"
     );
     screenshot(c, "task-failed-step").await;
-    c.find(Locator::Css("#step-panel button[data-action=\"retry\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#step-panel button[data-action=\"retry\"]").await;
     until(
         c,
         "the confirmation",
         "return document.getElementById('confirm').open;",
     )
     .await;
-    c.find(Locator::Css("#confirm-ok"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#confirm-ok").await;
 
     until(
         c,
@@ -285,13 +286,7 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
 
     // The tasks page lists it with its progress.
     c.goto(&format!("http://{addr}/")).await.unwrap();
-    let row = c
-        .find(Locator::Css(&format!("tr[data-task=\"{id}\"]")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let row = text_of(c, &format!("tr[data-task=\"{id}\"]")).await;
     assert!(row.contains("3/3") && row.contains("Complete"), "{row}");
     screenshot(c, "tasks").await;
 
@@ -311,13 +306,7 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
         .await
         .unwrap_or_else(|e| panic!("pool {kind} on the page: {e}"));
     }
-    let cluster = c
-        .find(Locator::Css("section.cluster"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cluster = text_of(c, "section.cluster").await;
     assert!(cluster.contains("leader"), "{cluster}");
     screenshot(c, "pools").await;
 
@@ -335,13 +324,7 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
         "return document.querySelectorAll('svg.dag .node').length === 3;",
     )
     .await;
-    let steps = c
-        .find(Locator::Css("table.steps"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let steps = text_of(c, "table.steps").await;
     assert!(
         steps.contains("command") && steps.contains("sleep"),
         "{steps}"
@@ -352,13 +335,7 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
     c.goto(&format!("http://{addr}/dead-letters"))
         .await
         .unwrap();
-    let text = c
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(c, "main").await;
     assert!(text.contains("No dead letters"), "{text}");
     screenshot(c, "dead-letters").await;
     drop(server);
@@ -438,15 +415,10 @@ async fn a_thousand_step_task_stays_responsive() {
     .await;
     let refresh_ms = refresh_ms.as_f64().unwrap();
     eprintln!("1,000-step task: a live refresh took {refresh_ms:.0} ms");
-    assert!(refresh_ms < 5000.0, "a refresh took {refresh_ms:.0} ms");
+    assert!(refresh_ms < 2000.0, "a refresh took {refresh_ms:.0} ms");
 
     let opened = Instant::now();
-    c.find(Locator::Css(".node[data-step=\"each\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, ".node[data-step=\"each\"]").await;
     until(
         c,
         "the mapped step's instances",
@@ -463,12 +435,7 @@ async fn a_thousand_step_task_stays_responsive() {
         json!(["each[0]", "each[1]", "each[2]"]),
         "in item order"
     );
-    c.find(Locator::Css("#step-panel [data-open-step=\"each[7]\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "#step-panel [data-open-step=\"each[7]\"]").await;
     until(c, "an instance's panel", "const p = document.querySelector('#step-panel .step'); return !!p && p.dataset.step === 'each[7]';").await;
     screenshot(c, "task-1000-steps").await;
     drop(server);
@@ -489,13 +456,7 @@ async fn with_a_token_the_pages_ask_for_it_and_refuse_without_it() {
     let browser = browser().await;
     let c = &browser.client;
     c.goto(&format!("http://{addr}/pools")).await.unwrap();
-    let text = c
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(c, "body").await;
     assert!(
         text.contains("Sign in") && !text.contains("task_claimer"),
         "{text}"
@@ -505,12 +466,7 @@ async fn with_a_token_the_pages_ask_for_it_and_refuse_without_it() {
     // A wrong token is refused, and says so.
     let field = c.find(Locator::Css("#token")).await.unwrap();
     field.send_keys("guess").await.unwrap();
-    c.find(Locator::Css(".login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, ".login button[type=submit]").await;
     until(
         c,
         "the refusal",
@@ -521,12 +477,7 @@ async fn with_a_token_the_pages_ask_for_it_and_refuse_without_it() {
     // The right one opens the page that asked, and the API answers the cookie too.
     let field = c.find(Locator::Css("#token")).await.unwrap();
     field.send_keys("s3cret token").await.unwrap();
-    c.find(Locator::Css(".login button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, ".login button[type=submit]").await;
     until(
         c,
         "the pools page",
@@ -548,12 +499,7 @@ async fn with_a_token_the_pages_ask_for_it_and_refuse_without_it() {
     assert_eq!(forged, json!(403));
 
     // Signing out forgets it.
-    c.find(Locator::Css(".logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, ".logout button").await;
     until(
         c,
         "the sign-in form again",

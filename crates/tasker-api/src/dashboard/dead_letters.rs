@@ -3,12 +3,10 @@
 use axum::extract::{Path, Query, State};
 use maud::html;
 use serde::Deserialize;
-use tasker_orchestrator::pipeline::messages::{
-    LOCAL_STEPS, STEP_RESULTS, TASK_FINALIZE, TASK_REQUESTS, TASK_WORK,
-};
+use tasker_orchestrator::pipeline::messages::QUEUES;
 use tasker_store::DeadLetterListParams;
 
-use super::{json_block, page, when, Nav, PageResult, Part};
+use super::{encode_query, json_block, page, when, Nav, PageResult, Part};
 use crate::{parse_id, AppState};
 
 /// Dead letters per page.
@@ -45,9 +43,17 @@ pub(crate) async fn list(State(state): State<AppState>, Query(q): Query<ListQuer
     let next = (dead.len() == PAGE as usize)
         .then(|| dead.last().map(|d| d.id))
         .flatten();
-    let queue_arg = queue
-        .as_deref()
-        .map_or(String::new(), |q| format!("queue={q}&"));
+    let link = |after: Option<i64>| {
+        let after = after.map(|a| a.to_string());
+        let mut pairs = Vec::new();
+        if let Some(q) = queue.as_deref() {
+            pairs.push(("queue", q));
+        }
+        if let Some(a) = after.as_deref() {
+            pairs.push(("after", a));
+        }
+        format!("/dead-letters{}", encode_query(&pairs))
+    };
     let body = html! {
         h1 { "Dead letters" }
         p.hint {
@@ -58,7 +64,7 @@ pub(crate) async fn list(State(state): State<AppState>, Query(q): Query<ListQuer
             label { "Queue "
                 select name="queue" {
                     option value="" { "any" }
-                    @for q in [TASK_REQUESTS, TASK_WORK, LOCAL_STEPS, STEP_RESULTS, TASK_FINALIZE] {
+                    @for q in QUEUES {
                         option value=(q) selected[queue.as_deref() == Some(q)] { (q) }
                     }
                 }
@@ -93,8 +99,8 @@ pub(crate) async fn list(State(state): State<AppState>, Query(q): Query<ListQuer
             }
         }
         nav.pager {
-            @if after_id.is_some() { a href=(format!("/dead-letters?{queue_arg}")) { "← First" } }
-            @if let Some(next) = next { a href=(format!("/dead-letters?{queue_arg}after={next}")) rel="next" { "Next →" } }
+            @if after_id.is_some() { a href=(link(None)) { "← First" } }
+            @if let Some(next) = next { a href=(link(Some(next))) rel="next" { "Next →" } }
         }
     };
     Ok(page(&part, "Dead letters", Nav::DeadLetters, None, body))

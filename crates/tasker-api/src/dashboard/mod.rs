@@ -6,8 +6,10 @@
 //! live and sends the operator actions to the API. Everything is compiled into the binary.
 //!
 //! Authentication is the API's: with a token configured, a page asks for it (`/login`) and
-//! keeps it in an `HttpOnly`, `SameSite=Strict` cookie that the API accepts as well as the
-//! bearer header (see [`crate::authenticate`]).
+//! keeps it in an `HttpOnly`, `SameSite=Lax` cookie that the API accepts as well as the
+//! bearer header (see [`crate::authenticate`]). Lax, so that a link to a page opened from
+//! another site works; a write on the cookie must carry [`DASHBOARD_HEADER`], which only this
+//! site's script sends.
 
 mod dead_letters;
 mod graph;
@@ -60,6 +62,19 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/logout", axum::routing::post(logout))
         .route("/assets/app.css", get(|| asset(APP_CSS, "text/css")))
         .route("/assets/app.js", get(|| asset(APP_JS, "text/javascript")))
+        .layer(middleware::map_response(guard_pages))
+}
+
+/// Pages load only this server's own stylesheet and script, and no other site may frame
+/// them (clickjacking the action buttons).
+async fn guard_pages(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }
 
 async fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -128,7 +143,7 @@ async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Re
         return response;
     }
     let cookie = format!(
-        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax",
         hex_encode(form.token.as_bytes())
     );
     let mut response = Redirect::to(&next).into_response();
@@ -142,7 +157,7 @@ async fn logout() -> Response {
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("tasker_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static("tasker_token=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
     );
     response
 }
@@ -150,7 +165,17 @@ async fn logout() -> Response {
 /// A page of this site to go on to: a path, never another origin (`//host` or a scheme).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        // Browsers drop tabs and newlines from a URL and read `\` as `/`: none may hide a
+        // second slash.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
@@ -327,6 +352,28 @@ impl IntoResponse for PageError {
     }
 }
 
+/// `?a=b&c=d`, percent-encoded (the `form` serializer axum already uses).
+pub(crate) fn encode_query(pairs: &[(&str, &str)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("?");
+    out.push_str(&serde_urlencoded::to_string(pairs).unwrap_or_default());
+    out
+}
+
+/// A path segment, percent-encoded (step names of mapped instances hold `[` and `]`).
+pub(crate) fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Milliseconds since the epoch, now.
 pub(crate) fn now_ms() -> UnixMillis {
     SystemTime::now()
@@ -435,9 +482,28 @@ mod tests {
     }
 
     #[test]
+    fn links_are_percent_encoded() {
+        assert_eq!(encode_segment("charge[12]"), "charge%5B12%5D");
+        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(
+            encode_query(&[("version", "1.0.0+b1"), ("queue", "a&b")]),
+            "?version=1.0.0%2Bb1&queue=a%26b"
+        );
+        assert_eq!(encode_query(&[]), "");
+    }
+
+    #[test]
     fn next_stays_on_this_site() {
         assert_eq!(safe_next(Some("/tasks/4?x=1")), "/tasks/4?x=1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", "tasks"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "tasks",
+            "/\t/evil.example",
+            "/\n/x",
+            "/ /x",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");

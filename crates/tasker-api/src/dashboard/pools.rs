@@ -1,16 +1,17 @@
 //! The executor pools page: each pool's executors and health, utilization, latency and
 //! breaker; the pipeline's queues; the global backpressure and its recent history; and the
-//! cluster's instances with the leader. All of it is the engine's own snapshot, the one
-//! `GET /v1/health/pools` and `GET /v1/cluster` answer with.
+//! cluster's instances with the leader. The pools and the cluster are the engine's own
+//! snapshot and view, the ones `GET /v1/health/pools` and `GET /v1/cluster` answer with; the
+//! queue depths are the store's counts.
 
 use axum::extract::{Query, State};
 use maud::{html, Markup};
 use tasker_orchestrator::{
-    pipeline::messages::{LOCAL_STEPS, STEP_RESULTS, TASK_FINALIZE, TASK_REQUESTS, TASK_WORK},
+    pipeline::messages::QUEUES,
     runtime::{backpressure::PressurePoint, circuit_breaker::CircuitState, health::ExecutorHealth},
 };
 
-use super::{page, span, Nav, PageResult, Part};
+use super::{encode_query, page, span, Nav, PageResult, Part};
 use crate::AppState;
 
 /// How often the script refreshes the page.
@@ -75,13 +76,7 @@ pub(crate) async fn show(State(state): State<AppState>, Query(part): Query<Part>
     let snapshot = engine.snapshot();
     let store = engine.store();
     let mut queues = Vec::new();
-    for queue in [
-        TASK_REQUESTS,
-        TASK_WORK,
-        LOCAL_STEPS,
-        STEP_RESULTS,
-        TASK_FINALIZE,
-    ] {
+    for queue in QUEUES {
         queues.push((queue, store.queue_depth(queue).await?));
     }
     let cluster = engine.cluster().await?;
@@ -138,7 +133,7 @@ pub(crate) async fn show(State(state): State<AppState>, Query(part): Query<Part>
                             td { code { (queue) } }
                             td { (depth.ready) }
                             td { (depth.invisible) }
-                            td { @if depth.dead > 0 { a href=(format!("/dead-letters?queue={queue}")) { (depth.dead) } } @else { "0" } }
+                            td { @if depth.dead > 0 { a href=(format!("/dead-letters{}", encode_query(&[("queue", queue)]))) { (depth.dead) } } @else { "0" } }
                         }
                     }
                 }

@@ -9,8 +9,8 @@ use tasker_store::{StepProgress, TaskCountParams, TaskListParams};
 use tasker_types::{StepRow, StepState, TaskId, TaskRow, TaskState, TransitionRow};
 
 use super::{
-    clock, graph, json_block, now_ms, page, span, step_badge, task_badge, when, Nav, PageResult,
-    Part,
+    clock, encode_query, encode_segment, graph, json_block, now_ms, page, span, step_badge,
+    task_badge, when, Nav, PageResult, Part,
 };
 use crate::{error::ApiError, parse_id, AppState};
 
@@ -57,16 +57,6 @@ impl ListQuery {
         }
         encode_query(&pairs)
     }
-}
-
-/// `?a=b&c=d`, percent-encoded (the `form` serializer axum already uses).
-fn encode_query(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("?");
-    out.push_str(&serde_urlencoded::to_string(pairs).unwrap_or_default());
-    out
 }
 
 /// `GET /`: counts per state and a page of tasks, newest first.
@@ -290,7 +280,7 @@ fn live_part(
     let graph = graph::of_task(steps, edges);
     let finished_in = task.finished_at_ms.map(|f| span(f - task.created_at_ms));
     html! {
-        div #task-live data-state=(task.state.as_str()) data-terminal=(task.state.is_terminal()) {
+        div #task-live data-state=(task.state.as_str()) data-final=(task.state.is_final()) {
             header.task-head {
                 h1 { "Task #" (task.id.0) " " (task_badge(task.state)) }
                 dl.facts {
@@ -464,27 +454,9 @@ async fn panel(state: &AppState, id: TaskId, name: &str) -> PageResult {
     })
 }
 
-/// A path segment, percent-encoded (step names of mapped instances hold `[` and `]`).
-fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_are_percent_encoded() {
-        assert_eq!(encode_segment("charge[12]"), "charge%5B12%5D");
-        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
-    }
 
     #[test]
     fn filters_carry_over_without_the_cursor() {

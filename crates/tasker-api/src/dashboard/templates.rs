@@ -10,7 +10,9 @@ use tasker_store::TemplateGetParams;
 use tasker_template::TaskTemplate;
 use tasker_types::TemplateRecord;
 
-use super::{graph, json_block, page, span, when, Nav, PageResult, Part};
+use super::{
+    encode_query, encode_segment, graph, json_block, page, span, when, Nav, PageResult, Part,
+};
 use crate::{error::ApiError, AppState};
 
 /// `GET /templates`: each template once, at its latest version.
@@ -35,7 +37,7 @@ pub(crate) async fn list(State(state): State<AppState>, Query(part): Query<Part>
                         @let latest = versions.iter().max_by_key(|r| r.id).copied();
                         tr {
                             td { (namespace) }
-                            td { a href=(format!("/templates/{namespace}/{name}")) { (name) } }
+                            td { a href=(format!("/templates/{}/{}", encode_segment(namespace), encode_segment(name))) { (name) } }
                             td { @if let Some(l) = latest { (l.version) } }
                             td { (versions.len()) }
                             td { @if let Some(l) = latest { (l.definition.get("steps").and_then(|s| s.as_array()).map_or(0, Vec::len)) } }
@@ -102,7 +104,7 @@ pub(crate) async fn show(
             p { "Versions: "
                 @for (i, v) in versions.iter().enumerate() {
                     @if i > 0 { ", " }
-                    @if *v == record.version { strong { (v) } } @else { a href=(format!("/templates/{namespace}/{name}?version={v}")) { (v) } }
+                    @if *v == record.version { strong { (v) } } @else { a href=(format!("/templates/{}/{}{}", encode_segment(&namespace), encode_segment(&name), encode_query(&[("version", v)]))) { (v) } }
                 }
             }
         }

@@ -16,6 +16,14 @@ pub const STEP_RESULTS: &str = "tasker.step_results";
 pub const LOCAL_STEPS: &str = "tasker.local_steps";
 /// "Evaluate this task": consumed by the TaskFinalizer.
 pub const TASK_FINALIZE: &str = "tasker.task_finalize";
+/// Every queue of the pipeline, in pipeline order.
+pub const QUEUES: [&str; 5] = [
+    TASK_REQUESTS,
+    TASK_WORK,
+    LOCAL_STEPS,
+    STEP_RESULTS,
+    TASK_FINALIZE,
+];
 
 /// A client's request for a task. Unknown fields are refused, so a misspelt optional field
 /// (`idempotency_key`, say) is an error rather than silently nothing.

@@ -111,13 +111,10 @@ impl<B: Backend> StepStore for SqlStore<B> {
             sql.push_list(chunk.iter().map(|id| id.0))
                 .push(") GROUP BY task_id");
             for row in B::fetch_all(&mut conn, &sql).await? {
-                let count = |column: &str| -> Result<u64> {
-                    u64::try_from(row.int(column)?).map_err(|e| crate::corrupt("step count", e))
-                };
                 progress.push(StepProgress {
                     task_id: TaskId(row.int("task_id")?),
-                    total: count("total")?,
-                    done: count("done")?,
+                    total: crate::get_u64(&row, "total")?,
+                    done: crate::get_u64(&row, "done")?,
                 });
             }
         }

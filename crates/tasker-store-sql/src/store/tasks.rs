@@ -11,9 +11,9 @@ use tasker_types::{Entity, StepId, StepState, TaskId, TaskRow, TaskState, Transi
 
 use super::{commit, fetch_optional, Backend, Conn, Sql, SqlStore};
 use crate::{
-    corrupt, duration_ms, stale_or_missing, task as decode_task, transition as decode_transition,
-    NewTransition, Outbox, PlannedStep, RowExt, StepPlan, INSERT_CHUNK, TASK_COLUMNS,
-    TRANSITION_COLUMNS,
+    corrupt, duration_ms, get_state, get_u64, stale_or_missing, task as decode_task,
+    transition as decode_transition, NewTransition, Outbox, PlannedStep, RowExt, StepPlan,
+    INSERT_CHUNK, TASK_COLUMNS, TRANSITION_COLUMNS,
 };
 
 /// Appends audit rows in multi-row inserts.
@@ -334,14 +334,7 @@ impl<B: Backend> TaskStore for SqlStore<B> {
         sql.push(" GROUP BY state");
         let rows = B::fetch_all(&mut *self.read().await?, &sql).await?;
         rows.iter()
-            .map(|r| {
-                let state = r
-                    .text("state")?
-                    .parse::<TaskState>()
-                    .map_err(|e| corrupt("task state", e))?;
-                let n = u64::try_from(r.int("n")?).map_err(|e| corrupt("task count", e))?;
-                Ok((state, n))
-            })
+            .map(|r| Ok((get_state(r, "task state")?, get_u64(r, "n")?)))
             .collect()
     }
 

@@ -109,8 +109,14 @@
       const html = await fetchText(withPart(location.pathname, "live"));
       const holder = document.createElement("div");
       holder.innerHTML = html;
+      // Keep the keyboard where it was: on the same step's node, redrawn.
+      const focused = document.activeElement && document.activeElement.closest(".node[data-step]");
       live.replaceWith(holder.firstElementChild);
       mark();
+      if (focused) {
+        const again = root.querySelector('.node[data-step="' + CSS.escape(focused.dataset.step) + '"]');
+        if (again) again.focus();
+      }
       if (selected) {
         try {
           panel.innerHTML = await fetchText("/tasks/" + id + "/steps/" + encodeURIComponent(selected));
@@ -139,16 +145,26 @@
       if (node && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); openStep(node.dataset.step); }
     });
 
-    // The engine's events say when to re-read; the store says what is true.
-    if (window.EventSource) {
-      const events = new EventSource("/v1/tasks/" + id + "/events");
+    const isFinal = () => {
+      const live = document.getElementById("task-live");
+      return !!live && live.dataset.final === "true";
+    };
+    // The engine's events say when to re-read; the store says what is true. A finished task
+    // (Complete, Cancelled, resolved) changes no more, so its page stops listening.
+    let events = null;
+    if (window.EventSource && !isFinal()) {
+      events = new EventSource("/v1/tasks/" + id + "/events");
       for (const kind of ["step", "task", "lagged"]) events.addEventListener(kind, soon);
     }
-    // Steps another instance settles raise no event here: re-read now and then while the
-    // task still runs.
+    // Events mark steps finishing; a step being claimed or started, or settled by another
+    // instance, shows on a re-read, made now and then until the task is final (a task in
+    // Error may still be retried, from here or elsewhere).
     setInterval(() => {
-      const live = document.getElementById("task-live");
-      if (!document.hidden && live && live.dataset.terminal !== "true") soon();
+      if (isFinal()) {
+        if (events) { events.close(); events = null; }
+        return;
+      }
+      if (!document.hidden) soon();
     }, 3000);
 
     mark();
