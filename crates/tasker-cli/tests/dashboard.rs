@@ -1,7 +1,7 @@
-//! The dashboard in a real browser: `tasker serve` on SQLite, headless Chromium driven over
+//! The dashboard in a real browser: `tasker serve` on SQLite or PostgreSQL, headless Chromium driven over
 //! WebDriver (chromedriver). A workflow with a failing step is watched live, its failed step
-//! retried from the page; the pools page shows every executor type; with a token configured,
-//! the pages ask for it. Screenshots of each page go to `<target>/tmp/dashboard-screenshots`.
+//! retried from the page; the pools page shows every executor type; dead letters are requeued
+//! and discarded from the page (on PostgreSQL); with a token configured, the pages ask for it. Screenshots of each page go to `<target>/tmp/dashboard-screenshots`.
 //!
 //! `scripts/test` installs Chromium and chromedriver when they are missing
 //! (`TEST_CHROMIUM`, `TEST_CHROMEDRIVER` override where they are).
@@ -330,14 +330,6 @@ async fn a_task_is_watched_live_and_its_failed_step_retried_from_the_page() {
         "{steps}"
     );
     screenshot(c, "template").await;
-
-    // Dead letters (none here: the API tests make some and act on them).
-    c.goto(&format!("http://{addr}/dead-letters"))
-        .await
-        .unwrap();
-    let text = text_of(c, "main").await;
-    assert!(text.contains("No dead letters"), "{text}");
-    screenshot(c, "dead-letters").await;
     drop(server);
 }
 
@@ -439,6 +431,114 @@ async fn a_thousand_step_task_stays_responsive() {
     until(c, "an instance's panel", "const p = document.querySelector('#step-panel .step'); return !!p && p.dataset.step === 'each[7]';").await;
     screenshot(c, "task-1000-steps").await;
     drop(server);
+}
+
+/// Two task requests among the dead letters, on PostgreSQL, as if they had used up their
+/// deliveries while their template was missing. From the page, one is requeued (and becomes
+/// a task that completes) and the other discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_requeued_and_discarded_from_the_page() {
+    use sqlx::postgres::PgPoolOptions;
+    let db = tasker_store_postgres::test_database::TestDatabase::create()
+        .await
+        .unwrap();
+    let server = serve(&["--database-url", &db.url], &[]);
+    let addr = server.addr.clone();
+    register_yaml(
+        &addr,
+        "namespace: e2e\nname: late\nversion: 1.0.0\nsteps:\n  - {name: only, handler: noop}\n",
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    for (id, key) in [(900_001_i64, "late-1"), (900_002, "late-2")] {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, queue, payload, deliveries, enqueued_at_ms, dead_at_ms) \
+             VALUES ($1, 'tasker.task_requests', $2, 5, $3, $3)",
+        )
+        .bind(id)
+        .bind(json!({"namespace": "e2e", "name": "late", "context": {}, "idempotency_key": key}))
+        .bind(now_ms)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let browser = browser().await;
+    let c = &browser.client;
+    c.goto(&format!("http://{addr}/dead-letters"))
+        .await
+        .unwrap();
+    screenshot(c, "dead-letters").await;
+    click(
+        c,
+        "tr[data-dead-letter=\"900001\"] button[data-action=\"requeue\"]",
+    )
+    .await;
+    until(
+        c,
+        "the confirmation",
+        "return document.getElementById('confirm').open;",
+    )
+    .await;
+    click(c, "#confirm-ok").await;
+    until(c, "the requeued one gone from the list", "return !document.querySelector('tr[data-dead-letter=\"900001\"]') && !!document.querySelector('tr[data-dead-letter=\"900002\"]');").await;
+
+    // Requeued, the request is taken up again and makes its task, which runs.
+    let started = Instant::now();
+    let task = loop {
+        let list = support::get(&addr, "/v1/tasks?namespace=e2e&name=late");
+        if let Some(task) = list["tasks"].as_array().and_then(|t| t.first()).cloned() {
+            break task;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no task from the requeued request"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    wait_for_state(&addr, task["id"].as_i64().unwrap(), "Complete");
+
+    // The other, from its own page.
+    click(c, "a[href=\"/dead-letters/900002\"]").await;
+    until(
+        c,
+        "its page",
+        "return document.body.textContent.includes('late-2');",
+    )
+    .await;
+    screenshot(c, "dead-letter").await;
+    click(c, "button[data-action=\"discard\"]").await;
+    until(
+        c,
+        "the confirmation",
+        "return document.getElementById('confirm').open;",
+    )
+    .await;
+    click(c, "#confirm-ok").await;
+    until(c, "the list, empty", "return location.pathname === '/dead-letters' && document.body.textContent.includes('No dead letters');").await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let tasks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tasks, 1, "the discarded request made no task");
+    pool.close().await;
+    drop(browser);
+    drop(server);
+    db.drop_database().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
