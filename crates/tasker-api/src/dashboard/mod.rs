@@ -44,7 +44,8 @@ pub(crate) const DASHBOARD_HEADER: &str = "x-tasker-dashboard";
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
 
-/// The dashboard's routes. `protected` pages require the token when one is configured.
+/// The dashboard's routes. The pages require the token when one is configured; the sign-in
+/// form and the two assets do not.
 pub(crate) fn router(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .route("/", get(tasks::list))
