@@ -207,15 +207,19 @@ pub(crate) async fn list(
         .then(|| tasks.last().map(|t| t.id))
         .flatten();
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-    let progress = state.engine.store().step_progress_many(&ids).await?;
+    let progress: std::collections::HashMap<TaskId, (u64, u64)> = state
+        .engine
+        .store()
+        .step_progress_many(&ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.task_id, (p.done, p.total)))
+        .collect();
     let views: Vec<Value> = tasks
         .iter()
         .map(|t| {
             let mut view = views::task_summary(t);
-            let (done, total) = progress
-                .iter()
-                .find(|p| p.task_id == t.id)
-                .map_or((0, 0), |p| (p.done, p.total));
+            let (done, total) = progress.get(&t.id).copied().unwrap_or((0, 0));
             view["progress"] = json!({"done": done, "total": total});
             view
         })

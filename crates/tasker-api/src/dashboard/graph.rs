@@ -52,9 +52,24 @@ pub(crate) fn instance_counts<'a>(
     counts
 }
 
+/// The instances of each mapped step among `steps`, in item order.
+pub(crate) fn instances_by_map(steps: &[StepRow]) -> HashMap<StepId, Vec<&StepRow>> {
+    let mut by_map: HashMap<StepId, Vec<&StepRow>> = HashMap::new();
+    for s in steps {
+        if let Some(instance) = &s.map_instance {
+            by_map.entry(instance.of).or_default().push(s);
+        }
+    }
+    for instances in by_map.values_mut() {
+        instances.sort_by_key(|s| s.map_instance.as_ref().map(|m| m.index));
+    }
+    by_map
+}
+
 /// A task's graph: one node per step that is not a mapped step's instance; a mapped step's
 /// node counts its instances by state.
 pub(crate) fn of_task(steps: &[StepRow], edges: &[(StepId, StepId)]) -> Graph {
+    let by_map = instances_by_map(steps);
     let mut index: HashMap<StepId, usize> = HashMap::new();
     let top: Vec<&StepRow> = steps.iter().filter(|s| s.map_instance.is_none()).collect();
     for (i, s) in top.iter().enumerate() {
@@ -65,10 +80,7 @@ pub(crate) fn of_task(steps: &[StepRow], edges: &[(StepId, StepId)]) -> Graph {
         .map(|s| {
             let mapped = s.map.is_some();
             let detail = if mapped {
-                let instances: Vec<&StepRow> = steps
-                    .iter()
-                    .filter(|i| i.map_instance.as_ref().is_some_and(|m| m.of == s.id))
-                    .collect();
+                let instances = by_map.get(&s.id).map_or(&[][..], Vec::as_slice);
                 if instances.is_empty() {
                     s.state.as_str().to_owned()
                 } else {

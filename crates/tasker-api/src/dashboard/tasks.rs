@@ -239,7 +239,7 @@ pub(crate) async fn show(
     }
     let selected = q.step.filter(|s| !s.is_empty());
     let panel = match &selected {
-        Some(name) => Some(panel(&state, id, name).await?),
+        Some(name) => Some(panel(&state, &task, &steps, name).await?),
         None => None,
     };
     let body = html! {
@@ -325,29 +325,30 @@ pub(crate) async fn step_panel(
     Path((id, name)): Path<(String, String)>,
 ) -> PageResult {
     let id = TaskId(parse_id(&id, "task")?);
-    panel(&state, id, &name).await
-}
-
-/// A step's panel: its facts, actions, input, output, error and transitions.
-async fn panel(state: &AppState, id: TaskId, name: &str) -> PageResult {
     let store = state.engine.store();
     let task = store.task_get(id).await?;
     let steps = store.step_list(id).await?;
+    panel(&state, &task, &steps, &name).await
+}
+
+/// A step's panel: its facts, actions, input, output, error and transitions.
+async fn panel(state: &AppState, task: &TaskRow, steps: &[StepRow], name: &str) -> PageResult {
+    let id = task.id;
     let step = steps
         .iter()
         .find(|s| s.name == name)
         .ok_or_else(|| ApiError::not_found(format!("step {name:?} not found in task {}", id.0)))?;
-    let transitions: Vec<TransitionRow> = store
+    let transitions: Vec<TransitionRow> = state
+        .engine
+        .store()
         .transition_list(id)
         .await?
         .into_iter()
         .filter(|t| t.step_id == Some(step.id))
         .collect();
-    let mut instances: Vec<&StepRow> = steps
-        .iter()
-        .filter(|i| i.map_instance.as_ref().is_some_and(|m| m.of == step.id))
-        .collect();
-    instances.sort_by_key(|i| i.map_instance.as_ref().map(|m| m.index));
+    let instances = graph::instances_by_map(steps)
+        .remove(&step.id)
+        .unwrap_or_default();
     let base = format!(
         "/v1/tasks/{}/steps/{}",
         task.id.0,
